@@ -1,0 +1,33 @@
+# Every target builds the virtual environment it needs first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.polc-installed
+SRC    ?= policies-src
+OUT    ?= policies
+LISTEN ?= 127.0.0.1:8181
+
+.PHONY: run test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[server,sign,test]'
+	touch $@
+
+# The main job: compile policies-src/ and serve decisions from the result.
+run: $(STAMP)
+	$(BIN)/polc compile $(SRC) -o $(OUT)
+	$(BIN)/polc run $(OUT) --listen $(LISTEN)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[server,sign,test,bench,peers]'
+	$(BIN)/python -m pytest benchmarks -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Compiler: .pol sources to verified .bin artifacts. Depends on polc.runtime, never the reverse."""

@@ -1,0 +1,1 @@
+"""The policy grammar, shipped as package data (grammar/policy.lark)."""

@@ -1,0 +1,1 @@
+"""Runtime: the artifact format, verifier, enforcer and reloading agent. Needs msgpack only."""

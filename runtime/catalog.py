@@ -1,0 +1,62 @@
+"""Argument types and the built-in capability catalog.
+
+Both the compiler (to type-check rules) and the runtime (to type-check
+requests and to verify artifacts) read this module; it is the single
+definition of what a capability looks like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The argument types of the language (PRODUCT.md section 3).
+HOST = "host"
+PORT = "port"
+PATH = "path"
+STRING = "string"
+INT = "int"
+TYPES: frozenset[str] = frozenset({HOST, PORT, PATH, STRING, INT})
+
+PORT_MIN, PORT_MAX = 0, 65535
+# int arguments are carried as msgpack signed 64-bit integers.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    name: str
+    params: tuple[Param, ...]
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+    def signature(self) -> str:
+        inner = ", ".join(f"{p.name}: {p.type}" for p in self.params)
+        return f"{self.name}({inner})"
+
+
+def _cap(name: str, *params: tuple[str, str]) -> Capability:
+    return Capability(name, tuple(Param(n, t) for n, t in params))
+
+
+BUILTINS: dict[str, Capability] = {
+    c.name: c
+    for c in (
+        _cap("network.outbound", ("host", HOST), ("port", PORT)),
+        _cap("network.listen", ("port", PORT)),
+        _cap("fs.read", ("root", STRING), ("path", PATH)),
+        _cap("fs.write", ("root", STRING), ("path", PATH)),
+        _cap("process.exec", ("command", STRING)),
+        _cap("threads.create"),
+        _cap("env.read", ("name", STRING)),
+    )
+}
+
+GLOBAL_MODULE = "_global"
