@@ -1,0 +1,222 @@
+"""``polc run``: the sidecar agent with an HTTP decision API.
+
+Start-up path: click, the runtime (msgpack) and uvicorn. Never lark: the
+compiler is not needed to enforce compiled artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+from typing import Any
+
+import click
+
+log = logging.getLogger("polc.run")
+
+_DEFAULT_LISTEN = "127.0.0.1:8181"
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.WARNING and not record.name.startswith(("polc.run", "polc.server")):
+            message = f"{record.levelname.lower()}: {message}"
+        return f"polc: {message}"
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    if verbosity < -2:
+        level = logging.CRITICAL
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    for name in ("polc", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("polc").setLevel(level)
+    # uvicorn's own chatter ("Started server process ...") only with -v.
+    logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING)
+
+
+class _EventPrinter:
+    """Turns the agent's reload events into the operator's stderr lines."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.started = False
+        self.active: set[str] = set()  # modules with a policy in force
+
+    def __call__(self, event: Any) -> None:
+        kind, module = event.kind, event.module
+        file = os.path.basename(event.file) if event.file else f"{module}.bin"
+        if kind in ("loaded", "reloaded"):
+            self.active.add(module)
+            if kind == "reloaded" or self.started or self.verbose:
+                verb = "reloaded" if kind == "reloaded" else "loaded"
+                log.info("%s %s (%s rules)", verb, module, event.rules)
+        elif kind == "failed":
+            if module in self.active:
+                log.warning("reload failed, keeping previous: %s: %s", file, event.reason)
+            else:
+                log.warning("load failed: %s: %s (%s gets the _global rules only)", file, event.reason, module)
+        elif kind == "removed":
+            log.warning("%s removed; keeping the policy of %s in force (%s)", file, module, event.reason or "")
+        else:  # a kind this CLI does not know yet
+            log.info("%s %s: %s", kind, module, event.reason or "")
+
+
+def _example_curl(url: str, modules: dict[str, Any]) -> str:
+    if "tenant.acme" in modules:
+        body = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", 443]}
+    else:
+        names = sorted(m for m in modules if m != "_global") or ["my.module"]
+        body = {"module": names[0], "capability": "network.outbound", "args": ["example.com", 443]}
+    return f"curl -s {url}/v1/check -d {shlex.quote(json.dumps(body))}"
+
+
+@click.command("run")
+@click.argument("policy_dir", required=False, envvar="POLC_POLICY_DIR", type=click.Path(file_okay=False))
+@click.option(
+    "--listen",
+    default=_DEFAULT_LISTEN,
+    show_default=True,
+    envvar="POLC_LISTEN",
+    metavar="HOST:PORT",
+    help="Address to serve the decision API on; loopback unless told otherwise. Port 0 picks a free one.",
+)
+@click.option(
+    "--reload-interval",
+    "-reload-interval",
+    "reload_interval",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Seconds between polls of POLICY_DIR [env POLC_RELOAD_INTERVAL; default 5]. 0 disables reloading.",
+)
+@click.option(
+    "--no-reload", is_flag=True, help="Verify artifacts once at start-up and never poll [env POLC_RELOAD=false]."
+)
+@click.option("--strict", is_flag=True, default=None, help="Fail start-up if any artifact is bad.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest request body accepted (413 above).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Most checks in one /v1/check/batch request (413 above).",
+)
+@click.option("-v", "--verbose", count=True, help="More output (-v lists every module loaded at start-up).")
+@click.option("-q", "--quiet", count=True, help="Less output (-q: warnings only).")
+def run_cmd(
+    policy_dir: str | None,
+    listen: str,
+    reload_interval: float | None,
+    no_reload: bool,
+    strict: bool | None,
+    max_body: int,
+    max_batch: int,
+    verbose: int,
+    quiet: int,
+) -> None:
+    """Serve policy decisions over HTTP from the artifacts in POLICY_DIR [env POLC_POLICY_DIR].
+
+    \b
+    Endpoints (docs/http-api.md):
+      POST /v1/check         {"module", "capability", "args": [...]}
+      POST /v1/check/batch   {"requests": [...]}
+      POST /policy/reload    reload now (as does SIGHUP)
+      GET  /v1/status, /healthz, /metrics
+    SIGTERM or SIGINT stops cleanly.
+    """
+    if not policy_dir:
+        raise click.UsageError("give POLICY_DIR or set POLC_POLICY_DIR")
+    if no_reload and reload_interval:
+        raise click.UsageError("--no-reload and --reload-interval contradict each other")
+    try:
+        from polc import server
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+        raise click.ClickException(
+            f"polc run needs the HTTP server extra ({exc.name} is missing): pip install 'polc[server]'"
+        ) from None
+    from polc.runtime import PolicyAgent
+
+    try:
+        host, port = server.parse_listen(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+
+    _configure_logging(verbose - quiet)
+
+    reload: bool | None = None
+    if no_reload or reload_interval == 0:
+        reload = False
+    agent = PolicyAgent(
+        policy_dir,
+        reload_interval=reload_interval or None,
+        reload=reload,
+        strict=strict,
+    )
+    printer = _EventPrinter(verbose > 0)
+    metrics = server.Metrics()
+    agent.subscribe(printer)
+    agent.subscribe(metrics.on_event)
+
+    try:
+        sock = server.bind(host, port)
+    except OSError as exc:
+        click.echo(f"polc: cannot listen on {listen}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    url = server.url_of(sock)
+    app = server.DecisionApp(
+        agent, max_body=max_body, max_batch=max_batch, metrics=metrics, listen=url.removeprefix("http://")
+    )
+    if not server.is_loopback(host):
+        log.warning("listening on %s, not loopback: the decision API has no authentication", url)
+    log.debug("loading %s", os.path.abspath(policy_dir))
+
+    def on_ready() -> None:
+        printer.started = True
+        status = agent.status()
+        modules = status.get("modules") or {}
+        active = sum(1 for m in modules.values() if m.get("revision"))
+        if status.get("reload"):
+            interval = status.get("reload_interval")
+            every = f"reload every {interval:g}s" if isinstance(interval, (int, float)) else "reload on"
+        else:
+            every = "reloading off"
+        noun = "module" if active == 1 else "modules"
+        log.info("listening on %s (%d %s, %s)", url, active, noun, every)
+        log.info("try: %s", _example_curl(url, modules))
+        bad = sorted(name for name, m in modules.items() if m.get("last_error"))
+        if bad:
+            log.warning("%d module(s) failed to load: %s (see %s/v1/status)", len(bad), ", ".join(bad), url)
+
+    def on_start_error(exc: BaseException) -> int:
+        log.error("start-up failed: %s", exc)
+        return 1
+
+    status = server.serve(
+        app,
+        sock,
+        start_agent=agent.start,
+        stop_agent=agent.stop,
+        on_ready=on_ready,
+        on_start_error=on_start_error,
+    )
+    if status == 0:
+        log.info("stopped")
+    sys.exit(status)

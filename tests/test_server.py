@@ -1,0 +1,446 @@
+"""Unit tests of polc.server: request parsing, the ASGI app and metrics, with a stand-in agent.
+
+The end-to-end tests (a real `polc run` subprocess over real artifacts) are in
+tests/test_run.py; these pin the wire contract of docs/http-api.md cheaply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from polc import server
+
+# --------------------------------------------------------------------------- stand-ins
+
+
+@dataclass
+class _Decision:
+    allowed: bool
+    effect: str
+    reason: str
+    rule: str | None
+    module: str
+    revision: str | None
+    audit: bool = False
+
+
+@dataclass
+class _Failure:
+    file: str
+    module: str
+    reason: str
+
+
+@dataclass
+class _Result:
+    changed: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+
+class _Agent:
+    def __init__(self, ready: bool = True):
+        self.ready = ready
+        self.calls: list[tuple] = []
+        self.result = _Result()
+        self.reloads = 0
+        self.explode = False
+
+    def check(self, module, capability, *args):
+        if self.explode:
+            raise RuntimeError("boom")
+        self.calls.append((module, capability, args))
+        if capability == "network.outbound" and args[:1] == ("api.acme.com",):
+            return _Decision(True, "allow", "entitled", "acme.pol:3:5", module, "0123456789ab")
+        if capability == "audit.me":
+            return _Decision(True, "deny", "would deny", "acme.pol:9:5", module, "0123456789ab", True)
+        return _Decision(False, "deny", "no entitlement", None, module, "0123456789ab")
+
+    def reload_now(self):
+        self.reloads += 1
+        return self.result
+
+    def status(self):
+        return {
+            "policy_dir": "/p",
+            "reload": True,
+            "reload_interval": 5.0,
+            "ready": self.ready,
+            "last_reload": None,
+            "reloads": {"ok": 1, "failed": 0},
+            "modules": {
+                "tenant.acme": {"revision": "0123456789ab", "rules": 3, "last_error": None},
+                "tenant.bad": {"revision": None, "rules": 0, "last_error": "digest mismatch"},
+            },
+        }
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _call(
+    app: server.DecisionApp,
+    method: str,
+    path: str,
+    body: bytes | list[bytes] = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> _Response:
+    """Drive the ASGI app the way uvicorn does, body delivered in the given chunks."""
+    chunks = body if isinstance(body, list) else [body]
+    received: list[int] = []  # how many chunks the app pulled
+
+    async def receive():
+        i = len(received)
+        received.append(i)
+        if i >= len(chunks):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunks[i], "more_body": i < len(chunks) - 1}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers or []}
+    asyncio.run(app(scope, receive, send))
+    start, body_msg = sent
+    assert start["type"] == "http.response.start"
+    hdrs = {k.decode(): v.decode() for k, v in start["headers"]}
+    assert int(hdrs["content-length"]) == len(body_msg["body"])
+    _call.received = len(received)  # type: ignore[attr-defined]
+    return _Response(start["status"], hdrs, body_msg["body"])
+
+
+def _app(**kw) -> tuple[server.DecisionApp, _Agent]:
+    agent = kw.pop("agent", None) or _Agent()
+    return server.DecisionApp(agent, **kw), agent
+
+
+def _post(app, path, obj) -> _Response:
+    return _call(app, "POST", path, json.dumps(obj).encode())
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_allowed_returns_the_decision_fields():
+    app, agent = _app()
+    r = _post(app, "/v1/check", {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", 443]})
+    assert r.status == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "allowed": True,
+        "effect": "allow",
+        "reason": "entitled",
+        "rule": "acme.pol:3:5",
+        "revision": "0123456789ab",
+        "audit": False,
+        "module": "tenant.acme",
+    }
+    assert agent.calls == [("tenant.acme", "network.outbound", ("api.acme.com", 443))]
+
+
+def test_check_args_default_to_none_given():
+    app, agent = _app()
+    r = _post(app, "/v1/check", {"module": "m", "capability": "threads.create"})
+    assert r.status == 200 and r.json()["allowed"] is False
+    assert agent.calls == [("m", "threads.create", ())]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{bad", "malformed JSON"),
+        (b"", "request body is empty"),
+        (b"   ", "request body is empty"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"[1, 2]", "request body must be a JSON object, not an array"),
+        (b'"x"', "request body must be a JSON object, not a string"),
+        (b'{"capability": "c"}', "module: missing required field"),
+        (b'{"module": "m"}', "capability: missing required field"),
+        (b'{"module": 3, "capability": "c"}', "module: must be a string, not a number"),
+        (b'{"module": "", "capability": "c"}', "module: must not be empty"),
+        (b'{"module": "m", "capability": null}', "capability: must be a string, not null"),
+        (b'{"module": "m", "capability": "c", "args": "x"}', "args: must be an array, not a string"),
+        (b'{"module": "m", "capability": "c", "args": [true]}', "args[0]: must be a string or an integer, not a boolean"),
+        (b'{"module": "m", "capability": "c", "args": ["a", 1.5]}', "args[1]: must be a string or an integer, not a number"),
+        (b'{"module": "m", "capability": "c", "args": [[1]]}', "args[0]: must be a string or an integer, not an array"),
+        (b'{"module": "m", "capability": "c", "arg": []}', "arg: unknown field"),
+        (b"[" * 100_000, "malformed JSON"),
+        (b'{"module": "m", "capability": "c", "args": [' + b"9" * 5000 + b"]}", "malformed JSON"),
+    ],
+)
+def test_check_rejects_bad_bodies_with_400_and_a_reason(body, message):
+    app, agent = _app()
+    r = _call(app, "POST", "/v1/check", body)
+    assert r.status == 400, r.body
+    assert message in r.json()["error"]
+    assert r.json()["status"] == 400
+    assert agent.calls == []
+
+
+def test_wrong_value_types_are_policy_denies_not_request_errors():
+    # "443" where a port is expected: structurally fine, so the agent decides (a deny with a reason).
+    app, agent = _app()
+    r = _post(app, "/v1/check", {"module": "m", "capability": "network.outbound", "args": ["h", "443"]})
+    assert r.status == 200
+    assert agent.calls == [("m", "network.outbound", ("h", "443"))]
+
+
+def test_oversized_body_is_refused_by_content_length_without_reading_it():
+    app, agent = _app(max_body=100)
+    r = _call(app, "POST", "/v1/check", b"x" * 200, headers=[(b"content-length", b"200")])
+    assert r.status == 413
+    assert r.headers["connection"] == "close"
+    assert "larger than 100 bytes" in r.json()["error"]
+    assert _call.received == 0  # type: ignore[attr-defined]
+
+
+def test_oversized_chunked_body_stops_reading_at_the_cap():
+    app, agent = _app(max_body=100)
+    chunks = [b"x" * 60] * 1000  # 60 kB announced by nobody
+    r = _call(app, "POST", "/v1/check", chunks)
+    assert r.status == 413
+    assert _call.received == 2  # type: ignore[attr-defined]
+
+
+def test_body_at_exactly_the_cap_is_accepted():
+    body = json.dumps({"module": "m", "capability": "c"}).encode()
+    app, _ = _app(max_body=len(body))
+    assert _call(app, "POST", "/v1/check", [body[:5], body[5:]]).status == 200
+
+
+def test_invalid_content_length_is_400():
+    app, _ = _app()
+    r = _call(app, "POST", "/v1/check", b"{}", headers=[(b"content-length", b"nope")])
+    assert r.status == 400
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_batch_answers_in_order():
+    app, agent = _app()
+    reqs = [
+        {"module": "a", "capability": "network.outbound", "args": ["api.acme.com", 443]},
+        {"module": "b", "capability": "fs.read", "args": ["r", "p"]},
+        {"module": "c", "capability": "network.outbound", "args": ["api.acme.com", 443]},
+    ]
+    r = _post(app, "/v1/check/batch", {"requests": reqs})
+    assert r.status == 200
+    results = r.json()["results"]
+    assert [x["module"] for x in results] == ["a", "b", "c"]
+    assert [x["allowed"] for x in results] == [True, False, True]
+
+
+def test_empty_batch_is_fine():
+    app, _ = _app()
+    r = _post(app, "/v1/check/batch", {"requests": []})
+    assert r.status == 200 and r.json() == {"results": []}
+
+
+def test_batch_over_the_cap_is_413():
+    app, agent = _app(max_batch=3)
+    r = _post(app, "/v1/check/batch", {"requests": [{"module": "m", "capability": "c"}] * 4})
+    assert r.status == 413
+    assert "at most 3" in r.json()["error"]
+    assert agent.calls == []
+
+
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({}, "requests: missing required field"),
+        ({"requests": {}}, "requests: must be an array, not an object"),
+        ({"requests": [], "x": 1}, "x: unknown field"),
+        ({"requests": [{"module": "m", "capability": "c"}, {"module": "m"}]}, "requests[1].capability: missing"),
+        ({"requests": [{"module": "m", "capability": "c", "args": [None]}]}, "requests[0].args[0]: must be a string"),
+        ({"requests": [7]}, "requests[0] must be a JSON object"),
+    ],
+)
+def test_batch_with_a_bad_item_is_rejected_whole(obj, message):
+    app, agent = _app()
+    r = _post(app, "/v1/check/batch", obj)
+    assert r.status == 400
+    assert message in r.json()["error"]
+    assert agent.calls == []
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_reload_accepts_only_post(method):
+    app, agent = _app()
+    r = _call(app, method, "/policy/reload")
+    assert r.status == 405
+    assert r.headers["allow"] == "POST"
+    assert agent.reloads == 0
+
+
+def test_get_endpoints_refuse_post_with_allow_header():
+    app, _ = _app()
+    r = _call(app, "POST", "/healthz")
+    assert r.status == 405 and r.headers["allow"] == "GET, HEAD"
+
+
+def test_check_refuses_get():
+    app, _ = _app()
+    assert _call(app, "GET", "/v1/check").status == 405
+
+
+def test_unknown_path_is_404_json():
+    app, _ = _app()
+    r = _call(app, "GET", "/v1/nope")
+    assert r.status == 404 and "no such endpoint" in r.json()["error"]
+
+
+def test_an_exception_in_a_handler_is_a_500_and_the_app_keeps_serving():
+    app, agent = _app()
+    agent.explode = True
+    r = _post(app, "/v1/check", {"module": "m", "capability": "c"})
+    assert r.status == 500 and "internal error" in r.json()["error"]
+    agent.explode = False
+    assert _post(app, "/v1/check", {"module": "m", "capability": "c"}).status == 200
+
+
+# --------------------------------------------------------------------------- reload, health, status
+
+
+def test_reload_ok_is_200_reloaded():
+    app, agent = _app()
+    agent.result = _Result(changed=["tenant.acme"])
+    r = _call(app, "POST", "/policy/reload")
+    assert r.status == 200
+    assert r.json() == {"status": "reloaded", "policy_dir": "/p", "changed": ["tenant.acme"], "removed": [], "failed": []}
+    assert agent.reloads == 1
+
+
+def test_reload_with_failures_is_422_and_names_them():
+    app, agent = _app()
+    agent.result = _Result(changed=["tenant.globex"], failed=[_Failure("tenant.acme.bin", "tenant.acme", "digest mismatch")])
+    r = _call(app, "POST", "/policy/reload")
+    assert r.status == 422
+    body = r.json()
+    assert body["status"] == "partial"
+    assert body["changed"] == ["tenant.globex"]
+    assert body["failed"] == [{"file": "tenant.acme.bin", "module": "tenant.acme", "reason": "digest mismatch"}]
+    assert "tenant.acme.bin: digest mismatch" in body["error"]
+
+    agent.result = _Result(failed=[_Failure("tenant.acme.bin", "tenant.acme", "truncated")])
+    assert _call(app, "POST", "/policy/reload").json()["status"] == "failed"
+
+
+def test_reload_before_first_load_is_503():
+    app, agent = _app(agent=_Agent(ready=False))
+    assert _call(app, "POST", "/policy/reload").status == 503
+    assert agent.reloads == 0
+
+
+def test_healthz_is_503_until_ready():
+    agent = _Agent(ready=False)
+    app, _ = _app(agent=agent)
+    r = _call(app, "GET", "/healthz")
+    assert r.status == 503 and r.json() == {"status": "loading"}
+    agent.ready = True
+    r = _call(app, "GET", "/healthz")
+    assert r.status == 200 and r.json() == {"status": "ok"}
+
+
+def test_status_adds_version_and_listen():
+    app, _ = _app(listen="127.0.0.1:1")
+    body = _call(app, "GET", "/v1/status").json()
+    assert body["modules"]["tenant.bad"]["last_error"] == "digest mismatch"
+    assert body["listen"] == "127.0.0.1:1"
+    assert body["version"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+_SAMPLE = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"\\]*",?)*\})? -?[0-9.e+]+$')
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) [a-z_]+ ", line), line
+            continue
+        assert _SAMPLE.match(line), line
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def test_metrics_count_checks_reloads_and_requests():
+    app, agent = _app()
+    _post(app, "/v1/check", {"module": "m", "capability": "network.outbound", "args": ["api.acme.com", 443]})
+    _post(app, "/v1/check", {"module": "m", "capability": "c"})
+    _post(app, "/v1/check", {"module": "m", "capability": "audit.me"})
+    _post(app, "/v1/check/batch", {"requests": [{"module": "m", "capability": "c"}] * 2})
+    _call(app, "POST", "/v1/check", b"{")
+
+    @dataclass
+    class Ev:
+        kind: str
+
+    for kind in ("loaded", "loaded", "reloaded", "failed", "removed"):
+        app.metrics.on_event(Ev(kind))
+
+    r = _call(app, "GET", "/metrics")
+    assert r.status == 200
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    s = _samples(r.body.decode())
+    assert s['polc_checks_total{effect="allow"}'] == 1
+    assert s['polc_checks_total{effect="deny"}'] == 4
+    assert s["polc_checks_audit_total"] == 1
+    assert s['polc_reloads_total{status="ok"}'] == 3
+    assert s['polc_reloads_total{status="failed"}'] == 1
+    assert s["polc_last_successful_reload_timestamp_seconds"] > 1e9
+    assert s["polc_active_modules"] == 1
+    assert s["polc_module_errors"] == 1
+    assert s["polc_ready"] == 1
+    assert s['polc_http_requests_total{handler="check",code="200"}'] == 3
+    assert s['polc_http_requests_total{handler="check",code="400"}'] == 1
+
+
+# --------------------------------------------------------------------------- listen addresses
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:8181", ("127.0.0.1", 8181)),
+        (":9000", ("127.0.0.1", 9000)),
+        ("9000", ("127.0.0.1", 9000)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:8181", ("::1", 8181)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
+def test_parse_listen(text, expected):
+    assert server.parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["::1:8181", "h:x", "h:70000", "[::1]8181", "h:-1"])
+def test_parse_listen_rejects(text):
+    with pytest.raises(ValueError):
+        server.parse_listen(text)
+
+
+def test_loopback_detection():
+    assert server.is_loopback("127.0.0.1") and server.is_loopback("::1") and server.is_loopback("localhost")
+    assert not server.is_loopback("0.0.0.0") and not server.is_loopback("10.1.2.3")
