@@ -1,10 +1,34 @@
 """The rule instruction set of artifact format 1 (see docs/design.md).
 
-This module holds the opcode table; the structural verifier that turns a
-payload's ``code`` into rules lives here too.
+This module holds the opcode table, the instruction encoding (``assemble``),
+the structural verifier that turns an unpacked payload into rules
+(``verify_payload``), and the disassembler used by ``polc inspect``.
+
+The verifier runs on untrusted data: everything it is given comes from
+``msgpack.unpackb(use_list=False)`` of a file someone dropped into a
+directory. It accepts exactly the payloads of docs/artifact-format.md and
+raises :class:`VerifyError` with a message that says what is wrong and where
+(``code[7]: unknown opcode 0x55``) for anything else. ``runtime/artifact.py``
+turns that into a ``MalformedPayload``.
+
+Two implementations of the code check exist on purpose: an optimistic fast
+path (``_link_fast``) that only answers "valid, here are the rules" or "not
+sure", and the reference check (``_link_reference``) that is step-by-step,
+says precisely what is wrong, and is the one that decides whenever the fast
+path is not sure. Tests assert that the fast path never accepts what the
+reference rejects.
 """
 
 from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import BUILTINS, HOST, INT, INT_MAX, INT_MIN, PATH, PORT, STRING, TYPES, Capability, Param
 
 # Rule header: RULE effect cap line col
 RULE = 0x01
@@ -32,3 +56,637 @@ OPCODE_NAMES: dict[int, str] = {
     STR_EXACT: "STR_EXACT",
     STR_GLOB: "STR_GLOB",
 }
+OPCODES_BY_NAME: dict[str, int] = {v: k for k, v in OPCODE_NAMES.items()}
+
+# ---------------------------------------------------------------------------
+# Instruction encoding: every instruction is a msgpack array
+# ``[opcode, operand, ...]`` with a fixed operand count per opcode.
+
+OPERAND_COUNTS: dict[int, int] = {
+    RULE: 4,  # effect, cap, line, col
+    ANY: 0,
+    HOST_EXACT: 1,  # const index
+    HOST_WILD: 1,
+    HOST_CIDR: 1,
+    INT_RANGE: 2,  # lo, hi (signed)
+    PATH_GLOB: 1,
+    STR_EXACT: 1,
+    STR_GLOB: 1,
+}
+# Argument opcodes whose single operand indexes the constant pool.
+CONST_OPS: frozenset[int] = frozenset({HOST_EXACT, HOST_WILD, HOST_CIDR, PATH_GLOB, STR_EXACT, STR_GLOB})
+ARG_OPS: frozenset[int] = frozenset(OPCODE_NAMES) - {RULE}
+
+# Which argument opcodes each parameter type accepts (design.md).
+ALLOWED_OPS: dict[str, frozenset[int]] = {
+    HOST: frozenset({ANY, HOST_EXACT, HOST_WILD, HOST_CIDR}),
+    PORT: frozenset({ANY, INT_RANGE}),
+    INT: frozenset({ANY, INT_RANGE}),
+    PATH: frozenset({ANY, PATH_GLOB}),
+    STRING: frozenset({ANY, STR_EXACT, STR_GLOB}),
+}
+
+EFFECT_NAMES: dict[int, str] = {DENY: "deny", ENTITLE: "entitle"}
+EFFECTS_BY_NAME: dict[str, int] = {v: k for k, v in EFFECT_NAMES.items()}
+
+# The payload map: exactly these keys, in this order when written.
+PAYLOAD_KEYS: tuple[str, ...] = (
+    "module",
+    "mode",
+    "compiler",
+    "source",
+    "source_digest",
+    "caps",
+    "consts",
+    "code",
+)
+MODES: tuple[str, ...] = ("enforce", "audit")
+
+MAX_NAME_LEN = 255
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_CAP_NAME = _MODULE_NAME
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+# The shared decoded form of an ANY argument.
+ANY_ARG: tuple[int] = (ANY,)
+
+
+class VerifyError(ValueError):
+    """A payload that is not a well-formed format-1 payload.
+
+    ``read_artifact`` re-raises it as ``artifact.MalformedPayload``.
+    """
+
+
+def is_valid_module_name(name: object) -> bool:
+    """A dotted module name: letters, digits, ``_``, ``-``; no empty part; at most 255 chars."""
+    return (
+        type(name) is str
+        and 0 < len(name) <= MAX_NAME_LEN
+        and _MODULE_NAME.fullmatch(name) is not None
+    )
+
+
+# ---------------------------------------------------------------------------
+# The verified, linked form
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One verified rule.
+
+    ``args`` holds one decoded argument instruction per capability parameter:
+    ``(ANY,)``, ``(HOST_EXACT | HOST_WILD | HOST_CIDR | PATH_GLOB | STR_EXACT
+    | STR_GLOB, const_string)`` or ``(INT_RANGE, lo, hi)``. Equal arguments of
+    one artifact are the same tuple object.
+    """
+
+    index: int
+    effect: int
+    cap: Capability
+    line: int
+    col: int
+    args: tuple[tuple[Any, ...], ...]
+
+    @property
+    def effect_name(self) -> str:
+        return EFFECT_NAMES[self.effect]
+
+    def location(self, source: str) -> str:
+        return f"{source}:{self.line}:{self.col}"
+
+
+def _rule_factory():
+    # A frozen dataclass's __init__ costs ~0.65 us (six object.__setattr__
+    # calls); setting the slots through their descriptors costs half that,
+    # and linking makes one Rule per rule of every artifact it loads.
+    new = object.__new__
+    s_index, s_effect, s_cap, s_line, s_col, s_args = (
+        getattr(Rule, f).__set__ for f in ("index", "effect", "cap", "line", "col", "args")
+    )
+
+    def make_rule(index: int, effect: int, cap: Capability, line: int, col: int, args: tuple) -> Rule:
+        rule = new(Rule)
+        s_index(rule, index)
+        s_effect(rule, effect)
+        s_cap(rule, cap)
+        s_line(rule, line)
+        s_col(rule, col)
+        s_args(rule, args)
+        return rule
+
+    return make_rule
+
+
+_make_rule = _rule_factory()
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A verified payload: what ``verify_payload`` returns."""
+
+    module: str
+    mode: str
+    compiler: str
+    source: str
+    source_digest: str
+    caps: tuple[Capability, ...]
+    consts: tuple[str, ...]
+    rules: tuple[Rule, ...]
+
+
+# ---------------------------------------------------------------------------
+# Payload verification
+
+
+def _tname(value: object) -> str:
+    if value is None:
+        return "nil"
+    return {
+        bool: "bool",
+        int: "int",
+        float: "float",
+        str: "str",
+        bytes: "bin",
+        tuple: "array",
+        list: "array",
+        dict: "map",
+    }.get(type(value), type(value).__name__)
+
+
+def _expect(value: object, typ: type, where: str) -> None:
+    if type(value) is not typ:
+        raise VerifyError(f"{where}: expected {_tname(typ())}, got {_tname(value)}")
+
+
+def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
+    """Verify an unpacked payload (``use_list=False``) and link its rules.
+
+    ``allow_unknown_keys`` is set by the reader for artifacts of a newer
+    minor format than this one: they may carry payload keys this reader
+    does not know, which it then ignores.
+    """
+    if type(obj) is not dict:
+        raise VerifyError(f"payload: expected map, got {_tname(obj)}")
+    missing = [k for k in PAYLOAD_KEYS if k not in obj]
+    if missing:
+        raise VerifyError(f"payload: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if not allow_unknown_keys and len(obj) != len(PAYLOAD_KEYS):
+        extra = sorted(repr(k) for k in obj if k not in PAYLOAD_KEYS)
+        raise VerifyError(f"payload: unknown key{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
+
+    module = obj["module"]
+    _expect(module, str, "module")
+    if not is_valid_module_name(module):
+        raise VerifyError(
+            f"module: invalid module name {module[:300]!r} (dotted name of letters, digits, "
+            f"'_' and '-', at most {MAX_NAME_LEN} characters)"
+        )
+    mode = obj["mode"]
+    _expect(mode, str, "mode")
+    if mode not in MODES:
+        raise VerifyError(f"mode: expected 'enforce' or 'audit', got {mode[:100]!r}")
+    compiler = obj["compiler"]
+    _expect(compiler, str, "compiler")
+    source = obj["source"]
+    _expect(source, str, "source")
+    source_digest = obj["source_digest"]
+    _expect(source_digest, str, "source_digest")
+    if _HEX_DIGEST.fullmatch(source_digest) is None:
+        raise VerifyError(
+            f"source_digest: expected 64 lower-case hex digits, got {source_digest[:100]!r}"
+        )
+    caps = _verify_caps(obj["caps"])
+    consts = obj["consts"]
+    _expect(consts, tuple, "consts")
+    for k, c in enumerate(consts):
+        if type(c) is not str:
+            raise VerifyError(f"consts[{k}]: expected str, got {_tname(c)}")
+    consts = tuple(map(sys.intern, consts))
+    code = obj["code"]
+    _expect(code, tuple, "code")
+    rules = _link_fast(code, caps, consts)
+    if rules is None:
+        rules = _link_reference(code, caps, consts)
+    return Program(
+        module=sys.intern(module),
+        mode=MODES[0] if mode == MODES[0] else MODES[1],
+        compiler=compiler,
+        source=sys.intern(source),
+        source_digest=source_digest,
+        caps=caps,
+        consts=consts,
+        rules=tuple(rules),
+    )
+
+
+def _verify_caps(raw: object) -> tuple[Capability, ...]:
+    _expect(raw, tuple, "caps")
+    caps: list[Capability] = []
+    seen: set[str] = set()
+    for k, entry in enumerate(raw):
+        where = f"caps[{k}]"
+        if type(entry) is not tuple or len(entry) != 2:
+            raise VerifyError(f"{where}: expected [name, [[param, type], ...]]")
+        name, params = entry
+        _expect(name, str, f"{where} name")
+        if len(name) > MAX_NAME_LEN or _CAP_NAME.fullmatch(name) is None:
+            raise VerifyError(f"{where}: invalid capability name {name[:300]!r}")
+        if name in seen:
+            raise VerifyError(f"{where}: capability {name} declared twice")
+        seen.add(name)
+        _expect(params, tuple, f"{where} ({name}) params")
+        plist: list[Param] = []
+        pnames: set[str] = set()
+        for m, p in enumerate(params):
+            pwhere = f"{where} ({name}) param {m}"
+            if type(p) is not tuple or len(p) != 2:
+                raise VerifyError(f"{pwhere}: expected [name, type]")
+            pname, ptype = p
+            _expect(pname, str, f"{pwhere} name")
+            _expect(ptype, str, f"{pwhere} type")
+            if len(pname) > MAX_NAME_LEN or _PARAM_NAME.fullmatch(pname) is None:
+                raise VerifyError(f"{pwhere}: invalid parameter name {pname[:300]!r}")
+            if pname in pnames:
+                raise VerifyError(f"{pwhere}: parameter {pname} declared twice")
+            pnames.add(pname)
+            if ptype not in TYPES:
+                raise VerifyError(
+                    f"{pwhere}: unknown type {ptype[:100]!r} (expected one of {', '.join(sorted(TYPES))})"
+                )
+            plist.append(Param(sys.intern(pname), _CANON_TYPES[ptype]))
+        cap = Capability(sys.intern(name), tuple(plist))
+        builtin = BUILTINS.get(name)
+        if builtin is not None:
+            if builtin != cap:
+                raise VerifyError(
+                    f"{where}: built-in capability {name} has signature {builtin.signature()}, "
+                    f"not {cap.signature()}"
+                )
+            cap = builtin
+        caps.append(cap)
+    return tuple(caps)
+
+
+_CANON_TYPES = {t: t for t in TYPES}
+
+
+# ---------------------------------------------------------------------------
+# Linking code into rules
+
+
+_PATTERNS = None
+
+
+def _patterns():
+    # Imported on first use: runtime/patterns.py imports this module's opcodes.
+    global _PATTERNS
+    if _PATTERNS is None:
+        from . import patterns
+
+        _PATTERNS = patterns
+    return _PATTERNS
+
+
+# A fast accept for the common host constant: a lower-case DNS name or
+# pattern in normal form. Anything it accepts, patterns.compile_host returns
+# unchanged (tests/test_artifact.py checks that with hypothesis); anything
+# else goes to compile_host, which decides. It exists because compile_host
+# first tries ipaddress (an exception per DNS name, ~4 us).
+_DNS_LABEL = r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?|\*\*?)"
+_DNS_NORMAL = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
+def _fast_host_ok(op: int, const: str) -> bool:
+    return (
+        len(const) <= 253
+        and _DNS_NORMAL.fullmatch(const) is not None
+        and not const.rpartition(".")[2].isdigit()
+        and (op == HOST_WILD) == ("*" in const)
+    )
+
+
+def _const_problem(op: int, const: str, ptype: str) -> str | None:
+    """Why ``const`` is not a valid constant for ``op``; None when it is."""
+    if (op == HOST_EXACT or op == HOST_WILD) and _fast_host_ok(op, const):
+        return None
+    patterns = _patterns()
+    try:
+        if op == PATH_GLOB:
+            want_op, want = op, patterns.compile_path(const)
+        elif op in (STR_EXACT, STR_GLOB):
+            want_op, want = patterns.compile_string(const)
+        else:
+            want_op, want = patterns.compile_host(const)
+    except patterns.PatternError as exc:
+        return str(exc)
+    except Exception as exc:  # a bug in a compile_* function must not escape the reader
+        return f"rejected ({type(exc).__name__})"
+    if want_op != op or want != const:
+        return f"not in normal form (the compiler writes it as {OPCODE_NAMES.get(want_op, want_op)} {want!r})"
+    return None
+
+
+def _range_problem(ptype: str, lo: int, hi: int) -> str | None:
+    patterns = _patterns()
+    try:
+        patterns.check_range(ptype, lo, hi)
+    except patterns.PatternError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"rejected ({type(exc).__name__})"
+    return None
+
+
+def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
+    """Validate argument instruction ``a`` for a ``ptype`` parameter; None if invalid."""
+    op = a[0]
+    if type(op) is not int or op not in ALLOWED_OPS[ptype]:
+        return None
+    if op == ANY:
+        return ANY_ARG if len(a) == 1 else None
+    if op == INT_RANGE:
+        if len(a) != 3:
+            return None
+        _, lo, hi = a
+        if type(lo) is not int or type(hi) is not int or _range_problem(ptype, lo, hi) is not None:
+            return None
+        return a
+    if len(a) != 2:
+        return None
+    c = a[1]
+    if type(c) is not int or not 0 <= c < len(consts):
+        return None
+    const = consts[c]
+    if _const_problem(op, const, ptype) is not None:
+        return None
+    return (op, const)
+
+
+def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule] | None:
+    """The rules of ``code``, or None when anything at all looks wrong.
+
+    Per-instruction work is a few type checks and one dict lookup: each
+    distinct argument instruction is validated once per artifact (per
+    parameter type) and decoded to one shared tuple.
+    """
+    # One cache per parameter type: argument instruction -> decoded argument.
+    caches: dict[str, dict] = {t: {} for t in TYPES}
+    sigs = [tuple((p.type, caches[p.type]) for p in cap.params) for cap in caps]
+    ncaps = len(caps)
+    n = len(code)
+    rules: list[Rule] = []
+    append = rules.append
+    make_rule = _make_rule
+    i = 0
+    try:
+        while i < n:
+            ins = code[i]
+            if type(ins) is not tuple or len(ins) != 5:
+                return None
+            op, effect, c, line, col = ins
+            if (
+                type(op) is not int
+                or type(effect) is not int
+                or type(c) is not int
+                or type(line) is not int
+                or type(col) is not int
+                or op != RULE
+                or not 0 <= effect <= 1
+                or not 0 <= c < ncaps
+                or not 0 < line <= INT_MAX
+                or not 0 < col <= INT_MAX
+            ):
+                return None
+            sig = sigs[c]
+            i += 1
+            end = i + len(sig)
+            if end > n:
+                return None
+            if sig:
+                args = []
+                for ptype, cache in sig:
+                    a = code[i]
+                    i += 1
+                    if type(a) is not tuple:
+                        return None
+                    dec = cache.get(a)
+                    if dec is None:
+                        if not a:
+                            return None
+                        dec = _decode_arg(ptype, a, consts)
+                        if dec is None:
+                            return None
+                        cache[a] = dec
+                    else:
+                        # equal is not enough: True == 1 and 1.0 == 1 hash alike
+                        la = len(a)
+                        if type(a[0]) is not int or (
+                            la > 1 and (type(a[1]) is not int or (la > 2 and type(a[2]) is not int))
+                        ):
+                            return None
+                    args.append(dec)
+                append(make_rule(len(rules), effect, caps[c], line, col, tuple(args)))
+            else:
+                append(make_rule(len(rules), effect, caps[c], line, col, ()))
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+        return None
+    return rules
+
+
+def _check_instruction(ins: object, where: str) -> None:
+    """Shape, opcode, operand count and operand types of one instruction."""
+    if type(ins) is not tuple:
+        raise VerifyError(f"{where}: expected an instruction array, got {_tname(ins)}")
+    if not ins:
+        raise VerifyError(f"{where}: empty instruction")
+    op = ins[0]
+    if type(op) is not int:
+        raise VerifyError(f"{where}: opcode must be an int, got {_tname(op)}")
+    if op not in OPERAND_COUNTS:
+        raise VerifyError(f"{where}: unknown opcode {op:#04x}" if op >= 0 else f"{where}: unknown opcode {op}")
+    name = OPCODE_NAMES[op]
+    want = OPERAND_COUNTS[op]
+    if len(ins) - 1 != want:
+        raise VerifyError(
+            f"{where}: {name} takes {want} operand{'s' if want != 1 else ''}, got {len(ins) - 1}"
+        )
+    for k, v in enumerate(ins[1:], 1):
+        if type(v) is not int:
+            raise VerifyError(f"{where}: operand {k} of {name} must be an int, got {_tname(v)}")
+        if op == INT_RANGE:
+            if not INT_MIN <= v <= INT_MAX:
+                raise VerifyError(f"{where}: operand {k} of {name} out of the signed 64-bit range")
+        elif not 0 <= v <= INT_MAX:
+            raise VerifyError(f"{where}: operand {k} of {name} must be between 0 and {INT_MAX}, got {v}")
+
+
+def _is_rule(ins: object) -> bool:
+    return type(ins) is tuple and len(ins) > 0 and type(ins[0]) is int and ins[0] == RULE
+
+
+def _link_reference(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule]:
+    """The step-by-step check: says precisely what is wrong, and where."""
+    n = len(code)
+    nconsts = len(consts)
+    rules: list[Rule] = []
+    decoded: dict[tuple, tuple] = {}
+    i = 0
+    while i < n:
+        ins = code[i]
+        where = f"code[{i}]"
+        _check_instruction(ins, where)
+        if ins[0] != RULE:
+            raise VerifyError(
+                f"{where}: {OPCODE_NAMES[ins[0]]} outside a rule (the code must start with RULE)"
+            )
+        _, effect, c, line, col = ins
+        r = len(rules)
+        if effect not in EFFECT_NAMES:
+            raise VerifyError(f"{where}: rule {r}: effect {effect} is neither 0 (deny) nor 1 (entitle)")
+        if c >= len(caps):
+            raise VerifyError(f"{where}: rule {r}: capability index {c} out of range ({len(caps)} caps)")
+        if line < 1 or col < 1:
+            raise VerifyError(f"{where}: rule {r}: line and column must be >= 1, got {line}:{col}")
+        cap = caps[c]
+        nargs = 0
+        while i + 1 + nargs < n and not _is_rule(code[i + 1 + nargs]):
+            nargs += 1
+        if nargs != cap.arity:
+            raise VerifyError(
+                f"rule {r}: capability {cap.name} takes {cap.arity} "
+                f"argument{'s' if cap.arity != 1 else ''}, got {nargs}"
+            )
+        args = []
+        for k, param in enumerate(cap.params):
+            j = i + 1 + k
+            a = code[j]
+            awhere = f"code[{j}]"
+            _check_instruction(a, awhere)
+            op = a[0]
+            name = OPCODE_NAMES[op]
+            if op not in ALLOWED_OPS[param.type]:
+                raise VerifyError(
+                    f"rule {r}: argument {k + 1} of {cap.name} ({param.name}: {param.type}) "
+                    f"cannot be {name}"
+                )
+            if op == ANY:
+                dec: tuple = ANY_ARG
+            elif op == INT_RANGE:
+                problem = _range_problem(param.type, a[1], a[2])
+                if problem is not None:
+                    raise VerifyError(f"rule {r}: {name} {a[1]}..{a[2]} for {param.name}: {problem}")
+                dec = a
+            else:
+                ci = a[1]
+                if ci >= nconsts:
+                    raise VerifyError(f"{awhere}: const index {ci} out of range ({nconsts} consts)")
+                const = consts[ci]
+                problem = _const_problem(op, const, param.type)
+                if problem is not None:
+                    raise VerifyError(f"rule {r}: {name} pattern {const[:300]!r}: {problem}")
+                dec = (op, const)
+            args.append(decoded.setdefault(dec, dec))
+        rules.append(Rule(r, effect, cap, line, col, tuple(args)))
+        i += 1 + cap.arity
+    return rules
+
+
+# ---------------------------------------------------------------------------
+# Encoding (the compiler's side)
+
+
+def assemble(rules: Iterable[tuple[int, Capability, int, int, Sequence[tuple]]]) -> tuple[list, list, list]:
+    """Encode rules as the payload's ``caps``, ``consts`` and ``code``.
+
+    Each rule is ``(effect, capability, line, col, args)`` with ``args`` in
+    the decoded form of :class:`Rule` (``(HOST_WILD, "*.acme.com")``,
+    ``(INT_RANGE, 443, 443)``, ``(ANY,)``). Capabilities and constants are
+    numbered in order of first use, so the output is deterministic.
+    ``verify_payload`` of the result gives the same rules back.
+    """
+    cap_index: dict[str, int] = {}
+    caps: list = []
+    const_index: dict[str, int] = {}
+    consts: list[str] = []
+    code: list = []
+    for effect, cap, line, col, args in rules:
+        c = cap_index.get(cap.name)
+        if c is None:
+            c = cap_index[cap.name] = len(caps)
+            caps.append([cap.name, [[p.name, p.type] for p in cap.params]])
+        code.append([RULE, effect, c, line, col])
+        for arg in args:
+            op = arg[0]
+            if op in CONST_OPS:
+                k = const_index.get(arg[1])
+                if k is None:
+                    k = const_index[arg[1]] = len(consts)
+                    consts.append(arg[1])
+                code.append([op, k])
+            else:
+                code.append(list(arg))
+    return caps, consts, code
+
+
+# ---------------------------------------------------------------------------
+# Disassembly
+
+
+def quote(text: str) -> str:
+    """A double-quoted, single-line, terminal-safe rendering of a constant."""
+    out = json.dumps(text, ensure_ascii=False)
+    if out.isprintable():
+        return out
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in out)
+
+
+def printable(text: str) -> str:
+    """``text`` with non-printable characters escaped (file names, sources)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+
+
+def format_arg(arg: tuple) -> str:
+    op = arg[0]
+    name = OPCODE_NAMES.get(op, str(op))
+    if op == ANY:
+        return name
+    if op == INT_RANGE:
+        return f"{name} {arg[1]}..{arg[2]}"
+    return f"{name} {quote(arg[1])}"
+
+
+def format_rule(rule: Rule, source: str) -> str:
+    """``tenant.acme.pol:3:5  ENTITLE network.outbound HOST_WILD "*.acme.com" INT_RANGE 443..443``"""
+    parts = [printable(rule.location(source)), "", rule.effect_name.upper(), rule.cap.name]
+    parts.extend(format_arg(a) for a in rule.args)
+    return " ".join(parts)
+
+
+def disassemble(code: tuple, caps: Sequence[Capability], consts: Sequence[str]) -> list[dict[str, Any]]:
+    """An instruction-level listing of verified ``code``.
+
+    One dict per instruction: ``offset``, ``op`` (name), ``operands`` (the raw
+    ints) and ``comment`` (what the operands refer to).
+    """
+    out: list[dict[str, Any]] = []
+    rule = -1
+    for offset, ins in enumerate(code):
+        op, *operands = ins
+        name = OPCODE_NAMES.get(op, f"{op:#04x}")
+        if op == RULE:
+            rule += 1
+            effect, c, line, col = operands
+            cap = caps[c]
+            comment = f"rule {rule}: {EFFECT_NAMES.get(effect, effect)} {cap.name} at {line}:{col}"
+        elif op in CONST_OPS:
+            comment = quote(consts[operands[0]])
+        elif op == INT_RANGE:
+            comment = f"{operands[0]}..{operands[1]}"
+        else:
+            comment = ""
+        out.append({"offset": offset, "op": name, "operands": list(operands), "comment": comment})
+    return out

@@ -1,0 +1,227 @@
+"""``polc inspect FILE.bin``: verify one artifact and disassemble it.
+
+Verification is exactly the runtime's (``read_artifact`` with the file-name
+check), so ``polc inspect`` accepts a file if and only if an agent would
+load it. Output goes to stdout (text for people, ``--format json`` for
+machines); a bad artifact prints ``FILE: error: <reason>`` on stderr and
+exits 1; a file that cannot be read, or bad usage, exits 2.
+
+Signatures: the signing module may provide
+``polc.runtime.signing.describe_trailer(header, trailer) -> dict`` (for
+example ``{"key_id": ..., "algorithm": "ed25519"}``); when it exists its
+fields are shown under ``signature``. Without it the trailer is reported by
+size only and is not interpreted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from polc.runtime import bytecode as bc
+from polc.runtime.artifact import (
+    FLAG_SIGNED,
+    MAGIC,
+    Artifact,
+    ArtifactError,
+    UnreadableArtifact,
+    module_for_path,
+    read_artifact,
+    read_artifact_bytes,
+    unpack_payload,
+    HEADER_SIZE,
+)
+
+EXIT_BAD_ARTIFACT = 1
+EXIT_USAGE = 2
+
+
+def _signature_info(art: Artifact) -> dict[str, Any]:
+    """What is known about the signature block, without verifying it."""
+    info: dict[str, Any] = {
+        "signed": art.header.signed,
+        "trailer_length": art.header.trailer_len,
+        "key_id": None,
+        "verified": None,  # polc inspect does not check signatures (yet)
+    }
+    if not art.header.signed:
+        return info
+    try:
+        signing = importlib.import_module("polc.runtime.signing")
+        describe = getattr(signing, "describe_trailer")
+    except (ImportError, AttributeError):
+        return info
+    try:
+        extra = describe(art.header, art.trailer)
+    except Exception as exc:  # noqa: BLE001 - a description must not break inspect
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        return info
+    if isinstance(extra, dict):
+        info.update(extra)
+    return info
+
+
+def _flag_names(flags: int) -> list[str]:
+    names = []
+    if flags & FLAG_SIGNED:
+        names.append("signed")
+    return names
+
+
+def build_report(path: str, data: bytes, art: Artifact) -> dict[str, Any]:
+    """Everything ``polc inspect`` shows, as plain JSON-able data."""
+    payload = unpack_payload(data[HEADER_SIZE : HEADER_SIZE + art.header.payload_len])
+    h = art.header
+    return {
+        "file": path,
+        "verified": True,
+        "header": {
+            "magic": MAGIC.hex(),
+            "format": h.version,
+            "major": h.major,
+            "minor": h.minor,
+            "flags": h.flags,
+            "flag_names": _flag_names(h.flags),
+            "payload_length": h.payload_len,
+            "trailer_length": h.trailer_len,
+            "size": art.size,
+        },
+        "digest": {"algorithm": "sha256", "hex": art.digest_hex, "status": "ok"},
+        "revision": art.revision,
+        "module": art.module,
+        "mode": art.mode,
+        "compiler": art.compiler,
+        "source": art.source,
+        "source_digest": art.source_digest,
+        "signature": _signature_info(art),
+        "capabilities": [
+            {
+                "index": k,
+                "name": cap.name,
+                "signature": cap.signature(),
+                "builtin": cap is _builtin(cap.name),
+                "params": [{"name": p.name, "type": p.type} for p in cap.params],
+            }
+            for k, cap in enumerate(art.caps)
+        ],
+        "consts": list(art.consts),
+        "rules": [
+            {
+                "index": r.index,
+                "effect": r.effect_name,
+                "capability": r.cap.name,
+                "location": r.location(art.source),
+                "line": r.line,
+                "col": r.col,
+                "args": [_arg_json(p.name, a) for p, a in zip(r.cap.params, r.args)],
+                "text": bc.format_rule(r, art.source),
+            }
+            for r in art.rules
+        ],
+        "code": bc.disassemble(payload["code"], art.caps, art.consts),
+    }
+
+
+def _builtin(name: str) -> object:
+    from polc.runtime.catalog import BUILTINS
+
+    return BUILTINS.get(name)
+
+
+def _arg_json(param: str, arg: tuple) -> dict[str, Any]:
+    op = arg[0]
+    out: dict[str, Any] = {"param": param, "op": bc.OPCODE_NAMES[op]}
+    if op == bc.INT_RANGE:
+        out["lo"], out["hi"] = arg[1], arg[2]
+    elif op != bc.ANY:
+        out["value"] = arg[1]
+    return out
+
+
+def render_text(report: dict[str, Any]) -> str:
+    p = bc.printable
+    h = report["header"]
+    sig = report["signature"]
+    lines = [
+        f"file:          {p(report['file'])}",
+        f"format:        {h['format']}  (magic {h['magic']})",
+        f"flags:         {h['flags']:#x}" + (f" ({', '.join(h['flag_names'])})" if h["flag_names"] else ""),
+        f"size:          {h['size']} bytes = header {HEADER_SIZE} + payload {h['payload_length']}"
+        f" + trailer {h['trailer_length']}",
+        f"digest:        sha256:{report['digest']['hex']} ({report['digest']['status']})",
+        f"revision:      {report['revision']}",
+        f"module:        {report['module']}",
+        f"mode:          {report['mode']}",
+        f"compiler:      {p(report['compiler'])}",
+        f"source:        {p(report['source'])}",
+        f"source digest: sha256:{report['source_digest']}",
+    ]
+    if sig["signed"]:
+        key = sig.get("key_id")
+        lines.append(
+            f"signature:     {sig['trailer_length']}-byte block"
+            + (f", key id {p(str(key))}" if key is not None else "")
+            + " (not verified by inspect)"
+        )
+    else:
+        lines.append("signature:     none")
+    lines.append("")
+    lines.append(f"capabilities ({len(report['capabilities'])}):")
+    for cap in report["capabilities"]:
+        kind = "built-in" if cap["builtin"] else "declared"
+        lines.append(f"  [{cap['index']}] {cap['signature']}  ({kind})")
+    lines.append("")
+    lines.append(f"constants ({len(report['consts'])}):")
+    for k, c in enumerate(report["consts"]):
+        lines.append(f"  [{k}] {bc.quote(c)}")
+    lines.append("")
+    lines.append(f"rules ({len(report['rules'])}):")
+    for r in report["rules"]:
+        lines.append(f"  {r['index']:>4}  {r['text']}")
+    lines.append("")
+    lines.append(f"code ({len(report['code'])} instructions):")
+    for ins in report["code"]:
+        operands = " ".join(str(v) for v in ins["operands"])
+        comment = f"  ; {ins['comment']}" if ins["comment"] else ""
+        lines.append(f"  {ins['offset']:>5}  {ins['op']:<11} {operands}{comment}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+def inspect_cmd(file: str, fmt: str, as_json: bool) -> None:
+    """Verify the artifact FILE.bin and disassemble it.
+
+    The file is checked exactly as the runtime checks it, including that
+    its module name matches its file name. Exits 1 for a bad artifact and
+    2 when the file cannot be read.
+    """
+    shown = bc.printable(file)
+    try:
+        data = read_artifact_bytes(file)
+        art = read_artifact(data, expected_module=module_for_path(file))
+    except UnreadableArtifact as exc:
+        click.echo(f"{shown}: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except ArtifactError as exc:
+        click.echo(f"{shown}: error: {bc.printable(str(exc))}", err=True)
+        sys.exit(EXIT_BAD_ARTIFACT)
+    report = build_report(os.fspath(file), data, art)
+    if as_json or fmt == "json":
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_text(report), nl=False)
