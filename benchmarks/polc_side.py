@@ -175,3 +175,27 @@ def rule_line(rule: str | None) -> tuple[str, int] | None:
         return None
     path, line, _col = rule.rsplit(":", 2)
     return os.path.basename(path), int(line)
+
+
+def artifact_bytes(mod: Module, staging: Path) -> bytes:
+    """One module's artifact, from the real compiler when it is installed."""
+    if not have_compiler():
+        return pack_module(mod, mod.filename)
+    src = staging / "src"
+    out = staging / "out"
+    src.mkdir(parents=True, exist_ok=True)
+    for old in src.glob("*.pol"):
+        old.unlink()
+    (src / mod.filename).write_text(render_module(mod))
+    _dt, res = polc_compile(src, out, force=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"polc compile failed:\n{res.stderr[-4000:]}")
+    return (out / f"{mod.name}.bin").read_bytes()
+
+
+def load_and_link(path: Path):
+    """What the agent does per artifact: read, check header and digest, unpack, verify, link."""
+    from polc.runtime.artifact import read_artifact_file
+    from polc.runtime.enforcer import link
+
+    return link(read_artifact_file(path))
