@@ -25,9 +25,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Benchmarks and peers (docs/benchmarks.md); BENCH_DOC=docs/benchmarks.md also rewrites its table.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,sign,test,bench,peers]'
-	$(BIN)/python -m pytest benchmarks -q
+	POLC_BENCH_VIA_MAKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=min,median,max,rounds
+	$(if $(BENCH_DOC),$(BIN)/python benchmarks/report.py --write $(BENCH_DOC) > /dev/null && echo "wrote $(BENCH_DOC)")
 
 clean:
 	rm -rf $(VENV) build *.egg-info
