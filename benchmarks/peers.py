@@ -143,9 +143,12 @@ class CedarEngine:
             pols = [cedar_policy(name, r) for r in mod.rules] + ([] if name == GLOBAL else glob)
             text = "\n".join(pols)
             self.texts[name] = text
-            self.sets[name] = cedarpy.PolicySet.from_str(text)
+            # a pre-parsed handle where cedarpy has one (newer releases), else the text
+            ps = getattr(cedarpy, "PolicySet", None)
+            self.sets[name] = ps.from_str(text) if ps is not None else text
         self.global_set = self.sets[GLOBAL]
-        self.entities = cedarpy.Entities.from_json_str("[]")
+        ents = getattr(cedarpy, "Entities", None)
+        self.entities = ents.from_json_str("[]") if ents is not None else []
         self.rule_count = wl.rule_count
 
     def check(self, module: str, cap: str, args: tuple) -> bool:
