@@ -1,0 +1,69 @@
+"""``polc compile`` and ``polc check``.
+
+Diagnostics and the summary go to stderr; with ``--format json`` a single
+JSON document (diagnostics, modules, summary) goes to stdout instead. Exit
+status: 0 ok, 1 policy errors (or warnings under ``--strict``), 2 usage or
+I/O problems.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+_FORMATS = click.Choice(["text", "json"])
+
+
+def _common(f):
+    f = click.option("--format", "fmt", type=_FORMATS, default="text", show_default=True,
+                     help="text diagnostics on stderr, or one JSON document on stdout")(f)
+    f = click.option("-q", "--quiet", count=True, help="less output (no summary)")(f)
+    f = click.option("-v", "--verbose", count=True, help="more output (one line per module)")(f)
+    f = click.option("--strict", is_flag=True, help="treat warnings as errors")(f)
+    f = click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="worker processes; 0 = one per core")(f)
+    f = click.argument("srcs", nargs=-1, required=True, metavar="SRC...")(f)
+    return f
+
+
+def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool) -> None:
+    from polc.compiler.driver import compile_paths
+
+    report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write)
+    verbosity = verbose - quiet
+    if fmt == "json":
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        if report.fatal:
+            click.echo(f"polc: error: {report.fatal}", err=True)
+        sys.exit(report.exit_code)
+    if report.diagnostics:
+        click.echo(report.render_diagnostics(), err=True)
+    if report.fatal:
+        click.echo(f"polc: error: {report.fatal}", err=True)
+        sys.exit(2)
+    if verbosity > 0:
+        for m in report.modules:
+            where = f" -> {m.artifact}" if m.artifact and m.status != "failed" else ""
+            click.echo(f"{m.status}: {m.module} ({m.source}){where}", err=True)
+    if verbosity >= 0:
+        click.echo(report.summary(), err=True)
+    sys.exit(report.exit_code)
+
+
+@click.command("compile")
+@_common
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="output directory [default: policies/ beside the source directory]")
+@click.option("--force", is_flag=True, help="rewrite artifacts even when up to date")
+def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt):
+    """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts."""
+    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True)
+
+
+@click.command("check")
+@_common
+def check_cmd(srcs, jobs, strict, verbose, quiet, fmt):
+    """Check policy sources without writing anything."""
+    _run(srcs, None, jobs, False, strict, verbose, quiet, fmt, write=False)

@@ -1,0 +1,390 @@
+"""Stage 2: semantic checks of the syntax tree, lowering to the IR (compiler/ir.py).
+
+Capabilities are the built-in catalog (``polc.runtime.catalog.BUILTINS``) plus
+the ``capability`` declarations of the whole source tree: a declaration in
+any module may be used by every module, a built-in cannot be redeclared, and
+two different declarations of one name are an error (an identical
+re-declaration is fine). Rule arguments are validated and normalised with
+``polc.runtime.patterns`` -- the same functions the artifact verifier uses --
+so the compiler never accepts a pattern the runtime would refuse.
+
+Every problem becomes a diagnostic; nothing here raises for bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from polc.runtime import patterns
+from polc.runtime.bytecode import ANY, DENY, ENTITLE, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_GLOB
+from polc.runtime.catalog import BUILTINS, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
+
+from .ast import AnyArg, CapabilityDecl, IntArg, Module, ModeStmt, Node, RangeArg, Rule, SourceFile, StrArg
+from .diagnostics import ERROR, NOTE, WARNING, Diagnostic, did_you_mean
+from .ir import IRArg, IRModule, IRRule
+
+__all__ = ["Declarations", "collect_declarations", "check_module", "MODES"]
+
+MODES = ("enforce", "audit")
+
+# "did you mean" for words a person may reach for first.
+CAPABILITY_SYNONYMS = {
+    "inbound": "listen",
+    "ingress": "listen",
+    "accept": "listen",
+    "bind": "listen",
+    "serve": "listen",
+    "server": "listen",
+    "egress": "outbound",
+    "connect": "outbound",
+    "out": "outbound",
+    "outgoing": "outbound",
+    "open": "read",
+    "load": "read",
+    "get": "read",
+    "save": "write",
+    "put": "write",
+    "create": "write",
+    "run": "exec",
+    "execute": "exec",
+    "spawn": "exec",
+    "start": "create",
+    "spawn_thread": "create",
+    "get_env": "read",
+    "getenv": "read",
+}
+TYPE_SYNONYMS = {
+    "str": "string",
+    "text": "string",
+    "integer": "int",
+    "number": "int",
+    "num": "int",
+    "hostname": "host",
+    "domain": "host",
+    "ip": "host",
+    "address": "host",
+    "file": "path",
+    "filename": "path",
+    "dir": "path",
+    "directory": "path",
+    "glob": "path",
+}
+MODE_SYNONYMS = {
+    "enforcing": "enforce",
+    "enforced": "enforce",
+    "strict": "enforce",
+    "block": "enforce",
+    "auditing": "audit",
+    "audited": "audit",
+    "dryrun": "audit",
+    "dry_run": "audit",
+    "warn": "audit",
+    "report": "audit",
+    "log": "audit",
+    "permissive": "audit",
+    "monitor": "audit",
+}
+_TYPE_WORDS = {
+    HOST: "a host pattern (a string such as \"*.example.com\" or \"10.0.0.0/8\") or '*'",
+    PORT: "a port (a number 0..65535 or a range such as 8000..8999) or '*'",
+    PATH: "a path pattern (a string such as \"logs/**\") or '*'",
+    STRING: "a string (exact, or a glob with '*' and '?') or '*'",
+    INT: "an integer or a range such as 1..10, or '*'",
+}
+
+
+def _what(arg: Node) -> str:
+    if isinstance(arg, StrArg):
+        return "a string"
+    if isinstance(arg, IntArg):
+        return "a number"
+    if isinstance(arg, RangeArg):
+        return "a range"
+    return "'*'"
+
+
+# --------------------------------------------------------------------------
+# declarations (tree-wide)
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredCap:
+    cap: Capability
+    file: str
+    line: int
+    col: int
+
+
+@dataclass(slots=True)
+class Declarations:
+    """The capabilities declared anywhere in the tree, first declaration wins."""
+
+    caps: dict[str, DeclaredCap] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)
+    """Names whose declarations are invalid: their uses are not checked again."""
+
+    def lookup(self, name: str) -> Capability | None:
+        cap = BUILTINS.get(name)
+        if cap is not None:
+            return cap
+        d = self.caps.get(name)
+        return d.cap if d is not None else None
+
+    def names(self) -> list[str]:
+        return [*BUILTINS, *self.caps]
+
+
+def _diag(sev: str, node: Node, msg: str, module: str | None, length: int | None = None) -> Diagnostic:
+    if length is None:
+        length = max(1, node.end_col - node.col)
+    return Diagnostic(sev, node.file, node.line, node.col, msg, length, module)
+
+
+def collect_declarations(files: Iterable[SourceFile]) -> tuple[Declarations, list[Diagnostic]]:
+    """Check every ``capability`` declaration of the tree and build the table."""
+    decls = Declarations()
+    diags: list[Diagnostic] = []
+    for f in files:
+        for m in f.modules:
+            mod = m.name.text
+            for st in m.body:
+                if isinstance(st, CapabilityDecl):
+                    _declare(st, mod, decls, diags)
+    return decls, diags
+
+
+def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diagnostic]) -> None:
+    name = st.name.text
+    if name in BUILTINS:
+        diags.append(
+            _diag(
+                ERROR, st.name,
+                f"capability '{name}' is built in and cannot be redefined "
+                f"(built-in signature: {BUILTINS[name].signature()})",
+                mod,
+            )
+        )
+        return
+    ok = True
+    params: list[Param] = []
+    seen: dict[str, Node] = {}
+    for p in st.params:
+        pname, ptype = p.name.text, p.type.text
+        if "." in pname:
+            diags.append(_diag(ERROR, p.name, f"parameter name '{pname}' must be a simple name, without '.'", mod))
+            ok = False
+        elif pname in seen:
+            diags.append(
+                _diag(ERROR, p.name, f"duplicate parameter '{pname}' in the declaration of '{name}'", mod)
+            )
+            ok = False
+        seen[pname] = p.name
+        if ptype not in TYPES:
+            hint = did_you_mean(ptype, TYPES, synonyms=TYPE_SYNONYMS)
+            if not hint:
+                hint = "; the types are " + ", ".join(sorted(TYPES))
+            diags.append(_diag(ERROR, p.type, f"unknown type '{ptype}'{hint}", mod))
+            ok = False
+        params.append(Param(pname, ptype))
+    if not ok:
+        if name not in decls.caps:
+            decls.broken.add(name)
+        return
+    cap = Capability(name, tuple(params))
+    first = decls.caps.get(name)
+    if first is None:
+        decls.caps[name] = DeclaredCap(cap, st.name.file, st.name.line, st.name.col)
+        decls.broken.discard(name)
+        return
+    if first.cap != cap:
+        note = Diagnostic(NOTE, first.file, first.line, first.col, f"'{name}' first declared here", len(name))
+        diags.append(
+            Diagnostic(
+                ERROR, st.name.file, st.name.line, st.name.col,
+                f"conflicting declaration of capability '{cap.signature()}': "
+                f"already declared as '{first.cap.signature()}' at {first.file}:{first.line}:{first.col}",
+                max(1, st.name.end_col - st.name.col), mod, (note,),
+            )
+        )
+
+
+# --------------------------------------------------------------------------
+# modules
+
+
+def check_module(
+    module: Module, decls: Declarations, *, source: str, source_digest: str
+) -> tuple[IRModule, list[Diagnostic]]:
+    """Check one module; the IR is meaningful only if no error was reported."""
+    mod = module.name.text
+    diags: list[Diagnostic] = []
+    mode = "enforce"
+    mode_at: ModeStmt | None = None
+    rules: list[IRRule] = []
+    rule_nodes: list[Rule] = []
+    for st in module.body:
+        if isinstance(st, Rule):
+            ir = _check_rule(st, decls, mod, diags)
+            if ir is not None:
+                rules.append(ir)
+                rule_nodes.append(st)
+        elif isinstance(st, ModeStmt):
+            value = st.value.text
+            if value not in MODES:
+                hint = did_you_mean(value, MODES, synonyms=MODE_SYNONYMS) or "; a mode is 'enforce' or 'audit'"
+                diags.append(_diag(ERROR, st.value, f"unknown mode '{value}'{hint}", mod))
+            elif mode_at is not None:
+                diags.append(
+                    _diag(
+                        ERROR, st,
+                        f"mode set twice in module '{mod}' (first at line {mode_at.line})",
+                        mod,
+                    )
+                )
+            else:
+                mode, mode_at = value, st
+        # capability declarations were checked tree-wide by collect_declarations
+    _lint(rules, rule_nodes, mod, diags)
+    ir = IRModule(mod, mode, source, source_digest, tuple(rules))
+    return ir, diags
+
+
+def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]) -> IRRule | None:
+    name = st.cap.text
+    cap = decls.lookup(name)
+    if cap is None:
+        if name in decls.broken:
+            return None  # its declaration is already reported
+        hint = did_you_mean(name, decls.names(), synonyms=CAPABILITY_SYNONYMS)
+        diags.append(_diag(ERROR, st.cap, f"unknown capability '{name}'{hint}", mod))
+        return None
+    given = st.args or ()
+    ok = True
+    if len(given) > cap.arity:
+        extra = given[cap.arity]
+        takes = {0: "no arguments", 1: "1 argument"}.get(cap.arity, f"{cap.arity} arguments")
+        diags.append(
+            _diag(
+                ERROR, extra,
+                f"wrong number of arguments: {cap.signature()} takes {takes}, got {len(given)}",
+                mod,
+            )
+        )
+        ok = False
+    args: list[IRArg] = []
+    for param, arg in zip(cap.params, given):
+        lowered = _lower_arg(cap, param, arg, mod, diags)
+        if lowered is None:
+            ok = False
+        else:
+            args.append(lowered)
+    if not ok:
+        return None
+    args.extend([(ANY,)] * (cap.arity - len(args)))
+    effect = ENTITLE if st.effect == "entitle" else DENY
+    return IRRule(effect, cap, st.line, st.col, tuple(args))
+
+
+def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[Diagnostic]) -> IRArg | None:
+    t = param.type
+    if isinstance(arg, AnyArg):
+        return (ANY,)
+    try:
+        if isinstance(arg, StrArg):
+            if arg.bad_escape is not None:
+                diags.append(
+                    _diag(
+                        ERROR, arg,
+                        f"unknown escape '{arg.bad_escape}' in a string; the escapes are \\\" and \\\\",
+                        mod,
+                    )
+                )
+                return None
+            if t == HOST:
+                return patterns.compile_host(arg.value)
+            if t == PATH:
+                return (PATH_GLOB, patterns.compile_path(arg.value))
+            if t == STRING:
+                return patterns.compile_string(arg.value)
+        elif isinstance(arg, IntArg):
+            if t in (PORT, INT):
+                patterns.check_range(t, arg.value, arg.value)
+                return (INT_RANGE, arg.value, arg.value)
+        elif isinstance(arg, RangeArg):
+            if t in (PORT, INT):
+                patterns.check_range(t, arg.lo, arg.hi)
+                return (INT_RANGE, arg.lo, arg.hi)
+    except patterns.PatternError as exc:
+        diags.append(_diag(ERROR, arg, f"{exc} (parameter '{param.name}' of {cap.name})", mod))
+        return None
+    diags.append(
+        _diag(
+            ERROR, arg,
+            f"wrong argument type: parameter '{param.name}' of {cap.signature()} is {t}, "
+            f"expecting {_TYPE_WORDS.get(t, t)}; got {_what(arg)}",
+            mod,
+        )
+    )
+    return None
+
+
+# --------------------------------------------------------------------------
+# warnings: duplicate and shadowed rules
+
+
+def _universal(arg: IRArg) -> bool:
+    """An argument instruction that surely matches every value its parameter accepts."""
+    op = arg[0]
+    return op == ANY or (op == STR_GLOB and arg[1] == "*") or (op == PATH_GLOB and arg[1] == "**")
+
+
+def _covers(d: IRArg, e: IRArg) -> bool:
+    """Does the deny's argument ``d`` surely match every value the entitle's ``e`` matches?"""
+    if d == e or _universal(d):
+        return True
+    op = d[0]
+    if op == INT_RANGE and e[0] == INT_RANGE:
+        return d[1] <= e[1] and e[2] <= d[2]
+    if op == HOST_WILD and d[1] == "**":
+        return e[0] in (HOST_EXACT, HOST_WILD)  # every DNS name, but no IP address
+    return False
+
+
+def _lint(rules: list[IRRule], nodes: list[Rule], mod: str, diags: list[Diagnostic]) -> None:
+    seen: dict[tuple, IRRule] = {}
+    denies_exact: dict[tuple, IRRule] = {}
+    wide_denies: dict[str, list[IRRule]] = {}
+    for r in rules:
+        if r.effect == DENY:
+            key = (r.cap.name, r.args)
+            denies_exact.setdefault(key, r)
+            if any(a[0] in (ANY, INT_RANGE) or _universal(a) or a == (HOST_WILD, "**") for a in r.args):
+                wide_denies.setdefault(r.cap.name, []).append(r)
+    for r, node in zip(rules, nodes):
+        key = (r.effect, r.cap.name, r.args)
+        first = seen.get(key)
+        if first is not None:
+            diags.append(
+                _diag(WARNING, node, f"duplicate rule: the same as line {first.line}", mod)
+            )
+            continue
+        seen[key] = r
+        if r.effect != ENTITLE:
+            continue
+        shadow = denies_exact.get((r.cap.name, r.args))
+        if shadow is None:
+            for d in wide_denies.get(r.cap.name, ()):
+                if all(_covers(da, ea) for da, ea in zip(d.args, r.args)):
+                    shadow = d
+                    break
+        if shadow is not None:
+            note = Diagnostic(NOTE, node.file, shadow.line, shadow.col, "the deny is here", 4, mod)
+            diags.append(
+                Diagnostic(
+                    WARNING, node.file, node.line, node.col,
+                    f"this entitle is shadowed by the deny at line {shadow.line} "
+                    f"and can never allow anything",
+                    7, mod, (note,),
+                )
+            )

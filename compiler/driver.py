@@ -1,0 +1,645 @@
+"""Stage 4: from source files (or strings) to artifacts on disk (or in memory).
+
+Two entry points:
+
+- ``compile_source(text, path)`` / ``compile_sources([(path, text), ...])``:
+  the in-memory API. Returns a :class:`CompileResult` with the artifact bytes
+  of every module that compiled and every diagnostic. Nothing touches disk
+  unless you call ``result.write_to(directory)``.
+- ``compile_paths(srcs, out)``: what ``polc compile`` and ``polc check`` run.
+  Walks the sources, skips modules whose artifact is up to date, compiles the
+  rest (``jobs`` worker processes), writes each artifact atomically, and
+  returns a :class:`Report` (counts, per-module outcome, diagnostics, exit code).
+
+Up to date means: ``OUT/NAME.bin`` reads as a valid artifact recording the
+same module, source path, source digest and compiler version, and every
+capability signature it carries is still the current one (a declaration
+elsewhere in the tree may have changed). An unchanged source file whose
+modules are all up to date is not even parsed: a cheap scan of its bytes for
+``security module NAME`` headers is enough. Files that declare capabilities
+are always parsed, since their declarations apply to the whole tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polc import __version__
+from polc.runtime.artifact import ArtifactError, read_artifact, read_artifact_bytes, write_atomic
+from polc.runtime.catalog import BUILTINS
+
+from .ast import SourceFile
+from .checker import Declarations, check_module, collect_declarations
+from .codegen import generate
+from .diagnostics import ERROR, WARNING, CompileError, Diagnostic, render, render_all
+from .parser import parse
+
+__all__ = [
+    "CompileResult",
+    "ModuleOutcome",
+    "Report",
+    "UsageError",
+    "compile_source",
+    "compile_sources",
+    "compile_paths",
+    "find_sources",
+    "default_out_dir",
+]
+
+COMPILED = "compiled"
+UP_TO_DATE = "up to date"
+FAILED = "failed"
+CHECKED = "ok"
+
+
+class UsageError(Exception):
+    """A problem with how polc was called, or with the file system (exit 2)."""
+
+
+# --------------------------------------------------------------------------
+# results
+
+
+@dataclass(slots=True)
+class ModuleOutcome:
+    module: str
+    source: str
+    line: int
+    col: int
+    status: str
+    """``compiled``, ``up to date``, ``failed`` (or ``ok`` when only checking)."""
+    artifact: str | None = None
+    """Where the artifact is (or would be) written, ``None`` in memory."""
+    data: bytes | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        return {
+            "module": self.module,
+            "source": self.source,
+            "line": self.line,
+            "col": self.col,
+            "status": self.status,
+            "artifact": self.artifact,
+        }
+
+
+@dataclass(slots=True)
+class _FileOutcome:
+    """What compiling one file gave (picklable: it comes back from worker processes)."""
+
+    path: str
+    digest: str
+    modules: list[ModuleOutcome]
+    diagnostics: list[Diagnostic]
+    file_failed: bool
+
+
+def _sorted_diags(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return sorted(diags, key=lambda d: (d.line, d.col))
+
+
+def _decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        return None, Diagnostic(ERROR, path, line, col, "the file is not valid UTF-8")
+
+
+def _compile_parsed(
+    sf: SourceFile,
+    syntax: list[Diagnostic],
+    digest: str,
+    decls: Declarations,
+    strict: bool,
+    extra: Iterable[Diagnostic] = (),
+) -> _FileOutcome:
+    """Check and generate every module of one parsed file."""
+    diags = list(syntax)
+    diags.extend(extra)
+    results = []
+    for m in sf.modules:
+        ir, mdiags = check_module(m, decls, source=sf.path, source_digest=digest)
+        diags.extend(mdiags)
+        results.append((m, ir))
+    if strict:
+        diags = [d.promoted() for d in diags]
+    diags = _sorted_diags(diags)
+    bad_modules = {d.module for d in diags if d.severity == ERROR}
+    file_failed = None in bad_modules
+    modules = []
+    for m, ir in results:
+        name = m.name.text
+        if file_failed or name in bad_modules:
+            modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, FAILED))
+        else:
+            modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, COMPILED, data=generate(ir)))
+    return _FileOutcome(sf.path, digest, modules, diags, file_failed)
+
+
+def _compile_one(path: str, data: bytes, decls: Declarations, strict: bool) -> _FileOutcome:
+    digest = hashlib.sha256(data).hexdigest()
+    text, bad = _decode(data, path)
+    if text is None:
+        return _FileOutcome(path, digest, [], [bad], True)
+    sf, syntax = parse(text, path)
+    return _compile_parsed(sf, syntax, digest, decls, strict)
+
+
+def _duplicates(occurrences: dict[str, list[tuple[str, int, int]]]) -> list[Diagnostic]:
+    """An error at every place a module name is defined more than once in the tree."""
+    diags = []
+    for name, places in occurrences.items():
+        if len(places) < 2:
+            continue
+        for i, (file, line, col) in enumerate(places):
+            others = ", ".join(f"{f}:{ln}:{c}" for j, (f, ln, c) in enumerate(places) if j != i)
+            diags.append(
+                Diagnostic(
+                    ERROR, file, line, col,
+                    f"duplicate module '{name}': also defined at {others}",
+                    len(name), name,
+                )
+            )
+    return diags
+
+
+# --------------------------------------------------------------------------
+# in memory
+
+
+@dataclass(slots=True)
+class CompileResult:
+    """The outcome of an in-memory compile."""
+
+    modules: list[ModuleOutcome]
+    diagnostics: list[Diagnostic]
+    sources: dict[str, str]
+
+    @property
+    def artifacts(self) -> list[tuple[str, bytes]]:
+        """``(module name, artifact bytes)`` for every module that compiled."""
+        return [(m.module, m.data) for m in self.modules if m.data is not None]
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def __getitem__(self, module: str) -> bytes:
+        """The artifact bytes of ``module`` (KeyError if it did not compile)."""
+        for m in self.modules:
+            if m.module == module and m.data is not None:
+                return m.data
+        raise KeyError(module)
+
+    def render(self) -> str:
+        return render_all(self.diagnostics, self.sources)
+
+    def check(self) -> CompileResult:
+        """Raise :class:`CompileError` (message = rendered diagnostics) if there is any error."""
+        if not self.ok:
+            raise CompileError(self.errors, self.render())
+        return self
+
+    def write_to(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write each compiled module to ``directory/NAME.bin`` atomically; return the paths."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, data in self.artifacts:
+            p = d / f"{name}.bin"
+            write_atomic(p, data)
+            paths.append(p)
+        return paths
+
+
+def compile_sources(
+    sources: Sequence[tuple[str, str | bytes]], *, strict: bool = False
+) -> CompileResult:
+    """Compile several sources together (declarations and module names are tree-wide).
+
+    ``sources`` are ``(path, text)`` pairs; ``path`` is what the artifacts
+    record as their source and what diagnostics print. Text may be ``str``
+    (encoded as UTF-8 for the source digest) or the file's ``bytes``.
+    """
+    parsed = []
+    texts: dict[str, str] = {}
+    early: list[_FileOutcome] = []
+    for path, src in sources:
+        data = src.encode("utf-8") if isinstance(src, str) else bytes(src)
+        digest = hashlib.sha256(data).hexdigest()
+        text, bad = (src, None) if isinstance(src, str) else _decode(data, path)
+        if text is None:
+            early.append(_FileOutcome(path, digest, [], [bad], True))
+            continue
+        texts[path] = text
+        sf, syntax = parse(text, path)
+        parsed.append((sf, syntax, digest))
+    decls, decl_diags = collect_declarations(sf for sf, _, _ in parsed)
+    outcomes = list(early)
+    for sf, syntax, digest in parsed:
+        mine = [d for d in decl_diags if d.file == sf.path]
+        outcomes.append(_compile_parsed(sf, syntax, digest, decls, strict, mine))
+    occurrences: dict[str, list] = {}
+    for o in outcomes:
+        for m in o.modules:
+            occurrences.setdefault(m.module, []).append((m.source, m.line, m.col))
+    dups = _duplicates(occurrences)
+    modules: list[ModuleOutcome] = []
+    diags: list[Diagnostic] = []
+    for o in outcomes:
+        diags.extend(o.diagnostics)
+        diags.extend(d for d in dups if d.file == o.path)
+        modules.extend(o.modules)
+    dup_names = {d.module for d in dups}
+    for m in modules:
+        if m.module in dup_names:
+            m.status, m.data = FAILED, None
+    return CompileResult(modules, diags, texts)
+
+
+def compile_source(text: str | bytes, path: str = "<memory>", *, strict: bool = False) -> CompileResult:
+    """Compile one source held in memory.
+
+    >>> result = compile_source('security module t { entitle module to threads.create; }', "t.pol")
+    >>> [name for name, data in result.artifacts]
+    ['t']
+    """
+    return compile_sources([(path, text)], strict=strict)
+
+
+# --------------------------------------------------------------------------
+# the tree on disk
+
+
+def find_sources(srcs: Sequence[str]) -> list[str]:
+    """The ``.pol`` files named by ``srcs`` (files, or directories searched recursively).
+
+    Paths are returned as given (joined with ``/`` under a directory),
+    directories in sorted order, each file once. Raises :class:`UsageError`
+    for a missing source.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p.replace(os.sep, "/"))
+
+    for src in srcs:
+        if os.path.isdir(src):
+            found = []
+            for root, dirs, files in os.walk(src):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                rel_root = os.path.relpath(root, src)
+                for f in files:
+                    if f.endswith(".pol") and not f.startswith("."):
+                        rel = f if rel_root == "." else os.path.join(rel_root, f)
+                        found.append(posixpath.join(src.replace(os.sep, "/"), rel.replace(os.sep, "/")))
+            for p in sorted(found):
+                add(p)
+        elif os.path.exists(src):
+            add(src)
+        else:
+            raise UsageError(f"no such file or directory: {src}")
+    return out
+
+
+def default_out_dir(srcs: Sequence[str]) -> str:
+    """``policies/`` beside the first source directory (for a file: beside its directory)."""
+    first = srcs[0]
+    src_dir = first if os.path.isdir(first) else (os.path.dirname(first) or ".")
+    parent = os.path.dirname(os.path.abspath(src_dir))
+    out = os.path.join(parent, "policies")
+    rel = os.path.relpath(out)
+    return out if rel.startswith("..") else rel
+
+
+_HEADER_SCAN = re.compile(
+    rb"//[^\n]*|/\*.*?\*/|\"(?:[^\"\\\n]|\\.)*\""
+    rb"|\bsecurity(?:\s|//[^\n]*\n|/\*.*?\*/)+module(?:\s|//[^\n]*\n|/\*.*?\*/)+"
+    rb"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)",
+    re.S,
+)
+
+
+def _scan_modules(data: bytes) -> list[tuple[str, int]]:
+    """``(module name, byte offset)`` of every ``security module NAME`` header, cheaply."""
+    return [(m.group(1).decode("ascii"), m.start(1)) for m in _HEADER_SCAN.finditer(data) if m.group(1)]
+
+
+def _line_col(data: bytes, offset: int) -> tuple[int, int]:
+    line = data.count(b"\n", 0, offset) + 1
+    return line, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+
+
+def _caps_current(art, decls: Declarations) -> bool:
+    for cap in art.caps:
+        current = BUILTINS.get(cap.name) or decls.lookup(cap.name)
+        if current != cap:
+            return False
+    return True
+
+
+def _up_to_date(path: str, module: str, source: str, digest: str, decls: Declarations) -> bool:
+    try:
+        art = read_artifact(read_artifact_bytes(path), expected_module=module)
+    except ArtifactError:
+        return False
+    return (
+        art.compiler == __version__
+        and art.source == source
+        and art.source_digest == digest
+        and _caps_current(art, decls)
+    )
+
+
+@dataclass(slots=True)
+class Report:
+    """What ``polc compile`` / ``polc check`` did; ``exit_code`` follows from it."""
+
+    modules: list[ModuleOutcome] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    failed_files: int = 0
+    """Files with errors that yielded no module at all."""
+    out_dir: str | None = None
+    checking: bool = False
+    fatal: str | None = None
+    """A usage or I/O problem (exit 2)."""
+    _sources: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def count(self, status: str) -> int:
+        return sum(1 for m in self.modules if m.status == status)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for d in self.diagnostics if d.severity == ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for d in self.diagnostics if d.severity == WARNING)
+
+    @property
+    def failed(self) -> int:
+        return self.count(FAILED) + self.failed_files
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal:
+            return 2
+        return 1 if self.errors or self.failed else 0
+
+    def summary(self) -> str:
+        if self.checking:
+            return f"checked {self.count(CHECKED) + self.count(FAILED)}, failed {self.failed}"
+        return (
+            f"compiled {self.count(COMPILED)}, up to date {self.count(UP_TO_DATE)}, "
+            f"failed {self.failed}"
+        )
+
+    def source_text(self, path: str) -> str | None:
+        data = self._sources.get(path)
+        if data is None:
+            return None
+        return data.decode("utf-8-sig", errors="replace")
+
+    def render_diagnostics(self) -> str:
+        return render_all(self.diagnostics, self.source_text)
+
+    def as_dict(self) -> dict:
+        summary = {
+            "compiled": self.count(COMPILED),
+            "up_to_date": self.count(UP_TO_DATE),
+            "failed": self.failed,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+        if self.checking:
+            summary = {"checked": self.count(CHECKED) + self.count(FAILED), "failed": self.failed,
+                       "errors": self.errors, "warnings": self.warnings}
+        return {
+            "ok": self.exit_code == 0,
+            "exit_code": self.exit_code,
+            "out_dir": self.out_dir,
+            "summary": summary,
+            "summary_line": self.summary(),
+            "modules": [m.as_dict() for m in self.modules],
+            "diagnostics": [_diag_dict(d) for d in self.diagnostics],
+            "fatal": self.fatal,
+        }
+
+
+def _diag_dict(d: Diagnostic) -> dict:
+    return {
+        "severity": d.severity,
+        "file": d.file,
+        "line": d.line,
+        "col": d.col,
+        "length": d.length,
+        "module": d.module,
+        "message": d.message,
+        "location": d.location,
+        "notes": [_diag_dict(n) for n in d.notes],
+    }
+
+
+# process-pool workers
+
+
+_WORKER: tuple[Declarations, bool] | None = None
+
+
+def _init_worker(decls: Declarations, strict: bool) -> None:
+    global _WORKER
+    _WORKER = (decls, strict)
+
+
+def _work(item: tuple[str, bytes]) -> _FileOutcome:
+    decls, strict = _WORKER
+    return _compile_one(item[0], item[1], decls, strict)
+
+
+def _jobs(n: int) -> int:
+    if n > 0:
+        return n
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _run_jobs(items: list[tuple[str, bytes]], decls: Declarations, strict: bool, jobs: int) -> list[_FileOutcome]:
+    workers = min(_jobs(jobs), len(items))
+    if workers <= 1:
+        return [_compile_one(p, d, decls, strict) for p, d in items]
+    import concurrent.futures
+    import multiprocessing
+
+    from .parser import get_parser
+
+    get_parser()  # build once in the parent; forked workers inherit it
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:  # pragma: no cover - platforms without fork
+        ctx = None
+    chunk = max(1, min(64, len(items) // (workers * 4)))
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(decls, strict)
+    ) as pool:
+        return list(pool.map(_work, items, chunksize=chunk))
+
+
+def compile_paths(
+    srcs: Sequence[str],
+    out: str | None = None,
+    *,
+    jobs: int = 1,
+    force: bool = False,
+    strict: bool = False,
+    write: bool = True,
+) -> Report:
+    """Compile (``write=True``) or only check (``write=False``) a source tree.
+
+    Never raises for policy problems or I/O errors: they are in the report
+    (``report.fatal`` for usage and I/O problems, exit code 2).
+    """
+    report = Report(checking=not write)
+    try:
+        files = find_sources(srcs)
+    except UsageError as exc:
+        report.fatal = str(exc)
+        return report
+    if not files:
+        report.fatal = "no policy sources (*.pol) found in " + ", ".join(srcs)
+        return report
+    if write:
+        out = out if out is not None else default_out_dir(srcs)
+        report.out_dir = out
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            report.fatal = f"cannot create output directory {out}: {exc.strerror or exc}"
+            return report
+        if not os.access(out, os.W_OK | os.X_OK):
+            report.fatal = f"output directory {out} is not writable"
+            return report
+
+    # read every source once
+    datas: dict[str, bytes] = {}
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                datas[f] = fh.read()
+        except OSError as exc:
+            report.fatal = f"cannot read {f}: {exc.strerror or exc}"
+            return report
+    digests = {f: hashlib.sha256(d).hexdigest() for f, d in datas.items()}
+    scans = {f: _scan_modules(d) for f, d in datas.items()}
+    declares = {f for f, d in datas.items() if b"capability" in d}
+
+    # declarations are tree-wide: parse the files that may hold some first
+    parsed: dict[str, tuple] = {}
+    early: dict[str, _FileOutcome] = {}
+    for f in files:
+        if f in declares:
+            text, bad = _decode(datas[f], f)
+            if text is None:
+                early[f] = _FileOutcome(f, digests[f], [], [bad], True)
+            else:
+                parsed[f] = parse(text, f)
+    decls, decl_diags = collect_declarations(sf for sf, _ in parsed.values())
+
+    # which files can be skipped without parsing
+    scan_count: dict[str, int] = {}
+    for f in files:
+        for name, _ in scans[f]:
+            scan_count[name] = scan_count.get(name, 0) + 1
+    skipped: set[str] = set()
+    if write and not force:
+        for f in files:
+            names = [n for n, _ in scans[f]]
+            if f in declares or not names or any(scan_count[n] > 1 for n in names):
+                continue
+            if all(_up_to_date(os.path.join(out, n + ".bin"), n, f, digests[f], decls) for n in names):
+                skipped.add(f)
+
+    # compile the rest
+    outcomes: dict[str, _FileOutcome] = dict(early)
+    for f, (sf, syntax) in parsed.items():
+        mine = [d for d in decl_diags if d.file == f]
+        outcomes[f] = _compile_parsed(sf, syntax, digests[f], decls, strict, mine)
+    todo = [(f, datas[f]) for f in files if f not in skipped and f not in outcomes]
+    for o in _run_jobs(todo, decls, strict, jobs):
+        outcomes[o.path] = o
+
+    # tree-wide: duplicate modules
+    occurrences: dict[str, list] = {}
+    for f in files:
+        if f in skipped:
+            for name, off in scans[f]:
+                occurrences.setdefault(name, []).append((f, *_line_col(datas[f], off)))
+        else:
+            for m in outcomes[f].modules:
+                occurrences.setdefault(m.module, []).append((f, m.line, m.col))
+    dups = _duplicates(occurrences)
+    dup_names = {d.module for d in dups}
+
+    # decide, write, report
+    for f in files:
+        if f in skipped:
+            for name, off in scans[f]:
+                line, col = _line_col(datas[f], off)
+                art = os.path.join(out, name + ".bin")
+                report.modules.append(ModuleOutcome(name, f, line, col, UP_TO_DATE, art))
+            continue
+        o = outcomes[f]
+        diags = o.diagnostics + [d for d in dups if d.file == f]
+        report.diagnostics.extend(_sorted_diags(diags) if dups else diags)
+        if diags:
+            report._sources[f] = datas[f]
+        if not o.modules and any(d.severity == ERROR for d in diags):
+            report.failed_files += 1
+        for m in o.modules:
+            if m.module in dup_names:
+                m.status, m.data = FAILED, None
+            if not write:
+                if m.status != FAILED:
+                    m.status = CHECKED
+                m.data = None
+                report.modules.append(m)
+                continue
+            m.artifact = os.path.join(out, m.module + ".bin")
+            if m.status == COMPILED:
+                if not force and _up_to_date(m.artifact, m.module, f, o.digest, decls):
+                    m.status = UP_TO_DATE
+                else:
+                    try:
+                        write_atomic(m.artifact, m.data)
+                    except OSError as exc:
+                        report.fatal = f"cannot write {m.artifact}: {exc.strerror or exc}"
+                        m.status = FAILED
+            m.data = None
+            report.modules.append(m)
+    return report
+
+
+def render_report_diagnostics(report: Report) -> str:
+    return "\n".join(render(d, report.source_text) for d in report.diagnostics)

@@ -1,0 +1,564 @@
+"""Stage 1: source text -> syntax tree (compiler/ast.py) plus syntax diagnostics.
+
+The grammar (grammar/policy.lark) is compiled once per process into an LALR
+parser whose inline Transformer builds the frozen AST nodes directly, so lark
+never builds a parse tree. A source without syntax errors is parsed in one
+call with the garbage collector paused (GC is ~40% of a large parse).
+
+A source with syntax errors goes down a second, slower path that reports
+every error: it feeds tokens one by one to lark's interactive parser, keeps a
+checkpoint at every statement boundary (after ``;``, ``{`` and ``}``), and on
+an error restores the checkpoint and skips to the next ``;``, ``}`` or
+statement keyword at the start of a line. Error messages are written in words
+("expected ';' after the rule"); lark's terminal names and exception types
+never reach the user.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.resources
+import threading
+from collections.abc import Iterable
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.lexer import BasicLexer, LexerState
+from lark.utils import TextSlice
+
+from .ast import (
+    AnyArg,
+    CapabilityDecl,
+    IntArg,
+    Module,
+    ModeStmt,
+    Name,
+    ParamDecl,
+    RangeArg,
+    Rule,
+    SourceFile,
+    StrArg,
+)
+from .diagnostics import ERROR, Diagnostic, did_you_mean
+
+__all__ = ["parse", "get_parser", "grammar_text", "TERMINAL_WORDS"]
+
+
+# --------------------------------------------------------------------------
+# grammar and parser construction
+
+
+def grammar_text() -> str:
+    return importlib.resources.files("polc.grammar").joinpath("policy.lark").read_text("utf-8")
+
+
+def _unescape(raw: str) -> tuple[str, str | None]:
+    """Decode a STRING token's text (quotes included): ``\\"`` and ``\\\\``."""
+    inner = raw[1:-1]
+    if "\\" not in inner:
+        return inner, None
+    out: list[str] = []
+    bad: str | None = None
+    i, n = 0, len(inner)
+    while i < n:
+        ch = inner[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = inner[i + 1]
+            if nxt in ('"', "\\"):
+                out.append(nxt)
+            else:
+                if bad is None:
+                    bad = "\\" + nxt
+                out.append("\\" + nxt)
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out), bad
+
+
+@v_args(inline=True)
+class _Builder(Transformer):
+    """Builds AST nodes as lark reduces rules (no parse tree is ever built)."""
+
+    def __init__(self) -> None:
+        super().__init__(visit_tokens=False)
+        self.file = "<memory>"
+
+    def start(self, *modules):
+        return modules
+
+    def module(self, kw, name, *body):
+        return Module(self.file, kw.line, kw.column, kw.end_column, self._name(name), body)
+
+    def rule(self, kw, cap, args):
+        effect = "entitle" if kw == "entitle" else "deny"
+        return Rule(self.file, kw.line, kw.column, kw.end_column, effect, self._name(cap), args)
+
+    def arglist(self, *args):
+        if len(args) == 1 and args[0] is None:
+            return ()
+        return args
+
+    def str_arg(self, tok):
+        value, bad = _unescape(str(tok))
+        return StrArg(self.file, tok.line, tok.column, tok.end_column, value, bad)
+
+    def int_arg(self, tok):
+        return IntArg(self.file, tok.line, tok.column, tok.end_column, int(tok))
+
+    def range_arg(self, lo, hi):
+        end = hi.end_column if hi.line == lo.line else lo.end_column
+        return RangeArg(self.file, lo.line, lo.column, end, int(lo), int(hi))
+
+    def any_arg(self, tok):
+        return AnyArg(self.file, tok.line, tok.column, tok.end_column)
+
+    def mode(self, kw, name):
+        return ModeStmt(self.file, kw.line, kw.column, kw.end_column, self._name(name))
+
+    def capability(self, kw, name, *params):
+        if len(params) == 1 and params[0] is None:
+            params = ()
+        return CapabilityDecl(self.file, kw.line, kw.column, kw.end_column, self._name(name), params)
+
+    def param(self, name, type_):
+        n = self._name(name)
+        return ParamDecl(self.file, n.line, n.col, n.end_col, n, self._name(type_))
+
+    def _name(self, tok) -> Name:
+        return Name(self.file, tok.line, tok.column, tok.end_column, str(tok))
+
+
+def _strict_available() -> bool:
+    try:
+        import interegular  # noqa: F401  (lark's strict mode needs it)
+    except ImportError:
+        return False
+    return True
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.builder = _Builder()
+        self.lark = Lark(
+            grammar_text(),
+            parser="lalr",
+            lexer="contextual",
+            transformer=self.builder,
+            strict=_strict_available(),
+            maybe_placeholders=True,
+            propagate_positions=False,
+        )
+        self.basic_lexer = BasicLexer(self.lark.lexer_conf)
+        self.lock = threading.Lock()
+
+
+_PARSER: _Parser | None = None
+_PARSER_LOCK = threading.Lock()
+
+
+def get_parser() -> _Parser:
+    """The process-wide parser, built on first use."""
+    global _PARSER
+    if _PARSER is None:
+        with _PARSER_LOCK:
+            if _PARSER is None:
+                _PARSER = _Parser()
+    return _PARSER
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+
+def parse(text: str, path: str) -> tuple[SourceFile, list[Diagnostic]]:
+    """Parse one source. Never raises for bad input: problems come back as diagnostics."""
+    p = get_parser()
+    with p.lock:
+        p.builder.file = path
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            try:
+                modules = p.lark.parse(text)
+                return SourceFile(path, tuple(modules)), []
+            except UnexpectedInput:
+                pass
+            modules, diags = _Recovery(p, text, path).run()
+            return SourceFile(path, tuple(modules)), diags
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+
+# --------------------------------------------------------------------------
+# error recovery and wording
+
+# Every terminal of the grammar in words. tests/test_compiler_syntax.py checks
+# that this covers every terminal the parser knows.
+TERMINAL_WORDS: dict[str, str] = {
+    "SECURITY": "'security'",
+    "_MODULE": "'module'",
+    "_TO": "'to'",
+    "ENTITLE": "'entitle'",
+    "DENY": "'deny'",
+    "MODE": "'mode'",
+    "CAPABILITY": "'capability'",
+    "NAME": "a name",
+    "STRING": "a string",
+    "INT": "a number",
+    "STAR": "'*'",
+    "_LBRACE": "'{'",
+    "_RBRACE": "'}'",
+    "_LPAR": "'('",
+    "_RPAR": "')'",
+    "_SEMI": "';'",
+    "_COMMA": "','",
+    "_COLON": "':'",
+    "_DOTDOT": "'..'",
+    "$END": "end of file",
+}
+
+_KEYWORDS = {
+    "SECURITY": "security",
+    "_MODULE": "module",
+    "_TO": "to",
+    "ENTITLE": "entitle",
+    "DENY": "deny",
+    "MODE": "mode",
+    "CAPABILITY": "capability",
+}
+_STATEMENT_KEYWORDS = ("ENTITLE", "DENY", "MODE", "CAPABILITY")
+_STATEMENT_WORDS = ("entitle", "deny", "mode", "capability")
+_STATEMENT_SYNONYMS = {
+    "allow": "entitle",
+    "grant": "entitle",
+    "permit": "entitle",
+    "entitlement": "entitle",
+    "forbid": "deny",
+    "block": "deny",
+    "reject": "deny",
+    "refuse": "deny",
+    "disallow": "deny",
+    "declare": "capability",
+    "cap": "capability",
+}
+_BOUNDARIES = ("_SEMI", "_LBRACE", "_RBRACE")
+_ARG_START = {"STRING", "INT", "STAR"}
+
+
+def _found(tok: Token) -> str:
+    """The unexpected token, in words."""
+    t = tok.type
+    if t == "$END":
+        return "end of file"
+    if t == "NAME":
+        return f"'{tok.value}'"
+    if t in _KEYWORDS:
+        return f"'{tok.value}'"
+    if t == "STRING":
+        return f"string {tok.value}"
+    if t == "INT":
+        return f"number {tok.value}"
+    return TERMINAL_WORDS.get(t, f"'{tok.value}'")
+
+
+def _one_of(types: Iterable[str]) -> str:
+    words = sorted({TERMINAL_WORDS.get(t, "something else") for t in types})
+    if not words:
+        return "nothing more"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+class _Recovery:
+    """Parse token by token, report every syntax error, recover at statement boundaries."""
+
+    def __init__(self, p: _Parser, text: str, path: str) -> None:
+        self.p = p
+        self.text = text
+        self.path = path
+        self.diags: list[Diagnostic] = []
+        self.module: str | None = None  # the module whose body we are in
+        self.pending_module: str | None = None
+        # indices of tokens that follow a lexical error: a syntax error there is
+        # a consequence of the first and is not reported again
+        self.after_lex_error: set[int] = set()
+
+    # -- tokens ------------------------------------------------------------
+
+    def _tokens(self) -> list[Token]:
+        """All tokens; a character no token starts with is reported and skipped."""
+        lexer = self.p.basic_lexer
+        state = LexerState(TextSlice.cast_from(self.text))
+        out: list[Token] = []
+        text = self.text
+        while True:
+            try:
+                out.append(lexer.next_token(state))
+            except EOFError:
+                break
+            except UnexpectedCharacters as e:
+                pos = state.line_ctr.char_pos
+                ch = text[pos]
+                if ch == '"':
+                    msg = "unterminated string: a string must end with '\"' on the same line"
+                    skip = text.find("\n", pos)
+                    skip = len(text) if skip < 0 else skip
+                elif text.startswith("/*", pos):
+                    msg = "unterminated comment: '/*' without a closing '*/'"
+                    skip = len(text)
+                else:
+                    shown = ch if ch.isprintable() else repr(ch)[1:-1]
+                    msg = f"unexpected character '{shown}'"
+                    skip = pos + 1
+                self._error(e.line, e.column, msg, 1)
+                self.after_lex_error.add(len(out))
+                state.line_ctr.feed(text[pos:skip])
+        return out
+
+    # -- reporting ---------------------------------------------------------
+
+    def _error(self, line: int, col: int, msg: str, length: int = 1) -> None:
+        self.diags.append(Diagnostic(ERROR, self.path, line, col, msg, length, self.module))
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> tuple[list[Module], list[Diagnostic]]:
+        tokens = self._tokens()
+        ip = self.p.lark.parse_interactive("")
+        ps = ip.parser_state
+        states = ps.parse_conf.parse_table.states
+
+        def save():
+            return (list(ps.state_stack), list(ps.value_stack), self.module)
+
+        def restore(cp):
+            ps.state_stack[:] = cp[0]
+            ps.value_stack[:] = cp[1]
+            self.module = cp[2]
+
+        def accepts(tok_type: str) -> bool:
+            return tok_type in states[ps.state_stack[-1]]
+
+        checkpoint = save()
+        stmt: list[Token] = []  # tokens fed since the last boundary
+        recovering = False  # no token fed yet since the last error
+        prev: Token | None = None
+        i, n = 0, len(tokens)
+        while i < n:
+            tok = tokens[i]
+            try:
+                self._feed(ip, tok)
+            except UnexpectedToken as e:
+                if not recovering and i not in self.after_lex_error:
+                    self._report(tok, e.expected, stmt, prev)
+                restore(checkpoint)
+                stmt = []
+                recovering = True
+                i, closed = self._resync(tokens, i, accepts, ip)
+                if closed:
+                    checkpoint = save()
+                continue
+            recovering = False
+            stmt.append(tok)
+            if tok.type == "SECURITY":
+                self.pending_module = None
+            elif tok.type == "NAME" and len(stmt) == 3 and stmt[0].type == "SECURITY":
+                self.pending_module = tok.value
+            if tok.type in _BOUNDARIES:
+                if tok.type == "_LBRACE":
+                    self.module = self.pending_module
+                elif tok.type == "_RBRACE":
+                    self.module = None
+                checkpoint = save()
+                stmt = []
+            prev = tok
+            i += 1
+        # end of file
+        end = self._eof_token(prev)
+        try:
+            return list(self._feed(ip, end)), self.diags
+        except UnexpectedToken as e:
+            if not recovering and n not in self.after_lex_error:
+                self._report(end, e.expected, stmt, prev)
+        restore(checkpoint)
+        try:
+            if self.module is not None:
+                self._feed(ip, Token.new_borrow_pos("_RBRACE", "}", end))
+            result = self._feed(ip, end)
+        except UnexpectedToken:
+            result = [v for v in ps.value_stack if isinstance(v, Module)]
+        return list(result), self.diags
+
+    def _eof_token(self, prev: Token | None) -> Token:
+        if prev is not None:
+            return Token("$END", "", prev.end_pos, prev.end_line, prev.end_column)
+        lines = self.text.split("\n")
+        return Token("$END", "", len(self.text), len(lines), len(lines[-1]) + 1)
+
+    def _feed(self, ip, tok: Token):
+        try:
+            return ip.feed_token(tok)
+        except UnexpectedToken:
+            # Where the grammar wants a name, a keyword is a name (as lark's
+            # contextual lexer does on the fast path: `deny module to mode.x`).
+            if tok.type in _KEYWORDS and "NAME" in ip.parser_state.parse_conf.parse_table.states[
+                ip.parser_state.state_stack[-1]
+            ]:
+                return ip.feed_token(Token.new_borrow_pos("NAME", tok.value, tok))
+            raise
+
+    def _resync(self, tokens: list[Token], i: int, accepts, ip) -> tuple[int, bool]:
+        """(index of the token to resume at, whether a missing '}' was supplied).
+
+        The parser has been restored to the last checkpoint.
+        """
+        n = len(tokens)
+        j = i
+        while j < n:
+            t = tokens[j]
+            if t.type == "_SEMI":
+                return j + 1, False
+            if t.type == "_RBRACE":
+                if accepts("_RBRACE"):
+                    return j, False
+                if j == i:
+                    return j + 1, False  # a stray '}' (already reported)
+            elif t.type in _STATEMENT_KEYWORDS or t.type == "SECURITY":
+                line_start = j == 0 or tokens[j - 1].end_line < t.line or tokens[j - 1].type in _BOUNDARIES
+                if (line_start or j == i) and accepts(t.type):
+                    return j, False
+                if t.type == "SECURITY" and line_start and self.module is not None and accepts("_RBRACE"):
+                    # the module before lacks its '}': close it and start the next one
+                    ip.feed_token(Token.new_borrow_pos("_RBRACE", "}", t))
+                    self.module = None
+                    return j, True
+            j += 1
+        return n, False
+
+    def _report(self, tok: Token, expected: set[str], stmt: list[Token], prev: Token | None) -> None:
+        msg, at_prev = self._message(tok, set(expected), stmt, prev)
+        if at_prev and prev is not None:
+            line, col, length = prev.end_line, prev.end_column, 1
+        else:
+            line, col = tok.line, tok.column
+            length = max(1, len(tok.value)) if tok.type != "$END" else 1
+            if tok.end_line != tok.line:
+                length = 1
+        self._error(line, col, msg, length)
+
+    def _message(
+        self, tok: Token, expected: set[str], stmt: list[Token], prev: Token | None
+    ) -> tuple[str, bool]:
+        """(message, point_after_previous_token)."""
+        found = _found(tok)
+        kinds = [t.type for t in stmt]
+        first = kinds[0] if kinds else None
+        word = tok.value if tok.type in ("NAME",) or tok.type in _KEYWORDS else None
+
+        # -- at a statement boundary ---------------------------------------
+        if not kinds:
+            if expected & set(_STATEMENT_KEYWORDS):  # inside a module body
+                if tok.type == "SECURITY":
+                    return (f"expected '}}' to close module '{self.module}' before the next module", False)
+                if tok.type == "$END":
+                    return (f"unexpected end of file: expected '}}' to close module '{self.module}'", False)
+                if word is not None:
+                    hint = did_you_mean(word, _STATEMENT_WORDS, synonyms=_STATEMENT_SYNONYMS)
+                    if not hint:
+                        hint = "; expected 'entitle', 'deny', 'mode', 'capability' or '}'"
+                    return (f"unknown statement {found}{hint}", False)
+                return (
+                    f"expected a statement ('entitle', 'deny', 'mode' or 'capability') or '}}', found {found}",
+                    False,
+                )
+            # top level
+            if tok.type == "_RBRACE":
+                return ("unexpected '}': no module is open here", False)
+            if tok.type in _STATEMENT_KEYWORDS:
+                return (
+                    f"'{tok.value}' must be inside a module: write 'security module NAME {{ ... }}' around it",
+                    False,
+                )
+            if word is not None:
+                hint = did_you_mean(word, ["security"])
+                return (f"expected 'security module NAME {{', found {found}{hint}", False)
+            return (f"expected 'security module NAME {{', found {found}", False)
+
+        # -- inside a statement --------------------------------------------
+        what = {
+            "ENTITLE": "the rule",
+            "DENY": "the rule",
+            "MODE": "the mode",
+            "CAPABILITY": "the capability declaration",
+        }.get(first)
+        last = kinds[-1]
+
+        if first == "SECURITY":
+            if last == "SECURITY":
+                hint = did_you_mean(word, ["module"]) if word else ""
+                return (f"expected 'module' after 'security', found {found}{hint}", False)
+            if last == "_MODULE":
+                return (f"expected a module name after 'security module', found {found}", False)
+            if "_LBRACE" in expected:
+                return (f"expected '{{' after the module name, found {found}", True)
+
+        if "_SEMI" in expected and what is not None:
+            if tok.type == "$END" or (prev is not None and tok.line > prev.end_line) or tok.type == "_RBRACE":
+                return (f"expected ';' after {what}", True)
+            return (f"expected ';' after {what}, found {found}", False)
+
+        if first in ("ENTITLE", "DENY"):
+            kw = stmt[0].value
+            if last in ("ENTITLE", "DENY"):
+                hint = did_you_mean(word, ["module"]) if word else ""
+                return (f"expected 'module' after '{kw}', found {found}{hint}", False)
+            if last == "_MODULE":
+                hint = did_you_mean(word, ["to"]) if word else ""
+                return (f"expected 'to' after '{kw} module', found {found}{hint}", False)
+            if last == "_TO":
+                return (f"expected a capability name after '{kw} module to', found {found}", False)
+
+        if first == "MODE" and last == "MODE":
+            return (f"expected 'audit' or 'enforce' after 'mode', found {found}", False)
+
+        if first == "CAPABILITY":
+            if last == "CAPABILITY":
+                return (f"expected a capability name after 'capability', found {found}", False)
+            if "_LPAR" in expected and len(kinds) == 2:
+                return (f"expected '(' after the capability name in a declaration, found {found}", False)
+            if "_COLON" in expected:
+                return (f"expected ':' and a type after the parameter name, found {found}", False)
+            if "NAME" in expected and last == "_COLON":
+                return (f"expected a type after ':', found {found}", False)
+            if "NAME" in expected:
+                return (f"expected a parameter 'name: type', found {found}", False)
+            if expected & {"_COMMA", "_RPAR"}:
+                return (f"expected ',' or ')' in the parameter list, found {found}", False)
+
+        if "_LPAR" in kinds:
+            if last == "_DOTDOT":
+                return (f"expected a number after '..', found {found}", False)
+            if expected & _ARG_START:
+                if tok.type == "NAME":
+                    return (
+                        f"expected an argument, found the bare word '{tok.value}'; "
+                        f'strings are quoted: "{tok.value}"',
+                        False,
+                    )
+                return (
+                    f"expected an argument (a string, a number, a range such as 8000..8999, or '*'), "
+                    f"found {found}",
+                    False,
+                )
+            if expected & {"_COMMA", "_RPAR"}:
+                return (f"expected ',' or ')' in the argument list, found {found}", False)
+
+        if tok.type == "_RBRACE":
+            return (f"unexpected '}}': expected {_one_of(expected)}", False)
+        if tok.type == "$END":
+            return (f"unexpected end of file: expected {_one_of(expected)}", False)
+        return (f"expected {_one_of(expected)}, found {found}", False)
