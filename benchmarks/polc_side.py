@@ -162,7 +162,7 @@ def make_agent(policy_dir: Path, *, cache: bool = True, reload_interval: float =
 
 def poll_step(agent):
     """The poller's one step, whatever the runtime calls it."""
-    for name in ("poll_once", "_poll_once", "poll", "_poll"):
+    for name in ("reload_now", "poll_once", "_poll"):
         fn = getattr(agent, name, None)
         if callable(fn):
             return fn
