@@ -28,10 +28,20 @@ def _common(f):
     return f
 
 
-def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool) -> None:
+def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None) -> None:
     from polc.compiler.driver import compile_paths
 
-    report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write)
+    key = None
+    if sign is not None:
+        from polc.runtime.signing import KeyFileError, SigningUnavailableError, load_signing_key
+
+        try:
+            key = load_signing_key(sign)
+        except (KeyFileError, SigningUnavailableError) as exc:
+            click.echo(f"polc: error: {exc}", err=True)
+            sys.exit(2)
+    report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
+                           sign_key=key)
     verbosity = verbose - quiet
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -57,9 +67,11 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool) -> No
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="output directory [default: policies/ beside the source directory]")
 @click.option("--force", is_flag=True, help="rewrite artifacts even when up to date")
-def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt):
+@click.option("--sign", "sign", type=click.Path(dir_okay=False), default=None, metavar="KEYFILE",
+              help="sign every artifact with this Ed25519 key (from polc keygen)")
+def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign):
     """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts."""
-    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True)
+    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign)
 
 
 @click.command("check")

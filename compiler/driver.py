@@ -14,7 +14,8 @@ Two entry points:
 Up to date means: ``OUT/NAME.bin`` reads as a valid artifact recording the
 same module, source path, source digest and compiler version, and every
 capability signature it carries is still the current one (a declaration
-elsewhere in the tree may have changed). An unchanged source file whose
+elsewhere in the tree may have changed), and it is signed by the key given
+with ``sign_key`` (by no key without one; runtime/signing.py). An unchanged source file whose
 modules are all up to date is not even parsed: a cheap scan of its bytes for
 ``security module NAME`` headers is enough. Files that declare capabilities
 are always parsed, since their declarations apply to the whole tree.
@@ -33,6 +34,7 @@ from pathlib import Path
 from polc import __version__
 from polc.runtime.artifact import ArtifactError, read_artifact, read_artifact_bytes, write_atomic
 from polc.runtime.catalog import BUILTINS
+from polc.runtime.signing import SigningKey, sign_artifact, signer_key_id
 
 from .ast import SourceFile
 from .checker import Declarations, check_module, collect_declarations
@@ -359,13 +361,17 @@ def _caps_current(art, decls: Declarations) -> bool:
     return True
 
 
-def _up_to_date(path: str, module: str, source: str, digest: str, decls: Declarations) -> bool:
+def _up_to_date(
+    path: str, module: str, source: str, digest: str, decls: Declarations, signer: str | None = None
+) -> bool:
     try:
-        art = read_artifact(read_artifact_bytes(path), expected_module=module)
+        data = read_artifact_bytes(path)
+        art = read_artifact(data, expected_module=module)
     except ArtifactError:
         return False
     return (
-        art.compiler == __version__
+        signer_key_id(data) == signer
+        and art.compiler == __version__
         and art.source == source
         and art.source_digest == digest
         and _caps_current(art, decls)
@@ -515,12 +521,15 @@ def compile_paths(
     force: bool = False,
     strict: bool = False,
     write: bool = True,
+    sign_key: SigningKey | None = None,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
     Never raises for policy problems or I/O errors: they are in the report
-    (``report.fatal`` for usage and I/O problems, exit code 2).
+    (``report.fatal`` for usage and I/O problems, exit code 2). With
+    ``sign_key`` every artifact written is signed with it.
     """
+    signer = sign_key.key_id if sign_key is not None else None
     report = Report(checking=not write)
     try:
         files = find_sources(srcs)
@@ -578,7 +587,7 @@ def compile_paths(
             names = [n for n, _ in scans[f]]
             if f in declares or not names or any(scan_count[n] > 1 for n in names):
                 continue
-            if all(_up_to_date(os.path.join(out, n + ".bin"), n, f, digests[f], decls) for n in names):
+            if all(_up_to_date(os.path.join(out, n + ".bin"), n, f, digests[f], decls, signer) for n in names):
                 skipped.add(f)
 
     # compile the rest
@@ -628,11 +637,12 @@ def compile_paths(
                 continue
             m.artifact = os.path.join(out, m.module + ".bin")
             if m.status == COMPILED:
-                if not force and _up_to_date(m.artifact, m.module, f, o.digest, decls):
+                if not force and _up_to_date(m.artifact, m.module, f, o.digest, decls, signer):
                     m.status = UP_TO_DATE
                 else:
                     try:
-                        write_atomic(m.artifact, m.data)
+                        data = m.data if sign_key is None else sign_artifact(m.data, sign_key)
+                        write_atomic(m.artifact, data)
                     except OSError as exc:
                         report.fatal = f"cannot write {m.artifact}: {exc.strerror or exc}"
                         m.status = FAILED

@@ -1,0 +1,71 @@
+"""polc compile --sign: artifacts are signed, and the signer is part of up to date (issue 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("cryptography")
+
+from polc.cli import cli  # noqa: E402
+from polc.runtime.artifact import read_artifact_file  # noqa: E402
+from polc.runtime.signing import TrustConfig, signer_key_id  # noqa: E402
+
+SRC = """
+security module tenant.acme {
+    entitle module to network.outbound("*.acme.com", 443);
+}
+"""
+
+
+def run(*args: str):
+    r = CliRunner().invoke(cli, list(args))
+    return r
+
+
+@pytest.fixture()
+def tree(tmp_path: Path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "tenant.acme.pol").write_text(SRC)
+    for name in ("plat", "other"):
+        assert run("keygen", name, "-o", str(tmp_path / "keys")).exit_code == 0
+    return tmp_path
+
+
+def test_compile_sign_and_up_to_date_follows_the_signer(tree: Path):
+    src, out = str(tree / "src"), str(tree / "out")
+    art = tree / "out" / "tenant.acme.bin"
+    plat, other = str(tree / "keys" / "plat.key"), str(tree / "keys" / "other.key")
+
+    r = run("compile", src, "-o", out, "--sign", plat)
+    assert r.exit_code == 0, r.output
+    assert "compiled 1" in r.stderr
+    signed = art.read_bytes()
+    plat_id = signer_key_id(signed)
+    assert plat_id is not None
+    trust = TrustConfig.from_keys({(tree / "keys" / "plat.pub").read_text(): ["tenant.*"]})
+    assert read_artifact_file(art, trust=trust).module == "tenant.acme"
+
+    r = run("compile", src, "-o", out, "--sign", plat)
+    assert "up to date 1" in r.stderr and art.read_bytes() == signed
+
+    r = run("compile", src, "-o", out, "--sign", plat, "--force")
+    assert art.read_bytes() == signed  # deterministic: a forced re-sign is byte-identical
+
+    r = run("compile", src, "-o", out, "--sign", other)
+    assert "compiled 1" in r.stderr
+    assert signer_key_id(art.read_bytes()) not in (None, plat_id)
+
+    r = run("compile", src, "-o", out)
+    assert "compiled 1" in r.stderr
+    assert signer_key_id(art.read_bytes()) is None
+
+
+def test_compile_sign_with_a_bad_key_is_a_usage_error(tree: Path):
+    (tree / "bad.key").write_text("nope")
+    r = run("compile", str(tree / "src"), "-o", str(tree / "out"), "--sign", str(tree / "bad.key"))
+    assert r.exit_code == 2
+    assert "not a private key" in r.stderr
+    assert not (tree / "out" / "tenant.acme.bin").exists()
