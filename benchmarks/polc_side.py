@@ -31,7 +31,7 @@ def have_runtime() -> bool:
 
 
 def have_compiler() -> bool:
-    return _has("polc.cli.cmd_compile")
+    return _has("polc.cmd_compile")
 
 
 def _has(mod: str) -> bool:
