@@ -166,7 +166,11 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(
             f"signature:     {sig['trailer_length']}-byte block"
             + (f", key id {p(str(key))}" if key is not None else "")
-            + " (not verified by inspect)"
+            + (
+                f" (verified: trusted key {p(str(sig.get('signer') or key))})"
+                if sig.get("verified")
+                else " (not verified; give --trust FILE to verify)"
+            )
         )
     else:
         lines.append("signature:     none")
@@ -203,7 +207,9 @@ def render_text(report: dict[str, Any]) -> str:
     help="Output format.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-def inspect_cmd(file: str, fmt: str, as_json: bool) -> None:
+@click.option("--trust", "trust_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also require a signature by a key of this trust file (docs/security.md).")
+def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> None:
     """Verify the artifact FILE.bin and disassemble it.
 
     The file is checked exactly as the runtime checks it, including that
@@ -211,9 +217,18 @@ def inspect_cmd(file: str, fmt: str, as_json: bool) -> None:
     2 when the file cannot be read.
     """
     shown = bc.printable(file)
+    trust = None
+    if trust_file is not None:
+        from polc.runtime.signing import SigningUnavailableError, TrustConfig, TrustConfigError
+
+        try:
+            trust = TrustConfig.from_file(trust_file)
+        except (TrustConfigError, SigningUnavailableError) as exc:
+            click.echo(f"polc: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
     try:
         data = read_artifact_bytes(file)
-        art = read_artifact(data, expected_module=module_for_path(file))
+        art = read_artifact(data, expected_module=module_for_path(file), trust=trust)
     except UnreadableArtifact as exc:
         click.echo(f"{shown}: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -221,6 +236,10 @@ def inspect_cmd(file: str, fmt: str, as_json: bool) -> None:
         click.echo(f"{shown}: error: {bc.printable(str(exc))}", err=True)
         sys.exit(EXIT_BAD_ARTIFACT)
     report = build_report(os.fspath(file), data, art)
+    if trust is not None:  # read_artifact verified it
+        signer = trust.get(report["signature"].get("key_id") or "")
+        report["signature"]["verified"] = True
+        report["signature"]["signer"] = signer.name if signer else None
     if as_json or fmt == "json":
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:

@@ -79,6 +79,7 @@ __all__ = [
     "encode_signature_block",
     "parse_signature_block",
     "signer_key_id",
+    "describe_trailer",
     "sign_artifact",
     "generate_signing_key",
     "load_signing_key",
@@ -218,6 +219,15 @@ def parse_signature_block(trailer: bytes | bytearray | memoryview) -> SignatureB
     if not _HEX_ID.match(key_id):
         raise BadSignatureError("malformed signature block: key id is not lower-case hex")
     return SignatureBlock(version, key_id, t[2 + n :])
+
+
+def describe_trailer(header: Any, trailer: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """What ``polc inspect`` shows about a signature block, without verifying it.
+
+    Raises :class:`SignatureError` for a malformed block.
+    """
+    block = parse_signature_block(trailer)
+    return {"algorithm": "ed25519", "block_version": block.version, "key_id": block.key_id}
 
 
 def signer_key_id(data: bytes | bytearray | memoryview) -> str | None:

@@ -69,3 +69,37 @@ def test_compile_sign_with_a_bad_key_is_a_usage_error(tree: Path):
     assert r.exit_code == 2
     assert "not a private key" in r.stderr
     assert not (tree / "out" / "tenant.acme.bin").exists()
+
+
+def test_inspect_shows_signer_and_verifies_with_trust(tree: Path):
+    src, out = str(tree / "src"), str(tree / "out")
+    assert run("compile", src, "-o", out, "--sign", str(tree / "keys" / "plat.key")).exit_code == 0
+    art = str(tree / "out" / "tenant.acme.bin")
+    plat_id = signer_key_id((tree / "out" / "tenant.acme.bin").read_bytes())
+
+    r = run("inspect", art)
+    assert r.exit_code == 0
+    assert f"key id {plat_id} (not verified" in r.stdout
+
+    trust = tree / "trust.toml"
+    trust.write_text(
+        '[[key]]\nname = "platform"\npublic_key_file = "keys/plat.pub"\nmodules = ["tenant.*"]\n'
+    )
+    r = run("inspect", art, "--trust", str(trust))
+    assert r.exit_code == 0, r.output
+    assert "(verified: trusted key platform)" in r.stdout
+    r = run("inspect", art, "--trust", str(trust), "--json")
+    import json
+
+    sig = json.loads(r.stdout)["signature"]
+    assert sig["verified"] is True and sig["key_id"] == plat_id and sig["signer"] == "platform"
+
+    trust.write_text(
+        '[[key]]\nname = "other"\npublic_key_file = "keys/other.pub"\nmodules = ["tenant.*"]\n'
+    )
+    r = run("inspect", art, "--trust", str(trust))
+    assert r.exit_code == 1
+    assert f"signed by unknown key {plat_id}" in r.stderr
+
+    r = run("inspect", art, "--trust", str(tree / "missing.toml"))
+    assert r.exit_code == 2 and "cannot read trust file" in r.stderr
