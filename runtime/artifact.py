@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -513,12 +514,42 @@ def read_artifact_bytes(path: str | os.PathLike[str]) -> bytes:
         with open(path, "rb") as f:
             head = f.read(HEADER_SIZE)
             header = read_header(head)
-            rest = f.read(header.payload_len + header.trailer_len + 1)
+            rest = _read_upto(f, header.payload_len + header.trailer_len + 1)
     except OSError as exc:
         raise UnreadableArtifact(
             f"cannot read: {exc.strerror or exc}", errno=exc.errno
         ) from exc
     return head + rest
+
+
+_CHUNK = 1 << 20
+
+
+def _read_upto(f: Any, want: int) -> bytes:
+    """Up to ``want`` bytes of ``f``, allocating no more than the file holds.
+
+    ``f.read(n)`` allocates ``n`` bytes before reading, so a header that
+    claims 64 MiB in front of a 100-byte file would cost 64 MiB: the first
+    read is sized by the file's actual size, and the rest comes in chunks.
+    """
+    try:
+        st = os.fstat(f.fileno())
+        hint = st.st_size - f.tell() + 1 if stat.S_ISREG(st.st_mode) else _CHUNK
+    except (OSError, AttributeError, ValueError):
+        hint = _CHUNK
+    asked = max(1, min(want, hint))
+    first = f.read(asked)
+    if len(first) < asked or len(first) >= want:
+        return first  # a short read is the end of the file
+    parts = [first]
+    got = len(first)
+    while got < want:
+        chunk = f.read(min(want - got, _CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def read_artifact_file(path: str | os.PathLike[str], *, trust: Trust | None = None) -> Artifact:

@@ -373,7 +373,7 @@ def test_file_reads_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda p, m="r", *a, **k: Spy(real_open(p, m, *a, **k)))
     with pytest.raises(TrailingData):
         read_artifact_file(path)
-    assert sizes == [HEADER_SIZE, len(data) - HEADER_SIZE + 1]
+    assert sizes == [HEADER_SIZE, len(data) - HEADER_SIZE + 1]  # not the 8 MiB after it
 
 
 def test_trust_is_called_after_verification_and_its_errors_propagate():
