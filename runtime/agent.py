@@ -1,0 +1,639 @@
+"""PolicyAgent: load a directory of artifacts, answer checks, poll and reload.
+
+The moving parts, in the manner of werkzeug's reloader:
+
+* ``reload_now()`` is one poll step (``_poll``), callable from any thread;
+  the poller thread runs ``while not stop.wait(interval): reload_now()``.
+  Steps are serialised by a lock that checks never take.
+* A step stats the directory, lists it again only when the directory's own
+  stat changed (or changed too recently to be trusted), then stats every
+  ``*.bin`` (following symlinks) and compares ``(st_mtime_ns, st_size,
+  st_ino, st_ctime_ns)`` with the last step's — equality only, never "newer
+  than". A changed file is read; the same bytes as last time change
+  nothing; an artifact whose payload digest equals the loaded one swaps
+  nothing; anything else is verified, linked and swapped in.
+* A file whose ctime is within ``RACY_NS`` of the moment it was statted may
+  still change within the same timestamp tick without its stat changing
+  (git's "racily clean" problem): such a file is re-read on the next step
+  until its stat is old enough to be trusted.
+* Every change of one step is committed together: the file states, the
+  status table and one new :class:`~polc.runtime.enforcer.Snapshot`,
+  published by a single attribute assignment. A step that raises half-way
+  commits nothing, and the next step starts from the same state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import stat as stat_mod
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import artifact as _artifact
+from .catalog import GLOBAL_MODULE
+from .enforcer import EMPTY_SNAPSHOT, Decision, LinkedModule, Snapshot, link
+
+__all__ = [
+    "PolicyAgent",
+    "PolicyLoadError",
+    "ReloadEvent",
+    "ReloadFailure",
+    "ReloadResult",
+    "DEFAULT_RELOAD_INTERVAL",
+]
+
+logger = logging.getLogger("polc")
+
+DEFAULT_RELOAD_INTERVAL = 5.0
+SUFFIX = ".bin"
+# A file changed this recently when it was statted is re-read on the next
+# step even if its stat key did not change (same-tick rewrites). Covers
+# coarse kernel clocks and filesystems with 1-2 s timestamps.
+RACY_NS = 2_000_000_000
+
+
+# --------------------------------------------------------------------------
+# Public result types
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailure:
+    """An artifact (or the directory itself, with ``module=None``) that could not be loaded."""
+
+    file: str
+    module: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "module": self.module, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What one reload step did.
+
+    ``changed``: modules loaded or reloaded (their new policy is active).
+    ``removed``: modules whose file disappeared (their last policy stays
+    active). ``failed``: files that failed in this step (the previous policy
+    of each stays active).
+    """
+
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[ReloadFailure] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "changed": list(self.changed),
+            "removed": list(self.removed),
+            "failed": [f.to_dict() for f in self.failed],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEvent:
+    """Delivered to subscribers after each change is live.
+
+    ``kind``: ``"loaded"`` (first policy of a module), ``"reloaded"``,
+    ``"failed"`` (previous policy kept, ``reason`` says why), ``"removed"``
+    (file gone, previous policy kept). ``revision``/``rules`` describe the
+    policy active for the module after the event (None/0 when none).
+    """
+
+    kind: str
+    module: str | None
+    file: str
+    reason: str | None = None
+    revision: str | None = None
+    rules: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "module": self.module,
+            "file": self.file,
+            "reason": self.reason,
+            "revision": self.revision,
+            "rules": self.rules,
+        }
+
+
+class PolicyLoadError(Exception):
+    """A strict start-up met bad artifacts (or no directory); ``failures`` lists each."""
+
+    def __init__(self, failures: list[ReloadFailure]) -> None:
+        self.failures = list(failures)
+        lines = "\n".join(f"  {f.file}: {f.reason}" for f in self.failures)
+        super().__init__(f"{len(self.failures)} policy artifact(s) failed to load:\n{lines}")
+
+
+# --------------------------------------------------------------------------
+# Configuration
+
+
+def _env_bool(name: str) -> bool | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r}: expected true or false (or 1/0, yes/no, on/off)")
+
+
+def _interval(value: object, origin: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{origin}={value!r}: expected a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{origin}={value!r}: expected a number of seconds >= 0")
+    return seconds
+
+
+# --------------------------------------------------------------------------
+# Internal state
+
+
+class _FileState:
+    """What the last step saw of one ``*.bin`` file (mutated only under the lock)."""
+
+    __slots__ = ("key", "racy", "content", "error")
+
+    def __init__(self, key: tuple, racy: bool, content: bytes | None, error: str | None) -> None:
+        self.key = key  # (mtime_ns, size, ino, ctime_ns), or ("error", errno)
+        self.racy = racy  # changed too recently for its stat to be trusted
+        self.content = content  # SHA-256 of the bytes last read
+        self.error = error  # reason the current file state failed, or None
+
+
+class _Loaded:
+    __slots__ = ("linked", "file", "loaded_at")
+
+    def __init__(self, linked: LinkedModule, file: str, loaded_at: float) -> None:
+        self.linked = linked
+        self.file = file
+        self.loaded_at = loaded_at
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+# --------------------------------------------------------------------------
+# The agent
+
+
+class PolicyAgent:
+    """Load, enforce and hot-reload the compiled policies in one directory.
+
+    ``PolicyAgent(policy_dir, reload_interval=5.0)``: arguments win, then the
+    environment (``POLC_POLICY_DIR``, ``POLC_RELOAD``, ``POLC_RELOAD_INTERVAL``),
+    then the defaults (5 s, reloading on, not strict). An interval of 0 or
+    ``reload=False`` loads once at start and starts no thread. ``trust`` (a
+    :class:`polc.runtime.signing.TrustConfig`) makes every artifact need a
+    trusted signature.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    :meth:`check` is lock-free and never raises.
+    """
+
+    def __init__(
+        self,
+        policy_dir: str | os.PathLike[str] | None = None,
+        *,
+        reload_interval: float | None = None,
+        reload: bool | None = None,
+        strict: bool | None = None,
+        trust: Any = None,
+        cache_size: int = 65536,
+    ) -> None:
+        if policy_dir is None:
+            env_dir = os.environ.get("POLC_POLICY_DIR")
+            if not env_dir:
+                raise ValueError("no policy directory: pass policy_dir or set POLC_POLICY_DIR")
+            policy_dir = env_dir
+        self.policy_dir = os.fspath(policy_dir)
+        if reload_interval is None:
+            raw = os.environ.get("POLC_RELOAD_INTERVAL")
+            if raw is not None and raw.strip() != "":
+                reload_interval = _interval(raw.strip(), "POLC_RELOAD_INTERVAL")
+            else:
+                reload_interval = DEFAULT_RELOAD_INTERVAL
+        else:
+            reload_interval = _interval(reload_interval, "reload_interval")
+        if reload is None:
+            env_reload = _env_bool("POLC_RELOAD")
+            reload = True if env_reload is None else env_reload
+        if cache_size < 0:
+            raise ValueError(f"cache_size={cache_size!r}: expected a number >= 0")
+        self.reload_interval: float = reload_interval
+        self.reload: bool = bool(reload) and reload_interval > 0
+        self.strict: bool = bool(strict)
+        self.trust = trust
+        self._cache_size = int(cache_size)
+
+        self._snapshot: Snapshot = EMPTY_SNAPSHOT
+        self._lock = threading.Lock()  # serialises reload steps; checks never take it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscribers: tuple[Callable[[ReloadEvent], None], ...] = ()
+        self._ready = False
+        self._started = False
+
+        # Reloader state: only touched with self._lock held.
+        self._files: dict[str, _FileState] = {}
+        self._loaded: dict[str, _Loaded] = {}
+        self._dir_key: tuple | None = None
+        self._dir_racy = True
+        self._names: list[str] = []
+        self._dir_error: str | None = None
+        self._global_error: str | None = None
+        self._pending_dir: tuple | None = None
+        # Published for status(): replaced whole on every commit.
+        self._status_modules: dict[str, dict[str, Any]] = {}
+        self._last_reload: float | None = None
+        self._reloads_ok = 0
+        self._reloads_failed = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> "PolicyAgent":
+        """Load every artifact, then start the poller (if reloading). Returns self.
+
+        Bad artifacts are reported and their modules get ``_global`` rules
+        only; with ``strict=True`` they raise :class:`PolicyLoadError`
+        instead (nothing is started then).
+        """
+        if self._started:
+            return self
+        result = self._poll(initial=True)
+        if self.strict and result.failed:
+            with self._lock:  # forget what this attempt saw, so a retry sees it all again
+                self._snapshot = EMPTY_SNAPSHOT
+                self._files.clear()
+                self._loaded.clear()
+                self._dir_key = None
+                self._status_modules = {}
+            raise PolicyLoadError(result.failed)
+        self._ready = True
+        self._started = True
+        if self.reload:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="polc-reloader", daemon=True)
+            self._thread.start()
+            logger.info(
+                "watching %s for policy changes every %gs", self.policy_dir, self.reload_interval
+            )
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the poller and wait for it; idempotent. Checks keep working."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if not thread.is_alive():
+                self._thread = None
+
+    def __enter__(self) -> "PolicyAgent":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                self._poll()
+            except Exception:  # the poller must survive anything
+                logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
+
+    @property
+    def ready(self) -> bool:
+        """True once the first load completed."""
+        return self._ready
+
+    # -- checks ------------------------------------------------------------
+
+    def check(self, module: str, capability: str, *args: object) -> Decision:
+        """Decide whether ``module`` may use ``capability(*args)``. Never raises."""
+        return self._snapshot.check(module, capability, *args)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The policy set in force now (immutable)."""
+        return self._snapshot
+
+    # -- reloading ---------------------------------------------------------
+
+    def reload_now(self) -> ReloadResult:
+        """Run one poll step now (thread-safe with the poller)."""
+        return self._poll()
+
+    def subscribe(self, callback: Callable[[ReloadEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` after every reload event; returns an unsubscribe function.
+
+        Callbacks run on the thread that reloads (the poller, or the caller
+        of ``reload_now``/``start``); one that raises is logged and ignored.
+        """
+        with self._lock:
+            self._subscribers = self._subscribers + (callback,)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                subs = list(self._subscribers)
+                if callback in subs:
+                    subs.remove(callback)
+                self._subscribers = tuple(subs)
+
+        return unsubscribe
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-serialisable view of the agent and every module it knows."""
+        modules = self._status_modules
+        snap = self._snapshot
+        return {
+            "policy_dir": self.policy_dir,
+            "reload": self.reload,
+            "reload_interval": self.reload_interval,
+            "strict": self.strict,
+            "ready": self._ready,
+            "last_reload": self._last_reload,
+            "reloads": {"ok": self._reloads_ok, "failed": self._reloads_failed},
+            "directory_error": self._dir_error,
+            "unavailable": snap.unavailable if self._ready else None,
+            "modules": {name: dict(info) for name, info in sorted(modules.items())},
+        }
+
+    # -- the poll step -------------------------------------------------------
+
+    def _poll(self, initial: bool = False) -> ReloadResult:
+        with self._lock:
+            events, result = self._step(initial)
+            subscribers = self._subscribers
+        for event in events:
+            for callback in subscribers:
+                try:
+                    callback(event)
+                except Exception:
+                    logger.exception("reload event subscriber %r raised", callback)
+        return result
+
+    def _list(self, now_ns: int) -> list[str]:
+        """Names of the candidate artifacts; lists the directory only when it changed."""
+        st = os.stat(self.policy_dir)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(20, "not a directory", self.policy_dir)
+        key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
+        if key == self._dir_key and not self._dir_racy:
+            return self._names
+        names = []
+        with os.scandir(self.policy_dir) as it:
+            for entry in it:
+                name = entry.name
+                if name.endswith(SUFFIX) and not name.startswith(".") and len(name) > len(SUFFIX):
+                    names.append(name)
+        names.sort()
+        # Committed by the caller only if the whole step succeeds.
+        self._pending_dir = (key, st.st_ctime_ns >= now_ns - RACY_NS, names)
+        return names
+
+    def _step(self, initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
+        now_ns = time.time_ns()
+        self._pending_dir = None
+        try:
+            names = self._list(now_ns)
+        except OSError as exc:
+            reason = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            if self._dir_error != reason:
+                logger.warning(
+                    "policy directory unavailable, keeping %d loaded module(s): %s: %s",
+                    len(self._loaded),
+                    self.policy_dir,
+                    reason,
+                )
+            self._dir_error = reason
+            if initial:
+                self._publish(self._snapshot_with([], initial=True))
+            failure = ReloadFailure(self.policy_dir, None, f"policy directory unavailable: {reason}")
+            return [], ReloadResult([], [], [failure])
+        if self._dir_error is not None:
+            logger.info("policy directory available again: %s", self.policy_dir)
+            self._dir_error = None
+
+        # Phase 1: look at every file; decide, read, verify and link without
+        # touching any state.
+        outcomes: list[tuple] = []
+        seen = set()
+        for name in names:
+            seen.add(name)
+            outcome = self._examine(name, now_ns)
+            if outcome is not None:
+                outcomes.append(outcome)
+        gone = [name for name in self._files if name not in seen]
+
+        # Phase 2: commit everything at once.
+        return self._commit(outcomes, gone, initial)
+
+    def _examine(self, name: str, now_ns: int) -> tuple | None:
+        """One file: None when unchanged, else an outcome tuple for _commit."""
+        path = os.path.join(self.policy_dir, name)
+        module = name[: -len(SUFFIX)]
+        state = self._files.get(name)
+        try:
+            st = os.stat(path)  # follows symlinks: ..data swaps show up here
+        except OSError as exc:
+            key = ("error", exc.errno)
+            if state is not None and state.key == key:
+                return None
+            return ("fail", name, module, key, False, None, f"cannot read: {exc.strerror or exc}")
+        key = _stat_key(st)
+        if state is not None and state.key == key and not state.racy:
+            return None
+        racy = st.st_ctime_ns >= now_ns - RACY_NS
+        try:
+            data = _artifact.read_artifact_bytes(path)
+        except _artifact.ArtifactError as exc:
+            reason = str(exc)
+            if state is not None and state.key == key and state.error == reason:
+                return ("touch", name, module, key, racy, state.content, None)  # re-read, same failure
+            return ("fail", name, module, key, racy, None, reason)
+        content = hashlib.sha256(data).digest()
+        if state is not None and state.content == content:
+            return ("touch", name, module, key, racy, content, None)
+        try:
+            art = _artifact.read_artifact(data, expected_module=module, trust=self.trust)
+        except _artifact.ArtifactError as exc:
+            return ("fail", name, module, key, racy, content, str(exc))
+        loaded = self._loaded.get(module)
+        if loaded is not None and loaded.linked.digest == art.digest_hex:
+            return ("same", name, module, key, racy, content, None)
+        return ("load", name, module, key, racy, content, link(art))
+
+    def _commit(
+        self, outcomes: list[tuple], gone: list[str], initial: bool
+    ) -> tuple[list[ReloadEvent], ReloadResult]:
+        now = time.time()
+        events: list[ReloadEvent] = []
+        changed: list[LinkedModule] = []
+        result = ReloadResult()
+        files = self._files
+        loaded_map = self._loaded
+        status = dict(self._status_modules)
+        logs: list[tuple] = []
+
+        for kind, name, module, key, racy, content, extra in outcomes:
+            prev = files.get(name)
+            if kind == "touch":  # the very bytes read last time: only the stat moved
+                files[name] = _FileState(key, racy, content, prev.error if prev else None)
+                continue
+            if kind == "same":  # a valid artifact identical to the loaded policy
+                files[name] = _FileState(key, racy, content, None)
+                if module in loaded_map:
+                    status[module] = self._module_status(module, loaded_map[module], None)
+                continue
+            if kind == "load":
+                linked: LinkedModule = extra
+                first = module not in loaded_map
+                entry = _Loaded(linked, name, now)
+                loaded_map[module] = entry
+                files[name] = _FileState(key, racy, content, None)
+                changed.append(linked)
+                status[module] = self._module_status(module, entry, None)
+                self._reloads_ok += 1
+                result.changed.append(module)
+                verb = "loaded" if (first or initial) else "reloaded"
+                logs.append((logging.INFO, "%s %s (%d rules)", verb, module, linked.rule_count))
+                events.append(
+                    ReloadEvent(verb, module, name, None, linked.revision, linked.rule_count)
+                )
+                continue
+            # kind == "fail"
+            reason: str = extra
+            files[name] = _FileState(key, racy, content, reason)
+            self._reloads_failed += 1
+            result.failed.append(ReloadFailure(name, module, reason))
+            prev_loaded = loaded_map.get(module)
+            status[module] = self._module_status(module, prev_loaded, reason, name)
+            if prev_loaded is not None:
+                logs.append((logging.WARNING, "reload failed, keeping previous: %s: %s", name, reason))
+            elif module == GLOBAL_MODULE:
+                logs.append(
+                    (
+                        logging.WARNING,
+                        "load failed, denying every request until %s loads: %s: %s",
+                        GLOBAL_MODULE,
+                        name,
+                        reason,
+                    )
+                )
+            else:
+                logs.append(
+                    (
+                        logging.WARNING,
+                        "load failed, %s gets %s rules only: %s: %s",
+                        module,
+                        GLOBAL_MODULE,
+                        name,
+                        reason,
+                    )
+                )
+            events.append(
+                ReloadEvent(
+                    "failed",
+                    module,
+                    name,
+                    reason,
+                    prev_loaded.linked.revision if prev_loaded else None,
+                    prev_loaded.linked.rule_count if prev_loaded else 0,
+                )
+            )
+
+        for name in gone:
+            module = name[: -len(SUFFIX)]
+            del files[name]
+            prev_loaded = loaded_map.get(module)
+            if prev_loaded is None:
+                status.pop(module, None)
+                continue
+            reason = "file removed; keeping the last policy loaded"
+            status[module] = self._module_status(module, prev_loaded, reason, name)
+            result.removed.append(module)
+            logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", name, module))
+            events.append(
+                ReloadEvent(
+                    "removed", module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count
+                )
+            )
+
+        # _global that never loaded but failed: deny everything (fail closed)
+        gstate = files.get(GLOBAL_MODULE + SUFFIX)
+        if GLOBAL_MODULE not in loaded_map and gstate is not None and gstate.error is not None:
+            self._global_error = f"{GLOBAL_MODULE}{SUFFIX} failed to load: {gstate.error}"
+        else:
+            self._global_error = None
+
+        if changed or initial or self._snapshot.unavailable != self._global_error:
+            self._publish(self._snapshot_with(changed, initial=initial))
+        if self._pending_dir is not None:
+            self._dir_key, self._dir_racy, self._names = self._pending_dir
+            self._pending_dir = None
+        self._status_modules = status
+        self._last_reload = now
+        for level, msg, *args in logs:
+            logger.log(level, msg, *args)
+        return events, result
+
+    def _snapshot_with(self, changed: list[LinkedModule], *, initial: bool) -> Snapshot:
+        if initial or self._snapshot is EMPTY_SNAPSHOT:
+            mods = {m: e.linked for m, e in self._loaded.items() if m != GLOBAL_MODULE}
+            glob = self._loaded.get(GLOBAL_MODULE)
+            return Snapshot(
+                mods,
+                glob.linked if glob else None,
+                unavailable=self._global_error,
+                cache_size=self._cache_size,
+            )
+        return self._snapshot.replace(changed, unavailable=self._global_error)
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot  # the one assignment readers see
+
+    def _module_status(
+        self, module: str, entry: _Loaded | None, error: str | None, file: str | None = None
+    ) -> dict[str, Any]:
+        if entry is None:
+            return {
+                "revision": None,
+                "rules": 0,
+                "mode": None,
+                "loaded_at": None,
+                "source": None,
+                "file": file or module + SUFFIX,
+                "last_error": error,
+            }
+        linked = entry.linked
+        return {
+            "revision": linked.revision,
+            "rules": linked.rule_count,
+            "mode": linked.mode,
+            "loaded_at": entry.loaded_at,
+            "source": linked.source,
+            "file": entry.file,
+            "last_error": error,
+        }
+
+    def __repr__(self) -> str:
+        state = "running" if self._thread is not None else ("loaded" if self._ready else "new")
+        return f"<PolicyAgent {self.policy_dir!r} {state}, {len(self._loaded)} modules>"
