@@ -70,14 +70,16 @@ def _real_artifacts(tmp_path_factory) -> dict[str, bytes]:
         "rich": pack_artifact(make_payload("tenant.acme", RICH_RULES, mode="audit")),
         "signed": _signed(make_payload("tenant.acme", ACME_RULES)),
     }
-    for path in compiled_artifacts(tmp_path_factory.mktemp("compiled"))[:3]:
+    for path in compiled_artifacts(tmp_path_factory.mktemp("compiled")):
         arts[f"compiled:{path.name}"] = path.read_bytes()
     return arts
 
 
 @pytest.fixture(scope="module")
 def real_artifacts(tmp_path_factory):
-    return _real_artifacts(tmp_path_factory)
+    arts = _real_artifacts(tmp_path_factory)
+    assert any(name.startswith("compiled:") for name in arts), "polc compile policies-src/ produced nothing"
+    return arts
 
 
 def read(data: bytes, trust=None) -> Artifact:
