@@ -201,8 +201,10 @@ class PolicyAgent:
     environment (``POLC_POLICY_DIR``, ``POLC_RELOAD``, ``POLC_RELOAD_INTERVAL``),
     then the defaults (5 s, reloading on, not strict). An interval of 0 or
     ``reload=False`` loads once at start and starts no thread. ``trust`` (a
-    :class:`polc.runtime.signing.TrustConfig`) makes every artifact need a
-    trusted signature.
+    :class:`polc.runtime.signing.TrustConfig` or a trust file's path; default:
+    the file named by ``POLC_TRUST_FILE``, if set) makes every artifact need a
+    trusted signature. :meth:`start` warns when others can change the
+    policy directory (``strict`` refuses to start then; docs/security.md).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     :meth:`check` is lock-free and never raises.
@@ -240,6 +242,10 @@ class PolicyAgent:
         self.reload_interval: float = reload_interval
         self.reload: bool = bool(reload) and reload_interval > 0
         self.strict: bool = bool(strict)
+        if trust is None or isinstance(trust, (str, os.PathLike)):
+            from .signing import TrustConfig  # issue 7; imports cryptography only if trust is used
+
+            trust = TrustConfig.from_env() if trust is None else TrustConfig.from_file(trust)
         self.trust = trust
         self._cache_size = int(cache_size)
 
@@ -277,6 +283,7 @@ class PolicyAgent:
         """
         if self._started:
             return self
+        self._check_permissions()
         result = self._poll(initial=True)
         if self.strict and result.failed:
             with self._lock:  # forget what this attempt saw, so a retry sees it all again
@@ -296,6 +303,22 @@ class PolicyAgent:
                 "watching %s for policy changes every %gs", self.policy_dir, self.reload_interval
             )
         return self
+
+    def _check_permissions(self) -> None:
+        """Warn when others than root and this process can change the policies
+        (docs/security.md); ``strict`` refuses to start instead."""
+        from .signing import check_directory_permissions, check_file_permissions
+
+        problems = check_directory_permissions(self.policy_dir)
+        source = getattr(self.trust, "source", None)
+        if source:
+            problems += [f"trust file {p}" for p in check_file_permissions(source)]
+        for problem in problems:
+            logger.warning("unsafe permissions: %s", problem)
+        if self.strict and problems:
+            raise PolicyLoadError(
+                [ReloadFailure(self.policy_dir, None, f"unsafe permissions: {p}") for p in problems]
+            )
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the poller and wait for it; idempotent. Checks keep working."""
