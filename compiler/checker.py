@@ -13,6 +13,7 @@ Every problem becomes a diagnostic; nothing here raises for bad input.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -351,31 +352,61 @@ def _covers(d: IRArg, e: IRArg) -> bool:
     return False
 
 
+_RANGE = ("range",)
+_ANY_DNS = ("any dns name",)
+_ALL = ("all",)
+
+
+def _deny_key(arg: IRArg):
+    """The bucket a deny's argument goes in for the shadow index."""
+    if _universal(arg):
+        return _ALL
+    if arg[0] == INT_RANGE:
+        return _RANGE
+    if arg == (HOST_WILD, "**"):
+        return _ANY_DNS
+    return arg
+
+
+def _entitle_keys(arg: IRArg) -> list:
+    """The deny buckets that may hold a deny argument covering ``arg``."""
+    keys = [_ALL]
+    if arg[0] == INT_RANGE:
+        keys.append(_RANGE)
+    else:
+        keys.append(arg)
+    if arg[0] in (HOST_EXACT, HOST_WILD):
+        keys.append(_ANY_DNS)
+    return keys
+
+
 def _lint(rules: list[IRRule], nodes: list[Rule], mod: str, diags: list[Diagnostic]) -> None:
+    """Warn about duplicate rules and entitles that a deny of the module surely shadows.
+
+    Denies are indexed by (capability, per-argument bucket), so each entitle
+    looks at a few buckets instead of every deny.
+    """
     seen: dict[tuple, IRRule] = {}
-    denies_exact: dict[tuple, IRRule] = {}
-    wide_denies: dict[str, list[IRRule]] = {}
+    index: dict[tuple, list[IRRule]] = {}
     for r in rules:
         if r.effect == DENY:
-            key = (r.cap.name, r.args)
-            denies_exact.setdefault(key, r)
-            if any(a[0] in (ANY, INT_RANGE) or _universal(a) or a == (HOST_WILD, "**") for a in r.args):
-                wide_denies.setdefault(r.cap.name, []).append(r)
+            key = (r.cap.name, tuple(_deny_key(a) for a in r.args))
+            index.setdefault(key, []).append(r)
     for r, node in zip(rules, nodes):
         key = (r.effect, r.cap.name, r.args)
         first = seen.get(key)
         if first is not None:
-            diags.append(
-                _diag(WARNING, node, f"duplicate rule: the same as line {first.line}", mod)
-            )
+            diags.append(_diag(WARNING, node, f"duplicate rule: the same as line {first.line}", mod))
             continue
         seen[key] = r
-        if r.effect != ENTITLE:
+        if r.effect != ENTITLE or not index:
             continue
-        shadow = denies_exact.get((r.cap.name, r.args))
-        if shadow is None:
-            for d in wide_denies.get(r.cap.name, ()):
-                if all(_covers(da, ea) for da, ea in zip(d.args, r.args)):
+        shadow: IRRule | None = None
+        for combo in itertools.product(*(_entitle_keys(a) for a in r.args)):
+            for d in index.get((r.cap.name, combo), ()):
+                if (shadow is None or (d.line, d.col) < (shadow.line, shadow.col)) and all(
+                    _covers(da, ea) for da, ea in zip(d.args, r.args)
+                ):
                     shadow = d
                     break
         if shadow is not None:

@@ -21,7 +21,7 @@ import importlib.resources
 import threading
 from collections.abc import Iterable
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import BasicLexer, LexerState
 from lark.utils import TextSlice
@@ -332,12 +332,16 @@ class _Recovery:
         ps = ip.parser_state
         states = ps.parse_conf.parse_table.states
 
+        # lark's LALR tree builder extends the child list of a left-recursive
+        # rule (``stmt*``) in place, so a checkpoint records each list's length
+        # and a restore rebuilds it truncated.
         def save():
-            return (list(ps.state_stack), list(ps.value_stack), self.module)
+            values = [(v, len(v.children)) if isinstance(v, Tree) else (v, -1) for v in ps.value_stack]
+            return (list(ps.state_stack), values, self.module)
 
         def restore(cp):
             ps.state_stack[:] = cp[0]
-            ps.value_stack[:] = cp[1]
+            ps.value_stack[:] = [v if n < 0 else Tree(v.data, v.children[:n]) for v, n in cp[1]]
             self.module = cp[2]
 
         def accepts(tok_type: str) -> bool:
@@ -480,13 +484,13 @@ class _Recovery:
                 return ("unexpected '}': no module is open here", False)
             if tok.type in _STATEMENT_KEYWORDS:
                 return (
-                    f"'{tok.value}' must be inside a module: write 'security module NAME {{ ... }}' around it",
+                    f"'{tok.value}' must be inside a module: write 'security module <name> {{ ... }}' around it",
                     False,
                 )
             if word is not None:
                 hint = did_you_mean(word, ["security"])
-                return (f"expected 'security module NAME {{', found {found}{hint}", False)
-            return (f"expected 'security module NAME {{', found {found}", False)
+                return (f"expected 'security module <name> {{', found {found}{hint}", False)
+            return (f"expected 'security module <name> {{', found {found}", False)
 
         # -- inside a statement --------------------------------------------
         what = {
