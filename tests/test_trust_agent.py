@@ -247,6 +247,21 @@ def test_rotation_to_a_second_key_without_restart(pdir):
         assert allowed(agent, "tenant.globex", "v3.globex.com")
 
 
+def test_pure_resign_with_the_new_key_changes_nothing_and_fails_nothing(pdir):
+    unsigned = artifact("tenant.globex", "api.globex.com")
+    drop(pdir, "tenant.globex", sign_artifact(unsigned, PLATFORM))
+    agent, events = running(pdir, trust(PLATFORM_NEW))
+    with agent:
+        rev = agent.status()["modules"]["tenant.globex"]["revision"]
+        mark = events.mark()
+        drop(pdir, "tenant.globex", sign_artifact(unsigned, PLATFORM_NEW))
+        agent.reload_now()  # one step that certainly saw the new bytes
+        assert not [e for e in events.items[mark:] if e.kind == "failed"]
+        st = agent.status()["modules"]["tenant.globex"]
+        assert st["revision"] == rev and st["last_error"] is None  # same payload, same revision
+        assert allowed(agent, "tenant.globex", "api.globex.com")
+
+
 def test_after_rotation_the_dropped_old_key_is_refused(pdir):
     drop(pdir, "tenant.globex", signed("tenant.globex", "v2.globex.com", PLATFORM_NEW))
     t = TrustConfig.from_keys({PLATFORM_NEW: ["_global", "tenant.*"]})  # restarted without the old key
