@@ -460,7 +460,8 @@ def sign_artifact(data: bytes | bytearray | memoryview, key: SigningKey) -> byte
 # module-name patterns
 
 
-_NAME_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+# the segments of a module name as runtime/bytecode.py accepts them
+_NAME_SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 def _validate_pattern(pattern: str, where: str) -> tuple[str, ...]:
