@@ -25,12 +25,28 @@ class _Formatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        if record.levelno >= logging.WARNING and not record.name.startswith(("polc.run", "polc.server")):
-            message = f"{record.levelname.lower()}: {message}"
+        if record.levelno >= logging.ERROR and not record.name.startswith(("polc.run", "polc.server")):
+            message = f"error: {message}"
         return f"polc: {message}"
 
 
-def _configure_logging(verbosity: int) -> None:
+class _QuietStart(logging.Filter):
+    """Drop the agent's per-module "loaded X (N rules)" lines of the first load unless -v.
+
+    A directory of thousands of tenants would otherwise print thousands of
+    lines at every start; the start-up summary says how many loaded, and
+    failures (warnings) always pass.
+    """
+
+    def __init__(self, agent: Any):
+        super().__init__()
+        self.agent = agent
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name != "polc" or self.agent.ready
+
+
+def _configure_logging(verbosity: int) -> logging.Handler:
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     if verbosity < -2:
         level = logging.CRITICAL
@@ -43,33 +59,7 @@ def _configure_logging(verbosity: int) -> None:
     logging.getLogger("polc").setLevel(level)
     # uvicorn's own chatter ("Started server process ...") only with -v.
     logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING)
-
-
-class _EventPrinter:
-    """Turns the agent's reload events into the operator's stderr lines."""
-
-    def __init__(self, verbose: bool):
-        self.verbose = verbose
-        self.started = False
-        self.active: set[str] = set()  # modules with a policy in force
-
-    def __call__(self, event: Any) -> None:
-        kind, module = event.kind, event.module
-        file = os.path.basename(event.file) if event.file else f"{module}.bin"
-        if kind in ("loaded", "reloaded"):
-            self.active.add(module)
-            if kind == "reloaded" or self.started or self.verbose:
-                verb = "reloaded" if kind == "reloaded" else "loaded"
-                log.info("%s %s (%s rules)", verb, module, event.rules)
-        elif kind == "failed":
-            if module in self.active:
-                log.warning("reload failed, keeping previous: %s: %s", file, event.reason)
-            else:
-                log.warning("load failed: %s: %s (%s gets the _global rules only)", file, event.reason, module)
-        elif kind == "removed":
-            log.warning("%s removed; keeping the policy of %s in force (%s)", file, module, event.reason or "")
-        else:  # a kind this CLI does not know yet
-            log.info("%s %s: %s", kind, module, event.reason or "")
+    return handler
 
 
 def _example_curl(url: str, modules: dict[str, Any]) -> str:
@@ -159,20 +149,26 @@ def run_cmd(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
 
-    _configure_logging(verbose - quiet)
+    handler = _configure_logging(verbose - quiet)
 
     reload: bool | None = None
     if no_reload or reload_interval == 0:
         reload = False
-    agent = PolicyAgent(
-        policy_dir,
-        reload_interval=reload_interval or None,
-        reload=reload,
-        strict=strict,
-    )
-    printer = _EventPrinter(verbose > 0)
+    try:
+        agent = PolicyAgent(
+            policy_dir,
+            reload_interval=reload_interval or None,
+            reload=reload,
+            strict=strict,
+        )
+    except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon
+        raise click.UsageError(str(exc)) from None
+    if verbose <= 0:
+        handler.addFilter(_QuietStart(agent))
+    # Reload messages ("reloaded tenant.acme (14 rules)", "reload failed, keeping
+    # previous: ...") are the agent's own, on the "polc" logger; the events feed
+    # the metrics and the reload endpoint's view of removed files.
     metrics = server.Metrics()
-    agent.subscribe(printer)
     agent.subscribe(metrics.on_event)
 
     try:
@@ -189,7 +185,6 @@ def run_cmd(
     log.debug("loading %s", os.path.abspath(policy_dir))
 
     def on_ready() -> None:
-        printer.started = True
         status = agent.status()
         modules = status.get("modules") or {}
         active = sum(1 for m in modules.values() if m.get("revision"))
@@ -201,9 +196,9 @@ def run_cmd(
         noun = "module" if active == 1 else "modules"
         log.info("listening on %s (%d %s, %s)", url, active, noun, every)
         log.info("try: %s", _example_curl(url, modules))
-        bad = sorted(name for name, m in modules.items() if m.get("last_error"))
+        bad = sorted(str(e["module"] or e["file"]) for e in metrics.errors(status))
         if bad:
-            log.warning("%d module(s) failed to load: %s (see %s/v1/status)", len(bad), ", ".join(bad), url)
+            log.warning("not in force: %s (see %s/v1/status)", ", ".join(bad), url)
 
     def on_start_error(exc: BaseException) -> int:
         log.error("start-up failed: %s", exc)

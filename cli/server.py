@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
 import socket
 import threading
@@ -163,19 +164,20 @@ def failure_dict(failure: Any) -> dict[str, Any]:
 
 @dataclass
 class Metrics:
-    """Counters behind ``GET /metrics``.
+    """Counters behind ``GET /metrics``, and what the reload events tell.
 
-    Check and HTTP counters are touched only on the event loop thread; reload
-    counters are updated from the agent's reloader thread under ``lock``.
+    Check and HTTP counters are touched only on the event loop thread;
+    ``on_event`` runs on the agent's reloader thread and takes ``lock``.
+    Reload counts come from the agent's own status, so ``/metrics`` and
+    ``/v1/status`` never disagree.
     """
 
     checks: dict[str, int] = field(default_factory=lambda: {"allow": 0, "deny": 0})
     audit_would_deny: int = 0
     http: dict[tuple[str, int], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    reloads_ok: int = 0
-    reloads_failed: int = 0
     last_success: float | None = None
+    removed: set[str] = field(default_factory=set)  # modules whose file is gone (policy kept)
     started: float = field(default_factory=time.time)
 
     def count_decision(self, decision: Any) -> None:
@@ -190,18 +192,36 @@ class Metrics:
 
     def on_event(self, event: Any) -> None:
         with self.lock:
+            if event.kind == "removed":
+                self.removed.add(event.module)
+            else:
+                self.removed.discard(event.module)
             if event.kind in ("loaded", "reloaded"):
-                self.reloads_ok += 1
                 self.last_success = time.time()
-            elif event.kind == "failed":
-                self.reloads_failed += 1
+
+    def errors(self, status: dict[str, Any]) -> list[dict[str, Any]]:
+        """Artifacts in the directory that are not in force now: ``[{"module", "file", "reason"}]``.
+
+        A module whose file was deleted keeps its last policy by design; that is
+        reported as ``removed``, not as an error.
+        """
+        with self.lock:
+            removed = set(self.removed)
+        out = []
+        for name, info in (status.get("modules") or {}).items():
+            if info.get("last_error") and name not in removed:
+                out.append({"module": name, "file": info.get("file"), "reason": info["last_error"]})
+        if status.get("directory_error"):
+            out.append({"module": None, "file": status.get("policy_dir"), "reason": status["directory_error"]})
+        return out
 
     def render(self, status: dict[str, Any], ready: bool) -> bytes:
         modules = status.get("modules") or {}
         active = sum(1 for m in modules.values() if m.get("revision"))
-        errors = sum(1 for m in modules.values() if m.get("last_error"))
+        errors = sum(1 for e in self.errors(status) if e["module"] is not None)
+        reloads = status.get("reloads") or {}
         with self.lock:
-            ok, failed, last = self.reloads_ok, self.reloads_failed, self.last_success
+            last = self.last_success
         lines = [
             "# HELP polc_build_info polc version serving decisions.",
             "# TYPE polc_build_info gauge",
@@ -218,19 +238,22 @@ class Metrics:
             "# HELP polc_checks_audit_total Denies reported but not enforced because the deciding module is in audit mode.",
             "# TYPE polc_checks_audit_total counter",
             f"polc_checks_audit_total {self.audit_would_deny}",
-            "# HELP polc_reloads_total Artifact load attempts since start, by outcome (one per artifact).",
+            "# HELP polc_reloads_total Artifact load attempts since start, by outcome (one per artifact version).",
             "# TYPE polc_reloads_total counter",
-            f'polc_reloads_total{{status="ok"}} {ok}',
-            f'polc_reloads_total{{status="failed"}} {failed}',
-            "# HELP polc_last_successful_reload_timestamp_seconds Unix time of the last artifact loaded successfully.",
+            f'polc_reloads_total{{status="ok"}} {int(reloads.get("ok", 0))}',
+            f'polc_reloads_total{{status="failed"}} {int(reloads.get("failed", 0))}',
+            "# HELP polc_last_successful_reload_timestamp_seconds Unix time an artifact last loaded successfully (0: never).",
             "# TYPE polc_last_successful_reload_timestamp_seconds gauge",
             f"polc_last_successful_reload_timestamp_seconds {_num(last or 0)}",
             "# HELP polc_active_modules Modules with a policy in force.",
             "# TYPE polc_active_modules gauge",
             f"polc_active_modules {active}",
-            "# HELP polc_module_errors Modules whose artifact last failed to load (the previous policy, if any, stays in force).",
+            "# HELP polc_module_errors Modules whose artifact in the directory is not in force (failed to load; the previous policy, if any, stays).",
             "# TYPE polc_module_errors gauge",
             f"polc_module_errors {errors}",
+            "# HELP polc_policy_dir_available 0 while the policy directory cannot be read (everything loaded stays in force).",
+            "# TYPE polc_policy_dir_available gauge",
+            f"polc_policy_dir_available {0 if status.get('directory_error') else 1}",
             "# HELP polc_http_requests_total HTTP requests answered, by handler and status code.",
             "# TYPE polc_http_requests_total counter",
         ]
@@ -390,22 +413,32 @@ class DecisionApp:
     async def _reload(self, scope: Scope, receive: Receive):
         await self._drain(scope, receive)
         result = await self.reload()
-        policy_dir = str(self.agent.status().get("policy_dir"))
+        status = self.agent.status()
         failed = [failure_dict(f) for f in result.failed]
+        errors = self.metrics.errors(status)
         payload: dict[str, Any] = {
             "status": "reloaded",
-            "policy_dir": policy_dir,
+            "policy_dir": str(status.get("policy_dir")),
             "changed": list(result.changed),
             "removed": list(result.removed),
             "failed": failed,
+            "errors": errors,
         }
-        if not failed:
+        if not failed and not errors:
             return 200, _dumps(payload), _JSON, []
-        # Something could not be applied. The previous policy of each failed
-        # module stays in force and everything else that changed was applied;
-        # answer non-2xx so `curl -f` and scripts notice during an incident.
+        # Some artifact in the directory is not in force: failed in this step,
+        # or failed earlier (the poller may have met it first) and not fixed
+        # since. Its module keeps its previous policy; every other change was
+        # applied. Answer non-2xx so `curl -f` and scripts notice.
         payload["status"] = "partial" if (result.changed or result.removed) else "failed"
-        payload["error"] = "; ".join(f"{f['file']}: {f['reason']}" for f in failed)
+        seen: set[tuple] = set()
+        reasons = []
+        for item in failed + errors:
+            file = os.path.basename(str(item["file"]))
+            if (item["module"], file) not in seen:
+                seen.add((item["module"], file))
+                reasons.append(f"{file}: {item['reason']}")
+        payload["error"] = "not in force: " + "; ".join(reasons)
         return 422, _dumps(payload), _JSON, []
 
     async def reload(self) -> Any:

@@ -51,6 +51,10 @@ class _Agent:
         self.result = _Result()
         self.reloads = 0
         self.explode = False
+        self.modules = {
+            "tenant.acme": {"revision": "0123456789ab", "rules": 3, "file": "tenant.acme.bin", "last_error": None},
+        }
+        self.directory_error = None
 
     def check(self, module, capability, *args):
         if self.explode:
@@ -73,11 +77,9 @@ class _Agent:
             "reload_interval": 5.0,
             "ready": self.ready,
             "last_reload": None,
-            "reloads": {"ok": 1, "failed": 0},
-            "modules": {
-                "tenant.acme": {"revision": "0123456789ab", "rules": 3, "last_error": None},
-                "tenant.bad": {"revision": None, "rules": 0, "last_error": "digest mismatch"},
-            },
+            "reloads": {"ok": 4, "failed": 2},
+            "directory_error": self.directory_error,
+            "modules": {k: dict(v) for k, v in self.modules.items()},
         }
 
 
@@ -122,6 +124,17 @@ def _call(
     assert int(hdrs["content-length"]) == len(body_msg["body"])
     _call.received = len(received)  # type: ignore[attr-defined]
     return _Response(start["status"], hdrs, body_msg["body"])
+
+
+def _with_bad_module(agent: _Agent) -> _Agent:
+    agent.modules["tenant.bad"] = {"revision": None, "rules": 0, "file": "tenant.bad.bin", "last_error": "digest mismatch"}
+    return agent
+
+
+@dataclass
+class _Event:
+    kind: str
+    module: str | None = None
 
 
 def _app(**kw) -> tuple[server.DecisionApp, _Agent]:
@@ -325,23 +338,66 @@ def test_reload_ok_is_200_reloaded():
     agent.result = _Result(changed=["tenant.acme"])
     r = _call(app, "POST", "/policy/reload")
     assert r.status == 200
-    assert r.json() == {"status": "reloaded", "policy_dir": "/p", "changed": ["tenant.acme"], "removed": [], "failed": []}
+    assert r.json() == {
+        "status": "reloaded",
+        "policy_dir": "/p",
+        "changed": ["tenant.acme"],
+        "removed": [],
+        "failed": [],
+        "errors": [],
+    }
     assert agent.reloads == 1
 
 
 def test_reload_with_failures_is_422_and_names_them():
     app, agent = _app()
-    agent.result = _Result(changed=["tenant.globex"], failed=[_Failure("tenant.acme.bin", "tenant.acme", "digest mismatch")])
+    agent.result = _Result(changed=["tenant.globex"], failed=[_Failure("tenant.bad.bin", "tenant.bad", "digest mismatch")])
+    _with_bad_module(agent)
     r = _call(app, "POST", "/policy/reload")
     assert r.status == 422
     body = r.json()
     assert body["status"] == "partial"
     assert body["changed"] == ["tenant.globex"]
-    assert body["failed"] == [{"file": "tenant.acme.bin", "module": "tenant.acme", "reason": "digest mismatch"}]
-    assert "tenant.acme.bin: digest mismatch" in body["error"]
+    assert body["failed"] == [{"file": "tenant.bad.bin", "module": "tenant.bad", "reason": "digest mismatch"}]
+    assert body["errors"] == [{"file": "tenant.bad.bin", "module": "tenant.bad", "reason": "digest mismatch"}]
+    assert body["error"] == "not in force: tenant.bad.bin: digest mismatch"  # reported once
 
-    agent.result = _Result(failed=[_Failure("tenant.acme.bin", "tenant.acme", "truncated")])
+    agent.result = _Result(failed=[_Failure("tenant.bad.bin", "tenant.bad", "digest mismatch")])
     assert _call(app, "POST", "/policy/reload").json()["status"] == "failed"
+
+
+def test_reload_reports_an_earlier_failure_that_still_stands():
+    # The poller met the bad file first: this step changes nothing, but the
+    # directory is still not in force, and the operator asking must hear it.
+    app, agent = _app()
+    _with_bad_module(agent)
+    r = _call(app, "POST", "/policy/reload")
+    assert r.status == 422
+    assert r.json()["status"] == "failed" and r.json()["failed"] == []
+    assert r.json()["errors"][0]["module"] == "tenant.bad"
+
+
+def test_a_removed_file_is_not_an_error():
+    app, agent = _app()
+    agent.modules["tenant.acme"]["last_error"] = "file removed; keeping the last policy loaded"
+    app.metrics.on_event(_Event("removed", "tenant.acme"))
+    agent.result = _Result(removed=["tenant.acme"])
+    r = _call(app, "POST", "/policy/reload")
+    assert r.status == 200 and r.json()["removed"] == ["tenant.acme"] and r.json()["errors"] == []
+    # ...until a new file for it fails.
+    app.metrics.on_event(_Event("failed", "tenant.acme"))
+    agent.result = _Result()
+    assert _call(app, "POST", "/policy/reload").status == 422
+
+
+def test_an_unreadable_directory_is_reported():
+    app, agent = _app()
+    agent.directory_error = "No such file or directory"
+    agent.result = _Result(failed=[_Failure("/p", None, "policy directory unavailable: No such file or directory")])
+    r = _call(app, "POST", "/policy/reload")
+    assert r.status == 422
+    assert r.json()["error"] == "not in force: p: policy directory unavailable: No such file or directory"
+    assert "polc_policy_dir_available 0" in _call(app, "GET", "/metrics").body.decode()
 
 
 def test_reload_before_first_load_is_503():
@@ -361,7 +417,8 @@ def test_healthz_is_503_until_ready():
 
 
 def test_status_adds_version_and_listen():
-    app, _ = _app(listen="127.0.0.1:1")
+    app, agent = _app(listen="127.0.0.1:1")
+    _with_bad_module(agent)
     body = _call(app, "GET", "/v1/status").json()
     assert body["modules"]["tenant.bad"]["last_error"] == "digest mismatch"
     assert body["listen"] == "127.0.0.1:1"
@@ -393,12 +450,9 @@ def test_metrics_count_checks_reloads_and_requests():
     _post(app, "/v1/check/batch", {"requests": [{"module": "m", "capability": "c"}] * 2})
     _call(app, "POST", "/v1/check", b"{")
 
-    @dataclass
-    class Ev:
-        kind: str
-
+    _with_bad_module(agent)
     for kind in ("loaded", "loaded", "reloaded", "failed", "removed"):
-        app.metrics.on_event(Ev(kind))
+        app.metrics.on_event(_Event(kind, "tenant.x"))
 
     r = _call(app, "GET", "/metrics")
     assert r.status == 200
@@ -407,12 +461,13 @@ def test_metrics_count_checks_reloads_and_requests():
     assert s['polc_checks_total{effect="allow"}'] == 1
     assert s['polc_checks_total{effect="deny"}'] == 4
     assert s["polc_checks_audit_total"] == 1
-    assert s['polc_reloads_total{status="ok"}'] == 3
-    assert s['polc_reloads_total{status="failed"}'] == 1
+    assert s['polc_reloads_total{status="ok"}'] == 4  # the agent's own counts
+    assert s['polc_reloads_total{status="failed"}'] == 2
     assert s["polc_last_successful_reload_timestamp_seconds"] > 1e9
     assert s["polc_active_modules"] == 1
     assert s["polc_module_errors"] == 1
     assert s["polc_ready"] == 1
+    assert s["polc_policy_dir_available"] == 1
     assert s['polc_http_requests_total{handler="check",code="200"}'] == 3
     assert s['polc_http_requests_total{handler="check",code="400"}'] == 1
 

@@ -1,0 +1,567 @@
+"""End-to-end tests of `polc run`: a real subprocess on a free loopback port, real artifacts
+compiled by `polc compile`, a real HTTP client (http.client), real signals.
+
+Every wait has a deadline; every subprocess is killed in teardown.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+START_DEADLINE = 20.0  # seconds for a cold interpreter to load and listen (2 shared cores)
+
+GLOBAL = """\
+security module _global {
+    deny module to process.exec("rm");
+}
+"""
+
+ACME_V1 = """\
+// tenant.acme, first revision
+security module tenant.acme {
+    entitle module to network.outbound("*.acme.com", 443);
+    deny module to process.exec;
+}
+"""
+
+ACME_V2 = """\
+// tenant.acme, second revision: the partner API is allowed too
+security module tenant.acme {
+    entitle module to network.outbound("*.acme.com", 443);
+    entitle module to network.outbound("api.partner.com", 443);
+    deny module to process.exec;
+}
+"""
+
+GLOBEX_AUDIT = """\
+security module tenant.globex {
+    mode audit;
+    entitle module to network.outbound("*.globex.com", 443);
+}
+"""
+
+ACME_OK = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", 443]}
+PARTNER = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.partner.com", 443]}
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def _compile(src: Path, out: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "polc", "compile", str(src), "-o", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """Compiled artifacts: {"_global", "acme_v1", "acme_v2", "globex"} -> .bin path."""
+    base = tmp_path_factory.mktemp("artifacts")
+    sets = {"v1": {"_global": GLOBAL, "tenant.acme": ACME_V1, "tenant.globex": GLOBEX_AUDIT}, "v2": {"tenant.acme": ACME_V2}}
+    for name, files in sets.items():
+        src = base / f"src-{name}"
+        src.mkdir()
+        for module, text in files.items():
+            (src / f"{module}.pol").write_text(text)
+        _compile(src, base / name)
+    out = {
+        "_global": base / "v1" / "_global.bin",
+        "acme_v1": base / "v1" / "tenant.acme.bin",
+        "globex": base / "v1" / "tenant.globex.bin",
+        "acme_v2": base / "v2" / "tenant.acme.bin",
+    }
+    for path in out.values():
+        assert path.is_file(), path
+    assert out["acme_v1"].read_bytes() != out["acme_v2"].read_bytes()
+    return out
+
+
+@pytest.fixture
+def policy_dir(tmp_path, artifacts) -> Path:
+    d = tmp_path / "policies"
+    d.mkdir()
+    for key in ("_global", "acme_v1", "globex"):
+        shutil.copyfile(artifacts[key], d / artifacts[key].name)
+    return d
+
+
+def drop(src: Path | bytes, dest: Path) -> None:
+    """Drop an artifact the way a CI pipeline should: write aside, then rename over."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+    os.replace(tmp, dest)
+
+
+def corrupt(data: bytes) -> bytes:
+    """Flip one payload byte: the header's SHA-256 no longer matches."""
+    i = 56 + (len(data) - 56) // 2
+    return data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1 :]
+
+
+# --------------------------------------------------------------------------- the sidecar under test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sidecar:
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
+
+    def start(self, policy_dir: Path | None, *args: str, env: dict[str, str] | None = None, wait: bool = True, python_flags=()):
+        self.port = free_port()
+        cmd = [sys.executable, *python_flags, "-m", "polc", "run"]
+        if policy_dir is not None:
+            cmd.append(str(policy_dir))
+        cmd += ["--listen", f"127.0.0.1:{self.port}", *args]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLC_")}
+        full_env.update(env or {})
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, env=full_env)
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, deadline: float = START_DEADLINE) -> None:
+        end = time.monotonic() + deadline
+        last: Any = None
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"polc run exited with {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                status, _, _ = self.request("GET", "/healthz", timeout=1)
+                if status == 200:
+                    return
+                last = status
+            except OSError as exc:
+                last = exc
+            time.sleep(0.05)
+        pytest.fail(f"/healthz not 200 within {deadline}s (last: {last!r}):\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, headers=None, timeout: float = 5):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            conn.request(method, path, body=data, headers=headers or {})
+            resp = conn.getresponse()
+            payload = resp.read()
+            return resp.status, dict(resp.getheaders()), payload
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None, **kw) -> tuple[int, Any]:
+        status, headers, payload = self.request(method, path, body, **kw)
+        if path == "/metrics":
+            return status, payload.decode()
+        assert headers.get("content-type") == "application/json", headers
+        return status, json.loads(payload)
+
+    def check(self, req: dict) -> dict:
+        status, body = self.json("POST", "/v1/check", req)
+        assert status == 200, body
+        return body
+
+    def metrics(self) -> dict[str, float]:
+        status, text = self.json("GET", "/metrics")
+        assert status == 200
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            self._stderr.close()
+
+
+@pytest.fixture
+def sidecar(tmp_path):
+    procs: list[Sidecar] = []
+
+    def make() -> Sidecar:
+        s = Sidecar(tmp_path)
+        procs.append(s)
+        return s
+
+    yield make
+    for s in procs:
+        s.kill()
+
+
+def until(predicate, deadline: float = 10.0, what: str = "condition"):
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"{what} not reached within {deadline}s")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_check_answers_from_the_compiled_policies(sidecar, policy_dir):
+    s = sidecar().start(policy_dir, "--no-reload")
+    allow = s.check(ACME_OK)
+    assert allow["allowed"] is True and allow["effect"] == "allow" and allow["audit"] is False
+    assert allow["rule"].endswith("tenant.acme.pol:3:5")
+    assert len(allow["revision"]) == 12
+    assert set(allow) >= {"allowed", "effect", "reason", "rule", "revision", "audit"}
+
+    deny = s.check({"module": "tenant.acme", "capability": "process.exec", "args": ["ls"]})
+    assert deny["allowed"] is False and deny["effect"] == "deny" and deny["rule"].endswith("tenant.acme.pol:4:5")
+
+    none = s.check(PARTNER)
+    assert none["allowed"] is False and none["rule"] is None
+
+    glob = s.check({"module": "tenant.unknown", "capability": "process.exec", "args": ["rm"]})
+    assert glob["allowed"] is False and glob["rule"].endswith("_global.pol:2:5")
+
+    audit = s.check({"module": "tenant.globex", "capability": "network.outbound", "args": ["evil.com", 443]})
+    assert audit["allowed"] is True and audit["effect"] == "deny" and audit["audit"] is True
+
+    # Policy-level type errors are denies with a reason, not HTTP errors.
+    typed = s.check({"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", "443"]})
+    assert typed["allowed"] is False and typed["reason"]
+    arity = s.check({"module": "tenant.acme", "capability": "network.outbound", "args": []})
+    assert arity["allowed"] is False and "arity" in arity["reason"]
+
+
+def test_batch_answers_in_order(sidecar, policy_dir):
+    s = sidecar().start(policy_dir, "--no-reload")
+    reqs = [ACME_OK, PARTNER, {"module": "tenant.acme", "capability": "process.exec", "args": ["ls"]}, ACME_OK]
+    status, body = s.json("POST", "/v1/check/batch", {"requests": reqs})
+    assert status == 200
+    assert [r["allowed"] for r in body["results"]] == [True, False, False, True]
+    assert body["results"] == [s.check(r) for r in reqs]
+
+    status, body = s.json("POST", "/v1/check/batch", {"requests": [ACME_OK] * 1001})
+    assert status == 413 and "at most 1000" in body["error"]
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b'{"module": "tenant.acme", "capability"', "malformed JSON"),
+        (b"not json at all", "malformed JSON"),
+        (b"", "empty"),
+        (b"[]", "must be a JSON object"),
+        (b'{"capability": "network.outbound", "args": []}', "module: missing"),
+        (b'{"module": "tenant.acme", "args": []}', "capability: missing"),
+        (b'{"module": ["tenant.acme"], "capability": "network.outbound"}', "module: must be a string"),
+        (b'{"module": "tenant.acme", "capability": "network.outbound", "args": {"host": "x"}}', "args: must be an array"),
+        (b'{"module": "tenant.acme", "capability": "network.outbound", "args": ["x", 4.5]}', "args[1]"),
+    ],
+)
+def test_bad_bodies_are_400_and_the_process_keeps_serving(sidecar, policy_dir, raw, fragment):
+    s = sidecar().start(policy_dir, "--no-reload")
+    status, body = s.json("POST", "/v1/check", raw=raw)
+    assert status == 400, body
+    assert fragment in body["error"]
+    assert s.check(ACME_OK)["allowed"] is True
+
+
+def test_oversized_bodies_are_413(sidecar, policy_dir):
+    s = sidecar().start(policy_dir, "--no-reload", "--max-body", "65536")
+    big = b'{"module": "tenant.acme", "capability": "network.outbound", "args": ["' + b"a" * 70000 + b'", 443]}'
+    status, body = s.json("POST", "/v1/check", raw=big)
+    assert status == 413 and "65536" in body["error"]
+
+    # Chunked, no Content-Length: refused once it passes the limit.
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+    try:
+        conn.request("POST", "/v1/check", body=iter([b"[" * 40000, b"[" * 40000]), encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert json.loads(resp.read())["status"] == 413
+    finally:
+        conn.close()
+    assert s.check(ACME_OK)["allowed"] is True
+
+
+def test_methods_and_paths(sidecar, policy_dir):
+    s = sidecar().start(policy_dir, "--no-reload")
+    status, headers, payload = s.request("GET", "/policy/reload")
+    assert status == 405 and headers["allow"] == "POST"
+    assert "not allowed" in json.loads(payload)["error"]
+    assert s.request("PUT", "/policy/reload")[0] == 405
+    assert s.request("GET", "/v1/check")[0] == 405
+    assert s.request("DELETE", "/healthz")[0] == 405
+    status, _, payload = s.request("GET", "/nope")
+    assert status == 404 and json.loads(payload)["status"] == 404
+    assert s.request("HEAD", "/healthz")[0] == 200
+
+
+# --------------------------------------------------------------------------- status, health, metrics
+
+
+def test_status_healthz_and_metrics(sidecar, policy_dir):
+    s = sidecar().start(policy_dir, "--reload-interval", "0.5")
+    status, body = s.json("GET", "/healthz")
+    assert status == 200 and body == {"status": "ok"}
+
+    status, st = s.json("GET", "/v1/status")
+    assert status == 200
+    assert Path(st["policy_dir"]).resolve() == policy_dir.resolve()
+    assert st["ready"] is True and st["reload"] is True and st["reload_interval"] == 0.5
+    assert set(st["modules"]) >= {"_global", "tenant.acme", "tenant.globex"}
+    acme = st["modules"]["tenant.acme"]
+    assert acme["rules"] == 2 and acme["last_error"] is None
+    assert acme["revision"] == s.check(ACME_OK)["revision"]
+    assert st["modules"]["tenant.globex"]["mode"] == "audit"
+
+    s.check(PARTNER)
+    s.check({"module": "tenant.globex", "capability": "network.outbound", "args": ["evil.com", 443]})
+    m = s.metrics()
+    assert m['polc_checks_total{effect="allow"}'] == 1
+    assert m['polc_checks_total{effect="deny"}'] == 2
+    assert m["polc_checks_audit_total"] == 1
+    assert m['polc_reloads_total{status="ok"}'] == 3
+    assert m['polc_reloads_total{status="failed"}'] == 0
+    assert m["polc_active_modules"] == 3
+    assert m["polc_module_errors"] == 0
+    assert m["polc_ready"] == 1
+    assert abs(m["polc_last_successful_reload_timestamp_seconds"] - time.time()) < 120
+
+    err = s.stderr()
+    assert f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)" in err
+    assert f"curl -s http://127.0.0.1:{s.port}/v1/check -d" in err
+
+
+# --------------------------------------------------------------------------- reloads
+
+
+def test_reload_endpoint_applies_a_dropped_artifact(sidecar, policy_dir, artifacts):
+    s = sidecar().start(policy_dir, "--no-reload")
+    before = s.check(PARTNER)
+    assert before["allowed"] is False
+
+    drop(artifacts["acme_v2"], policy_dir / "tenant.acme.bin")
+    time.sleep(0.05)
+    assert s.check(PARTNER) == before  # polling is off: nothing changes by itself
+
+    status, body = s.json("POST", "/policy/reload")
+    assert status == 200, body
+    assert body["status"] == "reloaded"
+    assert body["changed"] == ["tenant.acme"] and body["failed"] == []
+    assert Path(body["policy_dir"]).resolve() == policy_dir.resolve()
+
+    after = s.check(PARTNER)
+    assert after["allowed"] is True and after["revision"] != before["revision"]
+    until(lambda: "reloaded tenant.acme (3 rules)" in s.stderr(), 5, "reload message")
+
+    # Nothing changed since: a second reload is a no-op.
+    status, body = s.json("POST", "/policy/reload")
+    assert status == 200 and body["changed"] == [] and body["failed"] == []
+
+
+def test_sighup_reloads_a_dropped_artifact(sidecar, policy_dir, artifacts):
+    s = sidecar().start(policy_dir, "--no-reload")
+    assert s.check(PARTNER)["allowed"] is False
+    drop(artifacts["acme_v2"], policy_dir / "tenant.acme.bin")
+    s.signal(signal.SIGHUP)
+    until(lambda: s.check(PARTNER)["allowed"], 5, "SIGHUP reload")
+    assert s.proc.poll() is None
+    until(lambda: "reloaded tenant.acme (3 rules)" in s.stderr(), 5, "reload message")
+    assert "SIGHUP" in s.stderr()
+
+
+def test_poller_picks_up_a_new_module(sidecar, policy_dir, artifacts, tmp_path):
+    s = sidecar().start(policy_dir, "-reload-interval", "0.2")
+    src = tmp_path / "newsrc"
+    src.mkdir()
+    (src / "tenant.newco.pol").write_text('security module tenant.newco {\n    entitle module to env.read("HOME");\n}\n')
+    _compile(src, tmp_path / "newout")
+    req = {"module": "tenant.newco", "capability": "env.read", "args": ["HOME"]}
+    assert s.check(req)["allowed"] is False
+    drop(tmp_path / "newout" / "tenant.newco.bin", policy_dir / "tenant.newco.bin")
+    until(lambda: s.check(req)["allowed"], 10, "poller load")
+    until(lambda: "loaded tenant.newco (1 rules)" in s.stderr(), 5, "load message")
+
+
+def test_corrupt_artifact_keeps_decisions_and_is_reported(sidecar, policy_dir, artifacts):
+    s = sidecar().start(policy_dir, "--reload-interval", "0.2")
+    before = s.check(ACME_OK)
+    partner_before = s.check(PARTNER)
+    failed_before = s.metrics()['polc_reloads_total{status="failed"}']
+
+    drop(corrupt(artifacts["acme_v2"].read_bytes()), policy_dir / "tenant.acme.bin")
+
+    def errored():
+        _, st = s.json("GET", "/v1/status")
+        return st["modules"]["tenant.acme"]["last_error"]
+
+    error = until(errored, 10, "last_error in /v1/status")
+    assert "digest" in error.lower() or "checksum" in error.lower(), error
+    # Decisions unchanged: same answers, same revision.
+    assert s.check(ACME_OK) == before
+    assert s.check(PARTNER) == partner_before
+    _, st = s.json("GET", "/v1/status")
+    assert st["modules"]["tenant.acme"]["revision"] == before["revision"]
+
+    m = s.metrics()
+    assert m['polc_reloads_total{status="failed"}'] == failed_before + 1
+    assert m["polc_module_errors"] == 1
+    assert m["polc_active_modules"] == 3
+    until(lambda: "reload failed, keeping previous: tenant.acme.bin:" in s.stderr(), 5, "failure message")
+
+    # An explicit reload after the poller met the bad file first: nothing new
+    # fails in this step, but the answer still says tenant.acme is not in force.
+    status, body = s.json("POST", "/policy/reload")
+    assert s.check(ACME_OK) == before
+    assert status == 422, body
+    assert body["status"] == "failed"
+    assert [e["module"] for e in body["errors"]] == ["tenant.acme"]
+    assert "tenant.acme.bin" in body["error"]
+
+    # A good artifact then replaces it, and the error clears.
+    drop(artifacts["acme_v2"], policy_dir / "tenant.acme.bin")
+    until(lambda: s.check(PARTNER)["allowed"], 10, "recovery")
+    until(lambda: errored() is None, 5, "last_error cleared")
+    assert s.metrics()["polc_module_errors"] == 0
+
+
+def test_reload_endpoint_reports_a_failed_artifact_with_422(sidecar, policy_dir, artifacts):
+    s = sidecar().start(policy_dir, "--no-reload")
+    before = s.check(ACME_OK)
+    drop(corrupt(artifacts["acme_v2"].read_bytes()), policy_dir / "tenant.acme.bin")
+    status, body = s.json("POST", "/policy/reload")
+    assert status == 422, body
+    assert body["status"] == "failed"
+    assert body["failed"][0]["module"] == "tenant.acme"
+    assert body["failed"][0]["file"].endswith("tenant.acme.bin")
+    assert "tenant.acme.bin" in body["error"]
+    assert s.check(ACME_OK) == before
+    assert s.metrics()['polc_reloads_total{status="failed"}'] == 1
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_within_2s(sidecar, policy_dir, sig):
+    s = sidecar().start(policy_dir, "--reload-interval", "0.2")
+    # An idle keep-alive connection must not hold the shutdown up.
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read()
+    t0 = time.monotonic()
+    s.signal(sig)
+    try:
+        code = s.wait_exit(timeout=2.0)
+    finally:
+        conn.close()
+    assert code == 0, s.stderr()
+    assert time.monotonic() - t0 < 2.0
+    assert "polc: stopped" in s.stderr()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", s.port), timeout=1).close()
+
+
+def test_startup_never_imports_lark(sidecar, policy_dir):
+    code = "import sys, polc.cmd_run, polc.server; assert 'lark' not in sys.modules, 'lark imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # And the whole serving process: -X importtime lists every import on stderr.
+    s = sidecar().start(policy_dir, "--no-reload", python_flags=("-X", "importtime"))
+    s.check(ACME_OK)
+    s.request("POST", "/policy/reload")
+    s.signal(signal.SIGTERM)
+    assert s.wait_exit(timeout=5) == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in s.stderr().splitlines() if line.startswith("import time:")}
+    assert "uvicorn" in imported  # the probe sees imports at all
+    assert not {name for name in imported if name == "lark" or name.startswith("lark.")}
+
+
+def test_policy_dir_from_environment(sidecar, policy_dir):
+    s = sidecar().start(None, env={"POLC_POLICY_DIR": str(policy_dir), "POLC_RELOAD": "false"})
+    assert s.check(ACME_OK)["allowed"] is True
+    _, st = s.json("GET", "/v1/status")
+    assert st["reload"] is False
+    assert "reloading off" in s.stderr()
+
+
+def test_missing_policy_dir_is_a_usage_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "polc", "run", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("POLC_")},
+    )
+    assert proc.returncode == 2 and "POLC_POLICY_DIR" in proc.stderr
+
+
+def test_address_in_use_exits_2(sidecar, policy_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "polc", "run", str(policy_dir), "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_strict_start_with_a_bad_artifact_exits_1(sidecar, policy_dir, artifacts):
+    drop(corrupt(artifacts["acme_v2"].read_bytes()), policy_dir / "tenant.acme.bin")
+    s = sidecar().start(policy_dir, "--strict", "--no-reload", wait=False)
+    assert s.wait_exit(timeout=START_DEADLINE) == 1
+    assert "start-up failed" in s.stderr() and "tenant.acme" in s.stderr()
+
+
+def test_bad_artifact_at_start_falls_back_and_is_reported(sidecar, policy_dir, artifacts):
+    drop(corrupt(artifacts["acme_v2"].read_bytes()), policy_dir / "tenant.acme.bin")
+    s = sidecar().start(policy_dir, "--no-reload")
+    assert s.check(ACME_OK)["allowed"] is False  # fail closed: _global only
+    _, st = s.json("GET", "/v1/status")
+    assert st["modules"]["tenant.acme"]["last_error"]
+    assert s.metrics()["polc_module_errors"] == 1
+    assert "load failed, tenant.acme gets _global rules only: tenant.acme.bin: checksum mismatch" in s.stderr()
