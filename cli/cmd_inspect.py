@@ -6,11 +6,10 @@ load it. Output goes to stdout (text for people, ``--format json`` for
 machines); a bad artifact prints ``FILE: error: <reason>`` on stderr and
 exits 1; a file that cannot be read, or bad usage, exits 2.
 
-Signatures: the signing module may provide
-``polc.runtime.signing.describe_trailer(header, trailer) -> dict`` (for
-example ``{"key_id": ..., "algorithm": "ed25519"}``); when it exists its
-fields are shown under ``signature``. Without it the trailer is reported by
-size only and is not interpreted.
+Signatures: ``polc.runtime.signing.describe_trailer(header, trailer) ->
+dict`` (``{"key_id": ..., "algorithm": "ed25519", ...}``) fills the
+``signature`` section without verifying anything; ``--trust FILE`` makes the
+reader verify the signature against a trust file as an agent would.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ def _signature_info(art: Artifact) -> dict[str, Any]:
         "signed": art.header.signed,
         "trailer_length": art.header.trailer_len,
         "key_id": None,
-        "verified": None,  # polc inspect does not check signatures (yet)
+        "verified": None,  # set by inspect_cmd when --trust verified it
     }
     if not art.header.signed:
         return info

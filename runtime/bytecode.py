@@ -399,6 +399,14 @@ def _range_problem(ptype: str, lo: int, hi: int) -> str | None:
     return None
 
 
+# Constants already found valid, process-wide: (opcode, constant) -> True.
+# Validity is a pure function of the pair, so an agent that reloads a
+# changed artifact, or loads many tenants with the same patterns, checks
+# each constant once. Bounded: cleared when full.
+_VALID_CONSTS: dict[tuple[int, str], bool] = {}
+_VALID_CONSTS_MAX = 1 << 16
+
+
 def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
     """Validate argument instruction ``a`` for a ``ptype`` parameter; None if invalid."""
     op = a[0]
@@ -418,10 +426,14 @@ def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
     c = a[1]
     if type(c) is not int or not 0 <= c < len(consts):
         return None
-    const = consts[c]
-    if _const_problem(op, const, ptype) is not None:
-        return None
-    return (op, const)
+    key = (op, consts[c])
+    if key not in _VALID_CONSTS:
+        if _const_problem(op, key[1], ptype) is not None:
+            return None
+        if len(_VALID_CONSTS) >= _VALID_CONSTS_MAX:
+            _VALID_CONSTS.clear()
+        _VALID_CONSTS[key] = True
+    return key
 
 
 def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule] | None:
@@ -439,15 +451,17 @@ def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...
     rules: list[Rule] = []
     append = rules.append
     make_rule = _make_rule
+    decode = _decode_arg
     i = 0
+    index = 0
     try:
         while i < n:
-            ins = code[i]
-            if type(ins) is not tuple or len(ins) != 5:
-                return None
-            op, effect, c, line, col = ins
+            # unpacking first is safe: msgpack gives tuples, str, bytes or dicts,
+            # and anything that is not a 5-tuple fails the type check below
+            op, effect, c, line, col = ins = code[i]
             if (
-                type(op) is not int
+                type(ins) is not tuple
+                or type(op) is not int
                 or type(effect) is not int
                 or type(c) is not int
                 or type(line) is not int
@@ -461,35 +475,29 @@ def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...
                 return None
             sig = sigs[c]
             i += 1
-            end = i + len(sig)
-            if end > n:
-                return None
             if sig:
                 args = []
                 for ptype, cache in sig:
-                    a = code[i]
+                    a = code[i]  # IndexError past the end: caught below
                     i += 1
-                    if type(a) is not tuple:
-                        return None
                     dec = cache.get(a)
                     if dec is None:
-                        if not a:
+                        if type(a) is not tuple or not a:
                             return None
-                        dec = _decode_arg(ptype, a, consts)
+                        dec = decode(ptype, a, consts)
                         if dec is None:
                             return None
                         cache[a] = dec
-                    else:
+                    elif type(a) is not tuple or type(a[0]) is not int or (
                         # equal is not enough: True == 1 and 1.0 == 1 hash alike
-                        la = len(a)
-                        if type(a[0]) is not int or (
-                            la > 1 and (type(a[1]) is not int or (la > 2 and type(a[2]) is not int))
-                        ):
-                            return None
+                        len(a) > 1 and (type(a[1]) is not int or (len(a) > 2 and type(a[2]) is not int))
+                    ):
+                        return None
                     args.append(dec)
-                append(make_rule(len(rules), effect, caps[c], line, col, tuple(args)))
+                append(make_rule(index, effect, caps[c], line, col, tuple(args)))
             else:
-                append(make_rule(len(rules), effect, caps[c], line, col, ()))
+                append(make_rule(index, effect, caps[c], line, col, ()))
+            index += 1
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return None
     return rules
