@@ -38,12 +38,12 @@ class _QuietStart(logging.Filter):
     failures (warnings) always pass.
     """
 
-    def __init__(self, agent: Any):
+    def __init__(self) -> None:
         super().__init__()
-        self.agent = agent
+        self.started = False  # set once the start-up summary is printed
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name != "polc" or self.agent.ready
+        return record.levelno >= logging.WARNING or record.name != "polc" or self.started
 
 
 def _configure_logging(verbosity: int) -> logging.Handler:
@@ -163,8 +163,9 @@ def run_cmd(
         )
     except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon
         raise click.UsageError(str(exc)) from None
+    quiet_start = _QuietStart()
     if verbose <= 0:
-        handler.addFilter(_QuietStart(agent))
+        handler.addFilter(quiet_start)
     # Reload messages ("reloaded tenant.acme (14 rules)", "reload failed, keeping
     # previous: ...") are the agent's own, on the "polc" logger; the events feed
     # the metrics and the reload endpoint's view of removed files.
@@ -196,6 +197,8 @@ def run_cmd(
         noun = "module" if active == 1 else "modules"
         log.info("listening on %s (%d %s, %s)", url, active, noun, every)
         log.info("try: %s", _example_curl(url, modules))
+        log.info("reload now: curl -s -X POST %s/policy/reload (or kill -HUP %d)", url, os.getpid())
+        quiet_start.started = True
         bad = sorted(str(e["module"] or e["file"]) for e in metrics.errors(status))
         if bad:
             log.warning("not in force: %s (see %s/v1/status)", ", ".join(bad), url)
