@@ -95,6 +95,14 @@ def _example_curl(url: str, modules: dict[str, Any]) -> str:
 )
 @click.option("--strict", is_flag=True, default=None, help="Fail start-up if any artifact is bad.")
 @click.option(
+    "--trust",
+    "trust_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Require every artifact to be signed by a key in this trust file [env POLC_TRUST_FILE].",
+)
+@click.option(
     "--max-body",
     type=click.IntRange(min=1),
     default=1 << 20,
@@ -117,6 +125,7 @@ def run_cmd(
     reload_interval: float | None,
     no_reload: bool,
     strict: bool | None,
+    trust_file: str | None,
     max_body: int,
     max_batch: int,
     verbose: int,
@@ -160,8 +169,9 @@ def run_cmd(
             reload_interval=reload_interval or None,
             reload=reload,
             strict=strict,
+            trust=trust_file,
         )
-    except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon
+    except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon, an unreadable trust file
         raise click.UsageError(str(exc)) from None
     quiet_start = _QuietStart()
     if verbose <= 0:

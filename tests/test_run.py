@@ -565,3 +565,38 @@ def test_bad_artifact_at_start_falls_back_and_is_reported(sidecar, policy_dir, a
     assert st["modules"]["tenant.acme"]["last_error"]
     assert s.metrics()["polc_module_errors"] == 1
     assert "load failed, tenant.acme gets _global rules only: tenant.acme.bin: checksum mismatch" in s.stderr()
+
+
+def test_trust_file_refuses_an_unsigned_drop(sidecar, tmp_path, artifacts):
+    pytest.importorskip("cryptography")
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "polc", "keygen", "ci", "-o", str(keys)], check=True, capture_output=True, timeout=60)
+    trust = tmp_path / "trust.toml"
+    trust.write_text('[[key]]\nname = "ci"\npublic_key_file = "keys/ci.pub"\nmodules = ["_global", "tenant.*"]\n')
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "_global.pol").write_text(GLOBAL)
+    (src / "tenant.acme.pol").write_text(ACME_V2)
+    signed = tmp_path / "signed"
+    proc = subprocess.run(
+        [sys.executable, "-m", "polc", "compile", str(src), "-o", str(signed), "--sign", str(keys / "ci.key"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    d = tmp_path / "trusted"
+    d.mkdir()
+    drop(signed / "_global.bin", d / "_global.bin")
+    drop(artifacts["acme_v1"], d / "tenant.acme.bin")  # unsigned: refused even at start
+
+    s = sidecar().start(d, "--no-reload", "--trust", str(trust))
+    assert s.check(ACME_OK)["allowed"] is False  # tenant.acme runs on _global only
+    status, body = s.json("POST", "/policy/reload")
+    assert status == 422 and body["errors"][0]["module"] == "tenant.acme"
+
+    drop(signed / "tenant.acme.bin", d / "tenant.acme.bin")
+    status, body = s.json("POST", "/policy/reload")
+    assert status == 200, body
+    assert body["changed"] == ["tenant.acme"] and body["errors"] == []
+    assert s.check(PARTNER)["allowed"] is True
