@@ -511,7 +511,19 @@ def read_artifact_bytes(path: str | os.PathLike[str]) -> bytes:
     the header's own errors.
     """
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO someone dropped into the directory must
+        # not block the poller until a writer appears; it is then refused as
+        # not a regular file. (It changes nothing for regular files.)
+        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise UnreadableArtifact(f"cannot read: not a regular file ({_file_kind(st.st_mode)})")
+        with os.fdopen(fd, "rb") as f:
             head = f.read(HEADER_SIZE)
             header = read_header(head)
             rest = _read_upto(f, header.payload_len + header.trailer_len + 1)
@@ -520,6 +532,23 @@ def read_artifact_bytes(path: str | os.PathLike[str]) -> bytes:
             f"cannot read: {exc.strerror or exc}", errno=exc.errno
         ) from exc
     return head + rest
+
+
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return f"mode {mode:o}"
 
 
 _CHUNK = 1 << 20
