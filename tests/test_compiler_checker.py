@@ -381,3 +381,37 @@ def test_examples_compile_without_warnings(examples_dir):
     modes = {n: payload(d)["mode"] for n, d in r.artifacts}
     assert modes["tenant.initech"] == "audit"
     assert any("tool.call" in [c[0] for c in payload(d)["caps"]] for _, d in r.artifacts)
+
+
+# -- property: whatever valid rules we write come back from the artifact ---------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_port = st.integers(0, 65535)
+_ranges = st.tuples(_port, _port).map(lambda t: f"{min(t)}..{max(t)}")
+_RULES = st.one_of(
+    st.tuples(st.just("network.listen"), st.one_of(_port.map(str), _ranges, st.just("*"))),
+    st.tuples(
+        st.just("network.outbound"),
+        st.sampled_from(['"a.com"', '"*.b.org"', '"10.0.0.0/8"', "*"]).flatmap(
+            lambda h: st.one_of(_port, _ranges).map(lambda p: f"{h}, {p}")
+        ),
+    ),
+    st.tuples(st.just("env.read"), st.sampled_from(['"HOME"', '"LC_*"', '"A?"', "*"])),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["entitle", "deny"]), _RULES), min_size=1, max_size=15))
+def test_rules_round_trip_through_the_artifact(rules):
+    body = "\n".join(f"    {eff} module to {cap}({args});" for eff, (cap, args) in rules)
+    r = compile_source(module(body), "t.pol")
+    assert r.ok, r.render()
+    art = read_artifact(r["m"], expected_module="m")
+    assert len(art.rules) == len(rules)
+    p = payload(r["m"])
+    rule_headers = [i for i in p["code"] if i[0] == RULE]
+    assert [(h[3], h[4]) for h in rule_headers] == [(i + 2, 5) for i in range(len(rules))]
+    assert [h[1] for h in rule_headers] == [ENTITLE if e == "entitle" else DENY for e, _ in rules]
+    assert len(set(p["consts"])) == len(p["consts"])
