@@ -30,6 +30,10 @@ log = logging.getLogger("polc.server")
 
 DEFAULT_MAX_BODY = 1 << 20  # bytes
 DEFAULT_MAX_BATCH = 1000  # requests per /v1/check/batch
+# Longest string accepted in module, capability or an argument (PATH_MAX). The
+# agent's decision cache keeps request strings as keys, so this bounds what a
+# client can make it retain (cache entries x argument sizes).
+MAX_STRING = 4096
 
 _JSON = b"application/json"
 _PROM = b"text/plain; version=0.0.4; charset=utf-8"
@@ -102,12 +106,16 @@ def parse_check(obj: Any, where: str = "") -> tuple[str, str, tuple[Any, ...]]:
             raise _bad(f"{prefix}{name}: must be a string, not {_json_type(value)}")
         if not value:
             raise _bad(f"{prefix}{name}: must not be empty")
+        if len(value) > MAX_STRING:
+            raise _bad(f"{prefix}{name}: longer than {MAX_STRING} characters")
     args = obj.get("args", [])
     if not isinstance(args, list):
         raise _bad(f"{prefix}args: must be an array, not {_json_type(args)}")
     for i, value in enumerate(args):
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise _bad(f"{prefix}args[{i}]: must be a string or an integer, not {_json_type(value)}")
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise _bad(f"{prefix}args[{i}]: longer than {MAX_STRING} characters")
     return obj["module"], obj["capability"], tuple(args)
 
 

@@ -193,6 +193,8 @@ def test_check_args_default_to_none_given():
         (b'{"module": "m", "capability": "c", "args": [[1]]}', "args[0]: must be a string or an integer, not an array"),
         (b'{"module": "m", "capability": "c", "arg": []}', "arg: unknown field"),
         (b"[" * 100_000, "malformed JSON"),
+        (json.dumps({"module": "m" * 4097, "capability": "c"}).encode(), "module: longer than 4096"),
+        (json.dumps({"module": "m", "capability": "c", "args": ["a" * 4097]}).encode(), "args[0]: longer than 4096"),
         (b'{"module": "m", "capability": "c", "args": [' + b"9" * 5000 + b"]}", "malformed JSON"),
     ],
 )
