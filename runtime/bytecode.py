@@ -399,12 +399,20 @@ def _range_problem(ptype: str, lo: int, hi: int) -> str | None:
     return None
 
 
-# Constants already found valid, process-wide: (opcode, constant) -> True.
-# Validity is a pure function of the pair, so an agent that reloads a
-# changed artifact, or loads many tenants with the same patterns, checks
-# each constant once. Bounded: cleared when full.
-_VALID_CONSTS: dict[tuple[int, str], bool] = {}
-_VALID_CONSTS_MAX = 1 << 16
+# Arguments already found valid, process-wide: decoded argument -> itself.
+# Validity is a pure function of (opcode, constant) or (type, lo, hi), so an
+# agent that reloads a changed artifact, or loads many tenants with the same
+# patterns, checks each one once; and equal arguments of all loaded
+# artifacts share one tuple. Bounded: cleared when full.
+_VALID_ARGS: dict[tuple, tuple] = {}
+_VALID_ARGS_MAX = 1 << 16
+
+
+def _remember(key: tuple, value: tuple) -> tuple:
+    if len(_VALID_ARGS) >= _VALID_ARGS_MAX:
+        _VALID_ARGS.clear()
+    _VALID_ARGS[key] = value
+    return value
 
 
 def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
@@ -418,22 +426,27 @@ def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
         if len(a) != 3:
             return None
         _, lo, hi = a
-        if type(lo) is not int or type(hi) is not int or _range_problem(ptype, lo, hi) is not None:
+        if type(lo) is not int or type(hi) is not int:
             return None
-        return a
+        key: tuple = (ptype, lo, hi)
+        known = _VALID_ARGS.get(key)
+        if known is not None:
+            return known
+        if _range_problem(ptype, lo, hi) is not None:
+            return None
+        return _remember(key, (INT_RANGE, lo, hi))
     if len(a) != 2:
         return None
     c = a[1]
     if type(c) is not int or not 0 <= c < len(consts):
         return None
     key = (op, consts[c])
-    if key not in _VALID_CONSTS:
-        if _const_problem(op, key[1], ptype) is not None:
-            return None
-        if len(_VALID_CONSTS) >= _VALID_CONSTS_MAX:
-            _VALID_CONSTS.clear()
-        _VALID_CONSTS[key] = True
-    return key
+    known = _VALID_ARGS.get(key)
+    if known is not None:
+        return known
+    if _const_problem(op, key[1], ptype) is not None:
+        return None
+    return _remember(key, key)
 
 
 def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule] | None:

@@ -518,3 +518,18 @@ def test_declared_capability_rule():
     rules = [(bc.ENTITLE, TOOL_CALL, 1, 1, [(bc.STR_EXACT, "github"), (bc.ANY,)]), (bc.DENY, NET, 2, 1, [(bc.ANY,), (bc.ANY,)])]
     art = read_artifact(make_artifact("agent.gw", rules))
     assert art.rules[0].cap == TOOL_CALL and art.rules[0].args == ((bc.STR_EXACT, "github"), (bc.ANY,))
+
+
+def test_validated_arguments_are_shared_across_artifacts_but_typed():
+    from artifact_fixtures import COUNTER, LISTEN
+
+    a = read_artifact(make_artifact("tenant.acme", RICH_RULES))
+    b = read_artifact(make_artifact("tenant.globex", list(reversed(RICH_RULES))))
+    assert a.rules[0].args[0] is b.rules[-1].args[0]  # HOST_WILD "*.acme.com"
+    # a range valid for an int parameter is not thereby valid for a port
+    assert read_artifact(make_artifact("x", [(bc.DENY, COUNTER, 1, 1, [(bc.INT_RANGE, 0, 70000)])])).rules
+    payload = make_payload("x", [(bc.DENY, COUNTER, 1, 1, [(bc.INT_RANGE, 0, 70000)])])
+    payload["caps"][0] = ["network.listen", [["port", "port"]]]
+    with pytest.raises(MalformedPayload, match="port 70000 out of range"):
+        read_artifact(with_payload(payload))
+    assert LISTEN.params[0].type == "port"
