@@ -173,6 +173,8 @@ def run_cmd(
         )
     except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon, an unreadable trust file
         raise click.UsageError(str(exc)) from None
+    except RuntimeError as exc:  # signing.SigningUnavailableError: trust without the sign extra
+        raise click.ClickException(str(exc)) from None
     quiet_start = _QuietStart()
     if verbose <= 0:
         handler.addFilter(quiet_start)

@@ -103,3 +103,23 @@ def test_inspect_shows_signer_and_verifies_with_trust(tree: Path):
 
     r = run("inspect", art, "--trust", str(tree / "missing.toml"))
     assert r.exit_code == 2 and "cannot read trust file" in r.stderr
+
+
+def test_run_with_trust_but_without_cryptography_says_how_to_install(tmp_path: Path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("uvicorn")
+    (tmp_path / "p").mkdir()
+    trust = tmp_path / "trust.toml"
+    trust.write_text('[[key]]\npublic_key = "' + "A" * 43 + '="\nmodules = ["tenant.acme"]\n')
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"
+        "from polc.cli import cli\n"
+        f"cli(['run', {str(tmp_path / 'p')!r}, '--trust', {str(trust)!r}, '--listen', '127.0.0.1:0'],"
+        " prog_name='polc')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "pip install 'polc[sign]'" in r.stderr
+    assert "Traceback" not in r.stderr
