@@ -641,6 +641,7 @@ def compile_paths(
     dup_names = {d.module for d in dups}
 
     # decide, write, report
+    pending: list[tuple[ModuleOutcome, bytes]] = []
     for f in files:
         if f in skipped:
             for name, off in scans[f]:
@@ -669,15 +670,39 @@ def compile_paths(
                 if not force and _up_to_date(m.artifact, m.module, f, o.digest, decls, signer):
                     m.status = UP_TO_DATE
                 else:
-                    try:
-                        data = m.data if sign_key is None else sign_artifact(m.data, sign_key)
-                        write_atomic(m.artifact, data)
-                    except OSError as exc:
-                        report.fatal = f"cannot write {m.artifact}: {exc.strerror or exc}"
-                        m.status = FAILED
+                    data = m.data if sign_key is None else sign_artifact(m.data, sign_key)
+                    pending.append((m, data))
             m.data = None
             report.modules.append(m)
+    for m, exc in _write_all(pending):
+        report.fatal = f"cannot write {m.artifact}: {exc.strerror or exc}"
+        m.status = FAILED
     return report
+
+
+def _write_all(pending: list[tuple[ModuleOutcome, bytes]]) -> list[tuple[ModuleOutcome, OSError]]:
+    """Write every artifact atomically; return the failures.
+
+    Each atomic write waits for two fsyncs (file and directory), which release
+    the GIL: a few threads overlap them, which matters when a whole tree is
+    (re)compiled.
+    """
+    def one(item: tuple[ModuleOutcome, bytes]) -> tuple[ModuleOutcome, OSError] | None:
+        m, data = item
+        try:
+            write_atomic(m.artifact, data)
+        except OSError as exc:
+            return m, exc
+        return None
+
+    if len(pending) <= 1:
+        results = [one(item) for item in pending]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
+            results = list(pool.map(one, pending))
+    return [r for r in results if r is not None]
 
 
 def render_report_diagnostics(report: Report) -> str:
