@@ -140,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", nargs="?", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--write", metavar="DOC", help="replace the table in DOC (e.g. docs/benchmarks.md)")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    ap.add_argument("--force", action="store_true", help="write the doc even from a failed run")
     args = ap.parse_args(argv)
     data = json.loads(Path(args.results).read_text())
     if args.write:
+        if data.get("exitstatus", 0) != 0 and not args.force:
+            print(f"not writing {args.write}: the run failed (exit {data['exitstatus']}); --force to write anyway")
+            return 1
         write_doc(Path(args.write), data)
         print(f"wrote {args.write}")
     print(render_markdown(data) if args.markdown else render_text(data))
