@@ -372,11 +372,6 @@ class DecisionApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """Read the request body, refusing (413) anything over ``max_body`` without buffering it."""
-        too_big = HTTPError(
-            413,
-            f"request body larger than {self.max_body} bytes",
-            headers=[(b"connection", b"close")],
-        )
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -384,7 +379,7 @@ class DecisionApp:
                 except ValueError:
                     raise _bad("invalid Content-Length header") from None
                 if declared > self.max_body:
-                    raise too_big
+                    raise self._too_big()
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -394,10 +389,14 @@ class DecisionApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise too_big
+                raise self._too_big()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    def _too_big(self) -> HTTPError:
+        # The client may still be sending: close the connection after answering.
+        return HTTPError(413, f"request body larger than {self.max_body} bytes", headers=[(b"connection", b"close")])
 
     # ----- handlers: each returns (status, body, content type, extra headers)
 
@@ -479,8 +478,11 @@ class DecisionApp:
         return 200, body, _PROM, []
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _encode(obj).encode()
 
 
 # --------------------------------------------------------------------------- listening
