@@ -333,15 +333,19 @@ class _Recovery:
         states = ps.parse_conf.parse_table.states
 
         # lark's LALR tree builder extends the child list of a left-recursive
-        # rule (``stmt*``) in place, so a checkpoint records each list's length
-        # and a restore rebuilds it truncated.
+        # rule (``stmt*``) in place (only ever appending), so a checkpoint
+        # records each list's length and a restore truncates it back: cheap,
+        # and linear over a file however many errors it has.
         def save():
             values = [(v, len(v.children)) if isinstance(v, Tree) else (v, -1) for v in ps.value_stack]
             return (list(ps.state_stack), values, self.module)
 
         def restore(cp):
             ps.state_stack[:] = cp[0]
-            ps.value_stack[:] = [v if n < 0 else Tree(v.data, v.children[:n]) for v, n in cp[1]]
+            for v, n in cp[1]:
+                if n >= 0:
+                    del v.children[n:]
+            ps.value_stack[:] = [v for v, _ in cp[1]]
             self.module = cp[2]
 
         def accepts(tok_type: str) -> bool:
