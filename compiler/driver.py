@@ -611,7 +611,7 @@ def compile_paths(
         for name, _ in scans[f]:
             scan_count[name] = scan_count.get(name, 0) + 1
     skipped: set[str] = set()
-    if write and not force:
+    if write and not force and not strict:  # --strict must see every warning again
         for f in files:
             names = [n for n, _ in scans[f]]
             if f in declares or not names or any(scan_count[n] > 1 for n in names):

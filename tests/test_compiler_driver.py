@@ -236,3 +236,13 @@ def test_examples_tree(examples_dir, tmp_path):
     assert r.exit_code == 0 and r.diagnostics == [], r.render_diagnostics()
     assert r.out_dir == str(tmp_path / "policies") or os.path.samefile(r.out_dir, tmp_path / "policies")
     assert r.count("compiled") == len(list(src.glob("*.pol")))
+
+
+def test_strict_rechecks_up_to_date_files(write_tree, tmp_path):
+    src = write_tree({"w.pol": 'security module w {\n  deny module to fs.read("a");\n  deny module to fs.read("a");\n}\n'})
+    out = tmp_path / "out"
+    r = compile_paths([str(src)], str(out))
+    assert r.exit_code == 0 and r.warnings == 1
+    r = compile_paths([str(src)], str(out), strict=True)
+    assert r.exit_code == 1 and r.errors == 1
+    assert (out / "w.bin").exists()  # the artifact of the earlier run stays
