@@ -600,3 +600,57 @@ def test_trust_file_refuses_an_unsigned_drop(sidecar, tmp_path, artifacts):
     assert status == 200, body
     assert body["changed"] == ["tenant.acme"] and body["errors"] == []
     assert s.check(PARTNER)["allowed"] is True
+
+
+def test_reloads_under_concurrent_checks_never_tear_or_fail(sidecar, policy_dir, artifacts):
+    import threading
+
+    s = sidecar().start(policy_dir, "--no-reload")
+    rev1 = s.check(PARTNER)["revision"]
+    drop(artifacts["acme_v2"], policy_dir / "tenant.acme.bin")
+    assert s.json("POST", "/policy/reload")[0] == 200
+    rev2 = s.check(PARTNER)["revision"]
+    assert rev1 != rev2
+    consistent = {(False, rev1), (True, rev2)}
+
+    stop = threading.Event()
+    problems: list[str] = []
+    counts = [0] * 4
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        body = json.dumps({"requests": [PARTNER, ACME_OK]})
+        try:
+            while not stop.is_set():
+                conn.request("POST", "/v1/check/batch", body=body)
+                resp = conn.getresponse()
+                payload = resp.read()
+                if resp.status != 200:
+                    problems.append(f"{resp.status} {payload[:200]!r}")
+                    return
+                partner, ok = json.loads(payload)["results"]
+                if (partner["allowed"], partner["revision"]) not in consistent or not ok["allowed"]:
+                    problems.append(f"torn or wrong: {partner} {ok}")
+                    return
+                counts[i] += 1
+        except Exception as exc:  # reported below, never swallowed
+            problems.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(20):
+            drop(artifacts["acme_v1" if n % 2 == 0 else "acme_v2"], policy_dir / "tenant.acme.bin")
+            status, body = s.json("POST", "/policy/reload")
+            assert status == 200 and body["changed"] == ["tenant.acme"], body
+        until(lambda: problems or all(c > 0 for c in counts), 10, "every client answered")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+    assert not problems, problems[:3]
+    assert all(c > 0 for c in counts), counts
+    assert s.check(PARTNER)["revision"] == rev2
