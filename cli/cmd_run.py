@@ -115,6 +115,7 @@ def _example_curl(url: str, modules: dict[str, Any]) -> str:
     type=click.IntRange(min=1),
     default=1000,
     show_default=True,
+    metavar="N",
     help="Most checks in one /v1/check/batch request (413 above).",
 )
 @click.option("-v", "--verbose", count=True, help="More output (-v lists every module loaded at start-up).")
