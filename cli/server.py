@@ -400,14 +400,25 @@ class DecisionApp:
 
     # ----- handlers: each returns (status, body, content type, extra headers)
 
+    def _loading(self) -> HTTPError:
+        # Before the first load every check would be a deny for the wrong
+        # reason; say "not yet" instead, so callers can retry.
+        return HTTPError(
+            503, "policies are still loading; retry shortly (GET /healthz says when)", headers=[(b"retry-after", b"1")]
+        )
+
     async def _check(self, scope: Scope, receive: Receive):
         module, capability, args = parse_check(parse_json(await self._read_body(scope, receive)))
+        if not self.agent.ready:
+            raise self._loading()
         decision = self.agent.check(module, capability, *args)
         self.metrics.count_decision(decision)
         return 200, _dumps(decision_dict(decision)), _JSON, []
 
     async def _batch(self, scope: Scope, receive: Receive):
         requests = parse_batch(parse_json(await self._read_body(scope, receive)), self.max_batch)
+        if not self.agent.ready:
+            raise self._loading()
         check = self.agent.check
         count = self.metrics.count_decision
         results = []
@@ -451,7 +462,7 @@ class DecisionApp:
     async def reload(self) -> Any:
         """Run ``agent.reload_now()`` off the event loop, one at a time."""
         if not self.agent.ready:
-            raise HTTPError(503, "policies are still loading; try again once /healthz answers 200")
+            raise self._loading()
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:

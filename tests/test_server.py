@@ -408,6 +408,18 @@ def test_reload_before_first_load_is_503():
     assert agent.reloads == 0
 
 
+def test_checks_are_503_until_ready():
+    agent = _Agent(ready=False)
+    app, _ = _app(agent=agent)
+    r = _post(app, "/v1/check", {"module": "m", "capability": "c"})
+    assert r.status == 503 and r.headers["retry-after"] == "1" and "still loading" in r.json()["error"]
+    assert _post(app, "/v1/check/batch", {"requests": []}).status == 503
+    assert _call(app, "POST", "/v1/check", b"{").status == 400  # a bad request is still a bad request
+    assert agent.calls == []
+    agent.ready = True
+    assert _post(app, "/v1/check", {"module": "m", "capability": "c"}).status == 200
+
+
 def test_healthz_is_503_until_ready():
     agent = _Agent(ready=False)
     app, _ = _app(agent=agent)
