@@ -313,6 +313,11 @@ class _Recovery:
                 else:
                     shown = ch if ch.isprintable() else repr(ch)[1:-1]
                     msg = f"unexpected character '{shown}'"
+                    before = text[pos - 1] if pos else ""
+                    if ch == "." and before.isdigit():
+                        msg += ": numbers are whole (a range is written 8000..8999)"
+                    elif ch == "." and (before.isalnum() or before == "_"):
+                        msg += ": a name cannot end with '.'"
                     skip = pos + 1
                 self._error(e.line, e.column, msg, 1)
                 self.after_lex_error.add(len(out))

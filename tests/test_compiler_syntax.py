@@ -113,6 +113,8 @@ def test_string_escapes():
         ('security module m { entitle module to x("abc); }', "unterminated string", 1, 41),
         ("security module m { @ }", "unexpected character '@'", 1, 21),
         ("security module m { } /* never closed", "unterminated comment", 1, 23),
+        ("security module m { deny module to n(1.5); }", "numbers are whole", 1, 39),
+        ("security module m.x. { }", "a name cannot end with '.'", 1, 20),
     ],
 )
 def test_syntax_error_wording(text, message, line, col):
