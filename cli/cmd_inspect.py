@@ -227,7 +227,9 @@ def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> N
             sys.exit(EXIT_USAGE)
     try:
         data = read_artifact_bytes(file)
-        art = read_artifact(data, expected_module=module_for_path(file), trust=trust)
+        art = read_artifact(
+            data, expected_module=module_for_path(file), trust=trust, file_name=os.path.basename(file)
+        )
     except UnreadableArtifact as exc:
         click.echo(f"{shown}: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

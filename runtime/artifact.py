@@ -432,8 +432,15 @@ def read_artifact(
     *,
     expected_module: str | None = None,
     trust: Trust | None = None,
+    file_name: str | None = None,
 ) -> Artifact:
-    """Check and verify one artifact's bytes; raise an :class:`ArtifactError` if anything is wrong."""
+    """Check and verify one artifact's bytes; raise an :class:`ArtifactError` if anything is wrong.
+
+    ``expected_module``: the module the file may hold (its name without
+    ``.bin``); ``file_name`` only words the mismatch message (default
+    ``expected_module + ".bin"``). ``trust``: see :class:`Trust`; without it
+    a signature trailer is carried but not interpreted.
+    """
     header = read_header(data)
     total = header.total_len
     n = len(data)
@@ -464,9 +471,10 @@ def read_artifact(
     except Exception as exc:  # a verifier bug must not escape the reader
         raise MalformedPayload(f"malformed payload: internal verifier error ({_describe(exc)})") from None
     if expected_module is not None and program.module != expected_module:
+        if file_name is None:
+            file_name = expected_module + ARTIFACT_SUFFIX
         raise ModuleNameMismatch(
-            f"artifact is for module {program.module!r} but the file is named "
-            f"{expected_module}{ARTIFACT_SUFFIX}"
+            f"artifact is for module {program.module!r} but the file is named {file_name}"
         )
     trailer = bytes(data[end:total])
     if trust is not None:
@@ -583,4 +591,9 @@ def _read_upto(f: Any, want: int) -> bytes:
 
 def read_artifact_file(path: str | os.PathLike[str], *, trust: Trust | None = None) -> Artifact:
     """Read, check and verify ``path``; its module must match its file name."""
-    return read_artifact(read_artifact_bytes(path), expected_module=module_for_path(path), trust=trust)
+    return read_artifact(
+        read_artifact_bytes(path),
+        expected_module=module_for_path(path),
+        trust=trust,
+        file_name=os.path.basename(os.fspath(path)),
+    )

@@ -330,8 +330,8 @@ def test_read_file_checks_the_name(tmp_path):
     e = pytest.raises(ModuleNameMismatch, read_artifact_file, tmp_path / "tenant.globex.bin").value
     assert str(e) == "artifact is for module 'tenant.acme' but the file is named tenant.globex.bin"
     (tmp_path / "tenant.acme.bin.bak").write_bytes(data)
-    with pytest.raises(ModuleNameMismatch):
-        read_artifact_file(tmp_path / "tenant.acme.bin.bak")
+    e = pytest.raises(ModuleNameMismatch, read_artifact_file, tmp_path / "tenant.acme.bin.bak").value
+    assert str(e) == "artifact is for module 'tenant.acme' but the file is named tenant.acme.bin.bak"
 
 
 def test_read_file_follows_symlinks(tmp_path):
