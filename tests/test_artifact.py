@@ -36,7 +36,16 @@ from polc.runtime.artifact import (
 )
 from polc.runtime.catalog import BUILTINS
 
-from artifact_fixtures import ACME_RULES, NET, RICH_RULES, TOOL_CALL, make_artifact, make_payload
+from artifact_fixtures import (
+    ACME_RULES,
+    NET,
+    RICH_RULES,
+    TOOL_CALL,
+    big_rules,
+    compiled_artifacts,
+    make_artifact,
+    make_payload,
+)
 
 HDR = struct.Struct(">8sHHIII32s")
 
@@ -533,3 +542,24 @@ def test_validated_arguments_are_shared_across_artifacts_but_typed():
     with pytest.raises(MalformedPayload, match="port 70000 out of range"):
         read_artifact(with_payload(payload))
     assert LISTEN.params[0].type == "port"
+
+
+@pytest.mark.parametrize("rules", [ACME_RULES, RICH_RULES, big_rules(200), []], ids=["acme", "rich", "big", "empty"])
+def test_fast_path_takes_every_valid_payload(rules):
+    """The optimistic linker must not fall back on valid input, and must agree with the reference."""
+    obj = msgpack.unpackb(msgpack.packb(make_payload(rules=rules)), use_list=False)
+    caps = bc._verify_caps(obj["caps"])
+    consts = obj["consts"]
+    fast = bc._link_fast(obj["code"], caps, consts)
+    assert fast is not None
+    assert fast == bc._link_reference(obj["code"], caps, consts)
+
+
+def test_compiled_artifacts_are_reproducible(tmp_path):
+    one = compiled_artifacts(tmp_path / "one")
+    two = compiled_artifacts(tmp_path / "two")
+    assert one, "polc compile policies-src/ produced no artifact"
+    assert [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two):
+        assert a.read_bytes() == b.read_bytes(), a.name
+        read_artifact_file(a)
