@@ -103,6 +103,8 @@ PAYLOAD_KEYS: tuple[str, ...] = (
 MODES: tuple[str, ...] = ("enforce", "audit")
 
 MAX_NAME_LEN = 255
+# NAME.bin must fit the 255-byte file-name limit of common filesystems.
+MAX_MODULE_NAME_LEN = MAX_NAME_LEN - len(".bin")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _CAP_NAME = _MODULE_NAME
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -120,10 +122,14 @@ class VerifyError(ValueError):
 
 
 def is_valid_module_name(name: object) -> bool:
-    """A dotted module name: letters, digits, ``_``, ``-``; no empty part; at most 255 chars."""
+    """A dotted module name: letters, digits, ``_``, ``-``; no empty part; at most 251 chars.
+
+    251 so that ``NAME.bin`` fits a 255-byte file name. The compiler should
+    check module names with this function before it generates anything.
+    """
     return (
         type(name) is str
-        and 0 < len(name) <= MAX_NAME_LEN
+        and 0 < len(name) <= MAX_MODULE_NAME_LEN
         and _MODULE_NAME.fullmatch(name) is not None
     )
 
@@ -220,7 +226,7 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     if not is_valid_module_name(module):
         raise VerifyError(
             f"module: invalid module name {module[:300]!r} (dotted name of letters, digits, "
-            f"'_' and '-', at most {MAX_NAME_LEN} characters)"
+            f"'_' and '-', at most {MAX_MODULE_NAME_LEN} characters)"
         )
     mode = obj["mode"]
     _expect(mode, str, "mode")

@@ -263,7 +263,7 @@ def _code(p):
         (lambda p: p.update(module="a..b"), "invalid module name"),
         (lambda p: p.update(module="tenant/acme"), "invalid module name"),
         (lambda p: p.update(module=""), "invalid module name"),
-        (lambda p: p.update(module="a" * 256), "invalid module name"),
+        (lambda p: p.update(module="a" * 252), "invalid module name"),  # a.bin must fit 255 bytes
         (lambda p: p.update(mode="permissive"), "mode: expected 'enforce' or 'audit', got 'permissive'"),
         (lambda p: p.update(compiler=None), "compiler: expected str, got nil"),
         (lambda p: p.update(source=b"x.pol"), "source: expected str, got bin"),
@@ -320,6 +320,14 @@ def test_unreferenced_consts_and_caps_are_allowed():
     payload["caps"].append(["tool.call", [["server", "string"], ["tool", "string"]]])
     art = read_artifact(with_payload(payload))
     assert art.consts[-1] == "anything at all \x00" and art.caps[-1] == TOOL_CALL
+
+
+def test_longest_module_name_fits_a_file_name(tmp_path):
+    name = ".".join(["a" * 49] * 5) + "bb"
+    assert len(name) == bc.MAX_MODULE_NAME_LEN == 251
+    path = tmp_path / f"{name}.bin"
+    write_atomic(path, make_artifact(name))
+    assert read_artifact_file(path).module == name
 
 
 def test_empty_policy_is_valid():
