@@ -451,7 +451,8 @@ def read_artifact(
         )
     if n > total:
         raise TrailingData(
-            f"{n - total} unexpected bytes after the artifact: header declares {total} bytes, got {n}"
+            f"{n - total} unexpected byte{'s' if n - total != 1 else ''} after the artifact: "
+            f"header declares {total} bytes, got {n}"
         )
     end = HEADER_SIZE + header.payload_len
     payload = bytes(data[HEADER_SIZE:end])

@@ -209,7 +209,7 @@ def test_truncated_and_trailing_are_distinct():
     e = pytest.raises(Truncated, read_artifact, data[:-1]).value
     assert f"declares {len(data)} bytes" in str(e) and f"got {len(data) - 1}" in str(e)
     e = pytest.raises(TrailingData, read_artifact, data + b"\n").value
-    assert str(e).startswith("1 unexpected bytes after the artifact")
+    assert str(e).startswith("1 unexpected byte after the artifact")
     assert e.reason == "trailing data"
 
 
