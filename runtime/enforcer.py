@@ -464,10 +464,12 @@ class _Table:
                     scan += 1
                 else:
                     buckets[key] = buckets.get(key, 0) + 1
-            cost = scan + max(buckets.values(), default=0)
+            if not buckets:
+                continue
+            cost = scan + max(buckets.values())
             if best is None or cost < best[0]:
                 best = (cost, pos, typ)
-        if best is None or best[0] >= len(instrs):
+        if best is None:  # nothing indexable: every rule is scanned
             return 0, _SCAN
         return best[1], (_HOSTKEY if best[2] == HOST else _KEY)
 
