@@ -33,7 +33,6 @@ import hashlib
 import os
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -287,6 +286,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     removed and ``path`` is unchanged. The new file is created with mode 0644
     (less the umask), like ``open()`` would.
     """
+    import tempfile  # writers only: agents never pay for importing it
+
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")

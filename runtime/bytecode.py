@@ -21,11 +21,9 @@ reference rejects.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .catalog import BUILTINS, HOST, INT, INT_MAX, INT_MIN, PATH, PORT, STRING, TYPES, Capability, Param
@@ -167,8 +165,7 @@ class Rule(NamedTuple):
         return f"{source}:{self.line}:{self.col}"
 
 
-@dataclass(frozen=True, slots=True)
-class Program:
+class Program(NamedTuple):
     """A verified payload: what ``verify_payload`` returns."""
 
     module: str
@@ -642,6 +639,8 @@ def assemble(rules: Iterable[tuple[int, Capability, int, int, Sequence[tuple]]])
 
 def quote(text: str) -> str:
     """A double-quoted, single-line, terminal-safe rendering of a constant."""
+    import json  # only listings need it
+
     out = json.dumps(text, ensure_ascii=False)
     if out.isprintable():
         return out
