@@ -1,0 +1,108 @@
+"""``polc eval POLICY_DIR MODULE CAPABILITY [ARG...]``: one decision, as the agent would make it.
+
+Loads the directory exactly like :class:`polc.runtime.PolicyAgent` does (bad
+artifacts are reported on stderr and their modules fall back to ``_global``),
+types each ARG by the capability's signature (``port``/``int`` parameters as
+integers), and prints the decision with the rule that decided it.
+
+Exit status: 0 allowed (including an audited "would deny"), 1 denied,
+2 usage or I/O error. Imports click and the runtime only — never lark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from polc.runtime import PolicyAgent
+from polc.runtime.catalog import BUILTINS, GLOBAL_MODULE, INT, PORT, Capability
+
+
+def _signature(agent: PolicyAgent, module: str, capability: str) -> Capability | None:
+    snap = agent.snapshot
+    mod = snap.modules.get(module) if module != GLOBAL_MODULE else None
+    for linked in (mod, snap.glob):
+        if linked is not None and capability in linked.caps:
+            return linked.caps[capability]
+    return BUILTINS.get(capability)
+
+
+def _typed(sig: Capability | None, args: tuple[str, ...]) -> tuple[object, ...]:
+    """Arguments typed by the signature; a value that does not parse stays a string (and is denied)."""
+    if sig is None:
+        return args
+    out: list[object] = []
+    for i, raw in enumerate(args):
+        if i < sig.arity and sig.params[i].type in (PORT, INT):
+            try:
+                out.append(int(raw, 10))
+                continue
+            except ValueError:
+                pass
+        out.append(raw)
+    return tuple(out)
+
+
+def _call(capability: str, args: tuple[object, ...]) -> str:
+    return f"{capability}({', '.join(json.dumps(a) for a in args)})"
+
+
+@click.command(
+    "eval",
+    context_settings={"ignore_unknown_options": True},  # so that "-5" is an argument
+)
+@click.argument("policy_dir", metavar="POLICY_DIR")
+@click.argument("module")
+@click.argument("capability")
+@click.argument("args", nargs=-1, metavar="[ARG]...")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...], fmt: str) -> None:
+    """Decide MODULE's use of CAPABILITY(ARG...) with the artifacts in POLICY_DIR.
+
+    \b
+    Examples:
+      polc eval policies tenant.acme network.outbound api.acme.com 443
+      polc eval policies tenant.acme fs.read tenants/acme a/b.txt --format json
+
+    Exit status: 0 allowed, 1 denied, 2 error.
+    """
+    if not os.path.isdir(policy_dir):
+        what = "not a directory" if os.path.exists(policy_dir) else "no such directory"
+        click.echo(f"polc eval: {policy_dir}: {what}", err=True)
+        sys.exit(2)
+    try:
+        agent = PolicyAgent(policy_dir, reload=False).start()
+    except ValueError as exc:
+        click.echo(f"polc eval: {exc}", err=True)
+        sys.exit(2)
+    status = agent.status()
+    for info in status["modules"].values():
+        if info["last_error"]:
+            note = "falls back to _global only" if info["revision"] is None else "previous policy kept"
+            click.echo(f"polc eval: warning: {info['file']}: {info['last_error']} ({note})", err=True)
+    if status["unavailable"]:
+        click.echo(f"polc eval: warning: {status['unavailable']}", err=True)
+
+    typed = _typed(_signature(agent, module, capability), args)
+    d = agent.check(module, capability, *typed)
+    if fmt == "json":
+        out = d.to_dict()
+        out["request"] = {"module": module, "capability": capability, "args": list(typed)}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        verdict = "allow" if not d.audit and d.allowed else ("allow (audit: would deny)" if d.audit else "deny")
+        click.echo(f"{verdict}: {module} {_call(capability, typed)}")
+        click.echo(f"  reason:   {d.reason}")
+        click.echo(f"  rule:     {d.rule or '-'}")
+        click.echo(f"  revision: {d.revision or '-'}")
+    sys.exit(0 if d.allowed else 1)
