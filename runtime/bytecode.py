@@ -397,38 +397,42 @@ def _remember(key: tuple, value: tuple) -> tuple:
     return value
 
 
+_CONST_OPS_FOR: dict[str, frozenset[int]] = {t: ops & CONST_OPS for t, ops in ALLOWED_OPS.items()}
+
+
 def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
     """Validate argument instruction ``a`` for a ``ptype`` parameter; None if invalid."""
     op = a[0]
-    if type(op) is not int or op not in ALLOWED_OPS[ptype]:
+    if type(op) is not int:
         return None
+    if len(a) == 2 and op in _CONST_OPS_FOR[ptype]:
+        c = a[1]
+        if type(c) is not int or c < 0:
+            return None
+        try:
+            key = (op, consts[c])
+        except IndexError:
+            return None
+        known = _VALID_ARGS.get(key)
+        if known is not None:
+            return known
+        if _const_problem(op, key[1], ptype) is not None:
+            return None
+        return _remember(key, key)
     if op == ANY:
         return ANY_ARG if len(a) == 1 else None
-    if op == INT_RANGE:
-        if len(a) != 3:
-            return None
+    if op == INT_RANGE and len(a) == 3 and op in ALLOWED_OPS[ptype]:
         _, lo, hi = a
         if type(lo) is not int or type(hi) is not int:
             return None
-        key: tuple = (ptype, lo, hi)
+        key = (ptype, lo, hi)
         known = _VALID_ARGS.get(key)
         if known is not None:
             return known
         if _range_problem(ptype, lo, hi) is not None:
             return None
         return _remember(key, (INT_RANGE, lo, hi))
-    if len(a) != 2:
-        return None
-    c = a[1]
-    if type(c) is not int or not 0 <= c < len(consts):
-        return None
-    key = (op, consts[c])
-    known = _VALID_ARGS.get(key)
-    if known is not None:
-        return known
-    if _const_problem(op, key[1], ptype) is not None:
-        return None
-    return _remember(key, key)
+    return None
 
 
 def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule] | None:
