@@ -250,6 +250,7 @@ class PolicyAgent:
         self._cache_size = int(cache_size)
 
         self._snapshot: Snapshot = EMPTY_SNAPSHOT
+        self._publish(EMPTY_SNAPSHOT)
         self._lock = threading.Lock()  # serialises reload steps; checks never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -287,7 +288,7 @@ class PolicyAgent:
         result = self._poll(initial=True)
         if self.strict and result.failed:
             with self._lock:  # forget what this attempt saw, so a retry sees it all again
-                self._snapshot = EMPTY_SNAPSHOT
+                self._publish(EMPTY_SNAPSHOT)
                 self._files.clear()
                 self._loaded.clear()
                 self._dir_key = None
@@ -350,7 +351,12 @@ class PolicyAgent:
     # -- checks ------------------------------------------------------------
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
-        """Decide whether ``module`` may use ``capability(*args)``. Never raises."""
+        """Decide whether ``module`` may use ``capability(*args)``. Never raises.
+
+        Lock-free: the decision comes from one immutable snapshot. (After
+        construction this method is shadowed by the current snapshot's own
+        bound ``check``; see ``_publish``.)
+        """
         return self._snapshot.check(module, capability, *args)
 
     @property
@@ -631,7 +637,11 @@ class PolicyAgent:
         return self._snapshot.replace(changed, unavailable=self._global_error)
 
     def _publish(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot  # the one assignment readers see
+        self._snapshot = snapshot
+        # The one assignment readers see: ``agent.check`` is the new snapshot's
+        # bound method (an instance attribute shadowing the method below), so
+        # a check reads the snapshot exactly once and pays no extra frame.
+        self.check = snapshot.check  # type: ignore[method-assign]
 
     def _module_status(
         self, module: str, entry: _Loaded | None, error: str | None, file: str | None = None

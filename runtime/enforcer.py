@@ -156,6 +156,16 @@ _fast_dns = _FAST_DNS.fullmatch
 _MEMO_MAX = 65536
 _host_memo: dict[str, object] = {}
 _path_memo: dict[str, str] = {}
+# Refusals are memoised apart (message of the ValueError), off the fast path.
+_host_bad: dict[str, str] = {}
+_path_bad: dict[str, str] = {}
+
+
+def _refuse(memo: dict[str, str], value: str, exc: ValueError) -> ValueError:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[value] = str(exc)
+    return exc
 
 
 def _norm_host(value: object) -> object:
@@ -163,13 +173,19 @@ def _norm_host(value: object) -> object:
         r = _host_memo.get(value)  # type: ignore[call-overload]
         if r is not None:
             return r
-        if len(value) <= 253 and _fast_dns(value) is not None:  # type: ignore[arg-type]
-            if value[value.rfind(".") + 1 :].isdigit():  # type: ignore[index,union-attr]
-                r = patterns.normalize_host(value)  # an IPv4 literal (or malformed)
+        bad = _host_bad.get(value)  # type: ignore[call-overload]
+        if bad is not None:
+            raise ValueError(bad)
+        try:
+            if len(value) <= 253 and _fast_dns(value) is not None:  # type: ignore[arg-type]
+                if value[value.rfind(".") + 1 :].isdigit():  # type: ignore[index,union-attr]
+                    r = patterns.normalize_host(value)  # an IPv4 literal (or malformed)
+                else:
+                    r = value
             else:
-                r = value
-        else:
-            r = patterns.normalize_host(value)
+                r = patterns.normalize_host(value)
+        except ValueError as exc:
+            raise _refuse(_host_bad, value, exc)  # type: ignore[arg-type]
         if len(_host_memo) >= _MEMO_MAX:
             _host_memo.clear()
         _host_memo[value] = r  # type: ignore[index]
@@ -192,7 +208,13 @@ def _norm_path(value: object) -> str:
         ):
             r = value  # type: ignore[assignment]
         else:
-            r = patterns.normalize_path(value)
+            bad = _path_bad.get(value)  # type: ignore[call-overload]
+            if bad is not None:
+                raise ValueError(bad)
+            try:
+                r = patterns.normalize_path(value)
+            except ValueError as exc:
+                raise _refuse(_path_bad, value, exc)  # type: ignore[arg-type]
         if len(_path_memo) >= _MEMO_MAX:
             _path_memo.clear()
         _path_memo[value] = r  # type: ignore[index]
@@ -403,7 +425,29 @@ def _index_key(instr: tuple) -> tuple | None:
         return ("?", parent)  # "a.*.x" and friends: keyed by x, matched by regex
     if op == HOST_CIDR:
         return ("ip",)
+    if op == STR_GLOB:
+        const = instr[1]
+        cut = min((i for i in (const.find("*"), const.find("?")) if i >= 0), default=len(const))
+        if cut > 0:
+            return ("^", const[:cut])  # only values starting with the literal prefix can match
     return None
+
+
+def _suffixes(host: str) -> tuple[str, ...]:
+    """Proper parent domains of a DNS name, longest first: a.b.c -> ("b.c", "c")."""
+    out = []
+    i = host.find(".")
+    while i >= 0:
+        out.append(host[i + 1 :])
+        i = host.find(".", i + 1)
+    r = tuple(out)
+    if len(_suffix_memo) >= _MEMO_MAX:
+        _suffix_memo.clear()
+    _suffix_memo[host] = r
+    return r
+
+
+_suffix_memo: dict[str, tuple[str, ...]] = {}
 
 
 class _Table:
@@ -418,7 +462,7 @@ class _Table:
     the first rule in source order whose remaining arguments match.
     """
 
-    __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "ip", "rest", "size")
+    __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "size")
 
     def __init__(self, rules: list[_LRule], instrs: list[tuple], types: tuple[str, ...]):
         self.size = len(rules)
@@ -428,6 +472,7 @@ class _Table:
         exact: dict[object, list] = {}
         wild1: dict[str, list] = {}
         wildn: dict[str, list] = {}
+        pfx: dict[str, list] = {}
         ip: list = []
         rest: list = []
         for rule, args in zip(rules, instrs):
@@ -442,11 +487,17 @@ class _Table:
                 wildn.setdefault(key[1], []).append((rule.index, rule, _checks(rule, pos)))
             elif key[0] == "?":
                 wildn.setdefault(key[1], []).append((rule.index, rule, _checks(rule)))
+            elif key[0] == "^":
+                pfx.setdefault(key[1], []).append((rule.index, rule, _checks(rule)))
             else:  # CIDR: the bucket holds every IP rule, each checks its network
                 ip.append((rule.index, rule, _checks(rule)))
         self.exact = {k: tuple(v) for k, v in exact.items()}
         self.wild1 = {k: tuple(v) for k, v in wild1.items()}
         self.wildn = {k: tuple(v) for k, v in wildn.items()}
+        # label counts of the wildn keys: only those ancestors of a host are probed
+        self.depths = tuple(sorted({k.count(".") + 1 for k in wildn}))
+        self.pfx = {k: tuple(v) for k, v in pfx.items()}
+        self.pfx_lens = tuple(sorted({len(k) for k in pfx}))
         self.ip = tuple(ip)
         self.rest = tuple(rest)
 
@@ -480,27 +531,41 @@ class _Table:
         else:
             v = vals[self.pos]
             buckets = []
-            if kind == _HOSTKEY and v.__class__ is not str:
-                if self.ip:
-                    buckets.append(self.ip)
+            if kind == _HOSTKEY:
+                if v.__class__ is not str:
+                    if self.ip:
+                        buckets.append(self.ip)
+                else:
+                    b = self.exact.get(v)
+                    if b is not None:
+                        buckets.append(b)
+                    if self.wild1 or self.depths:
+                        sfx = _suffix_memo.get(v)
+                        if sfx is None:
+                            sfx = _suffixes(v)
+                        if sfx:
+                            if self.wild1:
+                                b = self.wild1.get(sfx[0])
+                                if b is not None:
+                                    buckets.append(b)
+                            n = len(sfx)
+                            for depth in self.depths:
+                                if depth > n:
+                                    break
+                                b = self.wildn.get(sfx[n - depth])
+                                if b is not None:
+                                    buckets.append(b)
             else:
                 b = self.exact.get(v)
                 if b is not None:
                     buckets.append(b)
-                if kind == _HOSTKEY:
-                    i = v.find(".")
-                    if i >= 0:
-                        if self.wild1:
-                            b = self.wild1.get(v[i + 1 :])
-                            if b is not None:
-                                buckets.append(b)
-                        wildn = self.wildn
-                        if wildn:
-                            while i >= 0:
-                                b = wildn.get(v[i + 1 :])
-                                if b is not None:
-                                    buckets.append(b)
-                                i = v.find(".", i + 1)
+                if self.pfx_lens and v.__class__ is str:
+                    for n in self.pfx_lens:
+                        if n > len(v):
+                            break
+                        b = self.pfx.get(v[:n])
+                        if b is not None:
+                            buckets.append(b)
             if self.rest:
                 buckets.append(self.rest)
         best = None
