@@ -267,6 +267,7 @@ class PolicyAgent:
         self._dir_error: str | None = None
         self._global_error: str | None = None
         self._pending_dir: tuple | None = None
+        self._paths: dict[str, str] = {}
         # Published for status(): replaced whole on every commit.
         self._status_modules: dict[str, dict[str, Any]] = {}
         self._last_reload: float | None = None
@@ -419,30 +420,39 @@ class PolicyAgent:
                     logger.exception("reload event subscriber %r raised", callback)
         return result
 
-    def _list(self, now_ns: int) -> list[str]:
-        """Names of the candidate artifacts; lists the directory only when it changed."""
+    def _list(self, now_ns: int) -> tuple[list[str], dict[str, tuple[int, bool]] | None]:
+        """Names of the candidate artifacts; lists the directory only when its stat changed.
+
+        Returns the names and, when the directory was listed, each name's
+        ``(d_ino, is_symlink)`` from the directory entry (no extra system call).
+        """
         st = os.stat(self.policy_dir)
         if not stat_mod.S_ISDIR(st.st_mode):
             raise NotADirectoryError(20, "not a directory", self.policy_dir)
         key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
         if key == self._dir_key and not self._dir_racy:
-            return self._names
+            return self._names, None
         names = []
+        dirents: dict[str, tuple[int, bool]] = {}
         with os.scandir(self.policy_dir) as it:
             for entry in it:
                 name = entry.name
                 if name.endswith(SUFFIX) and not name.startswith(".") and len(name) > len(SUFFIX):
                     names.append(name)
+                    try:
+                        dirents[name] = (entry.inode(), entry.is_symlink())
+                    except OSError:
+                        dirents[name] = (-1, True)
         names.sort()
         # Committed by the caller only if the whole step succeeds.
         self._pending_dir = (key, st.st_ctime_ns >= now_ns - RACY_NS, names)
-        return names
+        return names, dirents
 
     def _step(self, initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
         now_ns = time.time_ns()
         self._pending_dir = None
         try:
-            names = self._list(now_ns)
+            names, dirents = self._list(now_ns)
         except OSError as exc:
             reason = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
             if self._dir_error != reason:
@@ -461,23 +471,65 @@ class PolicyAgent:
             logger.info("policy directory available again: %s", self.policy_dir)
             self._dir_error = None
 
-        # Phase 1: look at every file; decide, read, verify and link without
-        # touching any state.
-        outcomes: list[tuple] = []
-        seen = set()
+        files = self._files
+        events: list[ReloadEvent] = []
+        result = ReloadResult()
+        first: set[str] = set()
+        if dirents is not None and not initial:
+            # The directory changed: a file was created, deleted or renamed
+            # over (atomic drops, ``..data`` swaps). Handle the names that can
+            # have changed that way first and publish them, before the sweep
+            # that costs one stat per file (slow under a GIL convoy).
+            for name in names:
+                state = files.get(name)
+                ino, is_link = dirents[name]
+                if state is None or is_link or state.key[2] != ino:
+                    first.add(name)
+            if first:
+                outcomes = [o for o in map(lambda n: self._examine(n, now_ns), sorted(first)) if o is not None]
+                if outcomes:
+                    ev, res = self._commit(outcomes, [], False)
+                    events += ev
+                    result.changed.extend(res.changed)
+                    result.failed.extend(res.failed)
+
+        # Look at every other file; decide, read, verify and link without
+        # touching any state, then commit everything at once.
+        outcomes = []
+        stat = os.stat
+        paths = self._paths
         for name in names:
-            seen.add(name)
+            if name in first:
+                continue
+            state = files.get(name)
+            if state is not None and not state.racy:
+                try:
+                    st = stat(paths[name])
+                except OSError:
+                    pass
+                else:
+                    if (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) == state.key:
+                        continue  # the common case: unchanged
             outcome = self._examine(name, now_ns)
             if outcome is not None:
                 outcomes.append(outcome)
-        gone = [name for name in self._files if name not in seen]
-
-        # Phase 2: commit everything at once.
-        return self._commit(outcomes, gone, initial)
+        seen = set(names)
+        gone = [name for name in files if name not in seen]
+        if not outcomes and not gone and not initial and self._pending_dir is None:
+            self._last_reload = time.time()
+            return events, result
+        ev, res = self._commit(outcomes, gone, initial)
+        events += ev
+        result.changed.extend(res.changed)
+        result.removed.extend(res.removed)
+        result.failed.extend(res.failed)
+        return events, result
 
     def _examine(self, name: str, now_ns: int) -> tuple | None:
         """One file: None when unchanged, else an outcome tuple for _commit."""
-        path = os.path.join(self.policy_dir, name)
+        path = self._paths.get(name)
+        if path is None:
+            path = self._paths[name] = os.path.join(self.policy_dir, name)
         module = name[: -len(SUFFIX)]
         state = self._files.get(name)
         try:
@@ -592,6 +644,7 @@ class PolicyAgent:
         for name in gone:
             module = name[: -len(SUFFIX)]
             del files[name]
+            self._paths.pop(name, None)
             prev_loaded = loaded_map.get(module)
             if prev_loaded is None:
                 status.pop(module, None)
