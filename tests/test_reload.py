@@ -474,3 +474,26 @@ def test_racy_reread_catches_rewrite_with_identical_stat(tmp_path, monkeypatch):
     a.reload_now()
     a.reload_now()
     assert reads == []
+
+
+def test_atomic_drop_is_published_before_the_per_file_sweep(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    for i in range(30):
+        write_artifact(d, f"tenant.m{i}", ALLOW)
+    a = PolicyAgent(d, reload=False).start()
+    commits = []
+    real = a._commit
+
+    def spy(outcomes, gone, initial):
+        commits.append(sorted(o[2] for o in outcomes if o[0] == "load"))
+        return real(outcomes, gone, initial)
+
+    a._commit = spy  # type: ignore[method-assign]
+    write_artifact(d, "tenant.m3", DENY)  # write_atomic: a new inode renamed over the old name
+    write_artifact(d, "tenant.new", ALLOW)
+    rewrite_in_place(d / "tenant.m7.bin", artifact_bytes("tenant.m7", DENY))  # only the sweep sees this
+    result = a.reload_now()
+    assert sorted(result.changed) == ["tenant.m3", "tenant.m7", "tenant.new"]
+    assert commits[0] == ["tenant.m3", "tenant.new"]  # the directory-level changes, first
+    assert commits[-1] == ["tenant.m7"]
