@@ -35,6 +35,7 @@ from polc import __version__
 from polc.runtime.artifact import (
     HEADER_SIZE,
     ArtifactError,
+    artifact_digest,
     read_artifact_bytes,
     read_header,
     unpack_payload,
@@ -391,7 +392,7 @@ def _up_to_date(
         if len(data) != header.total_len:
             return False
         payload = data[HEADER_SIZE : HEADER_SIZE + header.payload_len]
-        if hashlib.sha256(payload).digest() != header.digest:
+        if artifact_digest(payload, header.major, header.minor) != header.digest:
             return False
         p = unpack_payload(payload)
     except ArtifactError:

@@ -65,6 +65,7 @@ __all__ = [
     "MalformedPayload",
     "ModuleNameMismatch",
     "UnreadableArtifact",
+    "artifact_digest",
     "pack_payload",
     "build_header",
     "pack_artifact",
@@ -240,6 +241,17 @@ def pack_payload(payload: dict) -> bytes:
     return msgpack.packb(ordered, use_bin_type=True)
 
 
+# The digest covers the magic and the format version as well as the payload,
+# so no single-bit flip anywhere in the header or payload leaves a policy
+# readable: flags and lengths have their own exact checks, and the version
+# bytes (a flipped minor would otherwise still be readable) are hashed.
+def artifact_digest(payload: bytes, major: int = FORMAT_MAJOR, minor: int = FORMAT_MINOR) -> bytes:
+    """SHA-256 over the magic, the format version and the payload bytes."""
+    h = hashlib.sha256(MAGIC + struct.pack(">HH", major, minor))
+    h.update(payload)
+    return h.digest()
+
+
 def build_header(payload_bytes: bytes, *, flags: int = 0, trailer_len: int = 0) -> bytes:
     """The 56-byte header for ``payload_bytes`` (for signers: header + payload is what is signed)."""
     if flags & ~KNOWN_FLAGS:
@@ -259,7 +271,7 @@ def build_header(payload_bytes: bytes, *, flags: int = 0, trailer_len: int = 0) 
         flags,
         len(payload_bytes),
         trailer_len,
-        hashlib.sha256(payload_bytes).digest(),
+        artifact_digest(payload_bytes),
     )
 
 
@@ -457,10 +469,10 @@ def read_artifact(
         )
     end = HEADER_SIZE + header.payload_len
     payload = bytes(data[HEADER_SIZE:end])
-    actual = hashlib.sha256(payload).digest()
+    actual = artifact_digest(payload, header.major, header.minor)
     if actual != header.digest:
         raise DigestMismatch(
-            f"checksum mismatch: the payload's SHA-256 is {actual.hex()[:16]}..., "
+            f"checksum mismatch: the computed SHA-256 is {actual.hex()[:16]}..., "
             f"the header says {header.digest.hex()[:16]}..."
         )
     obj = unpack_payload(payload)

@@ -53,7 +53,8 @@ HDR = struct.Struct(">8sHHIII32s")
 def raw_artifact(payload_bytes: bytes, *, magic=MAGIC, major=1, minor=0, flags=0, trailer=b"", digest=None) -> bytes:
     """An artifact with any header at all (pack_artifact refuses bad ones)."""
     if digest is None:
-        digest = hashlib.sha256(payload_bytes).digest()
+        # The digest covers magic, major, minor and the payload.
+        digest = hashlib.sha256(magic + struct.pack(">HH", major, minor) + payload_bytes).digest()
     return HDR.pack(magic, major, minor, flags, len(payload_bytes), len(trailer), digest) + payload_bytes + trailer
 
 
@@ -76,7 +77,7 @@ def test_round_trip_fields():
     assert art.header.major == 1 and art.header.minor == 0 and art.header.flags == 0
     assert art.header.payload_len == len(data) - HEADER_SIZE
     assert art.size == len(data)
-    assert art.digest_hex == hashlib.sha256(data[HEADER_SIZE:]).hexdigest()
+    assert art.digest_hex == hashlib.sha256(data[:12] + data[HEADER_SIZE:]).hexdigest()
     assert art.revision == art.digest_hex[:12]
     assert art.trailer == b""
     assert [r.index for r in art.rules] == list(range(len(RICH_RULES)))
@@ -112,7 +113,7 @@ def test_header_layout():
     data = make_artifact()
     magic, major, minor, flags, plen, tlen, digest = HDR.unpack_from(data)
     assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, 0, 0, 0)
-    assert plen == len(data) - 56 and digest == hashlib.sha256(data[56:]).digest()
+    assert plen == len(data) - 56 and digest == hashlib.sha256(data[:12] + data[56:]).digest()
     assert read_header(data) == af.Header(1, 0, 0, plen, 0, digest)
 
 

@@ -88,7 +88,7 @@ def test_bad_artifact_exits_1_with_the_reason(acme):
     acme.write_bytes(bytes(data))
     code, out, err = run(acme)
     assert code == 1 and out == ""
-    assert err.startswith(f"{acme}: error: checksum mismatch: the payload's SHA-256 is ")
+    assert err.startswith(f"{acme}: error: checksum mismatch: the computed SHA-256 is ")
     acme.write_bytes(bytes(data[:100]))
     code, out, err = run(acme, "--json")
     assert code == 1 and out == ""

@@ -48,7 +48,7 @@ MAGIC = b"\x89POLC\r\n\x1a"
 def raw_artifact(module: str, flags: int = 0, trailer: bytes = b"") -> bytes:
     payload = msgpack.packb({"module": module, "mode": "enforce", "code": []})
     header = MAGIC + struct.pack(">HHIII", 1, 0, flags, len(payload), len(trailer))
-    header += hashlib.sha256(payload).digest()
+    header += hashlib.sha256(header[:12] + payload).digest()
     assert len(header) == 56
     return header + payload + trailer
 
@@ -141,7 +141,7 @@ def test_payload_byte_changed_with_recomputed_digest_fails_the_signature(trust):
     plen = struct.unpack_from(">I", signed, 16)[0]
     i = 56 + plen - 1
     signed[i] ^= 0x01
-    signed[24:56] = hashlib.sha256(signed[56 : 56 + plen]).digest()  # checksum now fine
+    signed[24:56] = hashlib.sha256(signed[:12] + signed[56 : 56 + plen]).digest()  # checksum now fine
     with pytest.raises(BadSignatureError, match="signature does not verify"):
         trust.verify_artifact(bytes(signed), "tenant.acme")
 

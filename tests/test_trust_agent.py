@@ -158,7 +158,7 @@ def test_payload_byte_changed_with_recomputed_digest_is_rejected_for_its_signatu
         at = forged.index(b"v2.acme.com", 56, 56 + plen)
         assert forged.count(b"v2.acme.com") == 1
         forged[at + 1] = ord("3")  # v3.acme.com: one payload byte changed
-        forged[24:56] = hashlib.sha256(forged[56 : 56 + plen]).digest()  # checksum is fine again
+        forged[24:56] = hashlib.sha256(forged[:12] + forged[56 : 56 + plen]).digest()  # checksum is fine again
         assert_rejected_keeps_previous(
             pdir, agent, events, "tenant.acme", bytes(forged),
             "signature does not verify", old="api.acme.com", new="v3.acme.com",
