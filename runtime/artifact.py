@@ -475,6 +475,13 @@ def read_artifact(
             f"checksum mismatch: the computed SHA-256 is {actual.hex()[:16]}..., "
             f"the header says {header.digest.hex()[:16]}..."
         )
+    trailer = bytes(data[end:total])
+    # With a trust configuration and a known module, the signature is checked
+    # before the payload is unpacked, so bytes no trusted key signed are never
+    # parsed. The module-name check below then binds the payload to that name.
+    signature_checked = trust is not None and expected_module is not None
+    if signature_checked:
+        trust.verify(header, bytes(data[:end]), trailer, expected_module)
     obj = unpack_payload(payload)
     try:
         program = bytecode.verify_payload(obj, allow_unknown_keys=header.minor > FORMAT_MINOR)
@@ -490,8 +497,7 @@ def read_artifact(
         raise ModuleNameMismatch(
             f"artifact is for module {program.module!r} but the file is named {file_name}"
         )
-    trailer = bytes(data[end:total])
-    if trust is not None:
+    if trust is not None and not signature_checked:
         trust.verify(header, bytes(data[:end]), trailer, program.module)
     return _artifact(header, program, trailer, n)
 

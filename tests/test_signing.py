@@ -136,6 +136,21 @@ def test_verify_rejects_unsigned(trust):
         trust.verify_artifact(raw_artifact("tenant.acme"), "tenant.acme")
 
 
+def test_reader_checks_the_signature_before_unpacking_the_payload(trust):
+    from polc.runtime.artifact import MalformedPayload, read_artifact
+
+    # raw_artifact's payload is structurally malformed: without trust the
+    # verifier says so; with trust the missing signature is found first, so
+    # bytes no trusted key signed are never parsed.
+    data = raw_artifact("tenant.acme")
+    with pytest.raises(MalformedPayload):
+        read_artifact(data, expected_module="tenant.acme")
+    with pytest.raises(UnsignedArtifactError):
+        read_artifact(data, expected_module="tenant.acme", trust=trust)
+    with pytest.raises(KeyScopeError):
+        read_artifact(sign_artifact(data, ACME), expected_module="tenant.globex", trust=trust)
+
+
 def test_payload_byte_changed_with_recomputed_digest_fails_the_signature(trust):
     signed = bytearray(sign_artifact(raw_artifact("tenant.acme"), ACME))
     plen = struct.unpack_from(">I", signed, 16)[0]
