@@ -1,5 +1,5 @@
 # Every target builds the virtual environment it needs first.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.polc-installed
