@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import re
 import sys
+from array import array
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -376,28 +377,48 @@ def _matcher(instr: tuple) -> Callable[[object], bool] | None:
 
 # --------------------------------------------------------------------------
 # Linked rules and tables
+#
+# A linked rule is an entry ``(index, checks)`` in one bucket of a table:
+# ``index`` its position in the artifact (source order), ``checks`` a tuple
+# of ``(position, matcher)`` still to run once the index selected the entry.
+# Matchers and whole ``checks`` tuples are shared process-wide (10,000
+# tenants repeat the same ports, paths and patterns), so a rule costs one
+# small tuple. The deciding rule's ``file:line:col`` is formatted only when
+# a Decision is built (from the module's packed line/column array).
+
+_SHARE_MAX = 1 << 16
+_MATCHERS: dict[tuple, Callable[[object], bool] | None] = {}
+_CHECKS: dict[tuple, tuple] = {}
+_INDEX_KEYS: dict[tuple, tuple | None] = {}
+_NO_KEY: tuple = ()
+_EMPTY_MAP: Mapping = {}  # never written: the shared value of every empty index dict
 
 
-class _LRule:
-    """A linked rule: where it came from and how to match it."""
-
-    __slots__ = ("index", "effect", "location", "owner", "args")
-
-    def __init__(self, index: int, effect: int, location: str, owner: "LinkedModule", args: tuple):
-        self.index = index
-        self.effect = effect
-        self.location = location
-        self.owner = owner
-        self.args = args  # tuple of matcher-or-None, one per parameter
+_UNSEEN = object()
 
 
-# A table entry: (rule index, rule, checks) with checks a tuple of
-# (position, matcher) still to run once the index selected the entry.
-_Entry = tuple
+def _matcher_of(arg: tuple) -> Callable[[object], bool] | None:
+    m = _MATCHERS.get(arg, _UNSEEN)
+    if m is _UNSEEN:
+        m = _matcher(arg)
+        if len(_MATCHERS) >= _SHARE_MAX:
+            _MATCHERS.clear()
+        _MATCHERS[arg] = m
+    return m
 
 
-def _checks(rule: _LRule, skip: int = -1) -> tuple:
-    return tuple((i, m) for i, m in enumerate(rule.args) if m is not None and i != skip)
+def _checks_of(args: tuple, skip: int) -> tuple:
+    """``((position, matcher), ...)`` for the non-ANY arguments other than ``skip``; shared."""
+    key = (skip, args)
+    c = _CHECKS.get(key)
+    if c is None:
+        c = tuple(
+            (i, m) for i, m in ((i, _matcher_of(a)) for i, a in enumerate(args)) if m is not None and i != skip
+        )
+        if len(_CHECKS) >= _SHARE_MAX:
+            _CHECKS.clear()
+        _CHECKS[key] = c
+    return c
 
 
 _BIG = 1 << 62
@@ -406,7 +427,17 @@ _SCAN, _HOSTKEY, _KEY = 0, 1, 2
 
 
 def _index_key(instr: tuple) -> tuple | None:
-    """How an argument instruction can be indexed: a bucket key, or None (scan)."""
+    """How an argument instruction can be indexed: a bucket key, or None (scan). Memoised."""
+    key = _INDEX_KEYS.get(instr, _NO_KEY)
+    if key is _NO_KEY:
+        key = _compute_index_key(instr)
+        if len(_INDEX_KEYS) >= _SHARE_MAX:
+            _INDEX_KEYS.clear()
+        _INDEX_KEYS[instr] = key
+    return key
+
+
+def _compute_index_key(instr: tuple) -> tuple | None:
     op = instr[0]
     if op == HOST_EXACT or op == STR_EXACT:
         return ("=", instr[1])
@@ -419,17 +450,17 @@ def _index_key(instr: tuple) -> tuple | None:
         if not parent:
             return None  # "*", "**", "api.*": nothing literal to key on
         if last == 0 and labels[0] == "*":
-            return ("1", parent)  # "*.x": exactly one label before x
+            return ("1", _intern(parent))  # "*.x": exactly one label before x
         if last == 0:
-            return ("+", parent)  # "**.x": one or more labels before x
-        return ("?", parent)  # "a.*.x" and friends: keyed by x, matched by regex
+            return ("+", _intern(parent))  # "**.x": one or more labels before x
+        return ("?", _intern(parent))  # "a.*.x" and friends: keyed by x, matched by regex
     if op == HOST_CIDR:
         return ("ip",)
     if op == STR_GLOB:
         const = instr[1]
         cut = min((i for i in (const.find("*"), const.find("?")) if i >= 0), default=len(const))
         if cut > 0:
-            return ("^", const[:cut])  # only values starting with the literal prefix can match
+            return ("^", _intern(const[:cut]))  # only values starting with the literal prefix can match
     return None
 
 
@@ -450,6 +481,12 @@ def _suffixes(host: str) -> tuple[str, ...]:
 _suffix_memo: dict[str, tuple[str, ...]] = {}
 
 
+def _freeze(buckets: dict) -> Mapping:
+    if not buckets:
+        return _EMPTY_MAP
+    return {k: tuple(v) for k, v in buckets.items()}
+
+
 class _Table:
     """Rules of one effect for one capability in one artifact, indexed.
 
@@ -459,14 +496,18 @@ class _Table:
     — the exact bucket; for a DNS name, the ``*.x`` bucket of its parent
     domain and the ``**.x``/general buckets of every proper ancestor; for an
     IP, the CIDR rules — plus the rules that cannot be indexed, and returns
-    the first rule in source order whose remaining arguments match.
+    the index of the first rule in source order whose remaining arguments
+    match (-1 when none does).
     """
 
-    __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "size")
+    __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "size",
+                 "owner", "effect")
 
-    def __init__(self, rules: list[_LRule], instrs: list[tuple], types: tuple[str, ...]):
+    def __init__(self, owner: "LinkedModule", effect: int, rules: list[tuple[int, tuple]], types: tuple[str, ...]):
+        self.owner = owner
+        self.effect = effect
         self.size = len(rules)
-        pos, kind = self._choose(instrs, types)
+        pos, kind, keys = self._choose(rules, types)
         self.kind = kind
         self.pos = pos
         exact: dict[object, list] = {}
@@ -475,42 +516,49 @@ class _Table:
         pfx: dict[str, list] = {}
         ip: list = []
         rest: list = []
-        for rule, args in zip(rules, instrs):
-            key = _index_key(args[pos]) if kind != _SCAN else None
-            if key is None:
-                rest.append((rule.index, rule, _checks(rule)))
-            elif key[0] == "=":
-                exact.setdefault(key[1], []).append((rule.index, rule, _checks(rule, pos)))
-            elif key[0] == "1":
-                wild1.setdefault(key[1], []).append((rule.index, rule, _checks(rule, pos)))
-            elif key[0] == "+":
-                wildn.setdefault(key[1], []).append((rule.index, rule, _checks(rule, pos)))
-            elif key[0] == "?":
-                wildn.setdefault(key[1], []).append((rule.index, rule, _checks(rule)))
-            elif key[0] == "^":
-                pfx.setdefault(key[1], []).append((rule.index, rule, _checks(rule)))
-            else:  # CIDR: the bucket holds every IP rule, each checks its network
-                ip.append((rule.index, rule, _checks(rule)))
-        self.exact = {k: tuple(v) for k, v in exact.items()}
-        self.wild1 = {k: tuple(v) for k, v in wild1.items()}
-        self.wildn = {k: tuple(v) for k, v in wildn.items()}
+        checks_of = _checks_of
+        if keys is None:
+            for idx, args in rules:
+                rest.append((idx, checks_of(args, -1)))
+        else:
+            for (idx, args), key in zip(rules, keys):
+                if key is None:
+                    rest.append((idx, checks_of(args, -1)))
+                    continue
+                k0 = key[0]
+                if k0 == "=":
+                    exact.setdefault(key[1], []).append((idx, checks_of(args, pos)))
+                elif k0 == "1":
+                    wild1.setdefault(key[1], []).append((idx, checks_of(args, pos)))
+                elif k0 == "+":
+                    wildn.setdefault(key[1], []).append((idx, checks_of(args, pos)))
+                elif k0 == "?":
+                    wildn.setdefault(key[1], []).append((idx, checks_of(args, -1)))
+                elif k0 == "^":
+                    pfx.setdefault(key[1], []).append((idx, checks_of(args, -1)))
+                else:  # CIDR: the bucket holds every IP rule, each checks its network
+                    ip.append((idx, checks_of(args, -1)))
+        self.exact = _freeze(exact)
+        self.wild1 = _freeze(wild1)
+        self.wildn = _freeze(wildn)
         # label counts of the wildn keys: only those ancestors of a host are probed
         self.depths = tuple(sorted({k.count(".") + 1 for k in wildn}))
-        self.pfx = {k: tuple(v) for k, v in pfx.items()}
+        self.pfx = _freeze(pfx)
         self.pfx_lens = tuple(sorted({len(k) for k in pfx}))
         self.ip = tuple(ip)
         self.rest = tuple(rest)
 
     @staticmethod
-    def _choose(instrs: list[tuple], types: tuple[str, ...]) -> tuple[int, int]:
-        best: tuple[int, int, str] | None = None
+    def _choose(rules: list[tuple[int, tuple]], types: tuple[str, ...]) -> tuple[int, int, list | None]:
+        best: tuple[int, int, str, list] | None = None
+        ikey = _index_key
         for pos, typ in enumerate(types):
             if typ not in (HOST, STRING, PORT, INT):
                 continue
+            keys = [ikey(args[pos]) for _, args in rules]
             buckets: dict[object, int] = {}
             scan = 0
-            for args in instrs:
-                key = _index_key(args[pos])
+            for key in keys:
                 if key is None:
                     scan += 1
                 else:
@@ -519,67 +567,71 @@ class _Table:
                 continue
             cost = scan + max(buckets.values())
             if best is None or cost < best[0]:
-                best = (cost, pos, typ)
+                best = (cost, pos, typ, keys)
         if best is None:  # nothing indexable: every rule is scanned
-            return 0, _SCAN
-        return best[1], (_HOSTKEY if best[2] == HOST else _KEY)
+            return 0, _SCAN, None
+        return best[1], (_HOSTKEY if best[2] == HOST else _KEY), best[3]
 
-    def first(self, vals: tuple) -> _LRule | None:
+    def first(self, vals: tuple) -> int:
         kind = self.kind
         if kind == _SCAN:
-            buckets: list | tuple = (self.rest,)
-        else:
-            v = vals[self.pos]
-            buckets = []
-            if kind == _HOSTKEY:
-                if v.__class__ is not str:
-                    if self.ip:
-                        buckets.append(self.ip)
+            for idx, checks in self.rest:
+                for pos, fn in checks:
+                    if not fn(vals[pos]):
+                        break
                 else:
-                    b = self.exact.get(v)
-                    if b is not None:
-                        buckets.append(b)
-                    if self.wild1 or self.depths:
-                        sfx = _suffix_memo.get(v)
-                        if sfx is None:
-                            sfx = _suffixes(v)
-                        if sfx:
-                            if self.wild1:
-                                b = self.wild1.get(sfx[0])
-                                if b is not None:
-                                    buckets.append(b)
-                            n = len(sfx)
-                            for depth in self.depths:
-                                if depth > n:
-                                    break
-                                b = self.wildn.get(sfx[n - depth])
-                                if b is not None:
-                                    buckets.append(b)
+                    return idx
+            return -1
+        v = vals[self.pos]
+        buckets = []
+        if kind == _HOSTKEY:
+            if v.__class__ is not str:
+                if self.ip:
+                    buckets.append(self.ip)
             else:
                 b = self.exact.get(v)
                 if b is not None:
                     buckets.append(b)
-                if self.pfx_lens and v.__class__ is str:
-                    for n in self.pfx_lens:
-                        if n > len(v):
-                            break
-                        b = self.pfx.get(v[:n])
-                        if b is not None:
-                            buckets.append(b)
-            if self.rest:
-                buckets.append(self.rest)
-        best = None
+                if self.wild1 or self.depths:
+                    sfx = _suffix_memo.get(v)
+                    if sfx is None:
+                        sfx = _suffixes(v)
+                    if sfx:
+                        if self.wild1:
+                            b = self.wild1.get(sfx[0])
+                            if b is not None:
+                                buckets.append(b)
+                        n = len(sfx)
+                        for depth in self.depths:
+                            if depth > n:
+                                break
+                            b = self.wildn.get(sfx[n - depth])
+                            if b is not None:
+                                buckets.append(b)
+        else:
+            b = self.exact.get(v)
+            if b is not None:
+                buckets.append(b)
+            if self.pfx_lens and v.__class__ is str:
+                for n in self.pfx_lens:
+                    if n > len(v):
+                        break
+                    b = self.pfx.get(v[:n])
+                    if b is not None:
+                        buckets.append(b)
+        if self.rest:
+            buckets.append(self.rest)
+        best = -1
         bound = _BIG
         for bucket in buckets:
-            for idx, rule, checks in bucket:
+            for idx, checks in bucket:
                 if idx >= bound:
                     break
                 for pos, fn in checks:
                     if not fn(vals[pos]):
                         break
                 else:
-                    best = rule
-                    bound = idx
+                    best = bound = idx
                     break
         return best
 
@@ -601,6 +653,7 @@ class LinkedModule:
         "rule_count",
         "caps",
         "tables",
+        "_where",
         "__weakref__",
     )
 
@@ -611,33 +664,40 @@ class LinkedModule:
         self.revision: str = artifact.revision
         self.digest: str = artifact.digest_hex
         self.source: str = artifact.source
-        self.rule_count: int = len(artifact.rules)
-        self.caps: dict[str, Capability] = {_intern(c.name): c for c in artifact.caps}
-        grouped: dict[tuple[str, int], tuple[list, list]] = {}
-        for r in artifact.rules:
-            cap = r.cap
-            lrule = _LRule(
-                r.index,
-                r.effect,
-                f"{self.source}:{r.line}:{r.col}",
-                self,
-                tuple(_matcher(a) for a in r.args),
-            )
-            rules, instrs = grouped.setdefault((_intern(cap.name), r.effect), ([], []))
-            rules.append(lrule)
-            instrs.append(tuple(r.args))
+        rules = artifact.rules
+        self.rule_count: int = len(rules)
+        caps: dict[str, Capability] = {c.name: c for c in artifact.caps}
+        # line, col of rule i at 2i, 2i+1: one object per module, not one string per rule
+        where = array("q")
+        grouped: dict[tuple[str, int], list] = {}
+        for r in rules:
+            where.append(r.line)
+            where.append(r.col)
+            key = (r.cap.name, r.effect)
+            g = grouped.get(key)
+            if g is None:
+                g = grouped[key] = []
+            g.append((r.index, r.args))
+        self._where = where
         tables: dict[str, list] = {}
-        for (cap_name, effect), (rules, instrs) in grouped.items():
-            cap = self.caps.get(cap_name)
+        for (cap_name, effect), group in grouped.items():
+            cap = caps.get(cap_name)
             if cap is None:  # rule of a capability missing from caps: the verifier forbids it
-                cap = next(r.cap for r in artifact.rules if r.cap.name == cap_name)
-                self.caps[cap_name] = cap
-            types = tuple(p.type for p in cap.params)
-            slot = tables.setdefault(cap_name, [None, None])
-            slot[0 if effect == DENY else 1] = _Table(rules, instrs, types)
+                cap = next(r.cap for r in rules if r.cap.name == cap_name)
+                caps[cap_name] = cap
+            slot = tables.get(cap_name)
+            if slot is None:
+                slot = tables[cap_name] = [None, None]
+            slot[0 if effect == DENY else 1] = _Table(self, effect, group, _types(cap))
+        self.caps = caps
         self.tables: dict[str, tuple[_Table | None, _Table | None]] = {
             k: (v[0], v[1]) for k, v in tables.items()
         }
+
+    def location(self, index: int) -> str:
+        """``file:line:col`` of rule ``index``."""
+        w = self._where
+        return f"{self.source}:{w[2 * index]}:{w[2 * index + 1]}"
 
     def __repr__(self) -> str:
         return f"<LinkedModule {self.name} rev {self.revision} ({self.rule_count} rules, {self.mode})>"
@@ -646,6 +706,19 @@ class LinkedModule:
 def link(artifact: Any) -> LinkedModule:
     """Link one verified artifact (see runtime/artifact.py) into indexed tables."""
     return LinkedModule(artifact)
+
+
+_TYPES: dict[Capability, tuple[str, ...]] = {}
+
+
+def _types(cap: Capability) -> tuple[str, ...]:
+    t = _TYPES.get(cap)
+    if t is None:
+        t = tuple(p.type for p in cap.params)
+        if len(_TYPES) >= _SHARE_MAX:
+            _TYPES.clear()
+        _TYPES[cap] = t
+    return t
 
 
 # --------------------------------------------------------------------------
@@ -668,10 +741,6 @@ def _normalizer(norms: tuple) -> Callable[[tuple], tuple]:
     return lambda args: tuple([n(a) for n, a in zip(norms, args)])
 
 
-def _types(cap: Capability) -> tuple[str, ...]:
-    return tuple(p.type for p in cap.params)
-
-
 class _Plan:
     __slots__ = (
         "module",
@@ -681,7 +750,6 @@ class _Plan:
         "denies",
         "entitles",
         "no_entitlement",
-        "memo",
         "error",
         "normalize",
     )
@@ -690,10 +758,9 @@ class _Plan:
         self.normalize = _normalizer(())
         self.module = module
         self.cap = cap_name
-        self.memo: dict[_LRule, Decision] = {}
         self.error: Decision | None = None
-        self.denies: tuple[_Table, ...] = ()
-        self.entitles: tuple[_Table, ...] = ()
+        self.denies: tuple[tuple[_Table, dict], ...] = ()
+        self.entitles: tuple[tuple[_Table, dict], ...] = ()
         sig = (mod.caps.get(cap_name) if mod else None) or (glob.caps.get(cap_name) if glob else None)
         if sig is None:
             sig = BUILTINS.get(cap_name)
@@ -722,8 +789,9 @@ class _Plan:
             self.no_entitlement = self.error
             return
         mtabs = mod.tables.get(cap_name, (None, None)) if mod is not None else (None, None)
-        self.denies = tuple(t for t in (gtabs[0], mtabs[0]) if t is not None)
-        self.entitles = tuple(t for t in (mtabs[1], gtabs[1]) if t is not None)
+        # (table, memo of the decisions its rules gave for this module)
+        self.denies = tuple((t, {}) for t in (gtabs[0], mtabs[0]) if t is not None)
+        self.entitles = tuple((t, {}) for t in (mtabs[1], gtabs[1]) if t is not None)
         owner = mod if mod is not None else glob
         audit = owner is not None and owner.audit
         self.no_entitlement = Decision(audit, "deny", "no entitlement", None, module, rev, audit)
@@ -745,16 +813,16 @@ class _Plan:
             v = self.normalize(args)
         except ValueError:
             return self._bad_argument(args)
-        for table in self.denies:
-            rule = table.first(v)
-            if rule is not None:
-                d = self.memo.get(rule)
-                return d if d is not None else self._decision(rule)
-        for table in self.entitles:
-            rule = table.first(v)
-            if rule is not None:
-                d = self.memo.get(rule)
-                return d if d is not None else self._decision(rule)
+        for table, memo in self.denies:
+            i = table.first(v)
+            if i >= 0:
+                d = memo.get(i)
+                return d if d is not None else self._decision(table, memo, i)
+        for table, memo in self.entitles:
+            i = table.first(v)
+            if i >= 0:
+                d = memo.get(i)
+                return d if d is not None else self._decision(table, memo, i)
         return self.no_entitlement
 
     def _bad_argument(self, args: tuple) -> Decision:
@@ -768,23 +836,21 @@ class _Plan:
             reason = f"invalid arguments for {self.cap}"
         return Decision(False, "deny", reason, None, self.module, self.no_entitlement.revision)
 
-    def _decision(self, rule: _LRule) -> Decision:
-        d = self.memo.get(rule)
-        if d is None:
-            owner = rule.owner
-            if rule.effect == ENTITLE:
-                d = Decision(True, "allow", f"entitled by {owner.name}", rule.location, self.module, owner.revision)
-            else:
-                d = Decision(
-                    owner.audit,
-                    "deny",
-                    f"denied by {owner.name}",
-                    rule.location,
-                    self.module,
-                    owner.revision,
-                    owner.audit,
-                )
-            self.memo[rule] = d
+    def _decision(self, table: _Table, memo: dict, i: int) -> Decision:
+        owner = table.owner
+        if table.effect == ENTITLE:
+            d = Decision(True, "allow", f"entitled by {owner.name}", owner.location(i), self.module, owner.revision)
+        else:
+            d = Decision(
+                owner.audit,
+                "deny",
+                f"denied by {owner.name}",
+                owner.location(i),
+                self.module,
+                owner.revision,
+                owner.audit,
+            )
+        memo[i] = d
         return d
 
 
