@@ -267,7 +267,7 @@ def _true(value: object) -> bool:
     return True
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _host_wild(const: str) -> Callable[[object], bool]:
     labels = const.split(".")
     # The common forms "*.x" and "**.x" with a literal parent domain x.
@@ -300,7 +300,7 @@ def _host_wild(const: str) -> Callable[[object], bool]:
     return general
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _host_cidr(const: str) -> Callable[[object], bool]:
     net = patterns.cidr_network(const)
 
@@ -313,7 +313,7 @@ def _host_cidr(const: str) -> Callable[[object], bool]:
 _GLOB_CHARS = frozenset("*?")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _path_glob(const: str) -> Callable[[object], bool]:
     if const == "**":
         return _true
@@ -335,7 +335,7 @@ def _path_glob(const: str) -> Callable[[object], bool]:
     return patterns.path_matcher(const)  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _str_glob(const: str) -> Callable[[object], bool]:
     return patterns.string_matcher(const)  # type: ignore[return-value]
 
@@ -386,7 +386,7 @@ def _matcher(instr: tuple) -> Callable[[object], bool] | None:
 # small tuple. The deciding rule's ``file:line:col`` is formatted only when
 # a Decision is built (from the module's packed line/column array).
 
-_SHARE_MAX = 1 << 16
+_SHARE_MAX = 1 << 13
 _MATCHERS: dict[tuple, Callable[[object], bool] | None] = {}
 _CHECKS: dict[tuple, tuple] = {}
 _INDEX_KEYS: dict[tuple, tuple | None] = {}
@@ -413,7 +413,9 @@ def _checks_of(args: tuple, skip: int) -> tuple:
     c = _CHECKS.get(key)
     if c is None:
         c = tuple(
-            (i, m) for i, m in ((i, _matcher_of(a)) for i, a in enumerate(args)) if m is not None and i != skip
+            (i, m)
+            for i, m in ((i, _matcher_of(a)) for i, a in enumerate(args) if i != skip and a[0] != ANY)
+            if m is not None
         )
         if len(_CHECKS) >= _SHARE_MAX:
             _CHECKS.clear()
@@ -668,7 +670,7 @@ class LinkedModule:
         self.rule_count: int = len(rules)
         caps: dict[str, Capability] = {c.name: c for c in artifact.caps}
         # line, col of rule i at 2i, 2i+1: one object per module, not one string per rule
-        where = array("q")
+        where: list[int] = []
         grouped: dict[tuple[str, int], list] = {}
         for r in rules:
             where.append(r.line)
@@ -678,7 +680,7 @@ class LinkedModule:
             if g is None:
                 g = grouped[key] = []
             g.append((r.index, r.args))
-        self._where = where
+        self._where = array("I" if max(where, default=0) < 1 << 32 else "q", where)
         tables: dict[str, list] = {}
         for (cap_name, effect), group in grouped.items():
             cap = caps.get(cap_name)
