@@ -18,7 +18,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from polc.runtime import patterns
-from polc.runtime.bytecode import ANY, DENY, ENTITLE, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_GLOB
+from polc.runtime.bytecode import (
+    ANY,
+    DENY,
+    ENTITLE,
+    HOST_EXACT,
+    HOST_WILD,
+    INT_RANGE,
+    MAX_MODULE_NAME_LEN,
+    MAX_NAME_LEN,
+    PATH_GLOB,
+    STR_GLOB,
+    is_valid_module_name,
+)
 from polc.runtime.catalog import BUILTINS, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
 
 from .ast import AnyArg, CapabilityDecl, IntArg, Module, ModeStmt, Node, RangeArg, Rule, SourceFile, StrArg
@@ -95,6 +107,11 @@ _TYPE_WORDS = {
 }
 
 
+def _clip(name: str, n: int = 60) -> str:
+    """A long name shortened for a message (the caret shows where it is)."""
+    return name if len(name) <= n else name[: n - 3] + "..."
+
+
 def _what(arg: Node) -> str:
     if isinstance(arg, StrArg):
         return "a string"
@@ -157,6 +174,17 @@ def collect_declarations(files: Iterable[SourceFile]) -> tuple[Declarations, lis
 
 def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diagnostic]) -> None:
     name = st.name.text
+    if len(name) > MAX_NAME_LEN:
+        diags.append(
+            _diag(
+                ERROR, st.name,
+                f"capability name '{_clip(name)}' is too long: {len(name)} characters, "
+                f"at most {MAX_NAME_LEN}",
+                mod,
+            )
+        )
+        decls.broken.add(name)
+        return
     if name in BUILTINS:
         diags.append(
             _diag(
@@ -173,7 +201,16 @@ def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diag
     for p in st.params:
         pname, ptype = p.name.text, p.type.text
         if "." in pname:
-            diags.append(_diag(ERROR, p.name, f"parameter name '{pname}' must be a simple name, without '.'", mod))
+            diags.append(_diag(ERROR, p.name, f"parameter name '{_clip(pname)}' must be a simple name, without '.'", mod))
+            ok = False
+        elif len(pname) > MAX_NAME_LEN:
+            diags.append(
+                _diag(
+                    ERROR, p.name,
+                    f"parameter name '{_clip(pname)}' is too long: {len(pname)} characters, at most {MAX_NAME_LEN}",
+                    mod,
+                )
+            )
             ok = False
         elif pname in seen:
             diags.append(
@@ -220,6 +257,14 @@ def check_module(
     """Check one module; the IR is meaningful only if no error was reported."""
     mod = module.name.text
     diags: list[Diagnostic] = []
+    if not is_valid_module_name(mod):
+        # the runtime's own rule (the artifact is written as NAME.bin)
+        if len(mod) > MAX_MODULE_NAME_LEN:
+            msg = (f"module name '{_clip(mod)}' is too long: {len(mod)} characters, at most "
+                   f"{MAX_MODULE_NAME_LEN} (its artifact is written as NAME.bin)")
+        else:
+            msg = f"invalid module name '{_clip(mod)}'"
+        diags.append(_diag(ERROR, module.name, msg, mod))
     mode = "enforce"
     mode_at: ModeStmt | None = None
     rules: list[IRRule] = []

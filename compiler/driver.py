@@ -149,8 +149,23 @@ def _compile_parsed(
         name = m.name.text
         if file_failed or name in bad_modules:
             modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, FAILED))
-        else:
-            modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, COMPILED, data=generate(ir)))
+            continue
+        try:
+            data = generate(ir)
+        except ArtifactError as exc:
+            # The checks above are meant to reject everything the runtime's
+            # verifier would; should one slip through, it is this module's error,
+            # not a crash of the whole run.
+            diags.append(
+                Diagnostic(
+                    ERROR, sf.path, m.name.line, m.name.col,
+                    f"module '{name}' cannot be compiled: the runtime would reject its artifact ({exc})",
+                    max(1, m.name.end_col - m.name.col), name,
+                )
+            )
+            modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, FAILED))
+            continue
+        modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, COMPILED, data=data))
     return _FileOutcome(sf.path, digest, modules, diags, file_failed)
 
 
