@@ -263,8 +263,42 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     )
 
 
+# Verified capability tables, process-wide: raw ``caps`` -> the verified tuple.
+# Verification is a pure function of the raw value, and tenants' artifacts
+# repeat the same few tables. Only exact str/tuple structures are keys (a
+# hit must be equal element by element with the same types: see _same_shape).
+_VALID_CAPS: dict[tuple, tuple[Capability, ...]] = {}
+_VALID_CAPS_MAX = 1 << 10
+
+
 def _verify_caps(raw: object) -> tuple[Capability, ...]:
     _expect(raw, tuple, "caps")
+    try:
+        known = _VALID_CAPS.get(raw)  # type: ignore[call-overload]
+    except TypeError:  # unhashable (a map inside): the full check says what is wrong
+        known = None
+    if known is not None and _plain(raw):
+        return known
+    caps = _verify_caps_full(raw)
+    if _plain(raw):
+        if len(_VALID_CAPS) >= _VALID_CAPS_MAX:
+            _VALID_CAPS.clear()
+        _VALID_CAPS[raw] = caps  # type: ignore[index]
+    return caps
+
+
+def _plain(raw: tuple) -> bool:
+    """Only tuples of (str, tuple of (str, str)): equal then means identical content."""
+    for entry in raw:
+        if type(entry) is not tuple or len(entry) != 2 or type(entry[0]) is not str or type(entry[1]) is not tuple:
+            return False
+        for p in entry[1]:
+            if type(p) is not tuple or len(p) != 2 or type(p[0]) is not str or type(p[1]) is not str:
+                return False
+    return True
+
+
+def _verify_caps_full(raw: tuple) -> tuple[Capability, ...]:
     caps: list[Capability] = []
     seen: set[str] = set()
     for k, entry in enumerate(raw):
