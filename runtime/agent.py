@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import stat as stat_mod
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,9 +54,23 @@ logger = logging.getLogger("polc")
 DEFAULT_RELOAD_INTERVAL = 5.0
 SUFFIX = ".bin"
 # A file changed this recently when it was statted is re-read on the next
-# step even if its stat key did not change (same-tick rewrites). Covers
-# coarse kernel clocks and filesystems with 1-2 s timestamps.
+# step even if its stat key did not change (same-tick rewrites). RACY_NS
+# covers filesystems with coarse (1-2 s) timestamps; RACY_FINE_NS is used
+# when the ctime has sub-millisecond digits (ext4, xfs, btrfs, tmpfs: ns
+# fields, but stamped from the kernel's coarse clock, one tick <= 10 ms).
 RACY_NS = 2_000_000_000
+RACY_FINE_NS = 50_000_000
+# The per-file sweep looks at the directory's own stat between chunks of
+# this many files, at most every SWEEP_DIR_CHECK_S, so an atomic drop that
+# lands during a long sweep is published without waiting for the sweep.
+SWEEP_CHUNK = 64
+SWEEP_DIR_CHECK_S = 0.005
+# While a poll step runs, the interpreter's switch interval is lowered to
+# this (seconds; None: leave it alone). Every system call of the step
+# releases the GIL, and getting it back from a thread that keeps it busy
+# takes up to the switch interval (5 ms by default): PRODUCT.md section 8's
+# convoy. Process-global, so shared by every agent (see _FastSwitch).
+POLL_SWITCH_INTERVAL: float | None = 0.0002
 
 
 # --------------------------------------------------------------------------
@@ -190,6 +205,57 @@ def _stat_key(st: os.stat_result) -> tuple:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
+def _is_racy(st: os.stat_result, now_ns: int) -> bool:
+    """True when ``st`` changed too recently for an unchanged stat to prove an unchanged file.
+
+    ``now_ns`` is taken before the stat, so the test errs on the racy side.
+    The window is RACY_FINE_NS when the ctime has sub-millisecond digits
+    (the filesystem keeps fine timestamps), else RACY_NS (coarse clocks,
+    FAT's 2 s, NFS servers rounding to seconds or milliseconds).
+    """
+    ctime = st.st_ctime_ns
+    return ctime >= now_ns - (RACY_FINE_NS if ctime % 1_000_000 else RACY_NS)
+
+
+class _FastSwitch:
+    """Lower ``sys.setswitchinterval`` while at least one poll step runs.
+
+    The interval is process-global: the first step to enter saves it and
+    lowers it, the last to leave restores it — unless someone else changed
+    it meanwhile (then theirs stays). Steps of several agents, on several
+    threads, nest freely.
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved: float | None = None
+    _set: float | None = None
+
+    def __enter__(self) -> None:
+        target = POLL_SWITCH_INTERVAL
+        cls = _FastSwitch
+        with cls._lock:
+            cls._users += 1
+            if cls._users == 1 and target is not None:
+                current = sys.getswitchinterval()
+                if current > target:
+                    cls._saved = current
+                    sys.setswitchinterval(target)
+                    cls._set = sys.getswitchinterval()
+
+    def __exit__(self, *exc: object) -> None:
+        cls = _FastSwitch
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._saved is not None:
+                if sys.getswitchinterval() == cls._set:
+                    sys.setswitchinterval(cls._saved)
+                cls._saved = cls._set = None
+
+
+_fast_switch = _FastSwitch()
+
+
 # --------------------------------------------------------------------------
 # The agent
 
@@ -268,6 +334,11 @@ class PolicyAgent:
         self._global_error: str | None = None
         self._pending_dir: tuple | None = None
         self._paths: dict[str, str] = {}
+        # What the sweep stats: (name, path, mtime_ns, size, ino, ctime_ns)
+        # of every file whose recorded stat can be trusted, in name order;
+        # every other file (racy or unreadable) is examined on every step.
+        self._sweep: list[tuple[str, str, int, int, int, int]] = []
+        self._recheck: list[str] = []
         # Published for status(): replaced whole on every commit.
         self._status_modules: dict[str, dict[str, Any]] = {}
         self._last_reload: float | None = None
@@ -293,6 +364,9 @@ class PolicyAgent:
                 self._files.clear()
                 self._loaded.clear()
                 self._dir_key = None
+                self._names = []
+                self._sweep = []
+                self._recheck = []
                 self._status_modules = {}
             raise PolicyLoadError(result.failed)
         self._ready = True
@@ -409,7 +483,7 @@ class PolicyAgent:
     # -- the poll step -------------------------------------------------------
 
     def _poll(self, initial: bool = False) -> ReloadResult:
-        with self._lock:
+        with self._lock, _fast_switch:
             events, result = self._step(initial)
             subscribers = self._subscribers
         for event in events:
@@ -420,18 +494,21 @@ class PolicyAgent:
                     logger.exception("reload event subscriber %r raised", callback)
         return result
 
-    def _list(self, now_ns: int) -> tuple[list[str], dict[str, tuple[int, bool]] | None]:
-        """Names of the candidate artifacts; lists the directory only when its stat changed.
+    def _list(
+        self, now_ns: int, changed_only: bool = False
+    ) -> tuple[list[str], dict[str, tuple[int, bool]]] | None:
+        """List the directory if its stat changed (or, unless ``changed_only``,
+        changed too recently to be trusted); None when it was not listed.
 
-        Returns the names and, when the directory was listed, each name's
-        ``(d_ino, is_symlink)`` from the directory entry (no extra system call).
+        Returns the sorted candidate names and each name's ``(d_ino,
+        is_symlink)`` from the directory entry (no extra system call).
         """
         st = os.stat(self.policy_dir)
         if not stat_mod.S_ISDIR(st.st_mode):
             raise NotADirectoryError(20, "not a directory", self.policy_dir)
         key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
-        if key == self._dir_key and not self._dir_racy:
-            return self._names, None
+        if key == self._dir_key and (changed_only or not self._dir_racy):
+            return None
         names = []
         dirents: dict[str, tuple[int, bool]] = {}
         with os.scandir(self.policy_dir) as it:
@@ -444,86 +521,146 @@ class PolicyAgent:
                     except OSError:
                         dirents[name] = (-1, True)
         names.sort()
-        # Committed by the caller only if the whole step succeeds.
-        self._pending_dir = (key, st.st_ctime_ns >= now_ns - RACY_NS, names)
+        # Recorded by the commit of the directory phase that uses this listing.
+        self._pending_dir = (key, _is_racy(st, now_ns), names)
         return names, dirents
 
     def _step(self, initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
         now_ns = time.time_ns()
+        events: list[ReloadEvent] = []
+        result = ReloadResult()
+        # The sweep list and the files to re-examine as they were before this
+        # step: a directory phase below replaces both when it commits.
+        sweep = self._sweep
+        recheck = self._recheck
+        done: set[str] = set()  # names examined by a directory phase of this step
         self._pending_dir = None
         try:
-            names, dirents = self._list(now_ns)
+            listing = self._list(now_ns)
         except OSError as exc:
-            reason = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
-            if self._dir_error != reason:
-                logger.warning(
-                    "policy directory unavailable, keeping %d loaded module(s): %s: %s",
-                    len(self._loaded),
-                    self.policy_dir,
-                    reason,
-                )
-            self._dir_error = reason
-            if initial:
-                self._publish(self._snapshot_with([], initial=True))
-            failure = ReloadFailure(self.policy_dir, None, f"policy directory unavailable: {reason}")
-            return [], ReloadResult([], [], [failure])
+            return self._dir_unavailable(exc, initial)
         if self._dir_error is not None:
             logger.info("policy directory available again: %s", self.policy_dir)
             self._dir_error = None
-
-        files = self._files
-        events: list[ReloadEvent] = []
-        result = ReloadResult()
-        first: set[str] = set()
-        if dirents is not None and not initial:
+        if listing is not None:
             # The directory changed: a file was created, deleted or renamed
-            # over (atomic drops, ``..data`` swaps). Handle the names that can
-            # have changed that way first and publish them, before the sweep
-            # that costs one stat per file (slow under a GIL convoy).
-            for name in names:
-                state = files.get(name)
-                ino, is_link = dirents[name]
-                if state is None or is_link or state.key[2] != ino:
-                    first.add(name)
-            if first:
-                outcomes = [o for o in map(lambda n: self._examine(n, now_ns), sorted(first)) if o is not None]
-                if outcomes:
-                    ev, res = self._commit(outcomes, [], False)
-                    events += ev
-                    result.changed.extend(res.changed)
-                    result.failed.extend(res.failed)
+            # over (atomic drops, ``..data`` swaps). Examine the names that
+            # can have changed that way and publish them first, before the
+            # sweep that costs one stat per file (slow under a GIL convoy).
+            self._dir_phase(listing, now_ns, initial, done, events, result)
+            if initial:
+                return events, result
 
-        # Look at every other file; decide, read, verify and link without
-        # touching any state, then commit everything at once.
-        outcomes = []
+        # The sweep: one stat per file, compared field by field with the
+        # recorded key. Between chunks, the directory's own stat: a drop that
+        # lands meanwhile is published at once, not after the sweep.
+        changed: list[str] = []
         stat = os.stat
-        paths = self._paths
-        for name in names:
-            if name in first:
-                continue
-            state = files.get(name)
-            if state is not None and not state.racy:
+        clock = time.monotonic
+        last_dir_check = clock()
+        n = len(sweep)
+        chunk = SWEEP_CHUNK
+        for lo in range(0, n, chunk):
+            if lo and clock() - last_dir_check >= SWEEP_DIR_CHECK_S:
                 try:
-                    st = stat(paths[name])
+                    listing = self._list(now_ns, changed_only=True)
+                except OSError as exc:
+                    return self._dir_unavailable(exc, initial, events, result)
+                if listing is not None:
+                    self._dir_phase(listing, now_ns, False, done, events, result)
+                last_dir_check = clock()
+            for name, path, mtime, size, ino, ctime in sweep[lo : lo + chunk] if n > chunk else sweep:
+                try:
+                    st = stat(path)  # follows symlinks: ..data swaps show up here
                 except OSError:
-                    pass
-                else:
-                    if (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) == state.key:
-                        continue  # the common case: unchanged
+                    changed.append(name)
+                    continue
+                if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
+                    changed.append(name)
+        changed += recheck  # racy or unreadable files: examined every step
+
+        # Decide, read, verify and link without touching any state, then
+        # commit everything at once.
+        outcomes = []
+        files = self._files
+        for name in changed:
+            if name in done or name not in files:  # already examined, or gone
+                continue
+            done.add(name)
+            outcome = self._examine(name, now_ns)
+            if outcome is not None:
+                outcomes.append(outcome)
+        if not outcomes:
+            self._last_reload = time.time()
+            return events, result
+        ev, res = self._commit(outcomes, [], False)
+        events += ev
+        result.changed.extend(res.changed)
+        result.failed.extend(res.failed)
+        return events, result
+
+    def _dir_unavailable(
+        self,
+        exc: OSError,
+        initial: bool,
+        events: list[ReloadEvent] | None = None,
+        result: ReloadResult | None = None,
+    ) -> tuple[list[ReloadEvent], ReloadResult]:
+        reason = f"{exc.strerror or exc}"
+        if self._dir_error != reason:
+            logger.warning(
+                "policy directory unavailable, keeping %d loaded module(s): %s: %s",
+                len(self._loaded),
+                self.policy_dir,
+                reason,
+            )
+        self._dir_error = reason
+        if initial:
+            self._publish(self._snapshot_with([], initial=True))
+        failure = ReloadFailure(self.policy_dir, None, f"policy directory unavailable: {reason}")
+        if result is None:
+            result = ReloadResult()
+        result.failed.append(failure)
+        return events or [], result
+
+    def _dir_phase(
+        self,
+        listing: tuple[list[str], dict[str, tuple[int, bool]]],
+        now_ns: int,
+        initial: bool,
+        done: set[str],
+        events: list[ReloadEvent],
+        result: ReloadResult,
+    ) -> None:
+        """Examine and commit what a new listing shows: new names, names whose
+        directory entry points elsewhere (renames, symlinks) and names gone."""
+        names, dirents = listing
+        files = self._files
+        first = []
+        for name in names:
+            state = files.get(name)
+            ino, is_link = dirents[name]
+            if state is None or is_link or len(state.key) != 4 or state.key[2] != ino:
+                first.append(name)
+        outcomes = []
+        for name in first:
+            done.add(name)
             outcome = self._examine(name, now_ns)
             if outcome is not None:
                 outcomes.append(outcome)
         seen = set(names)
         gone = [name for name in files if name not in seen]
-        if not outcomes and not gone and not initial and self._pending_dir is None:
-            self._last_reload = time.time()
-            return events, result
-        ev, res = self._commit(outcomes, gone, initial)
+        if not outcomes and not gone and not initial:
+            # The same names, nothing changed (a dot-file came or went, or
+            # the directory's stat was racy): record the listing only.
+            self._dir_key, self._dir_racy, self._names = self._pending_dir  # type: ignore[misc]
+            self._pending_dir = None
+            return
+        ev, res = self._commit(outcomes, gone, initial)  # also records the listing
         events += ev
         result.changed.extend(res.changed)
         result.removed.extend(res.removed)
         result.failed.extend(res.failed)
-        return events, result
 
     def _examine(self, name: str, now_ns: int) -> tuple | None:
         """One file: None when unchanged, else an outcome tuple for _commit."""
@@ -542,7 +679,7 @@ class PolicyAgent:
         key = _stat_key(st)
         if state is not None and state.key == key and not state.racy:
             return None
-        racy = st.st_ctime_ns >= now_ns - RACY_NS
+        racy = _is_racy(st, now_ns)
         try:
             data = _artifact.read_artifact_bytes(path)
         except _artifact.ArtifactError as exc:
@@ -671,11 +808,32 @@ class PolicyAgent:
         if self._pending_dir is not None:
             self._dir_key, self._dir_racy, self._names = self._pending_dir
             self._pending_dir = None
+        self._rebuild_sweep()
         self._status_modules = status
         self._last_reload = now
         for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result
+
+    def _rebuild_sweep(self) -> None:
+        files = self._files
+        paths = self._paths
+        sweep = []
+        recheck = []
+        for name in self._names:
+            state = files.get(name)
+            if state is None:
+                continue
+            key = state.key
+            if state.racy or len(key) != 4:
+                recheck.append(name)
+            else:
+                path = paths.get(name)
+                if path is None:
+                    path = paths[name] = os.path.join(self.policy_dir, name)
+                sweep.append((name, path, key[0], key[1], key[2], key[3]))
+        self._sweep = sweep
+        self._recheck = recheck
 
     def _snapshot_with(self, changed: list[LinkedModule], *, initial: bool) -> Snapshot:
         if initial or self._snapshot is EMPTY_SNAPSHOT:

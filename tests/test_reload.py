@@ -447,7 +447,7 @@ def test_racy_reread_catches_rewrite_with_identical_stat(tmp_path, monkeypatch):
     path = d / "tenant.acme.bin"
     variants = [artifact_bytes("tenant.acme", [("entitle", "network.listen", (p,))]) for p in (1000, 2000)]
     path.write_bytes(variants[0])
-    frozen_ns = time.time_ns()
+    frozen_ns = time.time_ns() // 10**9 * 10**9  # whole seconds: a coarse clock (RACY_NS window)
     real_stat = os.stat
 
     def frozen_stat(p, *args, **kw):
@@ -497,3 +497,193 @@ def test_atomic_drop_is_published_before_the_per_file_sweep(tmp_path):
     assert sorted(result.changed) == ["tenant.m3", "tenant.m7", "tenant.new"]
     assert commits[0] == ["tenant.m3", "tenant.new"]  # the directory-level changes, first
     assert commits[-1] == ["tenant.m7"]
+
+
+def test_racy_window_follows_the_timestamp_granularity():
+    from types import SimpleNamespace
+
+    now = time.time_ns() // 10**9 * 10**9 + 500_000_123
+
+    def st(ctime_ns):
+        return SimpleNamespace(st_ctime_ns=ctime_ns)
+
+    fine, coarse = agent_mod.RACY_FINE_NS, agent_mod.RACY_NS
+    assert fine < coarse
+    # fine timestamps (sub-millisecond digits): the short window
+    assert agent_mod._is_racy(st(now - fine + 1_001), now)
+    assert not agent_mod._is_racy(st(now - fine - 1_001), now)
+    # whole seconds or whole milliseconds: the clock may be coarse, the long window
+    assert agent_mod._is_racy(st(now // 10**9 * 10**9 - coarse + 10**9), now)
+    assert agent_mod._is_racy(st(now - fine - 1_000_000 - 123), now)  # ms-aligned, 51 ms old
+    assert not agent_mod._is_racy(st((now - coarse) // 10**9 * 10**9 - 10**9), now)
+    # a ctime in the future (clock skew) is racy either way
+    assert agent_mod._is_racy(st(now + 10**9 + 1), now) and agent_mod._is_racy(st(now + 10**9), now)
+
+
+@pytest.mark.parametrize("age_ms, fine, reread", [(100, True, False), (100, False, True), (10, True, True)])
+def test_racy_reread_depends_on_age_and_granularity(tmp_path, monkeypatch, age_ms, fine, reread):
+    """An unchanged file is re-read only while its ctime is inside the window its granularity gives."""
+    from types import SimpleNamespace
+
+    d = tmp_path / "p"
+    d.mkdir()
+    path = write_artifact(d, "tenant.acme", ALLOW)
+    real_stat = os.stat
+    state = {}
+
+    def stamped_stat(p, *args, **kw):
+        st = real_stat(p, *args, **kw)
+        if str(p).endswith(".bin"):
+            return SimpleNamespace(
+                st_mode=st.st_mode, st_ino=st.st_ino, st_dev=st.st_dev, st_size=st.st_size,
+                st_mtime_ns=state["ctime"], st_ctime_ns=state["ctime"],
+            )
+        return st
+
+    now = time.time_ns()
+    monkeypatch.setattr(agent_mod.time, "time_ns", lambda: now)  # the agent's clock stands still
+
+    def set_age():
+        ctime = now - age_ms * 1_000_000
+        state["ctime"] = ctime // 1_000_000 * 1_000_000 + (777 if fine else 0)
+
+    monkeypatch.setattr(agent_mod.os, "stat", stamped_stat)
+    set_age()
+    a = PolicyAgent(d, reload=False).start()
+    a.reload_now()
+    reads = []
+    real_read = agent_mod._artifact.read_artifact_bytes
+    monkeypatch.setattr(agent_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
+    set_age()  # the same stat as recorded, as old as the parameter says
+    a._files["tenant.acme.bin"].key = (state["ctime"], path.stat().st_size, path.stat().st_ino, state["ctime"])
+    a._files["tenant.acme.bin"].racy = True  # recorded while it was fresh
+    a._rebuild_sweep()
+    a.reload_now()  # re-read once: it was racy when recorded
+    assert len(reads) == 1
+    a.reload_now()
+    assert len(reads) == (2 if reread else 1)
+
+
+def test_drop_during_a_long_sweep_is_published_before_the_sweep_ends(tmp_path, monkeypatch):
+    """The sweep looks at the directory between chunks: an atomic drop landing
+    mid-sweep is enforced while the sweep still runs."""
+    d = tmp_path / "p"
+    d.mkdir()
+    n = agent_mod.SWEEP_CHUNK * 5
+    for i in range(n):
+        write_artifact(d, f"tenant.m{i:03d}", ALLOW)
+    a = PolicyAgent(d, reload=False).start()
+    a.reload_now()
+    monkeypatch.setattr(agent_mod, "SWEEP_DIR_CHECK_S", 0.0)  # look at every chunk boundary
+    real_stat = os.stat
+    seen = {"bin": 0, "enforced_at": None, "new_at": None}
+    dropped_at = agent_mod.SWEEP_CHUNK // 2
+
+    def stat(p, *args, **kw):
+        if str(p).endswith(".bin"):
+            seen["bin"] += 1
+            k = seen["bin"]
+            if k == dropped_at:
+                write_artifact(d, "tenant.m001", DENY)  # renamed over an existing name
+                write_artifact(d, "tenant.zzz", [("entitle", "threads.create", ())])  # a new name
+            elif k > dropped_at:
+                if seen["enforced_at"] is None and not a.check("tenant.m001", *REQ[1:]):
+                    seen["enforced_at"] = k
+                if seen["new_at"] is None and a.check("tenant.zzz", "threads.create"):
+                    seen["new_at"] = k
+        return real_stat(p, *args, **kw)
+
+    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    result = a.reload_now()
+    assert sorted(result.changed) == ["tenant.m001", "tenant.zzz"]
+    assert seen["bin"] >= n  # the sweep went on to the end
+    # published at the next chunk boundary, long before the sweep ended
+    assert seen["enforced_at"] is not None and seen["enforced_at"] <= 2 * agent_mod.SWEEP_CHUNK + 2
+    assert seen["new_at"] is not None and seen["new_at"] <= 2 * agent_mod.SWEEP_CHUNK + 2
+    assert not a.check("tenant.m001", *REQ[1:]) and a.check("tenant.zzz", "threads.create")
+    a.reload_now()  # nothing left over
+    assert a.reload_now().to_dict() == {"changed": [], "removed": [], "failed": []}
+
+
+def test_deletion_during_a_sweep_is_a_removal_not_an_unreadable_file(tmp_path, monkeypatch, caplog):
+    d = tmp_path / "p"
+    d.mkdir()
+    n = agent_mod.SWEEP_CHUNK * 3
+    for i in range(n):
+        write_artifact(d, f"tenant.m{i:03d}", ALLOW)
+    a = PolicyAgent(d, reload=False).start()
+    a.reload_now()
+    monkeypatch.setattr(agent_mod, "SWEEP_DIR_CHECK_S", 0.0)
+    real_stat = os.stat
+    count = {"bin": 0}
+    victim = d / f"tenant.m{n - 1:03d}.bin"  # swept last
+
+    def stat(p, *args, **kw):
+        if str(p).endswith(".bin"):
+            count["bin"] += 1
+            if count["bin"] == 3:
+                victim.unlink()
+        return real_stat(p, *args, **kw)
+
+    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    result = a.reload_now()
+    assert result.removed == [f"tenant.m{n - 1:03d}"] and result.failed == []
+    assert warnings_about(caplog, "removed, keeping previous") and not warnings_about(caplog, "cannot read")
+
+
+def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch):
+    import sys
+
+    a = PolicyAgent(pdir, reload=False).start()
+    b = PolicyAgent(pdir, reload=False).start()
+    before = sys.getswitchinterval()
+    assert before > agent_mod.POLL_SWITCH_INTERVAL
+    during = []
+    real_stat = os.stat
+
+    def stat(p, *args, **kw):
+        during.append(sys.getswitchinterval())
+        return real_stat(p, *args, **kw)
+
+    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    a.reload_now()
+    assert during and all(abs(v - agent_mod.POLL_SWITCH_INTERVAL) < 1e-6 for v in during)
+    assert sys.getswitchinterval() == before
+
+    # steps of two agents overlapping on two threads: restored when the last one leaves
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_stat(p, *args, **kw):
+        if threading.current_thread().name == "slow":
+            inside.set()
+            release.wait(5)
+        return real_stat(p, *args, **kw)
+
+    monkeypatch.setattr(agent_mod.os, "stat", slow_stat)
+    t = threading.Thread(target=a.reload_now, name="slow")
+    t.start()
+    assert inside.wait(5)
+    b.reload_now()  # enters and leaves while a's step is still running
+    assert abs(sys.getswitchinterval() - agent_mod.POLL_SWITCH_INTERVAL) < 1e-6
+    release.set()
+    t.join(5)
+    assert sys.getswitchinterval() == before
+
+    # someone else changes the interval during a step: theirs stays
+    def meddling_stat(p, *args, **kw):
+        sys.setswitchinterval(0.002)
+        return real_stat(p, *args, **kw)
+
+    monkeypatch.setattr(agent_mod.os, "stat", meddling_stat)
+    try:
+        a.reload_now()
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
+
+    # switched off: left alone
+    monkeypatch.setattr(agent_mod, "POLL_SWITCH_INTERVAL", None)
+    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    during.clear()
+    a.reload_now()
+    assert during and all(v == before for v in during)
