@@ -585,6 +585,37 @@ class _Table:
                     return idx
             return -1
         v = vals[self.pos]
+        if kind == _KEY and not self.pfx_lens:
+            # the common case: the exact bucket and/or the rest, no list built
+            b = self.exact.get(v)
+            rest = self.rest
+            if b is None or not rest:
+                for idx, checks in b if b is not None else rest:
+                    for pos, fn in checks:
+                        if not fn(vals[pos]):
+                            break
+                    else:
+                        return idx
+                return -1
+            buckets: list = [b, rest]
+        else:
+            buckets = self._buckets(kind, v)
+        best = -1
+        bound = _BIG
+        for bucket in buckets:
+            for idx, checks in bucket:
+                if idx >= bound:
+                    break
+                for pos, fn in checks:
+                    if not fn(vals[pos]):
+                        break
+                else:
+                    best = bound = idx
+                    break
+        return best
+
+    def _buckets(self, kind: int, v: object) -> list:
+        """The candidate buckets for value ``v`` at the indexed position, rest last."""
         buckets = []
         if kind == _HOSTKEY:
             if v.__class__ is not str:
@@ -623,19 +654,7 @@ class _Table:
                         buckets.append(b)
         if self.rest:
             buckets.append(self.rest)
-        best = -1
-        bound = _BIG
-        for bucket in buckets:
-            for idx, checks in bucket:
-                if idx >= bound:
-                    break
-                for pos, fn in checks:
-                    if not fn(vals[pos]):
-                        break
-                else:
-                    best = bound = idx
-                    break
-        return best
+        return buckets
 
 
 # --------------------------------------------------------------------------
@@ -925,6 +944,8 @@ class Snapshot:
         )
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
+        if not self._cache_size:  # no cache: no key to build and hash
+            return self._miss(module, capability, args, False)
         try:
             d = self._cache.get((module, capability, args))
         except Exception:  # unhashable argument: decide without the cache
