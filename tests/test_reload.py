@@ -573,6 +573,7 @@ def test_drop_during_a_long_sweep_is_published_before_the_sweep_ends(tmp_path, m
     for i in range(n):
         write_artifact(d, f"tenant.m{i:03d}", ALLOW)
     a = PolicyAgent(d, reload=False).start()
+    time.sleep(0.05)  # later changes of the directory get a new timestamp tick
     a.reload_now()
     monkeypatch.setattr(agent_mod, "SWEEP_DIR_CHECK_S", 0.0)  # look at every chunk boundary
     real_stat = os.stat
@@ -612,6 +613,7 @@ def test_deletion_during_a_sweep_is_a_removal_not_an_unreadable_file(tmp_path, m
     for i in range(n):
         write_artifact(d, f"tenant.m{i:03d}", ALLOW)
     a = PolicyAgent(d, reload=False).start()
+    time.sleep(0.05)  # later changes of the directory get a new timestamp tick
     a.reload_now()
     monkeypatch.setattr(agent_mod, "SWEEP_DIR_CHECK_S", 0.0)
     real_stat = os.stat
@@ -687,3 +689,42 @@ def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch)
     during.clear()
     a.reload_now()
     assert during and all(v == before for v in during)
+
+
+def test_sweep_lists_stay_equal_to_a_rebuild(tmp_path):
+    """After every kind of change, the incrementally updated sweep and re-check
+    lists equal the ones rebuilt from scratch."""
+    d = tmp_path / "p"
+    d.mkdir()
+    for i in range(20):
+        write_artifact(d, f"tenant.m{i:02d}", ALLOW)
+    a = PolicyAgent(d, reload=False).start()
+
+    def check_lists():
+        sweep, recheck = a._sweep, sorted(a._recheck)
+        a._rebuild_sweep()
+        assert sweep == a._sweep and recheck == sorted(a._recheck)
+        assert [e[0] for e in sweep] == sorted(e[0] for e in sweep)
+        assert set(e[0] for e in sweep) | set(recheck) == set(a._files)
+
+    check_lists()
+    changes = [
+        lambda: write_artifact(d, "tenant.m05", DENY),
+        lambda: write_artifact(d, "tenant.a00", ALLOW),  # new, sorts first
+        lambda: write_artifact(d, "tenant.z99", ALLOW),  # new, sorts last
+        lambda: (d / "tenant.m07.bin").unlink(),
+        lambda: (d / "tenant.m08.bin").write_bytes(b"garbage"),
+        lambda: os.symlink("nowhere", d / "tenant.m50.bin"),  # unreadable: re-checked
+        lambda: rewrite_in_place(d / "tenant.m09.bin", artifact_bytes("tenant.m09", DENY)),
+        lambda: (d / "tenant.m50.bin").unlink(),
+    ]
+    for change in changes:
+        change()
+        a.reload_now()
+        check_lists()
+        a._files = {n: s for n, s in a._files.items()}  # no aliasing tricks: plain state
+        for st in a._files.values():
+            st.racy = False  # as if time passed
+        a._rebuild_sweep()
+        a.reload_now()
+        check_lists()
