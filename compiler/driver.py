@@ -134,6 +134,9 @@ def _compile_parsed(
     """Check and generate every module of one parsed file."""
     diags = list(syntax)
     diags.extend(extra)
+    bad_path = _path_problem(sf.path)
+    if bad_path is not None:
+        diags.append(bad_path)
     results = []
     for m in sf.modules:
         ir, mdiags = check_module(m, decls, source=sf.path, source_digest=digest)
@@ -152,14 +155,17 @@ def _compile_parsed(
             continue
         try:
             data = generate(ir)
-        except ArtifactError as exc:
+        except Exception as exc:  # noqa: BLE001
             # The checks above are meant to reject everything the runtime's
             # verifier would; should one slip through, it is this module's error,
             # not a crash of the whole run.
+            if isinstance(exc, ArtifactError):
+                why = f"the runtime would reject its artifact ({exc})"
+            else:
+                why = f"internal error while generating its artifact ({type(exc).__name__}: {exc})"
             diags.append(
                 Diagnostic(
-                    ERROR, sf.path, m.name.line, m.name.col,
-                    f"module '{name}' cannot be compiled: the runtime would reject its artifact ({exc})",
+                    ERROR, sf.path, m.name.line, m.name.col, f"module '{name}' cannot be compiled: {why}",
                     max(1, m.name.end_col - m.name.col), name,
                 )
             )
@@ -167,6 +173,29 @@ def _compile_parsed(
             continue
         modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, COMPILED, data=data))
     return _FileOutcome(sf.path, digest, modules, diags, file_failed)
+
+
+def _path_problem(path: str) -> Diagnostic | None:
+    """An error if ``path`` cannot be recorded in an artifact (msgpack strings are UTF-8)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return Diagnostic(
+            ERROR, path, 1, 1,
+            "the file name is not valid UTF-8, and every artifact records its source's name: rename the file",
+        )
+    return None
+
+
+def _encode_text(text: str, path: str) -> tuple[bytes | None, Diagnostic | None]:
+    """A source given as ``str``, as UTF-8; a lone surrogate is an error at its place."""
+    try:
+        return text.encode("utf-8"), None
+    except UnicodeEncodeError as exc:
+        before = text[: exc.start]
+        line = before.count("\n") + 1
+        col = exc.start - (before.rfind("\n") + 1) + 1
+        return None, Diagnostic(ERROR, path, line, col, "the text is not valid Unicode (a lone surrogate)")
 
 
 def _compile_one(path: str, data: bytes, decls: Declarations, strict: bool) -> _FileOutcome:
@@ -266,7 +295,14 @@ def compile_sources(
     texts: dict[str, str] = {}
     early: list[_FileOutcome] = []
     for path, src in sources:
-        data = src.encode("utf-8") if isinstance(src, str) else bytes(src)
+        if isinstance(src, str):
+            data, bad = _encode_text(src, path)
+            if data is None:
+                texts[path] = src.encode("utf-8", "replace").decode("utf-8")
+                early.append(_FileOutcome(path, hashlib.sha256(texts[path].encode()).hexdigest(), [], [bad], True))
+                continue
+        else:
+            data = bytes(src)
         digest = hashlib.sha256(data).hexdigest()
         text, bad = (src, None) if isinstance(src, str) else _decode(data, path)
         if text is None:

@@ -8,6 +8,7 @@ it refuses, the recovery path reports at least one error.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -38,8 +39,8 @@ _VOCAB = [
 ]
 
 
-def _check(text: str) -> None:
-    result = compile_source(text, "fuzz.pol")  # must not raise
+def _check(text: str, path: str = "fuzz.pol") -> None:
+    result = compile_source(text, path)  # must not raise
     for name, data in result.artifacts:
         assert is_valid_module_name(name)
         read_artifact(data, expected_module=name)
@@ -50,6 +51,8 @@ def _check(text: str) -> None:
     if failed:
         assert result.errors, failed
 
+    if path != "fuzz.pol":
+        return
     # fast path vs the reference
     p = get_parser()
     with p.lock:
@@ -89,6 +92,41 @@ def test_random_text_never_raises(text):
 @given(st.text(max_size=120))
 def test_random_unicode_never_raises(text):
     _check(text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(st.characters(blacklist_categories=()), max_size=40), st.text(st.characters(blacklist_categories=()),
+                                                                              max_size=20))
+def test_surrogates_in_text_or_path_never_raise(snippet, path):
+    # lone surrogates: a str the caller built, or a file name that is not UTF-8 (os.fsdecode)
+    _check(f'security module s {{ entitle module to env.read("{snippet}"); }}\n{snippet}', path or "p")
+    _check("security module s { entitle module to threads.create; }", path or "p")
+
+
+def test_non_utf8_file_name_is_a_diagnostic(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.pol").write_text("security module ok { entitle module to threads.create; }\n")
+    bad = os.fsdecode(os.fsencode(str(src)) + b"/\xff.pol")
+    with open(bad, "w") as fh:
+        fh.write("security module bad { entitle module to threads.create; }\n")
+    report = compile_paths([str(src)], str(tmp_path / "out"))
+    assert report.exit_code == 1
+    [err] = [d for d in report.diagnostics if d.severity == ERROR]
+    assert err.file == bad and "file name is not valid UTF-8" in err.message
+    assert sorted(os.listdir(tmp_path / "out")) == ["ok.bin"]
+    report.render_diagnostics()
+    import json
+
+    json.dumps(report.as_dict())
+
+
+def test_lone_surrogate_in_text_is_a_diagnostic():
+    result = compile_source('security module x {\n    entitle module to env.read("\ud800");\n}\n', "x.pol")
+    [err] = result.errors
+    assert (err.line, err.col) == (2, 33) and "lone surrogate" in err.message
+    assert not result.artifacts
+    assert result.render().startswith("x.pol:2:33: error: the text is not valid Unicode")
 
 
 @st.composite
