@@ -46,3 +46,19 @@ def test_shipped_tables_equal_a_fresh_strict_build():
 def test_stale_tables_are_not_used(monkeypatch):
     monkeypatch.setattr(pm, "tables_key", lambda grammar=None: "0" * 64)
     assert pm._load_tables(pm._Builder()) is None
+
+
+def test_parser_built_from_the_grammar_parses_the_same(monkeypatch):
+    """Without usable tables (stale, or another lark) the parser is built and behaves the same."""
+    from pathlib import Path
+
+    shipped = pm.get_parser()
+    monkeypatch.setattr(pm, "tables_key", lambda grammar=None: "0" * 64)
+    built = pm._Parser()
+    assert not built.from_tables and built.fast is not None
+    root = Path(__file__).resolve().parents[1] / "policies-src"
+    for src in sorted(root.rglob("*.pol")):
+        text = src.read_text("utf-8")
+        for p in (shipped, built):
+            p.builder.file = "x.pol"
+        assert built.fast.parse(text) == shipped.fast.parse(text) is not None
