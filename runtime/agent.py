@@ -185,10 +185,11 @@ def _interval(value: object, origin: str) -> float:
 class _FileState:
     """What the last step saw of one ``*.bin`` file (mutated only under the lock)."""
 
-    __slots__ = ("key", "racy", "content", "error")
+    __slots__ = ("key", "ino", "racy", "content", "error")
 
     def __init__(self, key: tuple, racy: bool, content: bytes | None, error: str | None) -> None:
         self.key = key  # (mtime_ns, size, ino, ctime_ns), or ("error", errno)
+        self.ino = key[2] if len(key) == 4 else None
         self.racy = racy  # changed too recently for its stat to be trusted
         self.content = content  # SHA-256 of the bytes last read
         self.error = error  # reason the current file state failed, or None
@@ -499,14 +500,16 @@ class PolicyAgent:
                     logger.exception("reload event subscriber %r raised", callback)
         return result
 
-    def _list(
-        self, now_ns: int, changed_only: bool = False
-    ) -> tuple[list[str], dict[str, tuple[int, bool]]] | None:
+    def _list(self, now_ns: int, changed_only: bool = False) -> tuple[list[str], list[str], int] | None:
         """List the directory if its stat changed (or, unless ``changed_only``,
         changed too recently to be trusted); None when it was not listed.
 
-        Returns the sorted candidate names and each name's ``(d_ino,
-        is_symlink)`` from the directory entry (no extra system call).
+        Returns the candidate names; the names that can have changed
+        at the directory level — new, symlinks, or whose directory entry's
+        inode differs from the recorded one (renamed over: atomic drops) —
+        in listing order; and how many names were already known (fewer than
+        the recorded files: some are gone). The directory entries give all
+        that without a system call per name.
         """
         st = os.stat(self.policy_dir)
         if not stat_mod.S_ISDIR(st.st_mode):
@@ -515,20 +518,28 @@ class PolicyAgent:
         if key == self._dir_key and (changed_only or not self._dir_racy):
             return None
         names = []
-        dirents: dict[str, tuple[int, bool]] = {}
+        first = []
+        known = 0
+        get = self._files.get
+        suffix = SUFFIX
         with os.scandir(self.policy_dir) as it:
             for entry in it:
                 name = entry.name
-                if name.endswith(SUFFIX) and not name.startswith(".") and len(name) > len(SUFFIX):
+                if name.endswith(suffix) and name[0] != ".":  # also refuses a bare ".bin"
                     names.append(name)
+                    state = get(name)
+                    if state is None:
+                        first.append(name)
+                        continue
+                    known += 1
                     try:
-                        dirents[name] = (entry.inode(), entry.is_symlink())
+                        if state.ino != entry.inode() or entry.is_symlink():
+                            first.append(name)
                     except OSError:
-                        dirents[name] = (-1, True)
-        names.sort()
-        # Recorded by the commit of the directory phase that uses this listing.
+                        first.append(name)
+        # Recorded (and sorted, after publishing) by the directory phase that uses this listing.
         self._pending_dir = (key, _is_racy(st, now_ns), names)
-        return names, dirents
+        return names, first, known
 
     def _step(self, initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
         now_ns = time.time_ns()
@@ -630,7 +641,7 @@ class PolicyAgent:
 
     def _dir_phase(
         self,
-        listing: tuple[list[str], dict[str, tuple[int, bool]]],
+        listing: tuple[list[str], list[str], int],
         now_ns: int,
         initial: bool,
         done: set[str],
@@ -639,27 +650,22 @@ class PolicyAgent:
     ) -> None:
         """Examine and commit what a new listing shows: new names, names whose
         directory entry points elsewhere (renames, symlinks) and names gone."""
-        names, dirents = listing
+        names, first, known = listing
         files = self._files
-        first = []
-        for name in names:
-            state = files.get(name)
-            ino, is_link = dirents[name]
-            if state is None or is_link or len(state.key) != 4 or state.key[2] != ino:
-                first.append(name)
         outcomes = []
         for name in first:
             done.add(name)
             outcome = self._examine(name, now_ns)
             if outcome is not None:
                 outcomes.append(outcome)
-        seen = set(names)
-        gone = [name for name in files if name not in seen]
+        gone: list[str] = []
+        if known < len(files):
+            seen = set(names)
+            gone = [name for name in files if name not in seen]
         if not outcomes and not gone and not initial:
             # The same names, nothing changed (a dot-file came or went, or
             # the directory's stat was racy): record the listing only.
-            self._dir_key, self._dir_racy, self._names = self._pending_dir  # type: ignore[misc]
-            self._pending_dir = None
+            self._record_listing()
             return
         ev, res = self._commit(outcomes, gone, initial)  # also records the listing
         events += ev
@@ -810,9 +816,7 @@ class PolicyAgent:
 
         if changed or initial or self._snapshot.unavailable != self._global_error:
             self._publish(self._snapshot_with(changed, initial=initial))
-        if self._pending_dir is not None:
-            self._dir_key, self._dir_racy, self._names = self._pending_dir
-            self._pending_dir = None
+        self._record_listing()
         self._refile([o[1] for o in outcomes] + gone)
         self._status_modules = status
         self._last_reload = now
@@ -844,6 +848,13 @@ class PolicyAgent:
                 sweep.append((name, prefix + name, mtime + 0, size + 0, ino + 0, ctime + 0))
         self._sweep = sweep
         self._recheck = recheck
+
+    def _record_listing(self) -> None:
+        if self._pending_dir is not None:
+            self._dir_key, self._dir_racy, names = self._pending_dir
+            names.sort()
+            self._names = names
+            self._pending_dir = None
 
     def _refile(self, names: list[str]) -> None:
         """Put the named files (changed, new or gone) back in the sweep or re-check list.

@@ -728,3 +728,29 @@ def test_sweep_lists_stay_equal_to_a_rebuild(tmp_path):
         a._rebuild_sweep()
         a.reload_now()
         check_lists()
+
+
+def test_file_that_cannot_be_statted_does_not_break_directory_changes(pdir, monkeypatch, caplog):
+    """A name whose stat fails (recorded as an error, not a stat key) is examined
+    again when the directory changes, and the step goes on to the other names."""
+    a = PolicyAgent(pdir, reload=False).start()
+    real_stat = os.stat
+
+    def stat(p, *args, **kw):
+        if str(p).endswith("tenant.globex.bin"):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_stat(p, *args, **kw)
+
+    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    write_artifact(pdir, "tenant.new", [("entitle", "threads.create", ())])
+    first = a.reload_now()
+    assert first.changed == ["tenant.new"]
+    assert [(f.module, f.reason) for f in first.failed] == [("tenant.globex", "cannot read: Permission denied")]
+    write_artifact(pdir, "tenant.acme", DENY)  # the directory changes again
+    second = a.reload_now()
+    assert second.changed == ["tenant.acme"] and second.failed == []  # warned once per file state
+    assert not a.check(*REQ) and a.check("tenant.new", "threads.create")
+    assert a.check("tenant.globex", "network.outbound", "api.globex.com", 443)  # previous policy kept
+    assert len(warnings_about(caplog, "tenant.globex.bin: cannot read")) == 1
+    monkeypatch.setattr(agent_mod.os, "stat", real_stat)
+    assert a.reload_now().failed == [] and a.status()["modules"]["tenant.globex"]["last_error"] is None
