@@ -684,25 +684,38 @@ def compile_paths(
         mine = [d for d in decl_diags if d.file == f]
         outcomes[f] = _compile_parsed(sf, syntax, digests[f], decls, strict, mine)
     todo = [(f, datas[f]) for f in files if f not in skipped and f not in outcomes]
-    for o in _run_jobs(todo, decls, strict, jobs):
-        outcomes[o.path] = o
     writer = _Writer(out) if write else None
+    early: dict[int, str] = {}
 
     def decide(m: ModuleOutcome, o: _FileOutcome) -> str:
+        """Up to date, or staged for writing (renamed over the artifact only if it is committed)."""
+        m.artifact = os.path.join(out, m.module + ".bin")
         if not force and _up_to_date(m.artifact, m.module, o.path, o.digest, decls, signer):
             return UP_TO_DATE
         writer.stage(m, m.data if sign_key is None else sign_artifact(m.data, sign_key))
         return COMPILED
 
+    # With worker processes the parent is idle while they compile, so it stages
+    # each artifact (writes and fsyncs a temporary file) as soon as its file comes
+    # back. In one process this only makes the writer threads fight the compiler
+    # for the GIL, so there everything is staged at the end. Either way the rename
+    # over NAME.bin waits for the tree-wide checks in _finish.
+    stage_early = write and min(_jobs(jobs), len(todo)) > 1
     try:
-        _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide)
+        for o in _run_jobs(todo, decls, strict, jobs):
+            outcomes[o.path] = o
+            if stage_early:
+                for m in o.modules:
+                    if m.status == COMPILED:
+                        early[id(m)] = decide(m, o)
+        _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide, early)
     finally:
         if writer is not None:
             writer.discard()  # temporary files of anything not renamed
     return report
 
 
-def _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide) -> None:
+def _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide, early) -> None:
     """Tree-wide checks, then each module's outcome; artifacts are staged and renamed at the end."""
     # tree-wide: duplicate modules
     occurrences: dict[str, list] = {}
@@ -742,7 +755,8 @@ def _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, 
                 continue
             m.artifact = os.path.join(out, m.module + ".bin")
             if m.status == COMPILED:
-                m.status = decide(m, o)
+                decided = early.get(id(m))
+                m.status = decided if decided is not None else decide(m, o)
                 if m.status == COMPILED:
                     writer.commit(m)
             m.data = None

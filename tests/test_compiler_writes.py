@@ -75,3 +75,22 @@ def test_unwritable_temporary_file_is_reported(write_tree, tmp_path, monkeypatch
     report = compile_paths([str(src)], str(out))
     assert report.exit_code == 2 and "cannot write" in report.fatal
     assert os.listdir(out) == []
+
+
+def test_parallel_compile_stages_early_but_never_renames_a_duplicate(write_tree, tmp_path):
+    files = {f"m{i}.pol": OK.format(name=f"m{i}") for i in range(40)}
+    files["z1.pol"] = OK.format(name="dup")
+    files["z2.pol"] = OK.format(name="dup")
+    src = write_tree(files)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dup.bin").write_bytes(b"old")
+    report = compile_paths([str(src)], str(out), jobs=2)
+    assert report.exit_code == 1
+    assert sorted(os.listdir(out)) == sorted([f"m{i}.bin" for i in range(40)] + ["dup.bin"])
+    assert (out / "dup.bin").read_bytes() == b"old"
+    # and a parallel no-op touches nothing
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    report = compile_paths([str(src)], str(out), jobs=2)
+    assert report.count("up to date") == 40
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
