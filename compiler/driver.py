@@ -776,9 +776,8 @@ class _Writer:
     writes and fsyncs run in a few threads (fsync releases the GIL), and the
     directory is fsynced once, after all the renames, instead of once per file.
     ``finish`` renames the committed files; ``discard`` removes any temporary
-    file left. (Staging each artifact as soon as its file was compiled, to
-    overlap the fsyncs with compiling, was measured slower: the writer threads
-    and the compiling thread fight over the GIL.)
+    file left. Threads start on the first ``stage``: with worker processes,
+    only after they have all been forked.
     """
 
     def __init__(self, directory: str) -> None:
