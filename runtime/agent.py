@@ -6,20 +6,26 @@ The moving parts, in the manner of werkzeug's reloader:
   the poller thread runs ``while not stop.wait(interval): reload_now()``.
   Steps are serialised by a lock that checks never take.
 * A step stats the directory, lists it again only when the directory's own
-  stat changed (or changed too recently to be trusted), then stats every
-  ``*.bin`` (following symlinks) and compares ``(st_mtime_ns, st_size,
-  st_ino, st_ctime_ns)`` with the last step's — equality only, never "newer
-  than". A changed file is read; the same bytes as last time change
-  nothing; an artifact whose payload digest equals the loaded one swaps
-  nothing; anything else is verified, linked and swapped in.
-* A file whose ctime is within ``RACY_NS`` of the moment it was statted may
+  stat changed (or changed too recently to be trusted) and publishes what
+  the listing shows first (new names, renames over a name, symlink swaps,
+  deletions); then it sweeps: stats every other ``*.bin`` (following
+  symlinks) and compares ``(st_mtime_ns, st_size, st_ino, st_ctime_ns)``
+  with the recorded stat — equality only, never "newer than" — looking at
+  the directory again between chunks. A changed file is read; the same
+  bytes as last time change nothing; an artifact whose payload digest
+  equals the loaded one swaps nothing; anything else is verified, linked
+  and swapped in.
+* A file whose ctime is within the racy window (``RACY_FINE_NS`` for fine
+  timestamps, ``RACY_NS`` for coarse ones) of the moment it was statted may
   still change within the same timestamp tick without its stat changing
   (git's "racily clean" problem): such a file is re-read on the next step
   until its stat is old enough to be trusted.
-* Every change of one step is committed together: the file states, the
+* Each phase of a step commits its changes together: the file states, the
   status table and one new :class:`~polc.runtime.enforcer.Snapshot`,
-  published by a single attribute assignment. A step that raises half-way
-  commits nothing, and the next step starts from the same state.
+  published by a single attribute assignment. A phase that raises half-way
+  commits nothing, and the next step starts from the state before it.
+* While a step runs, the switch interval is lowered (``POLL_SWITCH_INTERVAL``)
+  so its system calls do not wait 5 ms each for the GIL (docs/runtime.md).
 """
 
 from __future__ import annotations
