@@ -561,6 +561,7 @@ class _Recovery:
         stmt: list[Token] = []  # tokens fed since the last boundary
         recovering = False  # no token fed yet since the last error
         prev: Token | None = None
+        retried = -1  # index of the token last re-parsed as a statement start
         i, n = 0, len(tokens)
         while i < n:
             tok = tokens[i]
@@ -570,7 +571,23 @@ class _Recovery:
                 if not recovering and i not in self.after_lex_error:
                     self._report(tok, e.expected, stmt, prev)
                 restore(checkpoint)
+                mid_statement = bool(stmt)
                 stmt = []
+                if (
+                    not recovering
+                    and mid_statement
+                    and retried != i
+                    and tok.type == "NAME"
+                    and prev is not None
+                    and tok.line > prev.end_line
+                    and accepts("ENTITLE")
+                ):
+                    # The statement before ended without its ';' and a new
+                    # line starts with a name: parse that line as the next
+                    # statement, so a misspelt keyword there is reported too
+                    # instead of being skipped with the broken statement.
+                    retried = i
+                    continue
                 recovering = True
                 i, closed = self._resync(tokens, i, accepts, ip)
                 if closed:

@@ -178,3 +178,21 @@ def test_any_token_soup_gives_clean_diagnostics(parts):
     for d in diags:
         assert d.line >= 1 and d.col >= 1
         assert not LEAK.search(d.message), d.message
+
+
+def test_missing_semicolon_then_misspelt_keyword_on_the_next_line_reports_both():
+    text = (
+        "security module tenant.x {\n"
+        '    entitle module to network.outbound("a.com", 443)\n'
+        '    entitel module to fs.read("x", "**");\n'
+        '    deny module to process.exec("sh");\n'
+        "}\n"
+    )
+    sf, errs = errors(text)
+    assert [(e.line, e.col, e.message) for e in errs] == [
+        (2, 53, "expected ';' after the rule"),
+        (3, 5, "unknown statement 'entitel'; did you mean 'entitle'?"),
+    ]
+    # the statement after both mistakes is still parsed
+    (module,) = sf.modules
+    assert [r.cap.text for r in module.body] == ["process.exec"]
