@@ -337,6 +337,28 @@ def _path_glob(const: str) -> Callable[[object], bool]:
 
 @lru_cache(maxsize=8192)
 def _str_glob(const: str) -> Callable[[object], bool]:
+    # the common shapes "P*", "*S" and "*X*" (no other "*" or "?") without a regex
+    core = const.strip("*")
+    if core and not _GLOB_CHARS & set(core) and len(const) - len(core) <= 2:
+        lead, trail = const[0] == "*", const[-1] == "*"
+        if lead and trail:
+
+            def contains(v: object) -> bool:
+                return core in v  # type: ignore[operator]
+
+            return contains
+        if trail:
+
+            def starts(v: object) -> bool:
+                return v.startswith(core)  # type: ignore[union-attr]
+
+            return starts
+        if lead:
+
+            def ends(v: object) -> bool:
+                return v.endswith(core)  # type: ignore[union-attr]
+
+            return ends
     return patterns.string_matcher(const)  # type: ignore[return-value]
 
 
@@ -362,11 +384,13 @@ def _matcher(instr: tuple) -> Callable[[object], bool] | None:
             def eq_int(v: object) -> bool:
                 return v == lo
 
+            eq_int.lohi = (lo, hi)  # type: ignore[attr-defined]
             return eq_int
 
         def in_range(v: object) -> bool:
             return lo <= v <= hi  # type: ignore[operator]
 
+        in_range.lohi = (lo, hi)  # type: ignore[attr-defined]
         return in_range
     if op == PATH_GLOB:
         return _path_glob(instr[1])
@@ -503,11 +527,12 @@ class _Table:
     """
 
     __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "size",
-                 "owner", "effect")
+                 "owner", "effect", "ranked")
 
     def __init__(self, owner: "LinkedModule", effect: int, rules: list[tuple[int, tuple]], types: tuple[str, ...]):
         self.owner = owner
         self.effect = effect
+        self.ranked: tuple | None = None  # the fused deciders' form of the buckets, built on first use
         self.size = len(rules)
         pos, kind, keys = self._choose(rules, types)
         self.kind = kind
@@ -537,7 +562,9 @@ class _Table:
                 elif k0 == "?":
                     wildn.setdefault(key[1], []).append((idx, checks_of(args, -1)))
                 elif k0 == "^":
-                    pfx.setdefault(key[1], []).append((idx, checks_of(args, -1)))
+                    # "P*" matches exactly the values the bucket of prefix P holds
+                    whole = args[pos][1] == key[1] + "*"
+                    pfx.setdefault(key[1], []).append((idx, checks_of(args, pos if whole else -1)))
                 else:  # CIDR: the bucket holds every IP rule, each checks its network
                     ip.append((idx, checks_of(args, -1)))
         self.exact = _freeze(exact)
@@ -743,6 +770,258 @@ def _types(cap: Capability) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------
+# Fused deciders: one index over _global's and the module's tables
+#
+# When every indexed table of a plan indexes the same argument position the
+# same way (the common case), the plan merges them into one index whose
+# entries carry a rank ``tier << 32 | source index`` (tiers: 0 denies of
+# ``_global``, 1 denies of the module, 2 entitles of the module, 3 entitles
+# of ``_global``). The smallest matching rank is then exactly the deciding
+# rule of the sequential evaluation (first tier with a match, first rule of
+# it in source order), found with one probe of each candidate bucket instead
+# of one probe per table. The decider itself is Python source generated per
+# shape (parameter types, index kind) and compiled once per process; it
+# normalises the arguments inline (memo probes, no call on the fast path).
+
+_TIER_SHIFT = 32
+_TIER_MASK = (1 << _TIER_SHIFT) - 1
+
+
+_SPLITS: dict[tuple, tuple] = {}
+_NEG_INF = float("-inf")
+_INF = float("inf")
+
+
+def _split(checks: tuple, ipos: int) -> tuple:
+    """``(lo, hi, other checks)``: the range check at ``ipos`` taken out to be inlined. Shared."""
+    key = (ipos, checks)
+    r = _SPLITS.get(key)
+    if r is None:
+        lo: object = _NEG_INF  # unbounded: int values are (any size of int is within these)
+        hi: object = _INF
+        found = False
+        other = []
+        for c in checks:
+            lohi = getattr(c[1], "lohi", None) if c[0] == ipos and not found else None
+            if lohi is not None:
+                lo, hi = lohi
+                found = True
+            else:
+                other.append(c)
+        r = (lo, hi, tuple(other))
+        if len(_SPLITS) >= _SHARE_MAX:
+            _SPLITS.clear()
+        _SPLITS[key] = r
+    return r
+
+
+def _ranked(bucket: tuple, offset: int, ipos: int) -> tuple:
+    if ipos < 0:
+        if not offset:
+            return bucket
+        return tuple([(offset | idx, checks) for idx, checks in bucket])
+    split = _split
+    return tuple([(offset | idx, *split(checks, ipos)) for idx, checks in bucket])
+
+
+def _ranked_table(table: "_Table", offset: int, ipos: int) -> tuple:
+    """The table's buckets with ranked (and split) entries, built once per table and reused
+    by every plan and snapshot: ``(exact, wild1, wildn, pfx, ip, rest)``."""
+    key = (offset, ipos)
+    got = table.ranked
+    if got is not None and got[0] == key:
+        return got[1]
+
+    def rd(d: Mapping) -> Mapping:
+        if not d:
+            return _EMPTY_MAP
+        if not offset and ipos < 0:
+            return d
+        return {k: _ranked(v, offset, ipos) for k, v in d.items()}
+
+    r = (
+        rd(table.exact),
+        rd(table.wild1),
+        rd(table.wildn),
+        rd(table.pfx),
+        _ranked(table.ip, offset, ipos),
+        _ranked(table.rest, offset, ipos),
+    )
+    table.ranked = (key, r)
+    return r
+
+
+def _merge_dicts(dicts: list[Mapping]) -> Mapping:
+    """One dict from ranked dicts given in rank order (buckets of a key concatenated)."""
+    dicts = [d for d in dicts if d]
+    if not dicts:
+        return _EMPTY_MAP
+    if len(dicts) == 1:
+        return dicts[0]
+    out = dict(dicts[0])
+    for d in dicts[1:]:
+        for k, v in d.items():
+            prev = out.get(k)
+            out[k] = v if prev is None else prev + v
+    return out
+
+
+_NORM_SRC = {
+    HOST: (
+        "    a = args[{i}]\n"
+        "    v{i} = _host_memo.get(a) if a.__class__ is str else None\n"
+        "    if v{i} is None:\n"
+        "        try:\n"
+        "            v{i} = _norm_host(a)\n"
+        "        except ValueError:\n"
+        "            return bad(args)\n"
+    ),
+    PATH: (
+        "    a = args[{i}]\n"
+        "    v{i} = _path_memo.get(a) if a.__class__ is str else None\n"
+        "    if v{i} is None:\n"
+        "        try:\n"
+        "            v{i} = _norm_path(a)\n"
+        "        except ValueError:\n"
+        "            return bad(args)\n"
+    ),
+    PORT: (
+        "    v{i} = args[{i}]\n"
+        "    if v{i}.__class__ is not int or not PORT_MIN <= v{i} <= PORT_MAX:\n"
+        "        try:\n"
+        "            v{i} = _norm_port(v{i})\n"
+        "        except ValueError:\n"
+        "            return bad(args)\n"
+    ),
+    STRING: (
+        "    v{i} = args[{i}]\n"
+        "    if v{i}.__class__ is not str:\n"
+        "        try:\n"
+        "            v{i} = _norm_string(v{i})\n"
+        "        except ValueError:\n"
+        "            return bad(args)\n"
+    ),
+    INT: (
+        "    v{i} = args[{i}]\n"
+        "    if v{i}.__class__ is not int:\n"
+        "        try:\n"
+        "            v{i} = _norm_int(v{i})\n"
+        "        except ValueError:\n"
+        "            return bad(args)\n"
+    ),
+}
+
+
+def _scan_src(bucket: str, indent: int, ipos: int = -1) -> str:
+    """Source scanning one bucket (entries in rank order) for a rank below ``best``."""
+    p = " " * indent
+    if ipos >= 0:  # entries (rank, lo, hi, checks): the range check at ipos inline
+        return (
+            f"{p}for r, lo, hi, checks in {bucket}:\n"
+            f"{p}    if r >= best:\n"
+            f"{p}        break\n"
+            f"{p}    if not lo <= v{ipos} <= hi:\n"
+            f"{p}        continue\n"
+            f"{p}    for p, fn in checks:\n"
+            f"{p}        if not fn(vals[p]):\n"
+            f"{p}            break\n"
+            f"{p}    else:\n"
+            f"{p}        best = r\n"
+            f"{p}        break\n"
+        )
+    return (
+        f"{p}for r, checks in {bucket}:\n"
+        f"{p}    if r >= best:\n"
+        f"{p}        break\n"
+        f"{p}    for p, fn in checks:\n"
+        f"{p}        if not fn(vals[p]):\n"
+        f"{p}            break\n"
+        f"{p}    else:\n"
+        f"{p}        best = r\n"
+        f"{p}        break\n"
+    )
+
+
+def _opt_scan_src(bucket: str, indent: int, ipos: int = -1) -> str:
+    p = " " * indent
+    return f"{p}if {bucket} is not None:\n" + _scan_src(bucket, indent + 4, ipos)
+
+
+def _int_pos(types: tuple[str, ...]) -> int:
+    """The parameter whose range checks the fused decider inlines (-1: none)."""
+    for i, t in enumerate(types):
+        if t == PORT or t == INT:
+            return i
+    return -1
+
+
+_FACTORIES: dict[tuple, Callable] = {}
+
+
+def _factory(types: tuple[str, ...], kind: int, pos: int, flags: tuple[bool, ...]) -> Callable:
+    shape = (types, kind, pos, flags)
+    f = _FACTORIES.get(shape)
+    if f is not None:
+        return f
+    has_exact, has_wild1, has_depths, has_pfx, has_ip, has_rest = flags
+    ipos = _int_pos(types)
+    src = [
+        "def make(arity, wrong, bad, no_ent, decisions, decision, exact, wild1, wildn, depths, pfx, pfx_lens, ip, rest):\n",
+        "  def decide(args):\n",
+        "    if len(args) != arity:\n",
+        "        return wrong(args)\n",
+    ]
+    body = []
+    for i, t in enumerate(types):
+        body.append(_NORM_SRC[t].format(i=i))
+    n = len(types)
+    body.append("    vals = (" + "".join(f"v{i}, " for i in range(n)) + ")\n")
+    body.append("    best = _BIG\n")
+    if kind == _HOSTKEY:
+        body.append(f"    k = v{pos}\n")
+        body.append("    if k.__class__ is str:\n")
+        if has_exact:
+            body.append("        b = exact.get(k)\n" + _opt_scan_src("b", 8, ipos))
+        if has_wild1 or has_depths:
+            body.append("        sfx = _suffix_memo.get(k)\n")
+            body.append("        if sfx is None:\n            sfx = _suffixes(k)\n")
+            body.append("        if sfx:\n")
+            if has_wild1:
+                body.append("            b = wild1.get(sfx[0])\n" + _opt_scan_src("b", 12, ipos))
+            if has_depths:
+                body.append("            n = len(sfx)\n")
+                body.append("            for depth in depths:\n")
+                body.append("                if depth > n:\n                    break\n")
+                body.append("                b = wildn.get(sfx[n - depth])\n" + _opt_scan_src("b", 16, ipos))
+        body.append("        pass\n")
+        if has_ip:
+            body.append("    else:\n" + _scan_src("ip", 8, ipos))
+    elif kind == _KEY:
+        body.append(f"    k = v{pos}\n")
+        if has_exact:
+            body.append("    b = exact.get(k)\n" + _opt_scan_src("b", 4, ipos))
+        if has_pfx:
+            body.append("    if k.__class__ is str:\n")
+            body.append("        for n in pfx_lens:\n")
+            body.append("            if n > len(k):\n                break\n")
+            body.append("            b = pfx.get(k[:n])\n" + _opt_scan_src("b", 12, ipos))
+    if has_rest:
+        body.append(_scan_src("rest", 4, ipos))
+    body.append("    if best == _BIG:\n        return no_ent\n")
+    body.append("    d = decisions.get(best)\n")
+    body.append("    return d if d is not None else decision(best)\n")
+    src += body
+    src.append("  return decide\n")
+    ns: dict = {}
+    exec(compile("".join(src), f"<polc decider {shape!r}>", "exec"), globals(), ns)
+    f = ns["make"]
+    if len(_FACTORIES) >= 256:
+        _FACTORIES.clear()
+    _FACTORIES[shape] = f
+    return f
+
+
+# --------------------------------------------------------------------------
 # Plans: what one (module, capability) pair needs, resolved once per snapshot
 
 
@@ -773,10 +1052,14 @@ class _Plan:
         "no_entitlement",
         "error",
         "normalize",
+        "fn",
+        "_ranked_decisions",
+        "_tiers",
     )
 
     def __init__(self, module: str, cap_name: str, mod: LinkedModule | None, glob: LinkedModule | None):
         self.normalize = _normalizer(())
+        self.fn: Callable[[tuple], Decision] = self.decide
         self.module = module
         self.cap = cap_name
         self.error: Decision | None = None
@@ -816,20 +1099,65 @@ class _Plan:
         owner = mod if mod is not None else glob
         audit = owner is not None and owner.audit
         self.no_entitlement = Decision(audit, "deny", "no entitlement", None, module, rev, audit)
+        self._fuse(sig, (gtabs[0], mtabs[0], mtabs[1], gtabs[1]))
+
+    def _fuse(self, sig: Capability, tiers: tuple) -> None:
+        """Build the fused decider when the tables index compatibly (else keep ``decide``)."""
+        shape = None
+        for t in tiers:
+            if t is not None and t.kind != _SCAN:
+                if shape is None:
+                    shape = (t.kind, t.pos)
+                elif shape != (t.kind, t.pos):
+                    return
+        kind, pos = shape if shape is not None else (_SCAN, 0)
+        self._tiers = tiers
+        self._ranked_decisions: dict[int, Decision] = {}
+        types = _types(sig)
+        ipos = _int_pos(types)
+        parts = [(t, _ranked_table(t, i << _TIER_SHIFT, ipos)) for i, t in enumerate(tiers) if t is not None]
+        rest = tuple(e for _, r in parts for e in r[5])
+        if kind == _SCAN:
+            exact = wild1 = wildn = pfx = _EMPTY_MAP
+            depths = pfx_lens = ip = ()
+        else:
+            idx = [(t, r) for t, r in parts if t.kind != _SCAN]
+            exact = _merge_dicts([r[0] for _, r in idx])
+            wild1 = _merge_dicts([r[1] for _, r in idx])
+            wildn = _merge_dicts([r[2] for _, r in idx])
+            pfx = _merge_dicts([r[3] for _, r in idx])
+            depths = tuple(sorted({d for t, _ in idx for d in t.depths}))
+            pfx_lens = tuple(sorted({n for t, _ in idx for n in t.pfx_lens}))
+            ip = tuple(e for _, r in idx for e in r[4])
+        flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
+        make = _factory(types, kind, pos, flags)
+        self.fn = make(
+            self.arity, self._wrong_arity, self._bad_argument, self.no_entitlement, self._ranked_decisions,
+            self._ranked_decision, exact, wild1, wildn, depths, pfx, pfx_lens, ip, rest,
+        )
+
+    def _ranked_decision(self, rank: int) -> Decision:
+        table = self._tiers[rank >> _TIER_SHIFT]
+        d = self._decision(table, {}, rank & _TIER_MASK)
+        self._ranked_decisions[rank] = d
+        return d
+
+    def _wrong_arity(self, args: tuple) -> Decision:
+        return Decision(
+            False,
+            "deny",
+            f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, "
+            f"got {len(args)}",
+            None,
+            self.module,
+            self.no_entitlement.revision,
+        )
 
     def decide(self, args: tuple) -> Decision:
         if self.error is not None:
             return self.error
         if len(args) != self.arity:
-            return Decision(
-                False,
-                "deny",
-                f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, "
-                f"got {len(args)}",
-                None,
-                self.module,
-                self.no_entitlement.revision,
-            )
+            return self._wrong_arity(args)
         try:
             v = self.normalize(args)
         except ValueError:
@@ -945,6 +1273,15 @@ class Snapshot:
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
         if not self._cache_size:  # no cache: no key to build and hash
+            try:
+                fn = self._plans.get((module, capability))
+                if fn is not None:
+                    d = fn(args)
+                    if d.audit:
+                        _log_audit(d, capability, args)  # type: ignore[arg-type]
+                    return d
+            except Exception:  # unhashable name, internal error: decided (and logged) below
+                pass
             return self._miss(module, capability, args, False)
         try:
             d = self._cache.get((module, capability, args))
@@ -964,12 +1301,12 @@ class Snapshot:
 
     def _miss(self, module: object, capability: object, args: tuple, cacheable: bool) -> Decision:
         try:
-            plan = self._plans.get((module, capability))
-            if plan is None:
-                plan = self._plan(module, capability)
-                if plan is None:
+            fn = self._plans.get((module, capability))
+            if fn is None:
+                fn = self._plan(module, capability)
+                if fn is None:
                     return self._refuse(module, capability, args)
-            d = plan.decide(args)
+            d = fn(args)
             if cacheable and self._cache_size > 0:
                 for a in args:
                     if a.__class__ is not str and a.__class__ is not int:
@@ -986,16 +1323,16 @@ class Snapshot:
             logger.exception("internal error deciding %r %r", module, capability)
             return Decision(False, "deny", f"internal error: {exc!r}", None, str(module))
 
-    def _plan(self, module: object, capability: object) -> _Plan | None:
-        """The plan for a (module, capability) pair; None when the request is refused whole."""
+    def _plan(self, module: object, capability: object) -> Callable[[tuple], Decision] | None:
+        """The decider of a (module, capability) pair; None when the request is refused whole."""
         if module.__class__ is not str or capability.__class__ is not str or self.unavailable:
             return None
         plan = _Plan(module, capability, self.modules.get(module), self.glob)  # type: ignore[arg-type]
         plans = self._plans
         if len(plans) >= _MAX_PLANS:
             plans.clear()
-        plans[(module, capability)] = plan
-        return plan
+        fn = plans[(module, capability)] = plan.fn
+        return fn
 
     def _refuse(self, module: object, capability: object, args: tuple) -> Decision:
         if not isinstance(module, str) or not isinstance(capability, str):
