@@ -32,6 +32,7 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
+from types import FunctionType
 from typing import Any
 
 from .bytecode import (
@@ -507,10 +508,23 @@ def _suffixes(host: str) -> tuple[str, ...]:
 _suffix_memo: dict[str, tuple[str, ...]] = {}
 
 
-def _freeze(buckets: dict) -> Mapping:
+def _freeze(buckets: dict, ipos: int) -> Mapping:
     if not buckets:
         return _EMPTY_MAP
-    return {k: tuple(v) for k, v in buckets.items()}
+    return {k: _ranked(tuple(v), ipos) for k, v in buckets.items()}
+
+
+_RANKS: dict[int, int] = {}
+
+
+def _rank_obj(rank: int) -> int:
+    """One shared int object per rank value (10,000 modules repeat the same ranks)."""
+    r = _RANKS.get(rank)
+    if r is None:
+        if len(_RANKS) >= _SHARE_MAX:
+            _RANKS.clear()
+        r = _RANKS[rank] = rank
+    return r
 
 
 class _Table:
@@ -527,16 +541,25 @@ class _Table:
     """
 
     __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "size",
-                 "owner", "effect", "ranked")
+                 "owner", "effect", "ranked", "ipos")
 
     def __init__(self, owner: "LinkedModule", effect: int, rules: list[tuple[int, tuple]], types: tuple[str, ...]):
         self.owner = owner
         self.effect = effect
-        self.ranked: tuple | None = None  # the fused deciders' form of the buckets, built on first use
         self.size = len(rules)
         pos, kind, keys = self._choose(rules, types)
         self.kind = kind
         self.pos = pos
+        # Entries are stored in the fused deciders' form from the start (one copy of the rules,
+        # shared by every plan and snapshot): ``(rank, checks)``, or ``(rank, lo, hi, checks)``
+        # when the capability has a port/int parameter (its range check taken out, ``ipos``).
+        # The rank is ``tier << 32 | index`` with the tier this table has in every plan.
+        glob = owner.name == GLOBAL_MODULE
+        tier = (0 if glob else 1) if effect == DENY else (3 if glob else 2)
+        offset = tier << _TIER_SHIFT
+        ipos = self.ipos = _int_pos(types)
+        self.ranked = (offset, ipos)  # the (offset, ipos) the buckets are ranked with
+        rules = [(_rank_obj(offset | idx), args) for idx, args in rules]
         exact: dict[object, list] = {}
         wild1: dict[str, list] = {}
         wildn: dict[str, list] = {}
@@ -567,15 +590,15 @@ class _Table:
                     pfx.setdefault(key[1], []).append((idx, checks_of(args, pos if whole else -1)))
                 else:  # CIDR: the bucket holds every IP rule, each checks its network
                     ip.append((idx, checks_of(args, -1)))
-        self.exact = _freeze(exact)
-        self.wild1 = _freeze(wild1)
-        self.wildn = _freeze(wildn)
+        self.exact = _freeze(exact, ipos)
+        self.wild1 = _freeze(wild1, ipos)
+        self.wildn = _freeze(wildn, ipos)
         # label counts of the wildn keys: only those ancestors of a host are probed
         self.depths = tuple(sorted({k.count(".") + 1 for k in wildn}))
-        self.pfx = _freeze(pfx)
+        self.pfx = _freeze(pfx, ipos)
         self.pfx_lens = tuple(sorted({len(k) for k in pfx}))
-        self.ip = tuple(ip)
-        self.rest = tuple(rest)
+        self.ip = _ranked(tuple(ip), ipos)
+        self.rest = _ranked(tuple(rest), ipos)
 
     @staticmethod
     def _choose(rules: list[tuple[int, tuple]], types: tuple[str, ...]) -> tuple[int, int, list | None]:
@@ -602,44 +625,26 @@ class _Table:
         return best[1], (_HOSTKEY if best[2] == HOST else _KEY), best[3]
 
     def first(self, vals: tuple) -> int:
+        """Source index of the first matching rule (-1: none). The sequential path, used by
+        plans whose tables cannot be fused (and by the tests as the reference)."""
         kind = self.kind
-        if kind == _SCAN:
-            for idx, checks in self.rest:
-                for pos, fn in checks:
-                    if not fn(vals[pos]):
-                        break
-                else:
-                    return idx
-            return -1
-        v = vals[self.pos]
-        if kind == _KEY and not self.pfx_lens:
-            # the common case: the exact bucket and/or the rest, no list built
-            b = self.exact.get(v)
-            rest = self.rest
-            if b is None or not rest:
-                for idx, checks in b if b is not None else rest:
-                    for pos, fn in checks:
-                        if not fn(vals[pos]):
-                            break
-                    else:
-                        return idx
-                return -1
-            buckets: list = [b, rest]
-        else:
-            buckets = self._buckets(kind, v)
-        best = -1
-        bound = _BIG
+        buckets = (self.rest,) if kind == _SCAN else self._buckets(kind, vals[self.pos])
+        ipos = self.ipos
+        best = _BIG
         for bucket in buckets:
-            for idx, checks in bucket:
-                if idx >= bound:
+            for e in bucket:
+                r = e[0]
+                if r >= best:
                     break
-                for pos, fn in checks:
+                if ipos >= 0 and not e[1] <= vals[ipos] <= e[2]:
+                    continue
+                for pos, fn in e[-1]:
                     if not fn(vals[pos]):
                         break
                 else:
-                    best = bound = idx
+                    best = r
                     break
-        return best
+        return -1 if best == _BIG else best & _TIER_MASK
 
     def _buckets(self, kind: int, v: object) -> list:
         """The candidate buckets for value ``v`` at the indexed position, rest last."""
@@ -701,6 +706,7 @@ class LinkedModule:
         "rule_count",
         "caps",
         "tables",
+        "reasons",
         "_where",
         "__weakref__",
     )
@@ -712,6 +718,8 @@ class LinkedModule:
         self.revision: str = artifact.revision
         self.digest: str = artifact.digest_hex
         self.source: str = artifact.source
+        # the reasons of the Decisions its rules give, one string each per module
+        self.reasons: tuple[str, str] = (f"entitled by {self.name}", f"denied by {self.name}")
         rules = artifact.rules
         self.rule_count: int = len(rules)
         caps: dict[str, Capability] = {c.name: c for c in artifact.caps}
@@ -815,40 +823,40 @@ def _split(checks: tuple, ipos: int) -> tuple:
     return r
 
 
-def _ranked(bucket: tuple, offset: int, ipos: int) -> tuple:
+def _ranked(bucket: tuple, ipos: int) -> tuple:
+    """A bucket's entries ``(rank, checks)`` as the fused deciders read them (link time): as
+    they are, or with ``ipos >= 0`` as ``(rank, lo, hi, other checks)``, the range check at
+    ``ipos`` split out to be inlined."""
     if ipos < 0:
-        if not offset:
-            return bucket
-        return tuple([(offset | idx, checks) for idx, checks in bucket])
+        return bucket
     split = _split
-    return tuple([(offset | idx, *split(checks, ipos)) for idx, checks in bucket])
+    return tuple([(r, *split(checks, ipos)) for r, checks in bucket])
 
 
-def _ranked_table(table: "_Table", offset: int, ipos: int) -> tuple:
-    """The table's buckets with ranked (and split) entries, built once per table and reused
-    by every plan and snapshot: ``(exact, wild1, wildn, pfx, ip, rest)``."""
-    key = (offset, ipos)
-    got = table.ranked
-    if got is not None and got[0] == key:
-        return got[1]
+def _reoffset(bucket: tuple, offset: int) -> tuple:
+    return tuple([(_rank_obj(offset | (e[0] & _TIER_MASK)), *e[1:]) for e in bucket])
+
+
+def _ranked_table(table: "_Table", offset: int, ipos: int) -> tuple | None:
+    """The table's buckets ``(exact, wild1, wildn, pfx, ip, rest)`` ranked for tier ``offset``:
+    its own (built at link time, shared by every plan and snapshot) when the tier is the one
+    its owner gives it, else a re-ranked copy; None when the range split differs."""
+    if table.ipos != ipos:
+        return None
+    if table.ranked == (offset, ipos):
+        return (table.exact, table.wild1, table.wildn, table.pfx, table.ip, table.rest)
 
     def rd(d: Mapping) -> Mapping:
-        if not d:
-            return _EMPTY_MAP
-        if not offset and ipos < 0:
-            return d
-        return {k: _ranked(v, offset, ipos) for k, v in d.items()}
+        return {k: _reoffset(v, offset) for k, v in d.items()} if d else _EMPTY_MAP
 
-    r = (
+    return (
         rd(table.exact),
         rd(table.wild1),
         rd(table.wildn),
         rd(table.pfx),
-        _ranked(table.ip, offset, ipos),
-        _ranked(table.rest, offset, ipos),
+        _reoffset(table.ip, offset),
+        _reoffset(table.rest, offset),
     )
-    table.ranked = (key, r)
-    return r
 
 
 def _merge_dicts(dicts: list[Mapping]) -> Mapping:
@@ -874,7 +882,7 @@ _NORM_SRC = {
         "        try:\n"
         "            v{i} = _norm_host(a)\n"
         "        except ValueError:\n"
-        "            return bad(args)\n"
+        "            return plan._bad_argument(args)\n"
     ),
     PATH: (
         "    a = args[{i}]\n"
@@ -883,7 +891,7 @@ _NORM_SRC = {
         "        try:\n"
         "            v{i} = _norm_path(a)\n"
         "        except ValueError:\n"
-        "            return bad(args)\n"
+        "            return plan._bad_argument(args)\n"
     ),
     PORT: (
         "    v{i} = args[{i}]\n"
@@ -891,7 +899,7 @@ _NORM_SRC = {
         "        try:\n"
         "            v{i} = _norm_port(v{i})\n"
         "        except ValueError:\n"
-        "            return bad(args)\n"
+        "            return plan._bad_argument(args)\n"
     ),
     STRING: (
         "    v{i} = args[{i}]\n"
@@ -899,7 +907,7 @@ _NORM_SRC = {
         "        try:\n"
         "            v{i} = _norm_string(v{i})\n"
         "        except ValueError:\n"
-        "            return bad(args)\n"
+        "            return plan._bad_argument(args)\n"
     ),
     INT: (
         "    v{i} = args[{i}]\n"
@@ -907,7 +915,7 @@ _NORM_SRC = {
         "        try:\n"
         "            v{i} = _norm_int(v{i})\n"
         "        except ValueError:\n"
-        "            return bad(args)\n"
+        "            return plan._bad_argument(args)\n"
     ),
 }
 
@@ -955,21 +963,36 @@ def _int_pos(types: tuple[str, ...]) -> int:
     return -1
 
 
-_FACTORIES: dict[tuple, Callable] = {}
+_FACTORIES: dict[tuple, tuple] = {}
 
 
-def _factory(types: tuple[str, ...], kind: int, pos: int, flags: tuple[bool, ...]) -> Callable:
+def _factory(types: tuple[str, ...], kind: int, pos: int, flags: tuple[bool, ...]) -> tuple:
+    """``(code, names)``: the decider's code for one shape and the names of its parameters after
+    ``args``. A plan's decider is a function of that code whose defaults are the plan's values
+    (one small tuple per plan: no closure cells, and locals are faster to read than cells)."""
     shape = (types, kind, pos, flags)
     f = _FACTORIES.get(shape)
     if f is not None:
         return f
     has_exact, has_wild1, has_depths, has_pfx, has_ip, has_rest = flags
     ipos = _int_pos(types)
+    names = ["arity", "plan", "no_ent", "decisions"]
+    if has_exact:
+        names.append("exact")
+    if has_wild1:
+        names.append("wild1")
+    if has_depths:
+        names += ["wildn", "depths"]
+    if has_pfx:
+        names += ["pfx", "pfx_lens"]
+    if has_ip:
+        names.append("ip")
+    if has_rest:
+        names.append("rest")
     src = [
-        "def make(arity, wrong, bad, no_ent, decisions, decision, exact, wild1, wildn, depths, pfx, pfx_lens, ip, rest):\n",
-        "  def decide(args):\n",
+        f"def decide(args, {', '.join(names)}):\n",
         "    if len(args) != arity:\n",
-        "        return wrong(args)\n",
+        "        return plan._wrong_arity(args)\n",
     ]
     body = []
     for i, t in enumerate(types):
@@ -1009,12 +1032,11 @@ def _factory(types: tuple[str, ...], kind: int, pos: int, flags: tuple[bool, ...
         body.append(_scan_src("rest", 4, ipos))
     body.append("    if best == _BIG:\n        return no_ent\n")
     body.append("    d = decisions.get(best)\n")
-    body.append("    return d if d is not None else decision(best)\n")
+    body.append("    return d if d is not None else plan._ranked_decision(best)\n")
     src += body
-    src.append("  return decide\n")
     ns: dict = {}
     exec(compile("".join(src), f"<polc decider {shape!r}>", "exec"), globals(), ns)
-    f = ns["make"]
+    f = (ns["decide"].__code__, tuple(names))
     if len(_FACTORIES) >= 256:
         _FACTORIES.clear()
     _FACTORIES[shape] = f
@@ -1041,43 +1063,43 @@ def _normalizer(norms: tuple) -> Callable[[tuple], tuple]:
     return lambda args: tuple([n(a) for n, a in zip(norms, args)])
 
 
-class _Plan:
-    __slots__ = (
-        "module",
-        "cap",
-        "arity",
-        "params",
-        "denies",
-        "entitles",
-        "no_entitlement",
-        "error",
-        "normalize",
-        "fn",
-        "_ranked_decisions",
-        "_tiers",
-    )
+_NO_TIERS: tuple = (None, None, None, None)
 
-    def __init__(self, module: str, cap_name: str, mod: LinkedModule | None, glob: LinkedModule | None):
-        self.normalize = _normalizer(())
+
+class _Plan:
+    """What one (module, capability) pair needs. Kept small (one per pair, ~30,000 for 10,000
+    modules x 3 capabilities): the fused decider's defaults hold the plan itself (for the
+    rare paths: wrong arity, bad argument, first use of a rule's Decision), and the Decisions
+    are memoised per module, not per plan (``memo``, shared by a module's plans in a
+    snapshot: rank -> Decision, -1 -> the module's "no entitlement")."""
+
+    __slots__ = ("module", "cap", "arity", "sig", "no_entitlement", "error", "fn", "_memo", "_tiers")
+
+    def __init__(
+        self,
+        module: str,
+        cap_name: str,
+        mod: LinkedModule | None,
+        glob: LinkedModule | None,
+        memo: dict | None = None,
+    ):
         self.fn: Callable[[tuple], Decision] = self.decide
         self.module = module
         self.cap = cap_name
         self.error: Decision | None = None
-        self.denies: tuple[tuple[_Table, dict], ...] = ()
-        self.entitles: tuple[tuple[_Table, dict], ...] = ()
+        self._tiers = _NO_TIERS
+        self._memo = memo if memo is not None else {}
         sig = (mod.caps.get(cap_name) if mod else None) or (glob.caps.get(cap_name) if glob else None)
         if sig is None:
             sig = BUILTINS.get(cap_name)
+        self.sig = sig
         rev = mod.revision if mod is not None else None
         if sig is None:
             self.error = Decision(False, "deny", f"unknown capability {cap_name!r}", None, module, rev)
             self.arity = -1
-            self.params = ()
             self.no_entitlement = self.error
             return
         self.arity = sig.arity
-        self.params = tuple((p.name, _NORMALIZERS[p.type]) for p in sig.params)
-        self.normalize = _normalizer(tuple(n for _, n in self.params))
         gsig = glob.caps.get(cap_name) if glob is not None else None
         gtabs = glob.tables.get(cap_name, (None, None)) if glob is not None else (None, None)
         if gsig is not None and _types(gsig) != _types(sig) and (gtabs[0] or gtabs[1]):
@@ -1093,16 +1115,19 @@ class _Plan:
             self.no_entitlement = self.error
             return
         mtabs = mod.tables.get(cap_name, (None, None)) if mod is not None else (None, None)
-        # (table, memo of the decisions its rules gave for this module)
-        self.denies = tuple((t, {}) for t in (gtabs[0], mtabs[0]) if t is not None)
-        self.entitles = tuple((t, {}) for t in (mtabs[1], gtabs[1]) if t is not None)
-        owner = mod if mod is not None else glob
-        audit = owner is not None and owner.audit
-        self.no_entitlement = Decision(audit, "deny", "no entitlement", None, module, rev, audit)
-        self._fuse(sig, (gtabs[0], mtabs[0], mtabs[1], gtabs[1]))
+        no_ent = self._memo.get(-1)
+        if no_ent is None:  # the same for every capability of the module
+            owner = mod if mod is not None else glob
+            audit = owner is not None and owner.audit
+            no_ent = self._memo[-1] = Decision(audit, "deny", "no entitlement", None, module, rev, audit)
+        self.no_entitlement = no_ent
+        # tiers: denies of _global, of the module, entitles of the module, of _global
+        self._tiers = (gtabs[0], mtabs[0], mtabs[1], gtabs[1])
+        self._fuse(sig)
 
-    def _fuse(self, sig: Capability, tiers: tuple) -> None:
+    def _fuse(self, sig: Capability) -> None:
         """Build the fused decider when the tables index compatibly (else keep ``decide``)."""
+        tiers = self._tiers
         shape = None
         for t in tiers:
             if t is not None and t.kind != _SCAN:
@@ -1111,12 +1136,16 @@ class _Plan:
                 elif shape != (t.kind, t.pos):
                     return
         kind, pos = shape if shape is not None else (_SCAN, 0)
-        self._tiers = tiers
-        self._ranked_decisions: dict[int, Decision] = {}
         types = _types(sig)
         ipos = _int_pos(types)
-        parts = [(t, _ranked_table(t, i << _TIER_SHIFT, ipos)) for i, t in enumerate(tiers) if t is not None]
-        rest = tuple(e for _, r in parts for e in r[5])
+        parts = []
+        for i, t in enumerate(tiers):
+            if t is not None:
+                r = _ranked_table(t, i << _TIER_SHIFT, ipos)
+                if r is None:
+                    return
+                parts.append((t, r))
+        rest = _concat([r[5] for _, r in parts])
         if kind == _SCAN:
             exact = wild1 = wildn = pfx = _EMPTY_MAP
             depths = pfx_lens = ip = ()
@@ -1126,20 +1155,26 @@ class _Plan:
             wild1 = _merge_dicts([r[1] for _, r in idx])
             wildn = _merge_dicts([r[2] for _, r in idx])
             pfx = _merge_dicts([r[3] for _, r in idx])
-            depths = tuple(sorted({d for t, _ in idx for d in t.depths}))
-            pfx_lens = tuple(sorted({n for t, _ in idx for n in t.pfx_lens}))
-            ip = tuple(e for _, r in idx for e in r[4])
+            depths = _share(tuple(sorted({d for t, _ in idx for d in t.depths})))
+            pfx_lens = _share(tuple(sorted({n for t, _ in idx for n in t.pfx_lens})))
+            ip = _concat([r[4] for _, r in idx])
         flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
-        make = _factory(types, kind, pos, flags)
-        self.fn = make(
-            self.arity, self._wrong_arity, self._bad_argument, self.no_entitlement, self._ranked_decisions,
-            self._ranked_decision, exact, wild1, wildn, depths, pfx, pfx_lens, ip, rest,
-        )
+        code, names = _factory(types, kind, pos, flags)
+        values = {
+            "arity": self.arity, "plan": self, "no_ent": self.no_entitlement, "decisions": self._memo,
+            "exact": exact, "wild1": wild1, "wildn": wildn, "depths": depths, "pfx": pfx,
+            "pfx_lens": pfx_lens, "ip": ip, "rest": rest,
+        }
+        self.fn = FunctionType(code, globals(), "decide", tuple([values[n] for n in names]))
 
     def _ranked_decision(self, rank: int) -> Decision:
         table = self._tiers[rank >> _TIER_SHIFT]
-        d = self._decision(table, {}, rank & _TIER_MASK)
-        self._ranked_decisions[rank] = d
+        d = self._decision(table, rank & _TIER_MASK)
+        memo = self._memo
+        if len(memo) >= _MEMO_DECISIONS:
+            memo.clear()
+            memo[-1] = self.no_entitlement
+        memo[rank] = d
         return d
 
     def _wrong_arity(self, args: tuple) -> Decision:
@@ -1154,53 +1189,83 @@ class _Plan:
         )
 
     def decide(self, args: tuple) -> Decision:
+        """The sequential evaluation, table by table (plans that cannot be fused; the reference
+        the fused deciders are tested against)."""
         if self.error is not None:
             return self.error
         if len(args) != self.arity:
             return self._wrong_arity(args)
         try:
-            v = self.normalize(args)
+            v = _normalizer_of(self.sig)(args)
         except ValueError:
             return self._bad_argument(args)
-        for table, memo in self.denies:
-            i = table.first(v)
-            if i >= 0:
-                d = memo.get(i)
-                return d if d is not None else self._decision(table, memo, i)
-        for table, memo in self.entitles:
-            i = table.first(v)
-            if i >= 0:
-                d = memo.get(i)
-                return d if d is not None else self._decision(table, memo, i)
+        for tier, table in enumerate(self._tiers):
+            if table is not None:
+                i = table.first(v)
+                if i >= 0:
+                    rank = tier << _TIER_SHIFT | i
+                    d = self._memo.get(rank)
+                    return d if d is not None else self._ranked_decision(rank)
         return self.no_entitlement
 
     def _bad_argument(self, args: tuple) -> Decision:
-        for (name, norm), value in zip(self.params, args):
+        for p, value in zip(self.sig.params, args):
             try:
-                norm(value)
+                _NORMALIZERS[p.type](value)
             except ValueError as exc:
-                reason = f"invalid argument {name!r} of {self.cap}: {exc}"
+                reason = f"invalid argument {p.name!r} of {self.cap}: {exc}"
                 break
         else:  # pragma: no cover - normalize() raised, so one of them does
             reason = f"invalid arguments for {self.cap}"
         return Decision(False, "deny", reason, None, self.module, self.no_entitlement.revision)
 
-    def _decision(self, table: _Table, memo: dict, i: int) -> Decision:
+    def _decision(self, table: _Table, i: int) -> Decision:
         owner = table.owner
         if table.effect == ENTITLE:
-            d = Decision(True, "allow", f"entitled by {owner.name}", owner.location(i), self.module, owner.revision)
-        else:
-            d = Decision(
-                owner.audit,
-                "deny",
-                f"denied by {owner.name}",
-                owner.location(i),
-                self.module,
-                owner.revision,
-                owner.audit,
-            )
-        memo[i] = d
-        return d
+            return Decision(True, "allow", owner.reasons[0], owner.location(i), self.module, owner.revision)
+        return Decision(
+            owner.audit, "deny", owner.reasons[1], owner.location(i), self.module, owner.revision, owner.audit
+        )
+
+
+_MEMO_DECISIONS = 4096  # Decisions memoised per module (cleared whole when full)
+
+_NORMALIZERS_OF: dict[Capability, Callable[[tuple], tuple]] = {}
+
+
+def _normalizer_of(sig: Capability) -> Callable[[tuple], tuple]:
+    f = _NORMALIZERS_OF.get(sig)
+    if f is None:
+        f = _normalizer(tuple(_NORMALIZERS[p.type] for p in sig.params))
+        if len(_NORMALIZERS_OF) >= _SHARE_MAX:
+            _NORMALIZERS_OF.clear()
+        _NORMALIZERS_OF[sig] = f
+    return f
+
+
+_SHARED: dict[tuple, tuple] = {}
+
+
+def _share(t: tuple) -> tuple:
+    """One object per distinct small tuple of ints (depths, prefix lengths)."""
+    if not t:
+        return ()
+    r = _SHARED.get(t)
+    if r is None:
+        if len(_SHARED) >= _SHARE_MAX:
+            _SHARED.clear()
+        r = _SHARED[t] = t
+    return r
+
+
+def _concat(buckets: list[tuple]) -> tuple:
+    """Buckets given in rank order as one; a single non-empty bucket is reused, not copied."""
+    buckets = [b for b in buckets if b]
+    if not buckets:
+        return ()
+    if len(buckets) == 1:
+        return buckets[0]
+    return sum(buckets, ())
 
 
 # --------------------------------------------------------------------------
@@ -1226,7 +1291,7 @@ class Snapshot:
     the snapshot and are only ever added or cleared whole.
     """
 
-    __slots__ = ("modules", "glob", "unavailable", "_cache", "_cache_size", "_plans", "__weakref__")
+    __slots__ = ("modules", "glob", "unavailable", "_cache", "_cache_size", "_plans", "_decisions", "__weakref__")
 
     def __init__(
         self,
@@ -1245,6 +1310,7 @@ class Snapshot:
         self._cache: dict = {}
         self._cache_size = cache_size
         self._plans: dict = {}
+        self._decisions: dict[str, dict] = {}  # module -> its plans' shared Decision memo
 
     def replace(
         self,
@@ -1327,10 +1393,14 @@ class Snapshot:
         """The decider of a (module, capability) pair; None when the request is refused whole."""
         if module.__class__ is not str or capability.__class__ is not str or self.unavailable:
             return None
-        plan = _Plan(module, capability, self.modules.get(module), self.glob)  # type: ignore[arg-type]
         plans = self._plans
         if len(plans) >= _MAX_PLANS:
             plans.clear()
+            self._decisions.clear()
+        memo = self._decisions.get(module)  # type: ignore[call-overload]
+        if memo is None:
+            memo = self._decisions[module] = {}  # type: ignore[index]
+        plan = _Plan(module, capability, self.modules.get(module), self.glob, memo)  # type: ignore[arg-type]
         fn = plans[(module, capability)] = plan.fn
         return fn
 
