@@ -514,6 +514,23 @@ def _freeze(buckets: dict, ipos: int) -> Mapping:
     return {k: _ranked(tuple(v), ipos) for k, v in buckets.items()}
 
 
+# Entries and buckets are shared between modules when equal: a rank is a rule's position
+# and checks/matchers are shared already, so 10,000 tenants with rules of the same shapes
+# hold one entry tuple per (rank, range, checks) and one tuple per identical bucket.
+_ENTRIES: dict[tuple, tuple] = {}
+_BUCKETS: dict[tuple, tuple] = {}
+_ENTRIES_MAX = 1 << 16
+
+
+def _shared(memo: dict, t: tuple) -> tuple:
+    r = memo.get(t)
+    if r is None:
+        if len(memo) >= _ENTRIES_MAX:
+            memo.clear()
+        r = memo[t] = t
+    return r
+
+
 _RANKS: dict[int, int] = {}
 
 
@@ -541,7 +558,7 @@ class _Table:
     """
 
     __slots__ = ("kind", "pos", "exact", "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "size",
-                 "owner", "effect", "ranked", "ipos")
+                 "owner", "effect", "tier", "ipos")
 
     def __init__(self, owner: "LinkedModule", effect: int, rules: list[tuple[int, tuple]], types: tuple[str, ...]):
         self.owner = owner
@@ -556,9 +573,9 @@ class _Table:
         # The rank is ``tier << 32 | index`` with the tier this table has in every plan.
         glob = owner.name == GLOBAL_MODULE
         tier = (0 if glob else 1) if effect == DENY else (3 if glob else 2)
+        self.tier = tier
         offset = tier << _TIER_SHIFT
         ipos = self.ipos = _int_pos(types)
-        self.ranked = (offset, ipos)  # the (offset, ipos) the buckets are ranked with
         rules = [(_rank_obj(offset | idx), args) for idx, args in rules]
         exact: dict[object, list] = {}
         wild1: dict[str, list] = {}
@@ -706,7 +723,6 @@ class LinkedModule:
         "rule_count",
         "caps",
         "tables",
-        "reasons",
         "_where",
         "__weakref__",
     )
@@ -718,8 +734,6 @@ class LinkedModule:
         self.revision: str = artifact.revision
         self.digest: str = artifact.digest_hex
         self.source: str = artifact.source
-        # the reasons of the Decisions its rules give, one string each per module
-        self.reasons: tuple[str, str] = (f"entitled by {self.name}", f"denied by {self.name}")
         rules = artifact.rules
         self.rule_count: int = len(rules)
         caps: dict[str, Capability] = {c.name: c for c in artifact.caps}
@@ -826,11 +840,15 @@ def _split(checks: tuple, ipos: int) -> tuple:
 def _ranked(bucket: tuple, ipos: int) -> tuple:
     """A bucket's entries ``(rank, checks)`` as the fused deciders read them (link time): as
     they are, or with ``ipos >= 0`` as ``(rank, lo, hi, other checks)``, the range check at
-    ``ipos`` split out to be inlined."""
+    ``ipos`` split out to be inlined. Entries and the bucket are shared when equal."""
+    if not bucket:
+        return ()
+    ents, split = _ENTRIES, _split
     if ipos < 0:
-        return bucket
-    split = _split
-    return tuple([(r, *split(checks, ipos)) for r, checks in bucket])
+        out = tuple([_shared(ents, e) for e in bucket])
+    else:
+        out = tuple([_shared(ents, (r, *split(checks, ipos))) for r, checks in bucket])
+    return _shared(_BUCKETS, out)
 
 
 def _reoffset(bucket: tuple, offset: int) -> tuple:
@@ -843,7 +861,7 @@ def _ranked_table(table: "_Table", offset: int, ipos: int) -> tuple | None:
     its owner gives it, else a re-ranked copy; None when the range split differs."""
     if table.ipos != ipos:
         return None
-    if table.ranked == (offset, ipos):
+    if table.tier << _TIER_SHIFT == offset:
         return (table.exact, table.wild1, table.wildn, table.pfx, table.ip, table.rest)
 
     def rd(d: Mapping) -> Mapping:
@@ -870,7 +888,7 @@ def _merge_dicts(dicts: list[Mapping]) -> Mapping:
     for d in dicts[1:]:
         for k, v in d.items():
             prev = out.get(k)
-            out[k] = v if prev is None else prev + v
+            out[k] = v if prev is None else _shared(_BUCKETS, prev + v)
     return out
 
 
@@ -1222,10 +1240,26 @@ class _Plan:
     def _decision(self, table: _Table, i: int) -> Decision:
         owner = table.owner
         if table.effect == ENTITLE:
-            return Decision(True, "allow", owner.reasons[0], owner.location(i), self.module, owner.revision)
+            return Decision(True, "allow", _reason("entitled by ", owner.name), owner.location(i), self.module,
+                            owner.revision)
         return Decision(
-            owner.audit, "deny", owner.reasons[1], owner.location(i), self.module, owner.revision, owner.audit
+            owner.audit, "deny", _reason("denied by ", owner.name), owner.location(i), self.module, owner.revision,
+            owner.audit,
         )
+
+
+_REASONS: dict[tuple[str, str], str] = {}
+
+
+def _reason(verb: str, name: str) -> str:
+    """``entitled by M`` / ``denied by M``: one string per module, shared by its Decisions."""
+    key = (verb, name)
+    r = _REASONS.get(key)
+    if r is None:
+        if len(_REASONS) >= _MEMO_MAX:
+            _REASONS.clear()
+        r = _REASONS[key] = verb + name
+    return r
 
 
 _MEMO_DECISIONS = 4096  # Decisions memoised per module (cleared whole when full)
