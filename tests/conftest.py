@@ -8,6 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline anywhere: CI shares two cores, and a slow example
+# is not a failure. Tests that need fewer or more examples say so themselves.
+settings.register_profile("polc", deadline=None)
+settings.load_profile("polc")
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "policies-src"
