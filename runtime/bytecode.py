@@ -474,62 +474,134 @@ def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...
 
     Per-instruction work is a few type checks and one dict lookup: each
     distinct argument instruction is validated once per artifact (per
-    parameter type) and decoded to one shared tuple.
+    parameter type) and decoded to one shared tuple. Rules of one or two
+    parameters (every built-in capability) take an unrolled path.
     """
     # One cache per parameter type: argument instruction -> decoded argument.
     caches: dict[str, dict] = {t: {} for t in TYPES}
-    sigs = [tuple((p.type, caches[p.type]) for p in cap.params) for cap in caps]
+    info = []
+    for cap in caps:
+        params = cap.params
+        info.append((
+            cap,
+            len(params),
+            caches[params[0].type] if params else None,
+            params[0].type if params else None,
+            caches[params[1].type] if len(params) > 1 else None,
+            params[1].type if len(params) > 1 else None,
+            tuple((p.type, caches[p.type]) for p in params),
+        ))
     ncaps = len(caps)
     n = len(code)
     rules: list[Rule] = []
     append = rules.append
     new = tuple.__new__
     decode = _decode_arg
+    imax = INT_MAX
     i = 0
     index = 0
+    # A cache hit is an instruction equal to one that was validated; equal is not
+    # enough (True == 1 and 1.0 == 1 hash alike), so every element of a hit is
+    # type-checked too: a[0] and a[-1] cover lengths 1 and 2, a[1] length 3.
     try:
         while i < n:
             # unpacking first is safe: msgpack gives tuples, str, bytes or dicts,
             # and anything that is not a 5-tuple fails the type check below
             op, effect, c, line, col = ins = code[i]
             if (
-                type(ins) is not tuple
-                or type(op) is not int
-                or type(effect) is not int
-                or type(c) is not int
-                or type(line) is not int
-                or type(col) is not int
+                ins.__class__ is not tuple
+                or op.__class__ is not int
+                or effect.__class__ is not int
+                or c.__class__ is not int
+                or line.__class__ is not int
+                or col.__class__ is not int
                 or op != RULE
                 or not 0 <= effect <= 1
                 or not 0 <= c < ncaps
-                or not 0 < line <= INT_MAX
-                or not 0 < col <= INT_MAX
+                or not 0 < line <= imax
+                or not 0 < col <= imax
             ):
                 return None
-            sig = sigs[c]
+            cap, arity, c0, t0, c1, t1, sig = info[c]
             i += 1
-            if sig:
+            if arity == 2:
+                a = code[i]  # IndexError past the end: caught below
+                d0 = c0.get(a)
+                if d0 is None:
+                    if a.__class__ is not tuple or not a:
+                        return None
+                    d0 = decode(t0, a, consts)
+                    if d0 is None:
+                        return None
+                    c0[a] = d0
+                elif (
+                    a.__class__ is not tuple
+                    or a[0].__class__ is not int
+                    or a[-1].__class__ is not int
+                    or (len(a) > 2 and a[1].__class__ is not int)
+                ):
+                    return None
+                a = code[i + 1]
+                d1 = c1.get(a)
+                if d1 is None:
+                    if a.__class__ is not tuple or not a:
+                        return None
+                    d1 = decode(t1, a, consts)
+                    if d1 is None:
+                        return None
+                    c1[a] = d1
+                elif (
+                    a.__class__ is not tuple
+                    or a[0].__class__ is not int
+                    or a[-1].__class__ is not int
+                    or (len(a) > 2 and a[1].__class__ is not int)
+                ):
+                    return None
+                i += 2
+                append(new(Rule, (index, effect, cap, line, col, (d0, d1))))
+            elif arity == 1:
+                a = code[i]
+                d0 = c0.get(a)
+                if d0 is None:
+                    if a.__class__ is not tuple or not a:
+                        return None
+                    d0 = decode(t0, a, consts)
+                    if d0 is None:
+                        return None
+                    c0[a] = d0
+                elif (
+                    a.__class__ is not tuple
+                    or a[0].__class__ is not int
+                    or a[-1].__class__ is not int
+                    or (len(a) > 2 and a[1].__class__ is not int)
+                ):
+                    return None
+                i += 1
+                append(new(Rule, (index, effect, cap, line, col, (d0,))))
+            elif arity == 0:
+                append(new(Rule, (index, effect, cap, line, col, ())))
+            else:
                 args = []
                 for ptype, cache in sig:
-                    a = code[i]  # IndexError past the end: caught below
+                    a = code[i]
                     i += 1
                     dec = cache.get(a)
                     if dec is None:
-                        if type(a) is not tuple or not a:
+                        if a.__class__ is not tuple or not a:
                             return None
                         dec = decode(ptype, a, consts)
                         if dec is None:
                             return None
                         cache[a] = dec
-                    elif type(a) is not tuple or type(a[0]) is not int or (
-                        # equal is not enough: True == 1 and 1.0 == 1 hash alike
-                        len(a) > 1 and (type(a[1]) is not int or (len(a) > 2 and type(a[2]) is not int))
+                    elif (
+                        a.__class__ is not tuple
+                        or a[0].__class__ is not int
+                        or a[-1].__class__ is not int
+                        or (len(a) > 2 and a[1].__class__ is not int)
                     ):
                         return None
                     args.append(dec)
-                append(new(Rule, (index, effect, caps[c], line, col, tuple(args))))
-            else:
-                append(new(Rule, (index, effect, caps[c], line, col, ())))
+                append(new(Rule, (index, effect, cap, line, col, tuple(args))))
             index += 1
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return None

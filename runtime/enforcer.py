@@ -32,6 +32,8 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
+from itertools import chain
+from operator import itemgetter
 from types import FunctionType
 from typing import Any
 
@@ -508,10 +510,25 @@ def _suffixes(host: str) -> tuple[str, ...]:
 _suffix_memo: dict[str, tuple[str, ...]] = {}
 
 
-def _freeze(buckets: dict, ipos: int) -> Mapping:
+def _freeze(buckets: dict[object, list]) -> Mapping:
+    """Buckets of final entries (lists, in rank order) as shared tuples."""
     if not buckets:
         return _EMPTY_MAP
-    return {k: _ranked(tuple(v), ipos) for k, v in buckets.items()}
+    get = _BUCKETS.get
+    out = {}
+    for k, v in buckets.items():
+        t = tuple(v)
+        b = get(t)
+        out[k] = b if b is not None else _shared(_BUCKETS, t)
+    return out
+
+
+def _bucket(entries: list) -> tuple:
+    if not entries:
+        return ()
+    t = tuple(entries)
+    b = _BUCKETS.get(t)
+    return b if b is not None else _shared(_BUCKETS, t)
 
 
 # Entries and buckets are shared between modules when equal: a rank is a rule's position
@@ -576,55 +593,88 @@ class _Table:
         self.tier = tier
         offset = tier << _TIER_SHIFT
         ipos = self.ipos = _int_pos(types)
-        rules = [(_rank_obj(offset | idx), args) for idx, args in rules]
+        # One pass: each rule becomes its final, shared entry and goes straight into its
+        # bucket (the memo lookups are inlined; a miss takes the function that fills it).
         exact: dict[object, list] = {}
         wild1: dict[str, list] = {}
         wildn: dict[str, list] = {}
         pfx: dict[str, list] = {}
         ip: list = []
         rest: list = []
-        checks_of = _checks_of
+        ranks_get = _RANKS.get
+        checks_get = _CHECKS.get
+        splits_get = _SPLITS.get
+        ents_get = _ENTRIES.get
         if keys is None:
-            for idx, args in rules:
-                rest.append((idx, checks_of(args, -1)))
-        else:
-            for (idx, args), key in zip(rules, keys):
-                if key is None:
-                    rest.append((idx, checks_of(args, -1)))
-                    continue
+            keys = [None] * len(rules)
+        for (idx, args), key in zip(rules, keys):
+            if key is None:
+                skip = -1
+                dest = rest
+            else:
                 k0 = key[0]
                 if k0 == "=":
-                    exact.setdefault(key[1], []).append((idx, checks_of(args, pos)))
+                    skip = pos
+                    dest = exact.get(key[1])
+                    if dest is None:
+                        dest = exact[key[1]] = []
                 elif k0 == "1":
-                    wild1.setdefault(key[1], []).append((idx, checks_of(args, pos)))
-                elif k0 == "+":
-                    wildn.setdefault(key[1], []).append((idx, checks_of(args, pos)))
-                elif k0 == "?":
-                    wildn.setdefault(key[1], []).append((idx, checks_of(args, -1)))
+                    skip = pos
+                    dest = wild1.get(key[1])
+                    if dest is None:
+                        dest = wild1[key[1]] = []
+                elif k0 == "+" or k0 == "?":
+                    skip = pos if k0 == "+" else -1
+                    dest = wildn.get(key[1])
+                    if dest is None:
+                        dest = wildn[key[1]] = []
                 elif k0 == "^":
                     # "P*" matches exactly the values the bucket of prefix P holds
-                    whole = args[pos][1] == key[1] + "*"
-                    pfx.setdefault(key[1], []).append((idx, checks_of(args, pos if whole else -1)))
+                    skip = pos if args[pos][1] == key[1] + "*" else -1
+                    dest = pfx.get(key[1])
+                    if dest is None:
+                        dest = pfx[key[1]] = []
                 else:  # CIDR: the bucket holds every IP rule, each checks its network
-                    ip.append((idx, checks_of(args, -1)))
-        self.exact = _freeze(exact, ipos)
-        self.wild1 = _freeze(wild1, ipos)
-        self.wildn = _freeze(wildn, ipos)
+                    skip = -1
+                    dest = ip
+            rank = offset | idx
+            r = ranks_get(rank)
+            if r is None:
+                r = _rank_obj(rank)
+            checks = checks_get((skip, args))
+            if checks is None:
+                checks = _checks_of(args, skip)
+            if ipos >= 0:
+                sp = splits_get((ipos, checks))
+                if sp is None:
+                    sp = _split(checks, ipos)
+                e = (r, *sp)
+            else:
+                e = (r, checks)
+            shared = ents_get(e)
+            dest.append(shared if shared is not None else _shared(_ENTRIES, e))
+        self.exact = _freeze(exact)
+        self.wild1 = _freeze(wild1)
+        self.wildn = _freeze(wildn)
         # label counts of the wildn keys: only those ancestors of a host are probed
         self.depths = tuple(sorted({k.count(".") + 1 for k in wildn}))
-        self.pfx = _freeze(pfx, ipos)
+        self.pfx = _freeze(pfx)
         self.pfx_lens = tuple(sorted({len(k) for k in pfx}))
-        self.ip = _ranked(tuple(ip), ipos)
-        self.rest = _ranked(tuple(rest), ipos)
+        self.ip = _bucket(ip)
+        self.rest = _bucket(rest)
 
     @staticmethod
     def _choose(rules: list[tuple[int, tuple]], types: tuple[str, ...]) -> tuple[int, int, list | None]:
         best: tuple[int, int, str, list] | None = None
         ikey = _index_key
+        get = _INDEX_KEYS.get
+        nokey = _NO_KEY
         for pos, typ in enumerate(types):
             if typ not in (HOST, STRING, PORT, INT):
                 continue
-            keys = [ikey(args[pos]) for _, args in rules]
+            keys = [get(args[pos], nokey) for _, args in rules]
+            if nokey in keys:  # first sight of some argument (only () is equal to _NO_KEY)
+                keys = [ikey(args[pos]) if k is nokey else k for k, (_, args) in zip(keys, rules)]
             buckets: dict[object, int] = {}
             scan = 0
             for key in keys:
@@ -738,17 +788,18 @@ class LinkedModule:
         self.rule_count: int = len(rules)
         caps: dict[str, Capability] = {c.name: c for c in artifact.caps}
         # line, col of rule i at 2i, 2i+1: one object per module, not one string per rule
-        where: list[int] = []
+        try:
+            self._where = array("I", _chain(map(_LINE_COL, rules)))
+        except OverflowError:  # a line or column past 2**32 - 1 (the verifier allows 2**63 - 1)
+            self._where = array("q", _chain(map(_LINE_COL, rules)))
         grouped: dict[tuple[str, int], list] = {}
-        for r in rules:
-            where.append(r.line)
-            where.append(r.col)
-            key = (r.cap.name, r.effect)
-            g = grouped.get(key)
+        get = grouped.get
+        for index, effect, cap, _line, _col, args in rules:
+            key = (cap.name, effect)
+            g = get(key)
             if g is None:
                 g = grouped[key] = []
-            g.append((r.index, r.args))
-        self._where = array("I" if max(where, default=0) < 1 << 32 else "q", where)
+            g.append((index, args))
         tables: dict[str, list] = {}
         for (cap_name, effect), group in grouped.items():
             cap = caps.get(cap_name)
@@ -771,6 +822,10 @@ class LinkedModule:
 
     def __repr__(self) -> str:
         return f"<LinkedModule {self.name} rev {self.revision} ({self.rule_count} rules, {self.mode})>"
+
+
+_LINE_COL = itemgetter(3, 4)  # Rule.line, Rule.col
+_chain = chain.from_iterable
 
 
 def link(artifact: Any) -> LinkedModule:
@@ -835,20 +890,6 @@ def _split(checks: tuple, ipos: int) -> tuple:
             _SPLITS.clear()
         _SPLITS[key] = r
     return r
-
-
-def _ranked(bucket: tuple, ipos: int) -> tuple:
-    """A bucket's entries ``(rank, checks)`` as the fused deciders read them (link time): as
-    they are, or with ``ipos >= 0`` as ``(rank, lo, hi, other checks)``, the range check at
-    ``ipos`` split out to be inlined. Entries and the bucket are shared when equal."""
-    if not bucket:
-        return ()
-    ents, split = _ENTRIES, _split
-    if ipos < 0:
-        out = tuple([_shared(ents, e) for e in bucket])
-    else:
-        out = tuple([_shared(ents, (r, *split(checks, ipos))) for r, checks in bucket])
-    return _shared(_BUCKETS, out)
 
 
 def _reoffset(bucket: tuple, offset: int) -> tuple:
