@@ -36,6 +36,9 @@ from polc.runtime.artifact import (
     HEADER_SIZE,
     ArtifactError,
     artifact_digest,
+    fsync_dir,
+    process_umask,
+    stage_file,
     read_artifact_bytes,
     read_header,
     unpack_payload,
@@ -791,9 +794,9 @@ class _Writer:
         if self.pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _umask()  # read before any thread runs
+            process_umask()  # read before any thread runs
             self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="polc-write")
-        self.staged[id(m)] = (m, self.pool.submit(_stage_one, self.directory, data))
+        self.staged[id(m)] = (m, self.pool.submit(stage_file, self.directory, data))
 
     def commit(self, m: ModuleOutcome) -> None:
         self.committed.append(m)
@@ -818,7 +821,7 @@ class _Writer:
         self.committed = []
         self.discard()
         if renamed:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return failures
 
     def discard(self) -> None:
@@ -838,61 +841,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _stage_one(directory: str, data: bytes) -> str:
-    """A new temporary file in ``directory`` holding ``data``, fsynced; its path."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
-    try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return tmp
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the renames in ``directory`` durable (where the OS supports it)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    """The process umask (read once, in the calling thread, before any worker thread starts)."""
-    global _UMASK
-    if _UMASK is None:
-        try:
-            with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-                for line in f:
-                    if line.startswith("Umask:"):
-                        _UMASK = int(line.split()[1], 8)
-                        break
-        except (OSError, ValueError):
-            pass
-        if _UMASK is None:
-            _UMASK = os.umask(0o022)
-            os.umask(_UMASK)
-    return _UMASK
 
 
 def render_report_diagnostics(report: Report) -> str:

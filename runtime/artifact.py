@@ -70,6 +70,9 @@ __all__ = [
     "build_header",
     "pack_artifact",
     "write_atomic",
+    "stage_file",
+    "fsync_dir",
+    "process_umask",
     "read_header",
     "read_artifact",
     "read_artifact_bytes",
@@ -289,45 +292,68 @@ def pack_artifact(payload: dict, *, flags: int = 0, trailer: bytes = b"", verify
     return data
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+def stage_file(directory: str, data: bytes) -> str:
+    """A new temporary file in ``directory`` holding ``data``, fsynced; its path.
 
-    A temporary file in the same directory is written, flushed and fsynced,
-    then renamed over ``path`` with ``os.replace``; the directory is fsynced
-    so the rename survives a crash. On any failure the temporary file is
-    removed and ``path`` is unchanged. The new file is created with mode 0644
-    (less the umask), like ``open()`` would.
+    The file is named ``.*.tmp`` (agents skip names starting with '.') and
+    created with mode 0666 less the umask, like ``open()`` would. On any
+    failure it is removed and the error propagates. Renaming it into place is
+    the caller's step (:func:`write_atomic` does both).
     """
     import tempfile  # writers only: agents never pay for importing it
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
     try:
         try:
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, 0o666 & ~process_umask())
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    A temporary file in the same directory is written, flushed and fsynced
+    (:func:`stage_file`), then renamed over ``path`` with ``os.replace``; the
+    directory is fsynced so the rename survives a crash. On any failure the
+    temporary file is removed and ``path`` is unchanged. The new file is
+    created with mode 0644 (less the umask), like ``open()`` would.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = stage_file(directory, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 _UMASK: int | None = None
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the OS allows."""
+def process_umask() -> int:
+    """The process umask, read once and without changing it where the OS allows.
+
+    Writers with threads call it before starting them: where the umask can
+    only be read by setting it, another thread must not create files meanwhile.
+    """
     global _UMASK
     if _UMASK is None:
         try:
@@ -344,7 +370,8 @@ def _umask() -> int:
     return _UMASK
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make the renames in ``directory`` durable (where the OS supports it)."""
     try:
         dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

@@ -71,7 +71,7 @@ def test_unwritable_temporary_file_is_reported(write_tree, tmp_path, monkeypatch
     def fail(directory, data):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(driver, "_stage_one", fail)
+    monkeypatch.setattr(driver, "stage_file", fail)
     report = compile_paths([str(src)], str(out))
     assert report.exit_code == 2 and "cannot write" in report.fatal
     assert os.listdir(out) == []
