@@ -158,13 +158,7 @@ def host_wild_matcher(const: str) -> Callable[[str], bool]:
             parts.append(r"[^.]+(?:\.[^.]+)*")
         else:
             parts.append(re.escape(label))
-    regex = re.compile(r"\.".join(parts))
-    fullmatch = regex.fullmatch
-
-    def match(host: str) -> bool:
-        return fullmatch(host) is not None
-
-    return match
+    return _full_matcher(r"\.".join(parts))
 
 
 def cidr_network(const: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -229,18 +223,25 @@ def normalize_path(value: object) -> str:
     return "/".join(out)
 
 
+def _glob_regex(text: str, star: str, one: str) -> str:
+    """``text`` as a regex: ``*`` becomes ``star``, ``?`` becomes ``one``, the rest is literal."""
+    return "".join(star if ch == "*" else one if ch == "?" else re.escape(ch) for ch in text)
+
+
+def _full_matcher(regex: str) -> Callable[[str], bool]:
+    """A predicate: does the whole value match ``regex``?"""
+    fullmatch = re.compile(regex, re.DOTALL).fullmatch
+
+    def match(value: str) -> bool:
+        return fullmatch(value) is not None
+
+    return match
+
+
 def _segment_regex(seg: str) -> str:
     if seg == "*":
-        return r"[^/]+"
-    out = []
-    for ch in seg:
-        if ch == "*":
-            out.append(r"[^/]*")
-        elif ch == "?":
-            out.append(r"[^/]")
-        else:
-            out.append(re.escape(ch))
-    return "".join(out)
+        return r"[^/]+"  # a lone '*' is one whole, non-empty segment
+    return _glob_regex(seg, r"[^/]*", r"[^/]")
 
 
 def _path_regex(const: str) -> str:
@@ -269,12 +270,7 @@ def _path_regex(const: str) -> str:
 
 def path_matcher(const: str) -> Callable[[str], bool]:
     """Matcher for a PATH_GLOB constant, applied to a normalised path."""
-    fullmatch = re.compile(_path_regex(const), re.DOTALL).fullmatch
-
-    def match(path: str) -> bool:
-        return fullmatch(path) is not None
-
-    return match
+    return _full_matcher(_path_regex(const))
 
 
 # --------------------------------------------------------------------------
@@ -289,26 +285,9 @@ def compile_string(text: str) -> tuple[int, str]:
     return STR_EXACT, text
 
 
-def _string_regex(const: str) -> str:
-    out = []
-    for ch in const:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return "".join(out)
-
-
 def string_matcher(const: str) -> Callable[[str], bool]:
     """Matcher for a STR_GLOB constant."""
-    fullmatch = re.compile(_string_regex(const), re.DOTALL).fullmatch
-
-    def match(value: str) -> bool:
-        return fullmatch(value) is not None
-
-    return match
+    return _full_matcher(_glob_regex(const, ".*", "."))
 
 
 def check_range(type_name: str, lo: int, hi: int) -> None:
