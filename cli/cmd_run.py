@@ -79,10 +79,9 @@ def _example_curl(url: str, modules: dict[str, Any]) -> str:
 @click.option(
     "--listen",
     default=None,
-    show_default=_DEFAULT_LISTEN,
     metavar="HOST:PORT",
     help="Address to serve the decision API on; loopback unless told otherwise. Port 0 picks a free one"
-    " [env POLC_LISTEN].",
+    f" [env POLC_LISTEN; default {_DEFAULT_LISTEN}].",
 )
 @click.option(
     "--reload-interval",

@@ -281,7 +281,6 @@ class _FastSwitch:
                     sys.setswitchinterval(cls._saved)
                 cls._saved = cls._set = None
 
-
     @classmethod
     def after_fork_in_child(cls, steps: int) -> None:
         """The child of a fork runs ``steps`` poll steps (0, or 1 when the
@@ -576,8 +575,8 @@ class PolicyAgent:
         callback returns.
         """
         me = threading.get_ident()
-        cond = self._notify
-        with cond:
+        # self._notify is read afresh each time: a fork replaces it.
+        with self._notify:
             deadline = None
             while self._delivered < upto:
                 if self._notifier is None:
@@ -591,12 +590,12 @@ class PolicyAgent:
                 if left <= 0:
                     logger.warning("reload events still being delivered by another thread; not waiting longer")
                     return
-                cond.wait(left)
+                self._notify.wait(left)
             else:
                 return
         try:
             while True:
-                with cond:
+                with self._notify:
                     if not self._events:
                         break
                     event = self._events.popleft()
@@ -607,14 +606,14 @@ class PolicyAgent:
                         except Exception:
                             logger.exception("reload event subscriber %r raised", callback)
                 finally:
-                    with cond:
+                    with self._notify:
                         self._delivered += 1
-                        cond.notify_all()
+                        self._notify.notify_all()
         finally:
-            with cond:
+            with self._notify:
                 if self._notifier == me:
                     self._notifier = None
-                cond.notify_all()
+                self._notify.notify_all()
 
     def _list(self, now_ns: int, changed_only: bool = False) -> tuple[list[str], list[str], int] | None:
         """List the directory if its stat changed (or, unless ``changed_only``,
