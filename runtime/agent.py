@@ -26,6 +26,11 @@ The moving parts, in the manner of werkzeug's reloader:
   commits nothing, and the next step starts from the state before it.
 * While a step runs, the switch interval is lowered (``POLL_SWITCH_INTERVAL``)
   so its system calls do not wait 5 ms each for the GIL (docs/runtime.md).
+* Events are queued under the step lock and delivered by one thread at a
+  time, so subscribers see them in commit order whoever reloads.
+* ``os.register_at_fork`` handlers make a forked child reload on its own:
+  the step lock is held across the fork, and the child gets fresh locks and
+  its own poller (the "fork" section at the end of this file).
 """
 
 from __future__ import annotations
@@ -134,8 +139,12 @@ class ReloadEvent:
 
     ``kind``: ``"loaded"`` (first policy of a module), ``"reloaded"``,
     ``"failed"`` (previous policy kept, ``reason`` says why), ``"removed"``
-    (file gone, previous policy kept). ``revision``/``rules`` describe the
-    policy active for the module after the event (None/0 when none).
+    (file gone, previous policy kept), ``"recovered"`` (the module had an
+    error, from ``failed`` or ``removed``, and has none now: once per
+    cleared error, after the ``loaded``/``reloaded`` that cleared it if a new
+    policy did). ``revision``/``rules`` describe the policy active for the
+    module after the event (None/0 when none). Events are delivered in the
+    order they were committed (docs/runtime.md).
     """
 
     kind: str
@@ -310,10 +319,13 @@ class PolicyAgent:
     ``reload=False`` loads once at start and starts no thread. ``trust`` (a
     :class:`polc.runtime.signing.TrustConfig` or a trust file's path; default:
     the file named by ``POLC_TRUST_FILE``, if set) makes every artifact need a
-    trusted signature. :meth:`start` warns when others can change the
-    policy directory (``strict`` refuses to start then; docs/security.md).
+    trusted signature. A variable that is set but blank or malformed raises
+    ValueError naming it; only an unset one means the default.
+    :meth:`start` warns when others can change the policy directory
+    (``strict`` refuses to start then; docs/security.md).
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use as a context manager, or call :meth:`start` and :meth:`stop` (and
+    :meth:`start` again). A child of ``os.fork()`` gets its own poller.
     :meth:`check` is lock-free and never raises.
     """
 
