@@ -72,14 +72,16 @@ def _example_curl(url: str, modules: dict[str, Any]) -> str:
 
 
 @click.command("run")
-@click.argument("policy_dir", required=False, envvar="POLC_POLICY_DIR", type=click.Path(file_okay=False))
+# POLC_POLICY_DIR and POLC_LISTEN are read in run_cmd, not by click: click
+# takes a variable that is set but empty for unset, and would fall back to
+# the default without a word.
+@click.argument("policy_dir", required=False, type=click.Path(file_okay=False))
 @click.option(
     "--listen",
-    default=_DEFAULT_LISTEN,
-    show_default=True,
-    envvar="POLC_LISTEN",
+    default=None,
     metavar="HOST:PORT",
-    help="Address to serve the decision API on; loopback unless told otherwise. Port 0 picks a free one.",
+    help="Address to serve the decision API on; loopback unless told otherwise. Port 0 picks a free one"
+    f" [env POLC_LISTEN; default {_DEFAULT_LISTEN}].",
 )
 @click.option(
     "--reload-interval",
@@ -122,7 +124,7 @@ def _example_curl(url: str, modules: dict[str, Any]) -> str:
 @click.option("-q", "--quiet", count=True, help="Less output (-q: warnings only).")
 def run_cmd(
     policy_dir: str | None,
-    listen: str,
+    listen: str | None,
     reload_interval: float | None,
     no_reload: bool,
     strict: bool | None,
@@ -142,6 +144,20 @@ def run_cmd(
       GET  /v1/status, /healthz, /metrics
     SIGTERM or SIGINT stops cleanly.
     """
+    from polc.runtime._env import env_path, env_text
+
+    listen_from = "--listen"
+    try:  # set but blank or malformed: an error naming the variable, never the default
+        if policy_dir is None:
+            policy_dir = env_path("POLC_POLICY_DIR", what="the policy directory, or unset it")
+        if listen is None:
+            listen = env_text("POLC_LISTEN", what="HOST:PORT, or unset it")
+            if listen is None:
+                listen = _DEFAULT_LISTEN
+            else:
+                listen_from = "POLC_LISTEN"
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if not policy_dir:
         raise click.UsageError("give POLICY_DIR or set POLC_POLICY_DIR")
     if no_reload and reload_interval:
@@ -157,6 +173,8 @@ def run_cmd(
     try:
         host, port = server.parse_listen(listen)
     except ValueError as exc:
+        if listen_from == "POLC_LISTEN":
+            raise click.UsageError(f"POLC_LISTEN={os.environ['POLC_LISTEN']!r}: {exc}") from None
         raise click.BadParameter(str(exc), param_hint="--listen") from None
 
     handler = _configure_logging(verbose - quiet)
@@ -172,7 +190,7 @@ def run_cmd(
             strict=strict,
             trust=trust_file,
         )
-    except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon, an unreadable trust file
+    except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon, POLC_TRUST_FILE= (blank), an unreadable trust file
         raise click.UsageError(str(exc)) from None
     except RuntimeError as exc:  # signing.SigningUnavailableError: trust without the sign extra
         raise click.ClickException(str(exc)) from None

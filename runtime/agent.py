@@ -26,6 +26,11 @@ The moving parts, in the manner of werkzeug's reloader:
   commits nothing, and the next step starts from the state before it.
 * While a step runs, the switch interval is lowered (``POLL_SWITCH_INTERVAL``)
   so its system calls do not wait 5 ms each for the GIL (docs/runtime.md).
+* Events are queued under the step lock and delivered by one thread at a
+  time, so subscribers see them in commit order whoever reloads.
+* ``os.register_at_fork`` handlers make a forked child reload on its own:
+  the step lock is held across the fork, and the child gets fresh locks and
+  its own poller (the "fork" section at the end of this file).
 """
 
 from __future__ import annotations
@@ -33,17 +38,19 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-import math
 import os
 import stat as stat_mod
 import sys
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from . import _env
 from . import artifact as _artifact
 from .catalog import GLOBAL_MODULE
 from .enforcer import EMPTY_SNAPSHOT, Decision, LinkedModule, Snapshot, link
@@ -79,6 +86,13 @@ SWEEP_DIR_CHECK_S = 0.005
 # takes up to the switch interval (5 ms by default): PRODUCT.md section 8's
 # convoy. Process-global, so shared by every agent (see _FastSwitch).
 POLL_SWITCH_INTERVAL: float | None = 0.0002
+# How long a reload waits for another thread that is delivering events
+# (its subscribers are slow, or wait for this thread) before returning.
+NOTIFY_WAIT_S = 10.0
+# How long os.fork() waits for a reload step running on another thread to
+# finish, so that the child inherits no half-committed reloader state. Past
+# it the child rebuilds that state from the policy in force (_resync).
+FORK_STEP_WAIT_S = 10.0
 
 
 # --------------------------------------------------------------------------
@@ -125,8 +139,12 @@ class ReloadEvent:
 
     ``kind``: ``"loaded"`` (first policy of a module), ``"reloaded"``,
     ``"failed"`` (previous policy kept, ``reason`` says why), ``"removed"``
-    (file gone, previous policy kept). ``revision``/``rules`` describe the
-    policy active for the module after the event (None/0 when none).
+    (file gone, previous policy kept), ``"recovered"`` (the module had an
+    error, from ``failed`` or ``removed``, and has none now: once per
+    cleared error, after the ``loaded``/``reloaded`` that cleared it if a new
+    policy did). ``revision``/``rules`` describe the policy active for the
+    module after the event (None/0 when none). Events are delivered in the
+    order they were committed (docs/runtime.md).
     """
 
     kind: str
@@ -160,28 +178,36 @@ class PolicyLoadError(Exception):
 # Configuration
 
 
-def _env_bool(name: str) -> bool | None:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r}: expected true or false (or 1/0, yes/no, on/off)")
-
-
 def _interval(value: object, origin: str) -> float:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{origin}={value!r}: expected a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{origin}={value!r}: expected a number of seconds >= 0")
-    return seconds
+    return _env.parse_seconds(value, origin)
+
+
+def _resolve_trust(trust: Any) -> Any:
+    """The trust configuration an agent verifies with (None: signatures not required).
+
+    ``None`` consults ``POLC_TRUST_FILE``: unset means no trust; set, it must
+    name a readable trust file (blank is an error, never "no trust"). A path
+    is loaded; anything else must be a trust object with a ``verify`` method.
+    cryptography is imported only when trust is configured.
+    """
+    if trust is None:
+        if "POLC_TRUST_FILE" not in os.environ:
+            return None
+        from .signing import TrustConfig
+
+        return TrustConfig.from_env()
+    if isinstance(trust, (str, os.PathLike)):
+        path = os.fspath(trust)
+        if not path.strip():
+            raise ValueError(f"trust={path!r}: empty path of a trust file")
+        from .signing import TrustConfig
+
+        return TrustConfig.from_file(path)
+    if not callable(getattr(trust, "verify", None)):
+        raise TypeError(
+            f"trust={trust!r}: expected a TrustConfig, a trust file's path, or None (POLC_TRUST_FILE)"
+        )
+    return trust
 
 
 # --------------------------------------------------------------------------
@@ -264,6 +290,18 @@ class _FastSwitch:
                     sys.setswitchinterval(cls._saved)
                 cls._saved = cls._set = None
 
+    @classmethod
+    def after_fork_in_child(cls, steps: int) -> None:
+        """The child of a fork runs ``steps`` poll steps (0, or 1 when the
+        forking thread was inside one): new lock, count fixed, and the
+        interval restored when a step of a thread that is gone lowered it."""
+        cls._lock = threading.Lock()
+        cls._users = steps
+        if steps == 0 and cls._saved is not None:
+            if sys.getswitchinterval() == cls._set:
+                sys.setswitchinterval(cls._saved)
+            cls._saved = cls._set = None
+
 
 _fast_switch = _FastSwitch()
 
@@ -281,10 +319,13 @@ class PolicyAgent:
     ``reload=False`` loads once at start and starts no thread. ``trust`` (a
     :class:`polc.runtime.signing.TrustConfig` or a trust file's path; default:
     the file named by ``POLC_TRUST_FILE``, if set) makes every artifact need a
-    trusted signature. :meth:`start` warns when others can change the
-    policy directory (``strict`` refuses to start then; docs/security.md).
+    trusted signature. A variable that is set but blank or malformed raises
+    ValueError naming it; only an unset one means the default.
+    :meth:`start` warns when others can change the policy directory
+    (``strict`` refuses to start then; docs/security.md).
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use as a context manager, or call :meth:`start` and :meth:`stop` (and
+    :meth:`start` again). A child of ``os.fork()`` gets its own poller.
     :meth:`check` is lock-free and never raises.
     """
 
@@ -298,41 +339,47 @@ class PolicyAgent:
         trust: Any = None,
         cache_size: int = 65536,
     ) -> None:
+        # Arguments win; a POLC_* variable is read only when its argument is
+        # None, and a variable that is set but blank or unparsable is an
+        # error naming it, never the default (polc.runtime._env).
         if policy_dir is None:
-            env_dir = os.environ.get("POLC_POLICY_DIR")
-            if not env_dir:
+            policy_dir = _env.env_path("POLC_POLICY_DIR", what="the policy directory, or unset it")
+            if policy_dir is None:
                 raise ValueError("no policy directory: pass policy_dir or set POLC_POLICY_DIR")
-            policy_dir = env_dir
         self.policy_dir = os.fspath(policy_dir)
+        if not self.policy_dir.strip():
+            raise ValueError(f"policy_dir={self.policy_dir!r}: empty path")
         if reload_interval is None:
-            raw = os.environ.get("POLC_RELOAD_INTERVAL")
-            if raw is not None and raw.strip() != "":
-                reload_interval = _interval(raw.strip(), "POLC_RELOAD_INTERVAL")
-            else:
-                reload_interval = DEFAULT_RELOAD_INTERVAL
+            env_interval = _env.env_seconds("POLC_RELOAD_INTERVAL")
+            reload_interval = DEFAULT_RELOAD_INTERVAL if env_interval is None else env_interval
         else:
             reload_interval = _interval(reload_interval, "reload_interval")
         if reload is None:
-            env_reload = _env_bool("POLC_RELOAD")
+            env_reload = _env.env_bool("POLC_RELOAD")
             reload = True if env_reload is None else env_reload
         if cache_size < 0:
             raise ValueError(f"cache_size={cache_size!r}: expected a number >= 0")
         self.reload_interval: float = reload_interval
         self.reload: bool = bool(reload) and reload_interval > 0
         self.strict: bool = bool(strict)
-        if trust is None or isinstance(trust, (str, os.PathLike)):
-            from .signing import TrustConfig  # issue 7; imports cryptography only if trust is used
-
-            trust = TrustConfig.from_env() if trust is None else TrustConfig.from_file(trust)
-        self.trust = trust
+        self.trust = _resolve_trust(trust)
         self._cache_size = int(cache_size)
 
         self._snapshot: Snapshot = EMPTY_SNAPSHOT
         self._publish(EMPTY_SNAPSHOT)
         self._lock = threading.Lock()  # serialises reload steps; checks never take it
-        self._stop = threading.Event()
+        self._lock_owner: int | None = None  # ident of the thread running a step
+        self._stop = threading.Event()  # the running poller's own stop flag
         self._thread: threading.Thread | None = None
         self._subscribers: tuple[Callable[[ReloadEvent], None], ...] = ()
+        # Event delivery, in commit order (see _deliver): events committed
+        # but not yet delivered, how many were ever queued and delivered,
+        # and the thread delivering now.
+        self._notify = threading.Condition(threading.Lock())
+        self._events: deque[ReloadEvent] = deque()
+        self._queued = 0
+        self._delivered = 0
+        self._notifier: int | None = None
         self._ready = False
         self._started = False
 
@@ -356,6 +403,7 @@ class PolicyAgent:
         self._last_reload: float | None = None
         self._reloads_ok = 0
         self._reloads_failed = 0
+        _agents.add(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -364,33 +412,46 @@ class PolicyAgent:
 
         Bad artifacts are reported and their modules get ``_global`` rules
         only; with ``strict=True`` they raise :class:`PolicyLoadError`
-        instead (nothing is started then).
+        instead (nothing is started then). On an agent already started this
+        only (re)starts the poller when it is not running: ``start()`` after
+        :meth:`stop` resumes reloading with the policies already loaded.
         """
-        if self._started:
-            return self
-        self._check_permissions()
-        result = self._poll(initial=True)
-        if self.strict and result.failed:
-            with self._lock:  # forget what this attempt saw, so a retry sees it all again
-                self._publish(EMPTY_SNAPSHOT)
-                self._files.clear()
-                self._loaded.clear()
-                self._dir_key = None
-                self._names = []
-                self._sweep = []
-                self._recheck = []
-                self._status_modules = {}
-            raise PolicyLoadError(result.failed)
-        self._ready = True
-        self._started = True
-        if self.reload:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="polc-reloader", daemon=True)
-            self._thread.start()
+        if not self._started:
+            self._check_permissions()
+            result = self._poll(initial=True)
+            if self.strict and result.failed:
+                with self._lock:  # forget what this attempt saw, so a retry sees it all again
+                    self._publish(EMPTY_SNAPSHOT)
+                    self._files.clear()
+                    self._loaded.clear()
+                    self._dir_key = None
+                    self._names = []
+                    self._sweep = []
+                    self._recheck = []
+                    self._status_modules = {}
+                raise PolicyLoadError(result.failed)
+            self._ready = True
+            self._started = True
+        if self.reload and not self._poller_running():
+            self._start_poller()
             logger.info(
                 "watching %s for policy changes every %gs", self.policy_dir, self.reload_interval
             )
         return self
+
+    def _poller_running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stop.is_set()
+
+    def _start_poller(self) -> None:
+        # Each poller has its own stop flag: a previous poller that is still
+        # finishing a step after stop() sees its flag set and ends, whatever
+        # the new one does.
+        stop = threading.Event()
+        thread = threading.Thread(target=self._run, args=(stop,), name="polc-reloader", daemon=True)
+        self._stop = stop
+        self._thread = thread
+        thread.start()
 
     def _check_permissions(self) -> None:
         """Warn when others than root and this process can change the policies
@@ -409,13 +470,15 @@ class PolicyAgent:
             )
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop the poller and wait for it; idempotent. Checks keep working."""
+        """Stop the poller and wait for it (up to ``timeout``); idempotent.
+
+        Checks keep working, and :meth:`start` starts a new poller.
+        """
         self._stop.set()
         thread = self._thread
+        self._thread = None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-            if not thread.is_alive():
-                self._thread = None
 
     def __enter__(self) -> "PolicyAgent":
         return self.start()
@@ -423,8 +486,8 @@ class PolicyAgent:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.reload_interval):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.reload_interval):
             try:
                 self._poll()
             except Exception:  # the poller must survive anything
@@ -495,16 +558,74 @@ class PolicyAgent:
     # -- the poll step -------------------------------------------------------
 
     def _poll(self, initial: bool = False) -> ReloadResult:
-        with self._lock, _fast_switch:
-            events, result = self._step(initial)
-            subscribers = self._subscribers
-        for event in events:
-            for callback in subscribers:
-                try:
-                    callback(event)
-                except Exception:
-                    logger.exception("reload event subscriber %r raised", callback)
+        with self._lock:
+            self._lock_owner = threading.get_ident()
+            try:
+                with _fast_switch:
+                    events, result = self._step(initial)
+                if events:
+                    with self._notify:  # queued in commit order, under the step lock
+                        self._events.extend(events)
+                        self._queued += len(events)
+                        upto = self._queued
+            finally:
+                self._lock_owner = None
+        if events:
+            self._deliver(upto)
         return result
+
+    def _deliver(self, upto: int) -> None:
+        """Deliver queued events to the subscribers, in commit order; return once
+        the first ``upto`` events ever queued have been delivered.
+
+        One thread delivers at a time and drains the queue, so two threads
+        reloading at once (the poller and ``reload_now``) can never deliver a
+        module's ``recovered`` before its ``failed``. A thread that finds
+        another delivering waits for it (at most NOTIFY_WAIT_S, so a
+        subscriber waiting for that thread cannot deadlock them); a
+        subscriber that reloads has its events delivered right after its own
+        callback returns.
+        """
+        me = threading.get_ident()
+        # self._notify is read afresh each time: a fork replaces it.
+        with self._notify:
+            deadline = None
+            while self._delivered < upto:
+                if self._notifier is None:
+                    self._notifier = me
+                    break
+                if self._notifier == me:
+                    return  # called from a subscriber: the loop below delivers these next
+                if deadline is None:
+                    deadline = time.monotonic() + NOTIFY_WAIT_S
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning("reload events still being delivered by another thread; not waiting longer")
+                    return
+                self._notify.wait(left)
+            else:
+                return
+        try:
+            while True:
+                with self._notify:
+                    if not self._events:
+                        break
+                    event = self._events.popleft()
+                try:
+                    for callback in self._subscribers:
+                        try:
+                            callback(event)
+                        except Exception:
+                            logger.exception("reload event subscriber %r raised", callback)
+                finally:
+                    with self._notify:
+                        self._delivered += 1
+                        self._notify.notify_all()
+        finally:
+            with self._notify:
+                if self._notifier == me:
+                    self._notifier = None
+                self._notify.notify_all()
 
     def _list(self, now_ns: int, changed_only: bool = False) -> tuple[list[str], list[str], int] | None:
         """List the directory if its stat changed (or, unless ``changed_only``,
@@ -725,8 +846,22 @@ class PolicyAgent:
         result = ReloadResult()
         files = self._files
         loaded_map = self._loaded
-        status = dict(self._status_modules)
+        old_status = self._status_modules
+        status = dict(old_status)
         logs: list[tuple] = []
+
+        def recovered(module: str, name: str, entry: _Loaded | None) -> None:
+            # The module had an error (failed or removed) and has none now.
+            prev = old_status.get(module)
+            if prev is None or not prev.get("last_error"):
+                return
+            if entry is None:  # the file of a module that never loaded is gone
+                logs.append((logging.INFO, "%s recovered: %s is gone and was never in force", module, name))
+                events.append(ReloadEvent("recovered", module, name))
+                return
+            linked_ = entry.linked
+            logs.append((logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision))
+            events.append(ReloadEvent("recovered", module, name, None, linked_.revision, linked_.rule_count))
 
         for kind, name, module, key, racy, content, extra in outcomes:
             prev = files.get(name)
@@ -737,6 +872,7 @@ class PolicyAgent:
                 files[name] = _FileState(key, racy, content, None)
                 if module in loaded_map:
                     status[module] = self._module_status(module, loaded_map[module], None)
+                    recovered(module, name, loaded_map[module])
                 continue
             if kind == "load":
                 linked: LinkedModule = extra
@@ -753,6 +889,7 @@ class PolicyAgent:
                 events.append(
                     ReloadEvent(verb, module, name, None, linked.revision, linked.rule_count)
                 )
+                recovered(module, name, entry)
                 continue
             # kind == "fail"
             reason: str = extra
@@ -802,6 +939,7 @@ class PolicyAgent:
             prev_loaded = loaded_map.get(module)
             if prev_loaded is None:
                 status.pop(module, None)
+                recovered(module, name, None)
                 continue
             reason = "file removed; keeping the last policy loaded"
             status[module] = self._module_status(module, prev_loaded, reason, name)
@@ -937,3 +1075,118 @@ class PolicyAgent:
     def __repr__(self) -> str:
         state = "running" if self._thread is not None else ("loaded" if self._ready else "new")
         return f"<PolicyAgent {self.policy_dir!r} {state}, {len(self._loaded)} modules>"
+
+    # -- fork ----------------------------------------------------------------
+
+    def _fork_prepare(self) -> bool:
+        """Before os.fork(): hold the step lock, so the child inherits no half-done step.
+
+        Returns whether it is held for the fork. Not when this thread runs a
+        step itself (a log handler that forks: the step goes on in the child),
+        nor after FORK_STEP_WAIT_S (a step stuck on a hung filesystem).
+        """
+        if self._lock_owner == threading.get_ident():
+            return False
+        return self._lock.acquire(timeout=FORK_STEP_WAIT_S)
+
+    def _fork_child(self, held: bool) -> None:
+        """In the child of os.fork(): new locks, a new poller, nothing of the parent's threads.
+
+        Only the forking thread exists in the child. Every lock another thread
+        could have held is replaced; a step that was running on another thread
+        (``held`` false, not ours) left its state torn, so it is rebuilt from
+        the policy in force. Events committed but not delivered in the parent
+        are delivered by the child's next step.
+        """
+        me = threading.get_ident()
+        if held or self._lock_owner != me:
+            self._lock = threading.Lock()
+            if not held:
+                self._resync()
+            self._lock_owner = None
+        self._notify = threading.Condition(threading.Lock())
+        if self._notifier != me:
+            self._notifier = None
+        # An event another thread was delivering is lost here (counted as
+        # delivered, so no reload waits for it); one this thread is
+        # delivering is counted when its callbacks return.
+        in_flight = 1 if self._notifier == me else 0
+        self._delivered = self._queued - len(self._events) - in_flight
+        thread = self._thread
+        if thread is not None and thread is threading.current_thread():
+            return  # a subscriber on the poller thread forked: it goes on polling here
+        running = thread is not None and not self._stop.is_set()
+        self._thread = None
+        self._stop = threading.Event()
+        if running and self.reload:
+            self._start_poller()
+
+    def _resync(self) -> None:
+        """Rebuild the reloader's state from the published snapshot, which is
+        always whole (one assignment); the next step re-reads every file."""
+        snap = self._snapshot
+        old = self._loaded
+        loaded: dict[str, _Loaded] = {}
+        linked_all = list(snap.modules.items())
+        if snap.glob is not None:
+            linked_all.append((GLOBAL_MODULE, snap.glob))
+        for module, linked in linked_all:
+            prev = old.get(module)
+            if prev is not None and prev.linked is linked:
+                loaded[module] = prev
+            else:
+                loaded[module] = _Loaded(linked, module + SUFFIX, time.time())
+        self._loaded = loaded
+        self._files = {}
+        self._paths = {}
+        self._dir_key = None
+        self._dir_racy = True
+        self._names = []
+        self._pending_dir = None
+        self._sweep = []
+        self._recheck = []
+        self._status_modules = {m: self._module_status(m, e, None) for m, e in loaded.items()}
+
+
+# --------------------------------------------------------------------------
+# os.fork(): gunicorn --preload, multiprocessing's fork start method. A child
+# inherits every agent but none of its threads: without these handlers it
+# would keep its first policy for ever (no poller), and a lock held by one
+# of the parent's threads at the fork would stay held in it.
+
+_agents: weakref.WeakSet[PolicyAgent] = weakref.WeakSet()  # every agent alive in this process
+# What each forking thread holds between its before and after handlers (two
+# threads may fork at once; the child has the same thread ident).
+_fork_held: dict[int, list[tuple[PolicyAgent, bool]]] = {}
+
+
+def _before_fork() -> None:
+    held = [(agent, agent._fork_prepare()) for agent in list(_agents)]
+    _FastSwitch._lock.acquire()
+    _fork_held[threading.get_ident()] = held
+
+
+def _after_fork_in_parent() -> None:
+    held = _fork_held.pop(threading.get_ident(), [])
+    _FastSwitch._lock.release()
+    for agent, locked in held:
+        if locked:
+            agent._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    me = threading.get_ident()
+    held = _fork_held.pop(me, [])
+    _fork_held.clear()  # other threads' entries: those threads do not exist here
+    _FastSwitch.after_fork_in_child(sum(1 for agent, _ in held if agent._lock_owner == me))
+    for agent, locked in held:
+        try:
+            agent._fork_child(locked)
+        except Exception:  # one agent must not stop the others from restarting
+            logger.exception("restarting the policy reloader after fork failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -673,6 +673,8 @@ class TrustConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TrustConfig:
         """Load a trust file: TOML, or JSON when the name ends in ``.json``."""
+        if not os.fspath(path).strip():
+            raise TrustConfigError(f"{os.fspath(path)!r}: empty path of a trust file")
         p = Path(path)
         try:
             raw = p.read_bytes()
@@ -691,10 +693,19 @@ class TrustConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrustConfig | None:
-        """The trust file named by ``POLC_TRUST_FILE``, or None when unset/empty."""
-        env = os.environ if environ is None else environ
-        path = env.get("POLC_TRUST_FILE", "").strip()
-        return cls.from_file(path) if path else None
+        """The trust file named by ``POLC_TRUST_FILE``, or None when it is unset.
+
+        Set, it must name a trust file: a blank value (a template that
+        expanded to nothing) raises :class:`TrustConfigError` instead of
+        silently turning signature checks off.
+        """
+        from ._env import env_path
+
+        try:
+            path = env_path("POLC_TRUST_FILE", environ, what="the trust file (unset it to run without signature checks)")
+        except ValueError as exc:
+            raise TrustConfigError(str(exc)) from None
+        return None if path is None else cls.from_file(path)
 
     # -- queries -------------------------------------------------------------
 

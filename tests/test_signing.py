@@ -294,7 +294,12 @@ def test_trust_from_env(tmp_path):
     f.write_text(json.dumps({"key": [{"public_key": ACME.public_key_b64, "modules": ["tenant.acme"]}]}))
     assert TrustConfig.from_env({"POLC_TRUST_FILE": str(f)}).get(ACME.key_id)
     assert TrustConfig.from_env({}) is None
-    assert TrustConfig.from_env({"POLC_TRUST_FILE": " "}) is None
+    # set but blank is never "no trust": a template that expanded to nothing
+    for blank in ("", " ", "\t\n"):
+        with pytest.raises(TrustConfigError, match="POLC_TRUST_FILE=.*set but empty"):
+            TrustConfig.from_env({"POLC_TRUST_FILE": blank})
+    with pytest.raises(TrustConfigError, match="leading or trailing whitespace"):
+        TrustConfig.from_env({"POLC_TRUST_FILE": f" {f}"})
 
 
 @pytest.mark.parametrize(
