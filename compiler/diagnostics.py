@@ -84,12 +84,24 @@ def _render_one(diag: Diagnostic, sources) -> str:
     text = _source_line(source, diag.line)
     if text is None:
         return head
-    # Keep tabs so the caret lines up under the same characters.
     col = min(max(diag.col, 1), len(text) + 1)
-    pad = "".join("\t" if ch == "\t" else " " for ch in text[: col - 1])
     length = max(1, min(diag.length, len(text) - col + 1))
+    if len(text) > SHOWN_LINE_MAX:
+        # a window of the line around the caret, so a megabyte line prints as one screen line
+        start = max(0, col - 1 - SHOWN_LINE_MAX // 3)
+        end = min(len(text), start + SHOWN_LINE_MAX)
+        lead = "..." if start else ""
+        text = lead + text[start:end] + ("..." if end < len(text) else "")
+        col = col - start + len(lead)
+        length = max(1, min(length, end - start + len(lead) - col + 1))
+    # Keep tabs so the caret lines up under the same characters.
+    pad = "".join("\t" if ch == "\t" else " " for ch in text[: col - 1])
     caret = "^" + "~" * (length - 1)
     return f"{head}\n    {text}\n    {pad}{caret}"
+
+
+SHOWN_LINE_MAX = 200
+"""Longer source lines are shown as a window of this many characters around the caret."""
 
 
 def render_all(diags: Iterable[Diagnostic], sources) -> str:
