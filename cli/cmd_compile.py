@@ -28,7 +28,7 @@ def _common(f):
     return f
 
 
-def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None) -> None:
+def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None) -> None:
     from polc.compiler.driver import compile_paths
 
     key = None
@@ -41,7 +41,7 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
             click.echo(f"polc: error: {exc}", err=True)
             sys.exit(2)
     report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
-                           sign_key=key)
+                           sign_key=key, source_root=source_root)
     verbosity = verbose - quiet
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -69,9 +69,16 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
 @click.option("--force", is_flag=True, help="rewrite artifacts even when up to date")
 @click.option("--sign", "sign", type=click.Path(dir_okay=False), default=None, metavar="KEYFILE",
               help="sign every artifact with this Ed25519 key (from polc keygen)")
-def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign):
-    """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts."""
-    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign)
+@click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="record source paths relative to DIR [default: the parent of each SRC's directory, "
+                   "so 'polc compile policies-src' records policies-src/NAME.pol]")
+def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, source_root):
+    """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts.
+
+    Artifacts record each source's path relative to the source root, so one
+    tree gives the same bytes however SRC is spelled and from any directory.
+    """
+    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign, source_root=source_root)
 
 
 @click.command("check")

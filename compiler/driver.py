@@ -106,6 +106,9 @@ class _FileOutcome:
     """What compiling one file gave (picklable: it comes back from worker processes)."""
 
     path: str
+    """As given (diagnostics name it so)."""
+    source: str
+    """What the file's artifacts record as their source."""
     digest: str
     modules: list[ModuleOutcome]
     diagnostics: list[Diagnostic]
@@ -129,20 +132,21 @@ def _decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
 def _compile_parsed(
     sf: SourceFile,
     syntax: list[Diagnostic],
+    source: str,
     digest: str,
     decls: Declarations,
     strict: bool,
     extra: Iterable[Diagnostic] = (),
 ) -> _FileOutcome:
-    """Check and generate every module of one parsed file."""
+    """Check and generate every module of one parsed file; its artifacts record ``source``."""
     diags = list(syntax)
     diags.extend(extra)
-    bad_path = _path_problem(sf.path)
+    bad_path = _path_problem(sf.path, source)
     if bad_path is not None:
         diags.append(bad_path)
     results = []
     for m in sf.modules:
-        ir, mdiags = check_module(m, decls, source=sf.path, source_digest=digest)
+        ir, mdiags = check_module(m, decls, source=source, source_digest=digest)
         diags.extend(mdiags)
         results.append((m, ir))
     if strict:
@@ -175,13 +179,13 @@ def _compile_parsed(
             modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, FAILED))
             continue
         modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, COMPILED, data=data))
-    return _FileOutcome(sf.path, digest, modules, diags, file_failed)
+    return _FileOutcome(sf.path, source, digest, modules, diags, file_failed)
 
 
-def _path_problem(path: str) -> Diagnostic | None:
-    """An error if ``path`` cannot be recorded in an artifact (msgpack strings are UTF-8)."""
+def _path_problem(path: str, source: str) -> Diagnostic | None:
+    """An error (at ``path``) if ``source`` cannot be recorded in an artifact (msgpack strings are UTF-8)."""
     try:
-        path.encode("utf-8")
+        source.encode("utf-8")
     except UnicodeEncodeError:
         return Diagnostic(
             ERROR, path, 1, 1,
@@ -201,13 +205,13 @@ def _encode_text(text: str, path: str) -> tuple[bytes | None, Diagnostic | None]
         return None, Diagnostic(ERROR, path, line, col, "the text is not valid Unicode (a lone surrogate)")
 
 
-def _compile_one(path: str, data: bytes, decls: Declarations, strict: bool) -> _FileOutcome:
+def _compile_one(path: str, source: str, data: bytes, decls: Declarations, strict: bool) -> _FileOutcome:
     digest = hashlib.sha256(data).hexdigest()
     text, bad = _decode(data, path)
     if text is None:
-        return _FileOutcome(path, digest, [], [bad], True)
+        return _FileOutcome(path, source, digest, [], [bad], True)
     sf, syntax = parse(text, path)
-    return _compile_parsed(sf, syntax, digest, decls, strict)
+    return _compile_parsed(sf, syntax, source, digest, decls, strict)
 
 
 def _duplicates(occurrences: dict[str, list[tuple[str, int, int]]]) -> list[Diagnostic]:
@@ -302,14 +306,16 @@ def compile_sources(
             data, bad = _encode_text(src, path)
             if data is None:
                 texts[path] = src.encode("utf-8", "replace").decode("utf-8")
-                early.append(_FileOutcome(path, hashlib.sha256(texts[path].encode()).hexdigest(), [], [bad], True))
+                early.append(
+                    _FileOutcome(path, path, hashlib.sha256(texts[path].encode()).hexdigest(), [], [bad], True)
+                )
                 continue
         else:
             data = bytes(src)
         digest = hashlib.sha256(data).hexdigest()
         text, bad = (src, None) if isinstance(src, str) else _decode(data, path)
         if text is None:
-            early.append(_FileOutcome(path, digest, [], [bad], True))
+            early.append(_FileOutcome(path, path, digest, [], [bad], True))
             continue
         texts[path] = text
         sf, syntax = parse(text, path)
@@ -318,7 +324,7 @@ def compile_sources(
     outcomes = list(early)
     for sf, syntax, digest in parsed:
         mine = [d for d in decl_diags if d.file == sf.path]
-        outcomes.append(_compile_parsed(sf, syntax, digest, decls, strict, mine))
+        outcomes.append(_compile_parsed(sf, syntax, sf.path, digest, decls, strict, mine))
     occurrences: dict[str, list] = {}
     for o in outcomes:
         for m in o.modules:
@@ -351,6 +357,11 @@ def compile_source(text: str | bytes, path: str = "<memory>", *, strict: bool = 
 # the tree on disk
 
 
+STDIN = "-"
+"""The source argument that means "read one source from standard input" (``polc check -``)."""
+STDIN_NAME = "<stdin>"
+
+
 def find_sources(srcs: Sequence[str]) -> list[str]:
     """The ``.pol`` files named by ``srcs`` (files, or directories searched recursively).
 
@@ -358,17 +369,28 @@ def find_sources(srcs: Sequence[str]) -> list[str]:
     directories in sorted order, each file once. Raises :class:`UsageError`
     for a missing source.
     """
-    out: list[str] = []
-    seen: set[str] = set()
+    return [p for p, _ in _walk_sources(srcs)]
 
-    def add(p: str) -> None:
+
+def _walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[tuple[str, int]]:
+    """``(path as given, index of the argument that named it)`` of every source file.
+
+    ``-`` (standard input) is passed through as it is; files whose real path is
+    in ``skip`` are left out.
+    """
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set(skip)
+
+    def add(p: str, i: int) -> None:
         key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
-            out.append(p.replace(os.sep, "/"))
+            out.append((p.replace(os.sep, "/"), i))
 
-    for src in srcs:
-        if os.path.isdir(src):
+    for i, src in enumerate(srcs):
+        if src == STDIN:
+            out.append((STDIN, i))
+        elif os.path.isdir(src):
             found = []
             for root, dirs, files in os.walk(src):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -378,19 +400,46 @@ def find_sources(srcs: Sequence[str]) -> list[str]:
                         rel = f if rel_root == "." else os.path.join(rel_root, f)
                         found.append(posixpath.join(src.replace(os.sep, "/"), rel.replace(os.sep, "/")))
             for p in sorted(found):
-                add(p)
+                add(p, i)
         elif os.path.exists(src):
-            add(src)
+            add(src, i)
         else:
             raise UsageError(f"no such file or directory: {src}")
     return out
 
 
+def _source_dir(src: str) -> str:
+    """The source directory of an argument: the directory itself, or the one holding the file."""
+    return src if os.path.isdir(src) else (os.path.dirname(src) or ".")
+
+
+def recorded_name(path: str, src: str, source_root: str | None = None) -> str:
+    """The source name an artifact records for ``path``, found under the argument ``src``.
+
+    Relative to ``source_root`` when one is given (``path`` must be under it),
+    else to the parent of the argument's source directory, so that
+    ``polc compile policies-src`` records ``policies-src/tenant.acme.pol``
+    however the directory is spelled (``./policies-src``, an absolute path, or
+    ``.`` inside it) and from whatever working directory. ``/``-separated;
+    ``.`` and ``..`` are resolved lexically against the working directory.
+    Raises :class:`UsageError` for a path outside ``source_root``.
+    """
+    full = os.path.abspath(path)
+    if source_root is not None:
+        base = os.path.abspath(source_root)
+        rel = os.path.relpath(full, base)
+        if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+            raise UsageError(f"{path} is not under the source root {source_root}")
+    else:
+        base = os.path.dirname(os.path.abspath(_source_dir(src)))
+        rel = os.path.relpath(full, base)
+    return rel.replace(os.sep, "/")
+
+
 def default_out_dir(srcs: Sequence[str]) -> str:
     """``policies/`` beside the first source directory (for a file: beside its directory)."""
-    first = srcs[0]
-    src_dir = first if os.path.isdir(first) else (os.path.dirname(first) or ".")
-    parent = os.path.dirname(os.path.abspath(src_dir))
+    first = next((s for s in srcs if s != STDIN), ".")
+    parent = os.path.dirname(os.path.abspath(_source_dir(first)))
     out = os.path.join(parent, "policies")
     rel = os.path.relpath(out)
     return out if rel.startswith("..") else rel
@@ -562,9 +611,9 @@ def _init_worker(decls: Declarations, strict: bool) -> None:
     _WORKER = (decls, strict)
 
 
-def _work(item: tuple[str, bytes]) -> _FileOutcome:
+def _work(item: tuple[str, str, bytes]) -> _FileOutcome:
     decls, strict = _WORKER
-    return _compile_one(item[0], item[1], decls, strict)
+    return _compile_one(item[0], item[1], item[2], decls, strict)
 
 
 def _jobs(n: int) -> int:
@@ -576,7 +625,7 @@ def _jobs(n: int) -> int:
         return os.cpu_count() or 1
 
 
-def _run_jobs(items: list[tuple[str, bytes]], decls: Declarations, strict: bool, jobs: int):
+def _run_jobs(items: list[tuple[str, str, bytes]], decls: Declarations, strict: bool, jobs: int):
     """Compile ``items``, yielding each file's outcome in order as it is ready.
 
     With more than one worker, every worker process has been forked before the
@@ -584,8 +633,8 @@ def _run_jobs(items: list[tuple[str, bytes]], decls: Declarations, strict: bool,
     """
     workers = min(_jobs(jobs), len(items))
     if workers <= 1:
-        for p, d in items:
-            yield _compile_one(p, d, decls, strict)
+        for p, src, d in items:
+            yield _compile_one(p, src, d, decls, strict)
         return
     import concurrent.futures
     import multiprocessing
@@ -613,23 +662,35 @@ def compile_paths(
     strict: bool = False,
     write: bool = True,
     sign_key: SigningKey | None = None,
+    source_root: str | None = None,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
     Never raises for policy problems or I/O errors: they are in the report
     (``report.fatal`` for usage and I/O problems, exit code 2). With
-    ``sign_key`` every artifact written is signed with it.
+    ``sign_key`` every artifact written is signed with it. Artifacts record
+    each source by :func:`recorded_name` (relative to ``source_root`` when it
+    is given); diagnostics name it as it was given.
     """
     signer = sign_key.key_id if sign_key is not None else None
     report = Report(checking=not write)
     try:
-        files = find_sources(srcs)
+        walked = _walk_sources(srcs)
+        if source_root is not None and not os.path.isdir(source_root):
+            raise UsageError(f"source root {source_root} is not a directory")
+        recorded = {f: recorded_name(f, srcs[i], source_root) for f, i in walked}
     except UsageError as exc:
         report.fatal = str(exc)
         return report
+    files = [f for f, _ in walked]
     if not files:
         report.fatal = "no policy sources (*.pol) found in " + ", ".join(srcs)
         return report
+    if write:
+        clash = _name_clash(recorded)
+        if clash:
+            report.fatal = clash
+            return report
     if write:
         out = out if out is not None else default_out_dir(srcs)
         report.out_dir = out
@@ -662,7 +723,7 @@ def compile_paths(
         if f in declares:
             text, bad = _decode(datas[f], f)
             if text is None:
-                early[f] = _FileOutcome(f, digests[f], [], [bad], True)
+                early[f] = _FileOutcome(f, names[f], digests[f], [], [bad], True)
             else:
                 parsed[f] = parse(text, f)
     decls, decl_diags = collect_declarations(sf for sf, _ in parsed.values())
@@ -678,22 +739,23 @@ def compile_paths(
             names = [n for n, _ in scans[f]]
             if f in declares or not names or any(scan_count[n] > 1 for n in names):
                 continue
-            if all(_up_to_date(os.path.join(out, n + ".bin"), n, f, digests[f], decls, signer) for n in names):
+            if all(_up_to_date(os.path.join(out, n + ".bin"), n, recorded[f], digests[f], decls, signer)
+                   for n in names):
                 skipped.add(f)
 
     # compile the rest
     outcomes: dict[str, _FileOutcome] = dict(early)
     for f, (sf, syntax) in parsed.items():
         mine = [d for d in decl_diags if d.file == f]
-        outcomes[f] = _compile_parsed(sf, syntax, digests[f], decls, strict, mine)
-    todo = [(f, datas[f]) for f in files if f not in skipped and f not in outcomes]
+        outcomes[f] = _compile_parsed(sf, syntax, recorded[f], digests[f], decls, strict, mine)
+    todo = [(f, recorded[f], datas[f]) for f in files if f not in skipped and f not in outcomes]
     writer = _Writer(out) if write else None
     early: dict[int, str] = {}
 
     def decide(m: ModuleOutcome, o: _FileOutcome) -> str:
         """Up to date, or staged for writing (renamed over the artifact only if it is committed)."""
         m.artifact = os.path.join(out, m.module + ".bin")
-        if not force and _up_to_date(m.artifact, m.module, o.path, o.digest, decls, signer):
+        if not force and _up_to_date(m.artifact, m.module, o.source, o.digest, decls, signer):
             return UP_TO_DATE
         writer.stage(m, m.data if sign_key is None else sign_artifact(m.data, sign_key))
         return COMPILED
@@ -716,6 +778,17 @@ def compile_paths(
         if writer is not None:
             writer.discard()  # temporary files of anything not renamed
     return report
+
+
+def _name_clash(recorded: dict[str, str]) -> str | None:
+    """A usage error if two source files would be recorded under one name."""
+    seen: dict[str, str] = {}
+    for f, name in recorded.items():
+        other = seen.setdefault(name, f)
+        if other != f:
+            return (f"{other} and {f} would both be recorded as {name} in their artifacts: "
+                    f"pass --source-root to name them apart")
+    return None
 
 
 def _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide, early) -> None:

@@ -107,12 +107,20 @@ def test_changed_source_recompiles_only_its_modules(tree, tmp_path):
     assert stat_sig(out / "tenant.acme.bin") == acme_before
 
 
-def test_a_different_source_path_rebuilds(tree, tmp_path, chdir):
+def test_another_spelling_of_the_tree_is_up_to_date_another_root_rebuilds(tree, tmp_path, chdir):
     out = tmp_path / "out"
     compile_paths(["policies-src"], str(out))
-    r = compile_paths(["./policies-src"], str(out))
+    for spelling in ("./policies-src", str(tree), str(tree) + "/", "policies-src/../policies-src"):
+        r = compile_paths([spelling], str(out))
+        assert r.count("up to date") == 3, spelling
+    assert read_artifact_file(out / "tenant.acme.bin").source == "policies-src/tenant.acme.pol"
+    # the recorded name is part of what "up to date" compares
+    r = compile_paths(["policies-src"], str(out), source_root="policies-src")
     assert r.count("compiled") == 3
-    assert read_artifact_file(out / "tenant.acme.bin").source == "./policies-src/tenant.acme.pol"
+    assert read_artifact_file(out / "tenant.acme.bin").source == "tenant.acme.pol"
+    assert read_artifact_file(out / "tenant.globex.bin").source == "globex/tenant.globex.pol"
+    r = compile_paths(["policies-src/tenant.acme.pol"], str(out), source_root="policies-src")
+    assert r.count("up to date") == 1
 
 
 def test_failing_module_keeps_its_artifact_others_are_written(tree, tmp_path):
