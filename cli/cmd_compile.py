@@ -28,7 +28,8 @@ def _common(f):
     return f
 
 
-def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None) -> None:
+def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None,
+         stdin_name=None) -> None:
     from polc.compiler.driver import compile_paths
 
     key = None
@@ -41,7 +42,7 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
             click.echo(f"polc: error: {exc}", err=True)
             sys.exit(2)
     report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
-                           sign_key=key, source_root=source_root)
+                           sign_key=key, source_root=source_root, stdin_name=stdin_name)
     verbosity = verbose - quiet
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -83,6 +84,16 @@ def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, sourc
 
 @click.command("check")
 @_common
-def check_cmd(srcs, jobs, strict, verbose, quiet, fmt):
-    """Check policy sources without writing anything."""
-    _run(srcs, None, jobs, False, strict, verbose, quiet, fmt, write=False)
+@click.option("--stdin-filename", default=None, metavar="NAME",
+              help="the name of the source read from '-' in diagnostics [default: <stdin>]; "
+                   "a file of that name among SRC is replaced by it")
+def check_cmd(srcs, jobs, strict, verbose, quiet, fmt, stdin_filename):
+    """Check policy sources without writing anything.
+
+    SRC '-' reads one source from standard input (for editors and hooks):
+
+    \b
+      polc check - < policies-src/tenant.acme.pol
+      polc check - --stdin-filename policies-src/tenant.acme.pol policies-src
+    """
+    _run(srcs, None, jobs, False, strict, verbose, quiet, fmt, write=False, stdin_name=stdin_filename)

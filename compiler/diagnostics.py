@@ -55,7 +55,7 @@ def sort_key(d: Diagnostic) -> tuple:
     return (d.file, d.line, d.col)
 
 
-def _source_line(source: str, line: int) -> str | None:
+def source_line(source: str, line: int) -> str | None:
     """Line ``line`` (1-based) of ``source``, without its line break."""
     start = 0
     for _ in range(line - 1):
@@ -81,7 +81,7 @@ def _render_one(diag: Diagnostic, sources) -> str:
     source = sources(diag.file) if callable(sources) else sources.get(diag.file)
     if source is None:
         return head
-    text = _source_line(source, diag.line)
+    text = source_line(source, diag.line)
     if text is None:
         return head
     col = min(max(diag.col, 1), len(text) + 1)

@@ -28,7 +28,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from polc import __version__
@@ -49,7 +49,7 @@ from polc.runtime.signing import SigningKey, sign_artifact, signer_key_id
 from .ast import SourceFile
 from .checker import Declarations, check_module, collect_declarations
 from .codegen import generate
-from .diagnostics import ERROR, WARNING, CompileError, Diagnostic, render, render_all
+from .diagnostics import ERROR, NOTE, WARNING, CompileError, Diagnostic, source_line, render, render_all
 from .parser import parse
 
 __all__ = [
@@ -663,6 +663,8 @@ def compile_paths(
     write: bool = True,
     sign_key: SigningKey | None = None,
     source_root: str | None = None,
+    stdin: bytes | None = None,
+    stdin_name: str | None = None,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
@@ -671,14 +673,29 @@ def compile_paths(
     ``sign_key`` every artifact written is signed with it. Artifacts record
     each source by :func:`recorded_name` (relative to ``source_root`` when it
     is given); diagnostics name it as it was given.
+
+    A source ``-`` (only when checking) is one file read from ``stdin`` (bytes;
+    standard input when ``None``), named ``stdin_name`` in diagnostics
+    (default ``<stdin>``); a file of that name among the other sources is
+    replaced by it, so an editor can check an unsaved buffer within its tree.
     """
     signer = sign_key.key_id if sign_key is not None else None
     report = Report(checking=not write)
     try:
-        walked = _walk_sources(srcs)
+        n_stdin = sum(1 for s in srcs if s == STDIN)
+        if n_stdin and write:
+            raise UsageError("a source read from standard input ('-') can only be checked (polc check -)")
+        if n_stdin > 1:
+            raise UsageError("standard input ('-') can be given only once")
+        if stdin_name is not None and not n_stdin:
+            raise UsageError("a name for standard input (--stdin-filename) needs '-' among the sources")
+        skip = [os.path.realpath(stdin_name)] if n_stdin and stdin_name else []
+        walked = _walk_sources(srcs, skip)
         if source_root is not None and not os.path.isdir(source_root):
             raise UsageError(f"source root {source_root} is not a directory")
-        recorded = {f: recorded_name(f, srcs[i], source_root) for f, i in walked}
+        stdin_as = (stdin_name or STDIN_NAME).replace(os.sep, "/")
+        walked = [(stdin_as if f == STDIN else f, i) for f, i in walked]
+        recorded = {f: f if srcs[i] == STDIN else recorded_name(f, srcs[i], source_root) for f, i in walked}
     except UsageError as exc:
         report.fatal = str(exc)
         return report
@@ -705,8 +722,11 @@ def compile_paths(
 
     # read every source once
     datas: dict[str, bytes] = {}
-    for f in files:
+    for (f, i) in walked:
         try:
+            if srcs[i] == STDIN:
+                datas[f] = stdin if stdin is not None else _read_stdin()
+                continue
             with open(f, "rb") as fh:
                 datas[f] = fh.read()
         except OSError as exc:
@@ -723,7 +743,7 @@ def compile_paths(
         if f in declares:
             text, bad = _decode(datas[f], f)
             if text is None:
-                early[f] = _FileOutcome(f, names[f], digests[f], [], [bad], True)
+                early[f] = _FileOutcome(f, recorded[f], digests[f], [], [bad], True)
             else:
                 parsed[f] = parse(text, f)
     decls, decl_diags = collect_declarations(sf for sf, _ in parsed.values())
@@ -774,10 +794,96 @@ def compile_paths(
                     if m.status == COMPILED:
                         early[id(m)] = decide(m, o)
         _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide, early)
+        _explain_unknown_caps(report, srcs, walked, stdin_name)
     finally:
         if writer is not None:
             writer.discard()  # temporary files of anything not renamed
     return report
+
+
+def _read_stdin() -> bytes:
+    import sys
+
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        if sys.stdin is None:
+            raise OSError("standard input is closed")
+        return sys.stdin.read().encode("utf-8", "surrogateescape")
+    return stream.read()
+
+
+_UNKNOWN_CAP = "unknown capability '"
+
+
+def _explain_unknown_caps(report: Report, srcs: Sequence[str], walked, stdin_name: str | None) -> None:
+    """Say so when an unknown capability is declared in a file beside a file checked on its own.
+
+    Declarations apply to the sources of one run only, so ``polc check a.pol``
+    does not see ``capability tool.call(...)`` in ``b.pol`` beside it. Only on
+    such an error, the other ``*.pol`` files in the directories of the file
+    arguments (and of ``--stdin-filename``) are read for declarations, and the
+    error then names the file that declares the capability.
+    """
+    unknown = [(k, d) for k, d in enumerate(report.diagnostics)
+               if d.severity == ERROR and d.message.startswith(_UNKNOWN_CAP)]
+    if not unknown:
+        return
+    dirs: dict[str, None] = {}
+    for src in srcs:
+        if src == STDIN:
+            if stdin_name:
+                dirs[os.path.dirname(stdin_name) or "."] = None
+        elif not os.path.isdir(src):
+            dirs[os.path.dirname(src) or "."] = None
+    if not dirs:
+        return
+    taken = {os.path.realpath(f) for f, i in walked if srcs[i] != STDIN}
+    if stdin_name:
+        taken.add(os.path.realpath(stdin_name))
+    others: list[tuple[str, bytes]] = []
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in names:
+            path = name if d == "." else posixpath.join(d.replace(os.sep, "/"), name)
+            if not name.endswith(".pol") or name.startswith(".") or os.path.realpath(path) in taken:
+                continue
+            taken.add(os.path.realpath(path))
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            if b"capability" in data:
+                others.append((path, data))
+    parsed = {}
+    for path, data in others:
+        text, _ = _decode(data, path)
+        if text is not None:
+            parsed[path] = (parse(text, path)[0], data)
+    if not parsed:
+        return
+    elsewhere, _ = collect_declarations(sf for sf, _ in parsed.values())
+    run = "check" if report.checking else "compile"
+    for k, d in unknown:
+        text = report.source_text(d.file)
+        line = source_line(text, d.line) if text is not None else None
+        if line is None:
+            continue
+        name = line[d.col - 1 : d.col - 1 + d.length]
+        decl = elsewhere.caps.get(name)
+        if decl is None:
+            continue
+        note = Diagnostic(NOTE, decl.file, decl.line, decl.col, f"'{name}' is declared here", len(name))
+        report._sources.setdefault(decl.file, parsed[decl.file][1])
+        report.diagnostics[k] = replace(
+            d,
+            message=(f"unknown capability '{name}': it is declared in {decl.file}, which is not part of "
+                     f"this {run}; {run} the directory or pass both files"),
+            notes=(*d.notes, note),
+        )
 
 
 def _name_clash(recorded: dict[str, str]) -> str | None:
