@@ -29,7 +29,7 @@ def _common(f):
 
 
 def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None,
-         stdin_name=None) -> None:
+         stdin_name=None, wait=True) -> None:
     from polc.compiler.driver import compile_paths
 
     key = None
@@ -42,7 +42,8 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
             click.echo(f"polc: error: {exc}", err=True)
             sys.exit(2)
     report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
-                           sign_key=key, source_root=source_root, stdin_name=stdin_name)
+                           sign_key=key, source_root=source_root, stdin_name=stdin_name, wait=wait,
+                           on_wait=lambda message: click.echo(f"polc: {message}", err=True))
     verbosity = verbose - quiet
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -55,6 +56,9 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
         click.echo(f"polc: error: {report.fatal}", err=True)
         sys.exit(2)
     if verbosity > 0:
+        if report.removed_debris:
+            click.echo(f"removed {report.removed_debris} temporary file(s) of interrupted compiles "
+                       f"from {report.out_dir}", err=True)
         for m in report.modules:
             where = f" -> {m.artifact}" if m.artifact and m.status != "failed" else ""
             click.echo(f"{m.status}: {m.module} ({m.source}){where}", err=True)
@@ -73,13 +77,18 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
 @click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="record source paths relative to DIR [default: the parent of each SRC's directory, "
                    "so 'polc compile policies-src' records policies-src/NAME.pol]")
-def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, source_root):
+@click.option("--no-wait", "no_wait", is_flag=True,
+              help="fail (exit 2) instead of waiting when another compile is writing to OUT")
+def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, source_root, no_wait):
     """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts.
 
     Artifacts record each source's path relative to the source root, so one
     tree gives the same bytes however SRC is spelled and from any directory.
+    One compile at a time writes to OUT (a lock on OUT/.polc-compile.lock):
+    a second one waits for it, saying so on stderr, or with --no-wait fails.
     """
-    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign, source_root=source_root)
+    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign, source_root=source_root,
+         wait=not no_wait)
 
 
 @click.command("check")

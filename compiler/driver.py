@@ -23,11 +23,15 @@ are always parsed, since their declarations apply to the whole tree.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+import stat as stat_mod
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -523,6 +527,8 @@ class Report:
     checking: bool = False
     fatal: str | None = None
     """A usage or I/O problem (exit 2)."""
+    removed_debris: int = 0
+    """Temporary files of interrupted compiles removed from the output directory."""
     _sources: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def count(self, status: str) -> int:
@@ -583,6 +589,7 @@ class Report:
             "modules": [m.as_dict() for m in self.modules],
             "diagnostics": [_diag_dict(d) for d in self.diagnostics],
             "fatal": self.fatal,
+            "removed_debris": self.removed_debris,
         }
 
 
@@ -606,14 +613,40 @@ def _diag_dict(d: Diagnostic) -> dict:
 _WORKER: tuple[Declarations, bool] | None = None
 
 
-def _init_worker(decls: Declarations, strict: bool) -> None:
+def _init_worker(decls: Declarations, strict: bool, lock_fd: int | None, parent: int) -> None:
     global _WORKER
     _WORKER = (decls, strict)
+    _die_with_parent(parent)
+    if lock_fd is not None:
+        # the parent's lock stays the parent's: a worker outliving a killed parent holds nothing
+        try:
+            os.close(lock_fd)
+        except OSError:
+            pass
 
 
 def _work(item: tuple[str, str, bytes]) -> _FileOutcome:
     decls, strict = _WORKER
     return _compile_one(item[0], item[1], item[2], decls, strict)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the compile that forked it dies (Linux).
+
+    A parent killed with SIGKILL cannot stop its pool, and an orphaned worker
+    would wait on its queue for ever, keeping the compile's stdout and stderr
+    open (whoever reads them would hang).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl here
+            pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
 
 
 def _jobs(n: int) -> int:
@@ -625,7 +658,8 @@ def _jobs(n: int) -> int:
         return os.cpu_count() or 1
 
 
-def _run_jobs(items: list[tuple[str, str, bytes]], decls: Declarations, strict: bool, jobs: int):
+def _run_jobs(items: list[tuple[str, str, bytes]], decls: Declarations, strict: bool, jobs: int,
+              lock_fd: int | None = None):
     """Compile ``items``, yielding each file's outcome in order as it is ready.
 
     With more than one worker, every worker process has been forked before the
@@ -648,7 +682,8 @@ def _run_jobs(items: list[tuple[str, str, bytes]], decls: Declarations, strict: 
         ctx = None
     chunk = max(1, min(64, len(items) // (workers * 4)))
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(decls, strict)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(decls, strict, lock_fd, os.getpid())
     ) as pool:
         yield from pool.map(_work, items, chunksize=chunk)
 
@@ -665,6 +700,8 @@ def compile_paths(
     source_root: str | None = None,
     stdin: bytes | None = None,
     stdin_name: str | None = None,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
@@ -678,6 +715,11 @@ def compile_paths(
     standard input when ``None``), named ``stdin_name`` in diagnostics
     (default ``<stdin>``); a file of that name among the other sources is
     replaced by it, so an editor can check an unsaved buffer within its tree.
+
+    Writing takes the output directory's lock (:class:`OutputLock`) first:
+    when another compile holds it, ``on_wait(message)`` is called and the
+    compile waits for it, or with ``wait=False`` fails at once (exit 2).
+    Holding it, the compile removes what crashed compiles left (:func:`remove_debris`).
     """
     signer = sign_key.key_id if sign_key is not None else None
     report = Report(checking=not write)
@@ -719,7 +761,25 @@ def compile_paths(
         if not os.access(out, os.W_OK | os.X_OK):
             report.fatal = f"output directory {out} is not writable"
             return report
+        try:
+            lock = OutputLock.acquire(out, wait=wait, on_wait=on_wait)
+        except UsageError as exc:
+            report.fatal = str(exc)
+            return report
+        try:
+            report.removed_debris = remove_debris(out)
+            return _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key,
+                                  signer, stdin, stdin_name, lock.fd)
+        finally:
+            lock.release()
+    return _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key, signer,
+                          stdin, stdin_name, None)
 
+
+def _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key, signer, stdin,
+                   stdin_name, lock_fd) -> Report:
+    """The rest of :func:`compile_paths`, once the sources are known (and the output directory locked)."""
+    files = [f for f, _ in walked]
     # read every source once
     datas: dict[str, bytes] = {}
     for (f, i) in walked:
@@ -787,7 +847,7 @@ def compile_paths(
     # over NAME.bin waits for the tree-wide checks in _finish.
     stage_early = write and min(_jobs(jobs), len(todo)) > 1
     try:
-        for o in _run_jobs(todo, decls, strict, jobs):
+        for o in _run_jobs(todo, decls, strict, jobs, lock_fd):
             outcomes[o.path] = o
             if stage_early:
                 for m in o.modules:
@@ -802,8 +862,6 @@ def compile_paths(
 
 
 def _read_stdin() -> bytes:
-    import sys
-
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:
         if sys.stdin is None:
@@ -975,7 +1033,7 @@ class _Writer:
 
             process_umask()  # read before any thread runs
             self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="polc-write")
-        self.staged[id(m)] = (m, self.pool.submit(stage_file, self.directory, data))
+        self.staged[id(m)] = (m, self.pool.submit(stage_file, self.directory, data, prefix=TEMP_PREFIX))
 
     def commit(self, m: ModuleOutcome) -> None:
         self.committed.append(m)
@@ -1020,6 +1078,109 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------
+# the output directory: one compile at a time, and no debris
+
+LOCK_NAME = ".polc-compile.lock"
+"""The lock file in the output directory (created once, never removed; the agent skips '.' names)."""
+TEMP_PREFIX = ".polc-compile-"
+"""The compiler's temporary files: ``.polc-compile-XXXXXXXX.tmp``, only ever written under the lock."""
+_OWN_TEMP = re.compile(r"\.polc-compile-[a-z0-9_]{8}\.tmp")
+_OTHER_TEMP = re.compile(r"\.[a-z0-9_]{8}\.tmp")
+STALE_TEMP_AGE = 3600.0
+"""Seconds after which a ``.XXXXXXXX.tmp`` of another writer counts as left by a crash."""
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT/.polc-compile.lock``, held for a whole compile.
+
+    The kernel drops the lock when its holder exits, however it exits, so a
+    lock is never stale. The file is opened without following symlinks and
+    must be a regular file; it may be read-only to us (another user's lock
+    file in a shared directory): ``flock`` does not need write access.
+    """
+
+    def __init__(self, fd: int | None, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def acquire(cls, out: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> OutputLock:
+        """Take the lock (waiting, or raising :class:`UsageError` with ``wait=False``)."""
+        path = os.path.join(out, LOCK_NAME)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform: compiles are not serialised
+            return cls(None, path)
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o666)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | flags)
+        except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+            raise UsageError(f"cannot open the lock file {path}: {why}") from None
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"the lock file {path} is not a regular file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise UsageError(
+                        f"another polc compile is writing to {out} (it holds {path}); "
+                        f"try again when it is done, or leave out --no-wait to wait for it"
+                    ) from None
+                if on_wait is not None:
+                    on_wait(f"waiting for another polc compile writing to {out} to finish (it holds {path})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise UsageError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def remove_debris(out: str, *, now: float | None = None) -> int:
+    """Remove the temporary files interrupted writers left in ``out``; call it holding the lock.
+
+    ``.polc-compile-XXXXXXXX.tmp`` files are only written by a compile holding
+    the lock, so while we hold it every one of them is a crashed compile's and
+    goes. ``.XXXXXXXX.tmp`` files (``write_atomic`` of polc's runtime, and
+    compilers before the lock) may belong to a writer that takes no lock: they
+    go only once older than :data:`STALE_TEMP_AGE`. Only regular files are
+    removed (symlinks and directories are left alone). Returns how many.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        own = _OWN_TEMP.fullmatch(name) is not None
+        if not own and _OTHER_TEMP.fullmatch(name) is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat_mod.S_ISREG(st.st_mode) or (not own and now - st.st_mtime < STALE_TEMP_AGE):
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def render_report_diagnostics(report: Report) -> str:

@@ -28,7 +28,7 @@ def _polc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _tree(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.bin"))}
 
 
 @pytest.fixture
@@ -121,4 +121,4 @@ def test_source_root_usage_errors(repo, tmp_path):
     p = run("policies-src", str(other))
     assert p.returncode == 2
     assert "would both be recorded as policies-src/tenant.acme.pol" in p.stderr and "--source-root" in p.stderr
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    assert not (tmp_path / "o").exists()

@@ -48,7 +48,7 @@ def test_writes_one_artifact_per_module_beside_the_source_dir(tree, chdir):
     assert r.exit_code == 0, r.render_diagnostics()
     assert r.out_dir == "policies"
     assert sorted(os.listdir(chdir / "policies")) == [
-        "tenant.acme.bin", "tenant.globex.batch.bin", "tenant.globex.bin",
+        ".polc-compile.lock", "tenant.acme.bin", "tenant.globex.batch.bin", "tenant.globex.bin",
     ]
     assert r.summary() == "compiled 3, up to date 0, failed 0"
     art = read_artifact_file(chdir / "policies" / "tenant.globex.bin")
@@ -87,10 +87,10 @@ def test_second_run_is_up_to_date_and_touches_nothing(tree, tmp_path):
 def test_force_rewrites_byte_identical(tree, tmp_path):
     out = tmp_path / "out"
     compile_paths([str(tree)], str(out))
-    before = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.iterdir()}
+    before = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.glob("*.bin")}
     r = compile_paths([str(tree)], str(out), force=True)
     assert r.summary() == "compiled 3, up to date 0, failed 0"
-    after = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.iterdir()}
+    after = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.glob("*.bin")}
     for name, (data, ino) in before.items():
         assert after[name][0] == data
         assert after[name][1] != ino  # really rewritten (atomic replace = new inode)
