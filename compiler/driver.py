@@ -373,43 +373,71 @@ def find_sources(srcs: Sequence[str]) -> list[str]:
     directories in sorted order, each file once. Raises :class:`UsageError`
     for a missing source.
     """
-    return [p for p, _ in _walk_sources(srcs)]
+    return [p for p, _, _ in _walk_sources(srcs)]
 
 
-def _walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[tuple[str, int]]:
-    """``(path as given, index of the argument that named it)`` of every source file.
+def _walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[tuple[str, int, str | None]]:
+    """``(path as given, index of the argument that named it, path below that directory)`` of every source.
 
-    ``-`` (standard input) is passed through as it is; files whose real path is
-    in ``skip`` are left out.
+    The last item is ``None`` for a file argument. ``-`` (standard input) is
+    passed through as it is; files whose real path is in ``skip`` are left out.
     """
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, str | None]] = []
     seen: set[str] = set(skip)
 
-    def add(p: str, i: int) -> None:
+    def add(p: str, i: int, below: str | None) -> None:
         key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
-            out.append((p.replace(os.sep, "/"), i))
+            out.append((p.replace(os.sep, "/"), i, below))
 
     for i, src in enumerate(srcs):
         if src == STDIN:
-            out.append((STDIN, i))
+            out.append((STDIN, i, None))
         elif os.path.isdir(src):
             found = []
+            top = src.replace(os.sep, "/")
             for root, dirs, files in os.walk(src):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 rel_root = os.path.relpath(root, src)
                 for f in files:
                     if f.endswith(".pol") and not f.startswith("."):
-                        rel = f if rel_root == "." else os.path.join(rel_root, f)
-                        found.append(posixpath.join(src.replace(os.sep, "/"), rel.replace(os.sep, "/")))
-            for p in sorted(found):
-                add(p, i)
+                        rel = (f if rel_root == "." else os.path.join(rel_root, f)).replace(os.sep, "/")
+                        found.append((posixpath.join(top, rel), rel))
+            for p, rel in sorted(found):
+                add(p, i, rel)
         elif os.path.exists(src):
-            add(src, i)
+            add(src, i, None)
         else:
             raise UsageError(f"no such file or directory: {src}")
     return out
+
+
+def _recorded_names(walked, srcs: Sequence[str], source_root: str | None) -> dict[str, str]:
+    """:func:`recorded_name` of every walked file; one path computation per directory argument."""
+    names: dict[str, str] = {}
+    prefixes: dict[int, str | None] = {}
+    for f, i, below in walked:
+        src = srcs[i]
+        if src == STDIN:
+            names[f] = f
+            continue
+        if below is not None:
+            if i not in prefixes:
+                # the directory's own name: what every file below it is recorded under
+                if source_root is None:
+                    prefix = os.path.basename(os.path.abspath(src))
+                else:
+                    prefix = os.path.relpath(os.path.abspath(src), os.path.abspath(source_root))
+                    prefix = None if prefix.split(os.sep)[0] == os.pardir else prefix
+                prefixes[i] = None if prefix is None else ("" if prefix in ("", ".") else
+                                                           prefix.replace(os.sep, "/") + "/")
+            prefix = prefixes[i]
+            if prefix is not None:
+                names[f] = prefix + below
+                continue
+        names[f] = recorded_name(f, src, source_root)
+    return names
 
 
 def _source_dir(src: str) -> str:
@@ -736,12 +764,12 @@ def compile_paths(
         if source_root is not None and not os.path.isdir(source_root):
             raise UsageError(f"source root {source_root} is not a directory")
         stdin_as = (stdin_name or STDIN_NAME).replace(os.sep, "/")
-        walked = [(stdin_as if f == STDIN else f, i) for f, i in walked]
-        recorded = {f: f if srcs[i] == STDIN else recorded_name(f, srcs[i], source_root) for f, i in walked}
+        walked = [(stdin_as if f == STDIN else f, i, below) for f, i, below in walked]
+        recorded = _recorded_names(walked, srcs, source_root)
     except UsageError as exc:
         report.fatal = str(exc)
         return report
-    files = [f for f, _ in walked]
+    files = [f for f, _, _ in walked]
     if not files:
         report.fatal = "no policy sources (*.pol) found in " + ", ".join(srcs)
         return report
@@ -779,10 +807,10 @@ def compile_paths(
 def _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key, signer, stdin,
                    stdin_name, lock_fd) -> Report:
     """The rest of :func:`compile_paths`, once the sources are known (and the output directory locked)."""
-    files = [f for f, _ in walked]
+    files = [f for f, _, _ in walked]
     # read every source once
     datas: dict[str, bytes] = {}
-    for (f, i) in walked:
+    for f, i, _ in walked:
         try:
             if srcs[i] == STDIN:
                 datas[f] = stdin if stdin is not None else _read_stdin()
@@ -895,7 +923,7 @@ def _explain_unknown_caps(report: Report, srcs: Sequence[str], walked, stdin_nam
             dirs[os.path.dirname(src) or "."] = None
     if not dirs:
         return
-    taken = {os.path.realpath(f) for f, i in walked if srcs[i] != STDIN}
+    taken = {os.path.realpath(f) for f, i, _ in walked if srcs[i] != STDIN}
     if stdin_name:
         taken.add(os.path.realpath(stdin_name))
     others: list[tuple[str, bytes]] = []

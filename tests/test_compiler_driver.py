@@ -254,3 +254,26 @@ def test_strict_rechecks_up_to_date_files(write_tree, tmp_path):
     r = compile_paths([str(src)], str(out), strict=True)
     assert r.exit_code == 1 and r.errors == 1
     assert (out / "w.bin").exists()  # the artifact of the earlier run stays
+
+
+def test_recorded_names_of_a_walk_match_recorded_name(tree, chdir):
+    from polc.compiler.driver import _recorded_names, _walk_sources, recorded_name
+
+    os.makedirs("policies-src/globex/deeper")
+    (tree / "globex" / "deeper" / "x.pol").write_text("")
+    spellings = [["policies-src"], ["./policies-src/"], [str(tree)], ["policies-src/globex"],
+                 ["policies-src/globex/../globex"], ["policies-src/tenant.acme.pol", "policies-src/globex"]]
+    for srcs in spellings:
+        for root in (None, ".", "policies-src", str(tree.parent)):
+            walked = _walk_sources(srcs)
+            got = _recorded_names(walked, srcs, root)
+            assert got == {f: recorded_name(f, srcs[i], root) for f, i, _ in walked}, (srcs, root)
+    os.chdir(tree / "globex")
+    walked = _walk_sources([".."])
+    assert sorted(_recorded_names(walked, [".."], None).values()) == [
+        "policies-src/globex/deeper/x.pol", "policies-src/globex/tenant.globex.pol", "policies-src/tenant.acme.pol",
+    ]
+    walked = _walk_sources(["deeper"])
+    assert _recorded_names(walked, ["deeper"], "..") == {"deeper/x.pol": "globex/deeper/x.pol"}
+    with pytest.raises(Exception, match="not under the source root"):
+        _recorded_names(_walk_sources([".."]), [".."], ".")
