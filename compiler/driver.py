@@ -810,12 +810,21 @@ def _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, wri
     files = [f for f, _, _ in walked]
     # read every source once
     datas: dict[str, bytes] = {}
-    for f, i, _ in walked:
+    for f, i, below in walked:
         try:
             if srcs[i] == STDIN:
                 datas[f] = stdin if stdin is not None else _read_stdin()
                 continue
-            with open(f, "rb") as fh:
+            if below is None:  # named on the command line: may be /dev/stdin or a pipe
+                with open(f, "rb") as fh:
+                    datas[f] = fh.read()
+                continue
+            # found in a directory: a FIFO or device there must not hang or flood the compile
+            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as fh:
+                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    report.fatal = f"cannot read {f}: not a regular file"
+                    return report
                 datas[f] = fh.read()
         except OSError as exc:
             report.fatal = f"cannot read {f}: {exc.strerror or exc}"

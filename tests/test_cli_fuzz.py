@@ -9,6 +9,7 @@ nastiest inputs together, and for a sample of generated ones.
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -171,3 +172,12 @@ def test_generated_sources_in_real_subprocesses(tmp_path):
         (src / f"g{i:02d}.pol").write_bytes(bytes(out))
     _subprocess(["check", "gen-src"], tmp_path)
     _subprocess(["compile", "gen-src", "-o", "out", "-j", "2"], tmp_path)
+
+
+def test_a_fifo_in_a_source_directory_is_an_error_not_a_hang(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.pol").write_bytes(CORPUS[0])
+    os.mkfifo(src / "b.pol")  # nobody ever writes to it: opening it for reading would block for ever
+    p = _subprocess(["check", "src"], tmp_path)
+    assert p.returncode == 2 and b"b.pol: not a regular file" in p.stderr, p.stderr
