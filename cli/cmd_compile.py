@@ -30,6 +30,7 @@ def _common(f):
 
 def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None,
          stdin_name=None, wait=True) -> None:
+    from polc.compiler.diagnostics import visible
     from polc.compiler.driver import compile_paths
 
     key = None
@@ -43,17 +44,17 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
             sys.exit(2)
     report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
                            sign_key=key, source_root=source_root, stdin_name=stdin_name, wait=wait,
-                           on_wait=lambda message: click.echo(f"polc: {message}", err=True))
+                           on_wait=lambda message: click.echo(f"polc: {visible(message)}", err=True))
     verbosity = verbose - quiet
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
         if report.fatal:
-            click.echo(f"polc: error: {report.fatal}", err=True)
+            click.echo(f"polc: error: {visible(report.fatal)}", err=True)
         sys.exit(report.exit_code)
     if report.diagnostics:
         click.echo(report.render_diagnostics(), err=True)
     if report.fatal:
-        click.echo(f"polc: error: {report.fatal}", err=True)
+        click.echo(f"polc: error: {visible(report.fatal)}", err=True)
         sys.exit(2)
     if verbosity > 0:
         if report.removed_debris:
@@ -61,7 +62,7 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
                        f"from {report.out_dir}", err=True)
         for m in report.modules:
             where = f" -> {m.artifact}" if m.artifact and m.status != "failed" else ""
-            click.echo(f"{m.status}: {m.module} ({m.source}){where}", err=True)
+            click.echo(visible(f"{m.status}: {m.module} ({m.source}){where}"), err=True)
     if verbosity >= 0:
         click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)

@@ -74,8 +74,28 @@ def render(diag: Diagnostic, sources: Mapping[str, str] | Callable[[str], str | 
     return "\n".join(out)
 
 
+def _shown(ch: str) -> str:
+    """How one character of a file name, message or source line is printed."""
+    if ch.isprintable():
+        return ch
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else (f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+
+
+def visible(text: str, *, tabs: bool = False) -> str:
+    """``text`` with control, format and other invisible characters escaped (``\\x1b``, ``\\u202e``).
+
+    A diagnostic is printed to a terminal: a hostile source or file name must
+    not move the cursor, recolour it or reorder what follows (bidi controls).
+    ``tabs`` keeps tabs as they are (for source lines, so carets line up).
+    """
+    if text.isprintable() or (tabs and text.replace("\t", " ").isprintable()):
+        return text
+    return "".join("\t" if tabs and ch == "\t" else _shown(ch) for ch in text)
+
+
 def _render_one(diag: Diagnostic, sources) -> str:
-    head = diag.header()
+    head = visible(diag.header())
     if sources is None or diag.line < 1:
         return head
     source = sources(diag.file) if callable(sources) else sources.get(diag.file)
@@ -94,6 +114,12 @@ def _render_one(diag: Diagnostic, sources) -> str:
         text = lead + text[start:end] + ("..." if end < len(text) else "")
         col = col - start + len(lead)
         length = max(1, min(length, end - start + len(lead) - col + 1))
+    shown = visible(text, tabs=True)
+    if shown is not text:  # escapes are wider than what they stand for: the caret follows them
+        before, under = text[: col - 1], text[col - 1 : col - 1 + length]
+        col = len(visible(before, tabs=True)) + 1
+        length = max(1, len(visible(under, tabs=True)))
+        text = shown
     # Keep tabs so the caret lines up under the same characters.
     pad = "".join("\t" if ch == "\t" else " " for ch in text[: col - 1])
     caret = "^" + "~" * (length - 1)
