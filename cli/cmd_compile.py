@@ -28,7 +28,9 @@ def _common(f):
     return f
 
 
-def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None) -> None:
+def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None,
+         stdin_name=None, wait=True) -> None:
+    from polc.compiler.diagnostics import visible
     from polc.compiler.driver import compile_paths
 
     key = None
@@ -41,22 +43,26 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
             click.echo(f"polc: error: {exc}", err=True)
             sys.exit(2)
     report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
-                           sign_key=key)
+                           sign_key=key, source_root=source_root, stdin_name=stdin_name, wait=wait,
+                           on_wait=lambda message: click.echo(f"polc: {visible(message)}", err=True))
     verbosity = verbose - quiet
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
         if report.fatal:
-            click.echo(f"polc: error: {report.fatal}", err=True)
+            click.echo(f"polc: error: {visible(report.fatal)}", err=True)
         sys.exit(report.exit_code)
     if report.diagnostics:
         click.echo(report.render_diagnostics(), err=True)
     if report.fatal:
-        click.echo(f"polc: error: {report.fatal}", err=True)
+        click.echo(f"polc: error: {visible(report.fatal)}", err=True)
         sys.exit(2)
     if verbosity > 0:
+        if report.removed_debris:
+            click.echo(f"removed {report.removed_debris} temporary file(s) of interrupted compiles "
+                       f"from {report.out_dir}", err=True)
         for m in report.modules:
             where = f" -> {m.artifact}" if m.artifact and m.status != "failed" else ""
-            click.echo(f"{m.status}: {m.module} ({m.source}){where}", err=True)
+            click.echo(visible(f"{m.status}: {m.module} ({m.source}){where}"), err=True)
     if verbosity >= 0:
         click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)
@@ -69,13 +75,35 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
 @click.option("--force", is_flag=True, help="rewrite artifacts even when up to date")
 @click.option("--sign", "sign", type=click.Path(dir_okay=False), default=None, metavar="KEYFILE",
               help="sign every artifact with this Ed25519 key (from polc keygen)")
-def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign):
-    """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts."""
-    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign)
+@click.option("--source-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="record source paths relative to DIR [default: the parent of each SRC's directory, "
+                   "so 'polc compile policies-src' records policies-src/NAME.pol]")
+@click.option("--no-wait", "no_wait", is_flag=True,
+              help="fail (exit 2) instead of waiting when another compile is writing to OUT")
+def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, source_root, no_wait):
+    """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts.
+
+    Artifacts record each source's path relative to the source root, so one
+    tree gives the same bytes however SRC is spelled and from any directory.
+    One compile at a time writes to OUT (a lock on OUT/.polc-compile.lock):
+    a second one waits for it, saying so on stderr, or with --no-wait fails.
+    """
+    _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write=True, sign=sign, source_root=source_root,
+         wait=not no_wait)
 
 
 @click.command("check")
 @_common
-def check_cmd(srcs, jobs, strict, verbose, quiet, fmt):
-    """Check policy sources without writing anything."""
-    _run(srcs, None, jobs, False, strict, verbose, quiet, fmt, write=False)
+@click.option("--stdin-filename", default=None, metavar="NAME",
+              help="the name of the source read from '-' in diagnostics [default: <stdin>]; "
+                   "a file of that name among SRC is replaced by it")
+def check_cmd(srcs, jobs, strict, verbose, quiet, fmt, stdin_filename):
+    """Check policy sources without writing anything.
+
+    SRC '-' reads one source from standard input (for editors and hooks):
+
+    \b
+      polc check - < policies-src/tenant.acme.pol
+      polc check - --stdin-filename policies-src/tenant.acme.pol policies-src
+    """
+    _run(srcs, None, jobs, False, strict, verbose, quiet, fmt, write=False, stdin_name=stdin_filename)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import click
@@ -50,9 +51,58 @@ def _call(capability: str, args: tuple[object, ...]) -> str:
     return f"{capability}({', '.join(json.dumps(a) for a in args)})"
 
 
+_NEGATIVE_NUMBER = re.compile(r"-[0-9]")
+
+
+class _EvalCommand(click.Command):
+    """Options may follow the arguments; an unknown one is an error, never an argument.
+
+    Only a negative number (``-5``) passes as an argument without ``--``; after
+    ``--`` everything is an argument (``polc eval DIR m cap -- -v``).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value: dict[str, bool] = {}
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                for opt in (*param.opts, *param.secondary_opts):
+                    takes_value[opt] = not (param.is_flag or param.count)
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            i += 1
+            if arg == "--":
+                break
+            if arg.startswith("--"):
+                name = arg.split("=", 1)[0]
+                if name not in takes_value:
+                    self._no_such_option(ctx, name, arg)
+                if takes_value[name] and "=" not in arg:
+                    i += 1
+            elif arg.startswith("-") and len(arg) > 1 and not _NEGATIVE_NUMBER.match(arg):
+                for k, ch in enumerate(arg[1:], start=1):
+                    opt = "-" + ch
+                    if opt not in takes_value:
+                        self._no_such_option(ctx, opt, arg)
+                    if takes_value[opt]:
+                        i += k == len(arg) - 1  # the value is the next argument
+                        break
+        return super().parse_args(ctx, args)
+
+    @staticmethod
+    def _no_such_option(ctx: click.Context, opt: str, arg: str) -> None:
+        raise click.UsageError(
+            f"no such option: {opt} (an argument that starts with '-' goes after '--': "
+            f"polc eval POLICY_DIR MODULE CAPABILITY -- {arg})",
+            ctx,
+        )
+
+
 @click.command(
     "eval",
-    context_settings={"ignore_unknown_options": True},  # so that "-5" is an argument
+    cls=_EvalCommand,
+    # negative numbers ("-5") reach the arguments; _EvalCommand rejects every other unknown option
+    context_settings={"ignore_unknown_options": True},
 )
 @click.argument("policy_dir", metavar="POLICY_DIR")
 @click.argument("module")
@@ -73,6 +123,7 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
     Examples:
       polc eval policies tenant.acme network.outbound api.acme.com 443
       polc eval policies tenant.acme fs.read tenants/acme a/b.txt --format json
+      polc eval policies tenant.acme process.exec -- -rf   # an argument starting with '-'
 
     Exit status: 0 allowed, 1 denied, 2 error.
     """

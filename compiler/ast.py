@@ -31,9 +31,51 @@ class StrArg(Node):
     """The first escape sequence the language does not know (e.g. ``\\q``), if any."""
 
 
+class LongLiteral(int):
+    """An integer literal with more digits than any parameter accepts.
+
+    Its value is a stand-in of the right sign far outside every range
+    (``±10**LONG_LITERAL_DIGITS``), so the range checks reject it as they would
+    the real number, without the quadratic (and, past 4,300 digits, refused)
+    conversion of the digits; it prints as its first digits and its length.
+    """
+
+    def __new__(cls, negative: bool, head: str, ndigits: int) -> LongLiteral:
+        self = super().__new__(cls, -(10**LONG_LITERAL_DIGITS) if negative else 10**LONG_LITERAL_DIGITS)
+        self.args = (negative, head, ndigits)
+        self.text = f"{'-' if negative else ''}{head}... ({ndigits} digits)"
+        return self
+
+    def __reduce__(self):
+        return (LongLiteral, self.args)
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return format(self.text, spec)
+
+
+LONG_LITERAL_DIGITS = 40
+"""Literals with more significant digits than this are :class:`LongLiteral` (64-bit needs 19)."""
+
+
+def int_literal(text: str) -> int:
+    """The value of an INT token (``-?[0-9]+``); bounded work for any length."""
+    negative = text.startswith("-")
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > LONG_LITERAL_DIGITS:
+        return LongLiteral(negative, digits[:20], len(digits))
+    value = int(digits or "0", 10)  # leading zeros count towards the interpreter's digit limit
+    return -value if negative else value
+
+
 @dataclass(frozen=True, slots=True)
 class IntArg(Node):
     value: int
+    """The literal's value; a :class:`LongLiteral` when it has absurdly many digits."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,7 +303,7 @@ def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]
         if name in decls.broken:
             return None  # its declaration is already reported
         hint = did_you_mean(name, decls.names(), synonyms=CAPABILITY_SYNONYMS)
-        diags.append(_diag(ERROR, st.cap, f"unknown capability '{name}'{hint}", mod))
+        diags.append(_diag(ERROR, st.cap, f"unknown capability '{_clip(name)}'{hint}", mod))
         return None
     given = st.args or ()
     ok = True

@@ -55,7 +55,7 @@ def sort_key(d: Diagnostic) -> tuple:
     return (d.file, d.line, d.col)
 
 
-def _source_line(source: str, line: int) -> str | None:
+def source_line(source: str, line: int) -> str | None:
     """Line ``line`` (1-based) of ``source``, without its line break."""
     start = 0
     for _ in range(line - 1):
@@ -74,22 +74,60 @@ def render(diag: Diagnostic, sources: Mapping[str, str] | Callable[[str], str | 
     return "\n".join(out)
 
 
+def _shown(ch: str) -> str:
+    """How one character of a file name, message or source line is printed."""
+    if ch.isprintable():
+        return ch
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else (f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+
+
+def visible(text: str, *, tabs: bool = False) -> str:
+    """``text`` with control, format and other invisible characters escaped (``\\x1b``, ``\\u202e``).
+
+    A diagnostic is printed to a terminal: a hostile source or file name must
+    not move the cursor, recolour it or reorder what follows (bidi controls).
+    ``tabs`` keeps tabs as they are (for source lines, so carets line up).
+    """
+    if text.isprintable() or (tabs and text.replace("\t", " ").isprintable()):
+        return text
+    return "".join("\t" if tabs and ch == "\t" else _shown(ch) for ch in text)
+
+
 def _render_one(diag: Diagnostic, sources) -> str:
-    head = diag.header()
+    head = visible(diag.header())
     if sources is None or diag.line < 1:
         return head
     source = sources(diag.file) if callable(sources) else sources.get(diag.file)
     if source is None:
         return head
-    text = _source_line(source, diag.line)
+    text = source_line(source, diag.line)
     if text is None:
         return head
-    # Keep tabs so the caret lines up under the same characters.
     col = min(max(diag.col, 1), len(text) + 1)
-    pad = "".join("\t" if ch == "\t" else " " for ch in text[: col - 1])
     length = max(1, min(diag.length, len(text) - col + 1))
+    if len(text) > SHOWN_LINE_MAX:
+        # a window of the line around the caret, so a megabyte line prints as one screen line
+        start = max(0, col - 1 - SHOWN_LINE_MAX // 3)
+        end = min(len(text), start + SHOWN_LINE_MAX)
+        lead = "..." if start else ""
+        text = lead + text[start:end] + ("..." if end < len(text) else "")
+        col = col - start + len(lead)
+        length = max(1, min(length, end - start + len(lead) - col + 1))
+    shown = visible(text, tabs=True)
+    if shown is not text:  # escapes are wider than what they stand for: the caret follows them
+        before, under = text[: col - 1], text[col - 1 : col - 1 + length]
+        col = len(visible(before, tabs=True)) + 1
+        length = max(1, len(visible(under, tabs=True)))
+        text = shown
+    # Keep tabs so the caret lines up under the same characters.
+    pad = "".join("\t" if ch == "\t" else " " for ch in text[: col - 1])
     caret = "^" + "~" * (length - 1)
     return f"{head}\n    {text}\n    {pad}{caret}"
+
+
+SHOWN_LINE_MAX = 200
+"""Longer source lines are shown as a window of this many characters around the caret."""
 
 
 def render_all(diags: Iterable[Diagnostic], sources) -> str:

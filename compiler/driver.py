@@ -23,12 +23,16 @@ are always parsed, since their declarations apply to the whole tree.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import stat as stat_mod
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from polc import __version__
@@ -49,7 +53,7 @@ from polc.runtime.signing import SigningKey, sign_artifact, signer_key_id
 from .ast import SourceFile
 from .checker import Declarations, check_module, collect_declarations
 from .codegen import generate
-from .diagnostics import ERROR, WARNING, CompileError, Diagnostic, render, render_all
+from .diagnostics import ERROR, NOTE, WARNING, CompileError, Diagnostic, source_line, render, render_all
 from .parser import parse
 
 __all__ = [
@@ -106,6 +110,9 @@ class _FileOutcome:
     """What compiling one file gave (picklable: it comes back from worker processes)."""
 
     path: str
+    """As given (diagnostics name it so)."""
+    source: str
+    """What the file's artifacts record as their source."""
     digest: str
     modules: list[ModuleOutcome]
     diagnostics: list[Diagnostic]
@@ -129,20 +136,21 @@ def _decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
 def _compile_parsed(
     sf: SourceFile,
     syntax: list[Diagnostic],
+    source: str,
     digest: str,
     decls: Declarations,
     strict: bool,
     extra: Iterable[Diagnostic] = (),
 ) -> _FileOutcome:
-    """Check and generate every module of one parsed file."""
+    """Check and generate every module of one parsed file; its artifacts record ``source``."""
     diags = list(syntax)
     diags.extend(extra)
-    bad_path = _path_problem(sf.path)
+    bad_path = _path_problem(sf.path, source)
     if bad_path is not None:
         diags.append(bad_path)
     results = []
     for m in sf.modules:
-        ir, mdiags = check_module(m, decls, source=sf.path, source_digest=digest)
+        ir, mdiags = check_module(m, decls, source=source, source_digest=digest)
         diags.extend(mdiags)
         results.append((m, ir))
     if strict:
@@ -175,13 +183,13 @@ def _compile_parsed(
             modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, FAILED))
             continue
         modules.append(ModuleOutcome(name, sf.path, m.name.line, m.name.col, COMPILED, data=data))
-    return _FileOutcome(sf.path, digest, modules, diags, file_failed)
+    return _FileOutcome(sf.path, source, digest, modules, diags, file_failed)
 
 
-def _path_problem(path: str) -> Diagnostic | None:
-    """An error if ``path`` cannot be recorded in an artifact (msgpack strings are UTF-8)."""
+def _path_problem(path: str, source: str) -> Diagnostic | None:
+    """An error (at ``path``) if ``source`` cannot be recorded in an artifact (msgpack strings are UTF-8)."""
     try:
-        path.encode("utf-8")
+        source.encode("utf-8")
     except UnicodeEncodeError:
         return Diagnostic(
             ERROR, path, 1, 1,
@@ -201,13 +209,13 @@ def _encode_text(text: str, path: str) -> tuple[bytes | None, Diagnostic | None]
         return None, Diagnostic(ERROR, path, line, col, "the text is not valid Unicode (a lone surrogate)")
 
 
-def _compile_one(path: str, data: bytes, decls: Declarations, strict: bool) -> _FileOutcome:
+def _compile_one(path: str, source: str, data: bytes, decls: Declarations, strict: bool) -> _FileOutcome:
     digest = hashlib.sha256(data).hexdigest()
     text, bad = _decode(data, path)
     if text is None:
-        return _FileOutcome(path, digest, [], [bad], True)
+        return _FileOutcome(path, source, digest, [], [bad], True)
     sf, syntax = parse(text, path)
-    return _compile_parsed(sf, syntax, digest, decls, strict)
+    return _compile_parsed(sf, syntax, source, digest, decls, strict)
 
 
 def _duplicates(occurrences: dict[str, list[tuple[str, int, int]]]) -> list[Diagnostic]:
@@ -302,14 +310,16 @@ def compile_sources(
             data, bad = _encode_text(src, path)
             if data is None:
                 texts[path] = src.encode("utf-8", "replace").decode("utf-8")
-                early.append(_FileOutcome(path, hashlib.sha256(texts[path].encode()).hexdigest(), [], [bad], True))
+                early.append(
+                    _FileOutcome(path, path, hashlib.sha256(texts[path].encode()).hexdigest(), [], [bad], True)
+                )
                 continue
         else:
             data = bytes(src)
         digest = hashlib.sha256(data).hexdigest()
         text, bad = (src, None) if isinstance(src, str) else _decode(data, path)
         if text is None:
-            early.append(_FileOutcome(path, digest, [], [bad], True))
+            early.append(_FileOutcome(path, path, digest, [], [bad], True))
             continue
         texts[path] = text
         sf, syntax = parse(text, path)
@@ -318,7 +328,7 @@ def compile_sources(
     outcomes = list(early)
     for sf, syntax, digest in parsed:
         mine = [d for d in decl_diags if d.file == sf.path]
-        outcomes.append(_compile_parsed(sf, syntax, digest, decls, strict, mine))
+        outcomes.append(_compile_parsed(sf, syntax, sf.path, digest, decls, strict, mine))
     occurrences: dict[str, list] = {}
     for o in outcomes:
         for m in o.modules:
@@ -351,6 +361,11 @@ def compile_source(text: str | bytes, path: str = "<memory>", *, strict: bool = 
 # the tree on disk
 
 
+STDIN = "-"
+"""The source argument that means "read one source from standard input" (``polc check -``)."""
+STDIN_NAME = "<stdin>"
+
+
 def find_sources(srcs: Sequence[str]) -> list[str]:
     """The ``.pol`` files named by ``srcs`` (files, or directories searched recursively).
 
@@ -358,39 +373,105 @@ def find_sources(srcs: Sequence[str]) -> list[str]:
     directories in sorted order, each file once. Raises :class:`UsageError`
     for a missing source.
     """
-    out: list[str] = []
-    seen: set[str] = set()
+    return [p for p, _, _ in _walk_sources(srcs)]
 
-    def add(p: str) -> None:
+
+def _walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[tuple[str, int, str | None]]:
+    """``(path as given, index of the argument that named it, path below that directory)`` of every source.
+
+    The last item is ``None`` for a file argument. ``-`` (standard input) is
+    passed through as it is; files whose real path is in ``skip`` are left out.
+    """
+    out: list[tuple[str, int, str | None]] = []
+    seen: set[str] = set(skip)
+
+    def add(p: str, i: int, below: str | None) -> None:
         key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
-            out.append(p.replace(os.sep, "/"))
+            out.append((p.replace(os.sep, "/"), i, below))
 
-    for src in srcs:
-        if os.path.isdir(src):
+    for i, src in enumerate(srcs):
+        if src == STDIN:
+            out.append((STDIN, i, None))
+        elif os.path.isdir(src):
             found = []
+            top = src.replace(os.sep, "/")
             for root, dirs, files in os.walk(src):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 rel_root = os.path.relpath(root, src)
                 for f in files:
                     if f.endswith(".pol") and not f.startswith("."):
-                        rel = f if rel_root == "." else os.path.join(rel_root, f)
-                        found.append(posixpath.join(src.replace(os.sep, "/"), rel.replace(os.sep, "/")))
-            for p in sorted(found):
-                add(p)
+                        rel = (f if rel_root == "." else os.path.join(rel_root, f)).replace(os.sep, "/")
+                        found.append((posixpath.join(top, rel), rel))
+            for p, rel in sorted(found):
+                add(p, i, rel)
         elif os.path.exists(src):
-            add(src)
+            add(src, i, None)
         else:
             raise UsageError(f"no such file or directory: {src}")
     return out
 
 
+def _recorded_names(walked, srcs: Sequence[str], source_root: str | None) -> dict[str, str]:
+    """:func:`recorded_name` of every walked file; one path computation per directory argument."""
+    names: dict[str, str] = {}
+    prefixes: dict[int, str | None] = {}
+    for f, i, below in walked:
+        src = srcs[i]
+        if src == STDIN:
+            names[f] = f
+            continue
+        if below is not None:
+            if i not in prefixes:
+                # the directory's own name: what every file below it is recorded under
+                if source_root is None:
+                    prefix = os.path.basename(os.path.abspath(src))
+                else:
+                    prefix = os.path.relpath(os.path.abspath(src), os.path.abspath(source_root))
+                    prefix = None if prefix.split(os.sep)[0] == os.pardir else prefix
+                prefixes[i] = None if prefix is None else ("" if prefix in ("", ".") else
+                                                           prefix.replace(os.sep, "/") + "/")
+            prefix = prefixes[i]
+            if prefix is not None:
+                names[f] = prefix + below
+                continue
+        names[f] = recorded_name(f, src, source_root)
+    return names
+
+
+def _source_dir(src: str) -> str:
+    """The source directory of an argument: the directory itself, or the one holding the file."""
+    return src if os.path.isdir(src) else (os.path.dirname(src) or ".")
+
+
+def recorded_name(path: str, src: str, source_root: str | None = None) -> str:
+    """The source name an artifact records for ``path``, found under the argument ``src``.
+
+    Relative to ``source_root`` when one is given (``path`` must be under it),
+    else to the parent of the argument's source directory, so that
+    ``polc compile policies-src`` records ``policies-src/tenant.acme.pol``
+    however the directory is spelled (``./policies-src``, an absolute path, or
+    ``.`` inside it) and from whatever working directory. ``/``-separated;
+    ``.`` and ``..`` are resolved lexically against the working directory.
+    Raises :class:`UsageError` for a path outside ``source_root``.
+    """
+    full = os.path.abspath(path)
+    if source_root is not None:
+        base = os.path.abspath(source_root)
+        rel = os.path.relpath(full, base)
+        if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+            raise UsageError(f"{path} is not under the source root {source_root}")
+    else:
+        base = os.path.dirname(os.path.abspath(_source_dir(src)))
+        rel = os.path.relpath(full, base)
+    return rel.replace(os.sep, "/")
+
+
 def default_out_dir(srcs: Sequence[str]) -> str:
     """``policies/`` beside the first source directory (for a file: beside its directory)."""
-    first = srcs[0]
-    src_dir = first if os.path.isdir(first) else (os.path.dirname(first) or ".")
-    parent = os.path.dirname(os.path.abspath(src_dir))
+    first = next((s for s in srcs if s != STDIN), ".")
+    parent = os.path.dirname(os.path.abspath(_source_dir(first)))
     out = os.path.join(parent, "policies")
     rel = os.path.relpath(out)
     return out if rel.startswith("..") else rel
@@ -474,6 +555,8 @@ class Report:
     checking: bool = False
     fatal: str | None = None
     """A usage or I/O problem (exit 2)."""
+    removed_debris: int = 0
+    """Temporary files of interrupted compiles removed from the output directory."""
     _sources: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def count(self, status: str) -> int:
@@ -534,6 +617,7 @@ class Report:
             "modules": [m.as_dict() for m in self.modules],
             "diagnostics": [_diag_dict(d) for d in self.diagnostics],
             "fatal": self.fatal,
+            "removed_debris": self.removed_debris,
         }
 
 
@@ -557,14 +641,40 @@ def _diag_dict(d: Diagnostic) -> dict:
 _WORKER: tuple[Declarations, bool] | None = None
 
 
-def _init_worker(decls: Declarations, strict: bool) -> None:
+def _init_worker(decls: Declarations, strict: bool, lock_fd: int | None, parent: int) -> None:
     global _WORKER
     _WORKER = (decls, strict)
+    _die_with_parent(parent)
+    if lock_fd is not None:
+        # the parent's lock stays the parent's: a worker outliving a killed parent holds nothing
+        try:
+            os.close(lock_fd)
+        except OSError:
+            pass
 
 
-def _work(item: tuple[str, bytes]) -> _FileOutcome:
+def _work(item: tuple[str, str, bytes]) -> _FileOutcome:
     decls, strict = _WORKER
-    return _compile_one(item[0], item[1], decls, strict)
+    return _compile_one(item[0], item[1], item[2], decls, strict)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the compile that forked it dies (Linux).
+
+    A parent killed with SIGKILL cannot stop its pool, and an orphaned worker
+    would wait on its queue for ever, keeping the compile's stdout and stderr
+    open (whoever reads them would hang).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl here
+            pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
 
 
 def _jobs(n: int) -> int:
@@ -576,7 +686,8 @@ def _jobs(n: int) -> int:
         return os.cpu_count() or 1
 
 
-def _run_jobs(items: list[tuple[str, bytes]], decls: Declarations, strict: bool, jobs: int):
+def _run_jobs(items: list[tuple[str, str, bytes]], decls: Declarations, strict: bool, jobs: int,
+              lock_fd: int | None = None):
     """Compile ``items``, yielding each file's outcome in order as it is ready.
 
     With more than one worker, every worker process has been forked before the
@@ -584,8 +695,8 @@ def _run_jobs(items: list[tuple[str, bytes]], decls: Declarations, strict: bool,
     """
     workers = min(_jobs(jobs), len(items))
     if workers <= 1:
-        for p, d in items:
-            yield _compile_one(p, d, decls, strict)
+        for p, src, d in items:
+            yield _compile_one(p, src, d, decls, strict)
         return
     import concurrent.futures
     import multiprocessing
@@ -599,7 +710,8 @@ def _run_jobs(items: list[tuple[str, bytes]], decls: Declarations, strict: bool,
         ctx = None
     chunk = max(1, min(64, len(items) // (workers * 4)))
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(decls, strict)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(decls, strict, lock_fd, os.getpid())
     ) as pool:
         yield from pool.map(_work, items, chunksize=chunk)
 
@@ -613,23 +725,59 @@ def compile_paths(
     strict: bool = False,
     write: bool = True,
     sign_key: SigningKey | None = None,
+    source_root: str | None = None,
+    stdin: bytes | None = None,
+    stdin_name: str | None = None,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
     Never raises for policy problems or I/O errors: they are in the report
     (``report.fatal`` for usage and I/O problems, exit code 2). With
-    ``sign_key`` every artifact written is signed with it.
+    ``sign_key`` every artifact written is signed with it. Artifacts record
+    each source by :func:`recorded_name` (relative to ``source_root`` when it
+    is given); diagnostics name it as it was given.
+
+    A source ``-`` (only when checking) is one file read from ``stdin`` (bytes;
+    standard input when ``None``), named ``stdin_name`` in diagnostics
+    (default ``<stdin>``); a file of that name among the other sources is
+    replaced by it, so an editor can check an unsaved buffer within its tree.
+
+    Writing takes the output directory's lock (:class:`OutputLock`) first:
+    when another compile holds it, ``on_wait(message)`` is called and the
+    compile waits for it, or with ``wait=False`` fails at once (exit 2).
+    Holding it, the compile removes what crashed compiles left (:func:`remove_debris`).
     """
     signer = sign_key.key_id if sign_key is not None else None
     report = Report(checking=not write)
     try:
-        files = find_sources(srcs)
+        n_stdin = sum(1 for s in srcs if s == STDIN)
+        if n_stdin and write:
+            raise UsageError("a source read from standard input ('-') can only be checked (polc check -)")
+        if n_stdin > 1:
+            raise UsageError("standard input ('-') can be given only once")
+        if stdin_name is not None and not n_stdin:
+            raise UsageError("a name for standard input (--stdin-filename) needs '-' among the sources")
+        skip = [os.path.realpath(stdin_name)] if n_stdin and stdin_name else []
+        walked = _walk_sources(srcs, skip)
+        if source_root is not None and not os.path.isdir(source_root):
+            raise UsageError(f"source root {source_root} is not a directory")
+        stdin_as = (stdin_name or STDIN_NAME).replace(os.sep, "/")
+        walked = [(stdin_as if f == STDIN else f, i, below) for f, i, below in walked]
+        recorded = _recorded_names(walked, srcs, source_root)
     except UsageError as exc:
         report.fatal = str(exc)
         return report
+    files = [f for f, _, _ in walked]
     if not files:
         report.fatal = "no policy sources (*.pol) found in " + ", ".join(srcs)
         return report
+    if write:
+        clash = _name_clash(recorded)
+        if clash:
+            report.fatal = clash
+            return report
     if write:
         out = out if out is not None else default_out_dir(srcs)
         report.out_dir = out
@@ -641,12 +789,42 @@ def compile_paths(
         if not os.access(out, os.W_OK | os.X_OK):
             report.fatal = f"output directory {out} is not writable"
             return report
+        try:
+            lock = OutputLock.acquire(out, wait=wait, on_wait=on_wait)
+        except UsageError as exc:
+            report.fatal = str(exc)
+            return report
+        try:
+            report.removed_debris = remove_debris(out)
+            return _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key,
+                                  signer, stdin, stdin_name, lock.fd)
+        finally:
+            lock.release()
+    return _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key, signer,
+                          stdin, stdin_name, None)
 
+
+def _compile_files(report, srcs, walked, recorded, out, jobs, force, strict, write, sign_key, signer, stdin,
+                   stdin_name, lock_fd) -> Report:
+    """The rest of :func:`compile_paths`, once the sources are known (and the output directory locked)."""
+    files = [f for f, _, _ in walked]
     # read every source once
     datas: dict[str, bytes] = {}
-    for f in files:
+    for f, i, below in walked:
         try:
-            with open(f, "rb") as fh:
+            if srcs[i] == STDIN:
+                datas[f] = stdin if stdin is not None else _read_stdin()
+                continue
+            if below is None:  # named on the command line: may be /dev/stdin or a pipe
+                with open(f, "rb") as fh:
+                    datas[f] = fh.read()
+                continue
+            # found in a directory: a FIFO or device there must not hang or flood the compile
+            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as fh:
+                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    report.fatal = f"cannot read {f}: not a regular file"
+                    return report
                 datas[f] = fh.read()
         except OSError as exc:
             report.fatal = f"cannot read {f}: {exc.strerror or exc}"
@@ -662,7 +840,7 @@ def compile_paths(
         if f in declares:
             text, bad = _decode(datas[f], f)
             if text is None:
-                early[f] = _FileOutcome(f, digests[f], [], [bad], True)
+                early[f] = _FileOutcome(f, recorded[f], digests[f], [], [bad], True)
             else:
                 parsed[f] = parse(text, f)
     decls, decl_diags = collect_declarations(sf for sf, _ in parsed.values())
@@ -678,22 +856,23 @@ def compile_paths(
             names = [n for n, _ in scans[f]]
             if f in declares or not names or any(scan_count[n] > 1 for n in names):
                 continue
-            if all(_up_to_date(os.path.join(out, n + ".bin"), n, f, digests[f], decls, signer) for n in names):
+            if all(_up_to_date(os.path.join(out, n + ".bin"), n, recorded[f], digests[f], decls, signer)
+                   for n in names):
                 skipped.add(f)
 
     # compile the rest
     outcomes: dict[str, _FileOutcome] = dict(early)
     for f, (sf, syntax) in parsed.items():
         mine = [d for d in decl_diags if d.file == f]
-        outcomes[f] = _compile_parsed(sf, syntax, digests[f], decls, strict, mine)
-    todo = [(f, datas[f]) for f in files if f not in skipped and f not in outcomes]
+        outcomes[f] = _compile_parsed(sf, syntax, recorded[f], digests[f], decls, strict, mine)
+    todo = [(f, recorded[f], datas[f]) for f in files if f not in skipped and f not in outcomes]
     writer = _Writer(out) if write else None
     early: dict[int, str] = {}
 
     def decide(m: ModuleOutcome, o: _FileOutcome) -> str:
         """Up to date, or staged for writing (renamed over the artifact only if it is committed)."""
         m.artifact = os.path.join(out, m.module + ".bin")
-        if not force and _up_to_date(m.artifact, m.module, o.path, o.digest, decls, signer):
+        if not force and _up_to_date(m.artifact, m.module, o.source, o.digest, decls, signer):
             return UP_TO_DATE
         writer.stage(m, m.data if sign_key is None else sign_artifact(m.data, sign_key))
         return COMPILED
@@ -705,17 +884,112 @@ def compile_paths(
     # over NAME.bin waits for the tree-wide checks in _finish.
     stage_early = write and min(_jobs(jobs), len(todo)) > 1
     try:
-        for o in _run_jobs(todo, decls, strict, jobs):
+        for o in _run_jobs(todo, decls, strict, jobs, lock_fd):
             outcomes[o.path] = o
             if stage_early:
                 for m in o.modules:
                     if m.status == COMPILED:
                         early[id(m)] = decide(m, o)
         _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide, early)
+        _explain_unknown_caps(report, srcs, walked, stdin_name)
     finally:
         if writer is not None:
             writer.discard()  # temporary files of anything not renamed
     return report
+
+
+def _read_stdin() -> bytes:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        if sys.stdin is None:
+            raise OSError("standard input is closed")
+        return sys.stdin.read().encode("utf-8", "surrogateescape")
+    return stream.read()
+
+
+_UNKNOWN_CAP = "unknown capability '"
+
+
+def _explain_unknown_caps(report: Report, srcs: Sequence[str], walked, stdin_name: str | None) -> None:
+    """Say so when an unknown capability is declared in a file beside a file checked on its own.
+
+    Declarations apply to the sources of one run only, so ``polc check a.pol``
+    does not see ``capability tool.call(...)`` in ``b.pol`` beside it. Only on
+    such an error, the other ``*.pol`` files in the directories of the file
+    arguments (and of ``--stdin-filename``) are read for declarations, and the
+    error then names the file that declares the capability.
+    """
+    unknown = [(k, d) for k, d in enumerate(report.diagnostics)
+               if d.severity == ERROR and d.message.startswith(_UNKNOWN_CAP)]
+    if not unknown:
+        return
+    dirs: dict[str, None] = {}
+    for src in srcs:
+        if src == STDIN:
+            if stdin_name:
+                dirs[os.path.dirname(stdin_name) or "."] = None
+        elif not os.path.isdir(src):
+            dirs[os.path.dirname(src) or "."] = None
+    if not dirs:
+        return
+    taken = {os.path.realpath(f) for f, i, _ in walked if srcs[i] != STDIN}
+    if stdin_name:
+        taken.add(os.path.realpath(stdin_name))
+    others: list[tuple[str, bytes]] = []
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in names:
+            path = name if d == "." else posixpath.join(d.replace(os.sep, "/"), name)
+            if not name.endswith(".pol") or name.startswith(".") or os.path.realpath(path) in taken:
+                continue
+            taken.add(os.path.realpath(path))
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            if b"capability" in data:
+                others.append((path, data))
+    parsed = {}
+    for path, data in others:
+        text, _ = _decode(data, path)
+        if text is not None:
+            parsed[path] = (parse(text, path)[0], data)
+    if not parsed:
+        return
+    elsewhere, _ = collect_declarations(sf for sf, _ in parsed.values())
+    run = "check" if report.checking else "compile"
+    for k, d in unknown:
+        text = report.source_text(d.file)
+        line = source_line(text, d.line) if text is not None else None
+        if line is None:
+            continue
+        name = line[d.col - 1 : d.col - 1 + d.length]
+        decl = elsewhere.caps.get(name)
+        if decl is None:
+            continue
+        note = Diagnostic(NOTE, decl.file, decl.line, decl.col, f"'{name}' is declared here", len(name))
+        report._sources.setdefault(decl.file, parsed[decl.file][1])
+        report.diagnostics[k] = replace(
+            d,
+            message=(f"unknown capability '{name}': it is declared in {decl.file}, which is not part of "
+                     f"this {run}; {run} the directory or pass both files"),
+            notes=(*d.notes, note),
+        )
+
+
+def _name_clash(recorded: dict[str, str]) -> str | None:
+    """A usage error if two source files would be recorded under one name."""
+    seen: dict[str, str] = {}
+    for f, name in recorded.items():
+        other = seen.setdefault(name, f)
+        if other != f:
+            return (f"{other} and {f} would both be recorded as {name} in their artifacts: "
+                    f"pass --source-root to name them apart")
+    return None
 
 
 def _finish(report, files, skipped, scans, datas, outcomes, write, writer, out, decide, early) -> None:
@@ -796,7 +1070,7 @@ class _Writer:
 
             process_umask()  # read before any thread runs
             self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="polc-write")
-        self.staged[id(m)] = (m, self.pool.submit(stage_file, self.directory, data))
+        self.staged[id(m)] = (m, self.pool.submit(stage_file, self.directory, data, prefix=TEMP_PREFIX))
 
     def commit(self, m: ModuleOutcome) -> None:
         self.committed.append(m)
@@ -841,6 +1115,109 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------
+# the output directory: one compile at a time, and no debris
+
+LOCK_NAME = ".polc-compile.lock"
+"""The lock file in the output directory (created once, never removed; the agent skips '.' names)."""
+TEMP_PREFIX = ".polc-compile-"
+"""The compiler's temporary files: ``.polc-compile-XXXXXXXX.tmp``, only ever written under the lock."""
+_OWN_TEMP = re.compile(r"\.polc-compile-[a-z0-9_]{8}\.tmp")
+_OTHER_TEMP = re.compile(r"\.[a-z0-9_]{8}\.tmp")
+STALE_TEMP_AGE = 3600.0
+"""Seconds after which a ``.XXXXXXXX.tmp`` of another writer counts as left by a crash."""
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT/.polc-compile.lock``, held for a whole compile.
+
+    The kernel drops the lock when its holder exits, however it exits, so a
+    lock is never stale. The file is opened without following symlinks and
+    must be a regular file; it may be read-only to us (another user's lock
+    file in a shared directory): ``flock`` does not need write access.
+    """
+
+    def __init__(self, fd: int | None, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def acquire(cls, out: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> OutputLock:
+        """Take the lock (waiting, or raising :class:`UsageError` with ``wait=False``)."""
+        path = os.path.join(out, LOCK_NAME)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform: compiles are not serialised
+            return cls(None, path)
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o666)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | flags)
+        except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+            raise UsageError(f"cannot open the lock file {path}: {why}") from None
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"the lock file {path} is not a regular file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise UsageError(
+                        f"another polc compile is writing to {out} (it holds {path}); "
+                        f"try again when it is done, or leave out --no-wait to wait for it"
+                    ) from None
+                if on_wait is not None:
+                    on_wait(f"waiting for another polc compile writing to {out} to finish (it holds {path})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise UsageError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def remove_debris(out: str, *, now: float | None = None) -> int:
+    """Remove the temporary files interrupted writers left in ``out``; call it holding the lock.
+
+    ``.polc-compile-XXXXXXXX.tmp`` files are only written by a compile holding
+    the lock, so while we hold it every one of them is a crashed compile's and
+    goes. ``.XXXXXXXX.tmp`` files (``write_atomic`` of polc's runtime, and
+    compilers before the lock) may belong to a writer that takes no lock: they
+    go only once older than :data:`STALE_TEMP_AGE`. Only regular files are
+    removed (symlinks and directories are left alone). Returns how many.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        own = _OWN_TEMP.fullmatch(name) is not None
+        if not own and _OTHER_TEMP.fullmatch(name) is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat_mod.S_ISREG(st.st_mode) or (not own and now - st.st_mtime < STALE_TEMP_AGE):
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def render_report_diagnostics(report: Report) -> str:

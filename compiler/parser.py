@@ -38,6 +38,7 @@ from .ast import (
     Rule,
     SourceFile,
     StrArg,
+    int_literal,
 )
 from .diagnostics import ERROR, Diagnostic, did_you_mean
 
@@ -105,11 +106,11 @@ class _Builder(Transformer):
         return StrArg(self.file, tok.line, tok.column, tok.end_column, value, bad)
 
     def int_arg(self, tok):
-        return IntArg(self.file, tok.line, tok.column, tok.end_column, int(tok))
+        return IntArg(self.file, tok.line, tok.column, tok.end_column, int_literal(tok))
 
     def range_arg(self, lo, hi):
         end = hi.end_column if hi.line == lo.line else lo.end_column
-        return RangeArg(self.file, lo.line, lo.column, end, int(lo), int(hi))
+        return RangeArg(self.file, lo.line, lo.column, end, int_literal(lo), int_literal(hi))
 
     def any_arg(self, tok):
         return AnyArg(self.file, tok.line, tok.column, tok.end_column)

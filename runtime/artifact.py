@@ -292,17 +292,17 @@ def pack_artifact(payload: dict, *, flags: int = 0, trailer: bytes = b"", verify
     return data
 
 
-def stage_file(directory: str, data: bytes) -> str:
+def stage_file(directory: str, data: bytes, *, prefix: str = ".") -> str:
     """A new temporary file in ``directory`` holding ``data``, fsynced; its path.
 
-    The file is named ``.*.tmp`` (agents skip names starting with '.') and
+    The file is named ``PREFIX*.tmp`` (agents skip names starting with '.') and
     created with mode 0666 less the umask, like ``open()`` would. On any
     failure it is removed and the error propagates. Renaming it into place is
     the caller's step (:func:`write_atomic` does both).
     """
     import tempfile  # writers only: agents never pay for importing it
 
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         try:
             os.fchmod(fd, 0o666 & ~process_umask())

@@ -131,3 +131,67 @@ def test_examples_compile_cleanly(examples_dir, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert r.stderr.strip().startswith("compiled ")
     assert "warning" not in r.stderr
+
+
+def test_check_reads_one_source_from_stdin(write_tree, tmp_path, polc_cmd):
+    src = write_tree({"a.pol": GOOD, "b.pol": GOOD.replace("tenant.acme", "tenant.b")})
+
+    def polc(*args, input):
+        return subprocess.run([*polc_cmd, *args], cwd=tmp_path, input=input, capture_output=True, text=True,
+                              timeout=60)
+
+    p = polc("check", "-", input=GOOD)
+    assert p.returncode == 0 and p.stderr.strip() == "checked 1, failed 0", p.stderr
+    p = polc("check", "-", input=BAD)
+    assert p.returncode == 1
+    assert p.stderr.startswith("<stdin>:2:23: error: unknown capability 'network.inbound'"), p.stderr
+    assert "        entitle module to network.inbound(8080);\n                          ^~~" in p.stderr
+    p = polc("check", "--format", "json", "-", "--stdin-filename", "policies-src/a.pol", input=BAD)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 1 and doc["diagnostics"][0]["file"] == "policies-src/a.pol"
+    # within its tree: the buffer replaces the file of that name, the rest is checked with it
+    p = polc("check", "-", "policies-src", "--stdin-filename", "policies-src/a.pol",
+             input=GOOD.replace("tenant.acme", "tenant.b"))
+    assert p.returncode == 1 and "duplicate module 'tenant.b'" in p.stderr, p.stderr
+    assert "checked 2, failed 2" in p.stderr
+    p = polc("check", "-", "policies-src", "--stdin-filename", "policies-src/a.pol", input=GOOD)
+    assert p.returncode == 0 and "checked 2, failed 0" in p.stderr, p.stderr
+    # usage errors
+    for args in (["compile", "-"], ["check", "-", "-"], ["check", "policies-src", "--stdin-filename", "x.pol"]):
+        p = polc(*args, input=GOOD)
+        assert p.returncode == 2 and "polc: error:" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    assert not (tmp_path / "policies").exists()
+    assert sorted(os.listdir(src)) == ["a.pol", "b.pol"]
+
+
+DECLARES = "security module agent.gateway {\n    capability tool.call(server: string, tool: string);\n}\n"
+USES = 'security module agent.user {\n    entitle module to tool.call("github", "search_*");\n}\n'
+
+
+def test_capability_declared_in_a_file_left_out_is_named(write_tree, tmp_path, polc_cmd):
+    write_tree({"a.pol": USES, "b.pol": DECLARES, "sub/c.pol": "security module c { }\n"})
+    p = subprocess.run([*polc_cmd, "check", "policies-src/a.pol"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1
+    lines = p.stderr.splitlines()
+    assert lines[0] == (
+        "policies-src/a.pol:2:23: error: unknown capability 'tool.call': it is declared in policies-src/b.pol, "
+        "which is not part of this check; check the directory or pass both files"
+    )
+    assert lines[3] == "policies-src/b.pol:2:16: note: 'tool.call' is declared here"
+    assert lines[4] == "        capability tool.call(server: string, tool: string);"
+    # checking both, or the directory, is fine
+    assert run("check", str(tmp_path / "policies-src" / "a.pol"), str(tmp_path / "policies-src" / "b.pol")).exit_code == 0
+    assert run("check", str(tmp_path / "policies-src")).exit_code == 0
+    # from stdin with a file name, and for compile
+    r = CliRunner().invoke(cli, ["check", "-", "--stdin-filename", str(tmp_path / "policies-src" / "a.pol")],
+                           input=USES)
+    assert r.exit_code == 1 and f"declared in {tmp_path}/policies-src/b.pol, which is not part" in r.stderr
+    r = run("compile", str(tmp_path / "policies-src" / "a.pol"), "-o", str(tmp_path / "out"))
+    assert r.exit_code == 1 and "which is not part of this compile; compile the directory" in r.stderr
+    # a capability declared nowhere keeps the plain message (with its suggestion)
+    write_tree({"d.pol": USES.replace("tool.call", "tool.cal").replace("agent.user", "agent.d")})
+    r = run("check", str(tmp_path / "policies-src" / "d.pol"))
+    assert r.exit_code == 1
+    assert "unknown capability 'tool.cal'\n" in r.stderr or "unknown capability 'tool.cal';" in r.stderr
+    assert "declared in" not in r.stderr

@@ -29,6 +29,28 @@ def test_render_notes_from_other_files():
     assert out[5] == "    ^~~"
 
 
+def test_render_escapes_what_would_drive_the_terminal():
+    # a hostile source or file name must not recolour, move or reorder the terminal's text
+    src = 'x\n\t\x1b[2J\u202edeny module to x.y; \r\x07\n'
+    d = Diagnostic(ERROR, "a\nb\x1b.pol", 2, 22, "unknown capability 'x.y\u2066'", 3)
+    assert render(d, {"a\nb\x1b.pol": src}).splitlines() == [
+        "a\\x0ab\\x1b.pol:2:22: error: unknown capability 'x.y\\u2066'",
+        "    \t\\x1b[2J\\u202edeny module to x.y; \\x0d\\x07",
+        "    \t" + " " * 28 + "^~~",
+    ]
+    # the caret covers the escaped form of what it underlines
+    d = Diagnostic(ERROR, "f.pol", 1, 3, "unexpected character", 1)
+    assert render(d, {"f.pol": "ab\x00cd"}).splitlines()[1:] == ["    ab\\x00cd", "      ^~~~"]
+
+
+def test_render_shows_a_window_of_a_long_line():
+    src = "y" * 5000 + " bad " + "z" * 5000
+    d = Diagnostic(ERROR, "f.pol", 1, 5002, "here", 3)
+    head, line, caret = render(d, {"f.pol": src}).splitlines()
+    assert len(line) < 220 and line.startswith("    ...y") and line.endswith("z...")
+    assert line[caret.index("^"):caret.index("^") + 3] == "bad"
+
+
 def test_promoted():
     w = Diagnostic(WARNING, "f", 1, 1, "dup")
     e = w.promoted()

@@ -48,7 +48,7 @@ def test_writes_one_artifact_per_module_beside_the_source_dir(tree, chdir):
     assert r.exit_code == 0, r.render_diagnostics()
     assert r.out_dir == "policies"
     assert sorted(os.listdir(chdir / "policies")) == [
-        "tenant.acme.bin", "tenant.globex.batch.bin", "tenant.globex.bin",
+        ".polc-compile.lock", "tenant.acme.bin", "tenant.globex.batch.bin", "tenant.globex.bin",
     ]
     assert r.summary() == "compiled 3, up to date 0, failed 0"
     art = read_artifact_file(chdir / "policies" / "tenant.globex.bin")
@@ -87,10 +87,10 @@ def test_second_run_is_up_to_date_and_touches_nothing(tree, tmp_path):
 def test_force_rewrites_byte_identical(tree, tmp_path):
     out = tmp_path / "out"
     compile_paths([str(tree)], str(out))
-    before = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.iterdir()}
+    before = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.glob("*.bin")}
     r = compile_paths([str(tree)], str(out), force=True)
     assert r.summary() == "compiled 3, up to date 0, failed 0"
-    after = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.iterdir()}
+    after = {p.name: (p.read_bytes(), os.stat(p).st_ino) for p in out.glob("*.bin")}
     for name, (data, ino) in before.items():
         assert after[name][0] == data
         assert after[name][1] != ino  # really rewritten (atomic replace = new inode)
@@ -107,12 +107,20 @@ def test_changed_source_recompiles_only_its_modules(tree, tmp_path):
     assert stat_sig(out / "tenant.acme.bin") == acme_before
 
 
-def test_a_different_source_path_rebuilds(tree, tmp_path, chdir):
+def test_another_spelling_of_the_tree_is_up_to_date_another_root_rebuilds(tree, tmp_path, chdir):
     out = tmp_path / "out"
     compile_paths(["policies-src"], str(out))
-    r = compile_paths(["./policies-src"], str(out))
+    for spelling in ("./policies-src", str(tree), str(tree) + "/", "policies-src/../policies-src"):
+        r = compile_paths([spelling], str(out))
+        assert r.count("up to date") == 3, spelling
+    assert read_artifact_file(out / "tenant.acme.bin").source == "policies-src/tenant.acme.pol"
+    # the recorded name is part of what "up to date" compares
+    r = compile_paths(["policies-src"], str(out), source_root="policies-src")
     assert r.count("compiled") == 3
-    assert read_artifact_file(out / "tenant.acme.bin").source == "./policies-src/tenant.acme.pol"
+    assert read_artifact_file(out / "tenant.acme.bin").source == "tenant.acme.pol"
+    assert read_artifact_file(out / "tenant.globex.bin").source == "globex/tenant.globex.pol"
+    r = compile_paths(["policies-src/tenant.acme.pol"], str(out), source_root="policies-src")
+    assert r.count("up to date") == 1
 
 
 def test_failing_module_keeps_its_artifact_others_are_written(tree, tmp_path):
@@ -246,3 +254,26 @@ def test_strict_rechecks_up_to_date_files(write_tree, tmp_path):
     r = compile_paths([str(src)], str(out), strict=True)
     assert r.exit_code == 1 and r.errors == 1
     assert (out / "w.bin").exists()  # the artifact of the earlier run stays
+
+
+def test_recorded_names_of_a_walk_match_recorded_name(tree, chdir):
+    from polc.compiler.driver import _recorded_names, _walk_sources, recorded_name
+
+    os.makedirs("policies-src/globex/deeper")
+    (tree / "globex" / "deeper" / "x.pol").write_text("")
+    spellings = [["policies-src"], ["./policies-src/"], [str(tree)], ["policies-src/globex"],
+                 ["policies-src/globex/../globex"], ["policies-src/tenant.acme.pol", "policies-src/globex"]]
+    for srcs in spellings:
+        for root in (None, ".", "policies-src", str(tree.parent)):
+            walked = _walk_sources(srcs)
+            got = _recorded_names(walked, srcs, root)
+            assert got == {f: recorded_name(f, srcs[i], root) for f, i, _ in walked}, (srcs, root)
+    os.chdir(tree / "globex")
+    walked = _walk_sources([".."])
+    assert sorted(_recorded_names(walked, [".."], None).values()) == [
+        "policies-src/globex/deeper/x.pol", "policies-src/globex/tenant.globex.pol", "policies-src/tenant.acme.pol",
+    ]
+    walked = _walk_sources(["deeper"])
+    assert _recorded_names(walked, ["deeper"], "..") == {"deeper/x.pol": "globex/deeper/x.pol"}
+    with pytest.raises(Exception, match="not under the source root"):
+        _recorded_names(_walk_sources([".."]), [".."], ".")

@@ -114,7 +114,7 @@ def test_non_utf8_file_name_is_a_diagnostic(tmp_path):
     assert report.exit_code == 1
     [err] = [d for d in report.diagnostics if d.severity == ERROR]
     assert err.file == bad and "file name is not valid UTF-8" in err.message
-    assert sorted(os.listdir(tmp_path / "out")) == ["ok.bin"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".polc-compile.lock", "ok.bin"]
     report.render_diagnostics()
     import json
 
@@ -207,7 +207,7 @@ def test_polc_compile_reports_a_long_module_name(tmp_path):
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert f"a.pol:1:17: error: module name '{'m' * 57}...' is too long" in res.output
     assert "Traceback" not in res.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine.bin"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".polc-compile.lock", "fine.bin"]
     # and again, with the good module up to date
     report = compile_paths([str(src)], str(tmp_path / "out"))
     assert report.exit_code == 1 and report.errors == 1

@@ -29,7 +29,7 @@ def test_every_file_fsynced_and_the_directory_once(write_tree, tmp_path, monkeyp
     if synced[0] != "?":
         assert synced[-1] == str(out.resolve())
         assert all(os.path.basename(p).startswith(".") and p.endswith(".tmp") for p in synced[:-1])
-    assert sorted(os.listdir(out)) == sorted(f"m{i}.bin" for i in range(20))
+    assert sorted(os.listdir(out)) == sorted([".polc-compile.lock"] + [f"m{i}.bin" for i in range(20)])
     for i in range(20):
         assert read_artifact_file(out / f"m{i}.bin").module == f"m{i}"
 
@@ -51,7 +51,7 @@ def test_a_failed_write_is_reported_and_leaves_no_temporary_file(write_tree, tmp
     assert report.exit_code == 2
     assert "cannot write" in report.fatal and "b.bin" in report.fatal and "No space left" in report.fatal
     assert {m.module: m.status for m in report.modules} == {"a": "compiled", "b": "failed"}
-    assert sorted(os.listdir(out)) == ["a.bin", "b.bin"]
+    assert sorted(os.listdir(out)) == [".polc-compile.lock", "a.bin", "b.bin"]
     assert (out / "b.bin").read_bytes() == b"old"
 
 
@@ -60,7 +60,7 @@ def test_duplicates_are_never_written_and_leave_no_temporary_file(write_tree, tm
     out = tmp_path / "out"
     report = compile_paths([str(src)], str(out))
     assert report.exit_code == 1
-    assert sorted(os.listdir(out)) == ["c.bin"]
+    assert sorted(os.listdir(out)) == [".polc-compile.lock", "c.bin"]
 
 
 def test_unwritable_temporary_file_is_reported(write_tree, tmp_path, monkeypatch):
@@ -68,13 +68,13 @@ def test_unwritable_temporary_file_is_reported(write_tree, tmp_path, monkeypatch
     out = tmp_path / "out"
     out.mkdir()
 
-    def fail(directory, data):
+    def fail(directory, data, **kw):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(driver, "stage_file", fail)
     report = compile_paths([str(src)], str(out))
     assert report.exit_code == 2 and "cannot write" in report.fatal
-    assert os.listdir(out) == []
+    assert os.listdir(out) == [".polc-compile.lock"]
 
 
 def test_parallel_compile_stages_early_but_never_renames_a_duplicate(write_tree, tmp_path):
@@ -87,7 +87,7 @@ def test_parallel_compile_stages_early_but_never_renames_a_duplicate(write_tree,
     (out / "dup.bin").write_bytes(b"old")
     report = compile_paths([str(src)], str(out), jobs=2)
     assert report.exit_code == 1
-    assert sorted(os.listdir(out)) == sorted([f"m{i}.bin" for i in range(40)] + ["dup.bin"])
+    assert sorted(os.listdir(out)) == sorted([f"m{i}.bin" for i in range(40)] + ["dup.bin", ".polc-compile.lock"])
     assert (out / "dup.bin").read_bytes() == b"old"
     # and a parallel no-op touches nothing
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

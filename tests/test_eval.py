@@ -113,3 +113,36 @@ def test_real_subprocess(pdir):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("allow:")
+
+
+def test_options_after_arguments_are_honoured_or_rejected_never_arguments(pdir):
+    # an unknown option after the arguments is a usage error, not one more argument
+    r = run(str(pdir), "tenant.acme", "network.outbound", "api.acme.com", "443", "-v")
+    assert r.exit_code == 2, r.output
+    assert "no such option: -v" in r.stderr and "-- -v" in r.stderr
+    assert r.stdout == ""
+    for bad, named in (("--verbose", "--verbose"), ("-x", "-x"), ("--formats=json", "--formats"), ("-hv", "-v")):
+        r = run(str(pdir), "tenant.acme", "fs.read", "tenants/acme", "a", bad)
+        assert r.exit_code == 2, (bad, r.output)
+        assert f"no such option: {named} " in r.stderr, (bad, r.stderr)
+    # known options are honoured wherever they are
+    r = run(str(pdir), "tenant.acme", "network.outbound", "api.acme.com", "443", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["allowed"] is True
+    r = run(str(pdir), "tenant.acme", "network.outbound", "--format=json", "api.acme.com", "443")
+    assert r.exit_code == 0 and json.loads(r.stdout)["request"]["args"] == ["api.acme.com", 443]
+    r = run(str(pdir), "tenant.acme", "network.outbound", "api.acme.com", "-h")
+    assert r.exit_code == 0 and "Usage:" in r.stdout
+    # '--' ends the options: what follows is an argument, whatever it looks like
+    r = run(str(pdir), "tenant.acme", "fs.read", "tenants/acme", "--", "-v")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0] == 'allow: tenant.acme fs.read("tenants/acme", "-v")'
+    r = run(str(pdir), "tenant.acme", "fs.read", "--", "tenants/acme", "--format")
+    assert r.exit_code == 0 and '"--format")' in r.stdout.splitlines()[0]
+
+
+def test_trailing_option_in_a_real_subprocess(pdir):
+    base = [sys.executable, "-m", "polc", "eval", str(pdir), "tenant.acme", "fs.read", "tenants/acme"]
+    r = subprocess.run([*base, "-v"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no such option: -v" in r.stderr and r.stdout == ""
+    r = subprocess.run([*base, "--", "-v"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and '"-v")' in r.stdout
