@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 from typing import Any
@@ -115,26 +116,24 @@ def _read_token(path: str, where: str) -> bytes:
     return token
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _check_host_names(names: tuple[str, ...]) -> list[str]:
+    """``--allow-host`` values: ``*``, a DNS name or an IP address (IPv6 with or without brackets)."""
+    import ipaddress
+
     out = []
     for name in names:
         text = name.strip()
         bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-        ok = text == "*" or bare.replace(".", "").replace("-", "").isalnum() or server_ip(bare)
-        if not ok or not text.isascii():
-            raise click.BadParameter(f"{name!r} is not a host name or an IP address", param_hint="--allow-host")
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if text != "*" and not _HOST_NAME.fullmatch(text):
+                raise click.BadParameter(f"{name!r} is not a host name or an IP address", param_hint="--allow-host")
         out.append(bare)
     return out
-
-
-def server_ip(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @click.command("run")

@@ -5,9 +5,16 @@ Everything here runs on the event loop thread except reloads, which go to a
 worker thread (``asyncio.to_thread``) so a slow directory never stalls
 decisions; ``PolicyAgent.check`` takes microseconds and is called inline.
 
+Two layers keep hostile clients out. The application refuses what a browser
+could send on behalf of a hostile page (wrong Host, foreign Origin, non-JSON
+POST) and, with a token, anyone without it. Below it, :func:`guarded_protocol`
+gives every connection of ``polc run`` deadlines for its headers, its body and
+reading its answers, bounds its headers, and caps the number of connections.
+
 The wire format is documented in ``docs/http-api.md``; keep the two in step.
-This module imports uvicorn only inside :func:`serve`, so the request parsing
-and the application can be unit-tested (and imported) without it.
+This module imports uvicorn only inside :func:`serve` and
+:func:`guarded_protocol`, so the request parsing and the application can be
+unit-tested (and imported, or mounted in another ASGI server) without it.
 """
 
 from __future__ import annotations
