@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import shlex
 import sys
 from typing import Any
@@ -62,13 +64,76 @@ def _configure_logging(verbosity: int) -> logging.Handler:
     return handler
 
 
-def _example_curl(url: str, modules: dict[str, Any]) -> str:
+_JSON_HEADER = "-H 'content-type: application/json'"
+
+
+def _auth_header(token_file: str | None) -> str:
+    if not token_file:
+        return ""
+    return f' -H "authorization: Bearer $(cat {shlex.quote(os.path.abspath(token_file))})"'
+
+
+def _example_curl(url: str, modules: dict[str, Any], token_file: str | None = None) -> str:
     if "tenant.acme" in modules:
         body = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", 443]}
     else:
         names = sorted(m for m in modules if m != "_global") or ["my.module"]
         body = {"module": names[0], "capability": "network.outbound", "args": ["example.com", 443]}
-    return f"curl -s {url}/v1/check -d {shlex.quote(json.dumps(body))}"
+    auth = _auth_header(token_file)
+    return f"curl -s {url}/v1/check {_JSON_HEADER}{auth} -d {shlex.quote(json.dumps(body))}"
+
+
+def _fail(message: str) -> None:
+    """A usage or I/O error before serving: one line on stderr, exit 2."""
+    click.echo(f"polc: error: {message}", err=True)
+    sys.exit(2)
+
+
+_MAX_TOKEN = 4096
+
+
+def _read_token(path: str, where: str) -> bytes:
+    """The bearer token in ``path``: one line of visible ASCII; surrounding whitespace is dropped."""
+    if not path.strip():
+        _fail(f"{where} is empty; name the file that holds the bearer token")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_TOKEN + 1)
+            mode = os.fstat(f.fileno()).st_mode
+    except OSError as exc:
+        _fail(f"cannot read token file {path}: {exc.strerror or exc}")
+    token = data.strip()
+    if len(data) > _MAX_TOKEN:
+        _fail(f"token file {path}: longer than {_MAX_TOKEN} bytes")
+    if not token:
+        _fail(f"token file {path} is empty; an empty token would let every client in")
+    if any(b < 0x21 or b > 0x7E for b in token):
+        _fail(f"token file {path}: the token must be one line of visible ASCII characters (no spaces)")
+    if len(token) < 16:
+        log.warning("token file %s: the token is only %d characters; use 32 or more random ones", path, len(token))
+    if mode & 0o077:
+        log.warning("unsafe permissions: token file %s is readable by group or others (chmod 600 it)", path)
+    return token
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_host_names(names: tuple[str, ...]) -> list[str]:
+    """``--allow-host`` values: ``*``, a DNS name or an IP address (IPv6 with or without brackets)."""
+    import ipaddress
+
+    out = []
+    for name in names:
+        text = name.strip()
+        bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if text != "*" and not _HOST_NAME.fullmatch(text):
+                raise click.BadParameter(f"{name!r} is not a host name or an IP address", param_hint="--allow-host")
+        out.append(bare)
+    return out
 
 
 @click.command("run")
@@ -120,6 +185,54 @@ def _example_curl(url: str, modules: dict[str, Any]) -> str:
     metavar="N",
     help="Most checks in one /v1/check/batch request (413 above).",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Require 'Authorization: Bearer TOKEN' (TOKEN: the content of FILE) on every endpoint but /healthz "
+    "[env POLC_TOKEN_FILE].",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header names NAME (repeatable; '*': any). "
+    "localhost and the listening address are always answered.",
+)
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Answer browser requests from pages of ORIGIN, e.g. https://ops.example.com (repeatable; default: none).",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection whose request line and headers take longer (408).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection whose request body takes longer after its headers (408), "
+    "or that has not read an answer for this long.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    metavar="N",
+    help="Most open client connections; beyond it a new one is answered 503 and closed.",
+)
 @click.option("-v", "--verbose", count=True, help="More output (-v lists every module loaded at start-up).")
 @click.option("-q", "--quiet", count=True, help="Less output (-q: warnings only).")
 def run_cmd(
@@ -131,6 +244,12 @@ def run_cmd(
     trust_file: str | None,
     max_body: int,
     max_batch: int,
+    token_file: str | None,
+    allow_hosts: tuple[str, ...],
+    allow_origins: tuple[str, ...],
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
     verbose: int,
     quiet: int,
 ) -> None:
@@ -141,8 +260,8 @@ def run_cmd(
       POST /v1/check         {"module", "capability", "args": [...]}
       POST /v1/check/batch   {"requests": [...]}
       POST /policy/reload    reload now (as does SIGHUP)
-      GET  /v1/status, /healthz, /metrics
-    SIGTERM or SIGINT stops cleanly.
+      GET  /v1/status[?module=NAME], /healthz, /metrics
+    Every POST needs 'Content-Type: application/json'. SIGTERM or SIGINT stops cleanly.
     """
     from polc.runtime._env import env_path, env_text
 
@@ -162,12 +281,12 @@ def run_cmd(
         raise click.UsageError("give POLICY_DIR or set POLC_POLICY_DIR")
     if no_reload and reload_interval:
         raise click.UsageError("--no-reload and --reload-interval contradict each other")
+    from polc import server
+
     try:
-        from polc import server
-    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
-        raise click.ClickException(
-            f"polc run needs the HTTP server extra ({exc.name} is missing): pip install 'polc[server]'"
-        ) from None
+        server.require_server_extra()
+    except server.ServerExtraMissing as exc:
+        _fail(str(exc))
     from polc.runtime import PolicyAgent
 
     try:
@@ -176,8 +295,21 @@ def run_cmd(
         if listen_from == "POLC_LISTEN":
             raise click.UsageError(f"POLC_LISTEN={os.environ['POLC_LISTEN']!r}: {exc}") from None
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    for hint, value in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if not math.isfinite(value):
+            raise click.BadParameter(f"{value} is not a number of seconds", param_hint=hint)
+    hosts = _check_host_names(allow_hosts)
+    try:
+        origins = [server.parse_origin(o) for o in allow_origins]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-origin") from None
 
     handler = _configure_logging(verbose - quiet)
+
+    token_where = "--token-file"
+    if token_file is None and "POLC_TOKEN_FILE" in os.environ:
+        token_file, token_where = os.environ["POLC_TOKEN_FILE"], "POLC_TOKEN_FILE"
+    token = _read_token(token_file, token_where) if token_file is not None else None
 
     reload: bool | None = None
     if no_reload or reload_interval == 0:
@@ -210,10 +342,21 @@ def run_cmd(
         sys.exit(2)
     url = server.url_of(sock)
     app = server.DecisionApp(
-        agent, max_body=max_body, max_batch=max_batch, metrics=metrics, listen=url.removeprefix("http://")
+        agent,
+        max_body=max_body,
+        max_batch=max_batch,
+        metrics=metrics,
+        listen=url.removeprefix("http://"),
+        allow_hosts=[host, *hosts],
+        allow_origins=origins,
+        token=token,
     )
+    limits = server.Limits(header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
     if not server.is_loopback(host):
-        log.warning("listening on %s, not loopback: the decision API has no authentication", url)
+        if token is None:
+            log.warning("listening on %s, not loopback: the decision API has no authentication (--token-file)", url)
+        else:
+            log.warning("listening on %s, not loopback: no TLS, the bearer token crosses the network in clear", url)
     log.debug("loading %s", os.path.abspath(policy_dir))
 
     def on_ready() -> None:
@@ -227,8 +370,14 @@ def run_cmd(
             every = "reloading off"
         noun = "module" if active == 1 else "modules"
         log.info("listening on %s (%d %s, %s)", url, active, noun, every)
-        log.info("try: %s", _example_curl(url, modules))
-        log.info("reload now: curl -s -X POST %s/policy/reload (or kill -HUP %d)", url, os.getpid())
+        log.info("try: %s", _example_curl(url, modules, token_file))
+        log.info(
+            "reload now: curl -s -X POST %s%s %s/policy/reload (or kill -HUP %d)",
+            _JSON_HEADER,
+            _auth_header(token_file),
+            url,
+            os.getpid(),
+        )
         quiet_start.started = True
         bad = sorted(str(e["module"] or e["file"]) for e in metrics.errors(status))
         if bad:
@@ -245,6 +394,7 @@ def run_cmd(
         stop_agent=agent.stop,
         on_ready=on_ready,
         on_start_error=on_start_error,
+        limits=limits,
     )
     if status == 0:
         log.info("stopped")

@@ -5,14 +5,24 @@ Everything here runs on the event loop thread except reloads, which go to a
 worker thread (``asyncio.to_thread``) so a slow directory never stalls
 decisions; ``PolicyAgent.check`` takes microseconds and is called inline.
 
+Two layers keep hostile clients out. The application refuses what a browser
+could send on behalf of a hostile page (wrong Host, foreign Origin, non-JSON
+POST) and, with a token, anyone without it. Below it, :func:`guarded_protocol`
+gives every connection of ``polc run`` deadlines for its headers, its body and
+reading its answers, bounds its headers, and caps the number of connections.
+
 The wire format is documented in ``docs/http-api.md``; keep the two in step.
-This module imports uvicorn only inside :func:`serve`, so the request parsing
-and the application can be unit-tested (and imported) without it.
+This module imports uvicorn only inside :func:`serve` and
+:func:`guarded_protocol`, so the request parsing and the application can be
+unit-tested (and imported, or mounted in another ASGI server) without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -22,7 +32,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
+from urllib.parse import parse_qsl
 
 from polc import __version__
 
@@ -34,6 +45,11 @@ DEFAULT_MAX_BATCH = 1000  # requests per /v1/check/batch
 # agent's decision cache keeps request strings as keys, so this bounds what a
 # client can make it retain (cache entries x argument sizes).
 MAX_STRING = 4096
+# Connection limits of `polc run` (see Limits and docs/http-api.md).
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request line and headers to arrive
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds for a body to arrive (and for a stalled client to read an answer)
+DEFAULT_MAX_CONNECTIONS = 512
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request (431 above)
 
 _JSON = b"application/json"
 _PROM = b"text/plain; version=0.0.4; charset=utf-8"
@@ -73,13 +89,34 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise _bad(f"request body is not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return _decode(text)
     except json.JSONDecodeError as exc:
         raise _bad(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise _bad("malformed JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal with too many digits
         raise _bad(f"malformed JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key is refused: parsers disagree on which one wins (Python's
+    # the last, others the first), so a proxy or log reading the body could
+    # see a different request than the one decided.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _bad(f"duplicate key {_clip(key)!r} in a JSON object")
+            seen.add(key)
+    return obj
+
+
+_decode = json.JSONDecoder(object_pairs_hook=_unique_keys).decode
+
+
+def _clip(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_check(obj: Any, where: str = "") -> tuple[str, str, tuple[Any, ...]]:
@@ -183,6 +220,10 @@ class Metrics:
     checks: dict[str, int] = field(default_factory=lambda: {"allow": 0, "deny": 0})
     audit_would_deny: int = 0
     http: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Connections the server closed for a limit (reason -> count), and the
+    # number open now; both touched only on the event loop thread.
+    rejected: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_success: float | None = None
     removed: set[str] = field(default_factory=set)  # modules whose file is gone (policy kept)
@@ -197,6 +238,9 @@ class Metrics:
     def count_http(self, handler: str, status: int) -> None:
         key = (handler, status)
         self.http[key] = self.http.get(key, 0) + 1
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def on_event(self, event: Any) -> None:
         with self.lock:
@@ -268,11 +312,24 @@ class Metrics:
         for (handler, code), n in sorted(self.http.items()):
             lines.append(f'polc_http_requests_total{{handler="{handler}",code="{code}"}} {n}')
         lines += [
+            "# HELP polc_http_connections_rejected_total Connections closed by the server for a limit, by reason.",
+            "# TYPE polc_http_connections_rejected_total counter",
+        ]
+        for reason in REJECT_REASONS:
+            lines.append(f'polc_http_connections_rejected_total{{reason="{reason}"}} {self.rejected.get(reason, 0)}')
+        lines += [
+            "# HELP polc_http_connections Connections open now (polc run only).",
+            "# TYPE polc_http_connections gauge",
+            f"polc_http_connections {self.connections}",
             "# HELP polc_start_time_seconds Unix time the process started serving.",
             "# TYPE polc_start_time_seconds gauge",
             f"polc_start_time_seconds {_num(self.started)}",
         ]
         return ("\n".join(lines) + "\n").encode()
+
+
+# Why the server closed a connection (label values of polc_http_connections_rejected_total).
+REJECT_REASONS = ("connection_limit", "header_timeout", "body_timeout", "send_timeout", "headers_too_large", "bad_request")
 
 
 def _label(value: str) -> str:
@@ -305,7 +362,19 @@ _ROUTES = {
 
 
 class DecisionApp:
-    """The ASGI application. ``agent`` is a started (or starting) ``PolicyAgent``."""
+    """The ASGI application. ``agent`` is a started (or starting) ``PolicyAgent``.
+
+    Requests a browser could send on behalf of a hostile page are refused (see
+    docs/http-api.md, "Browsers, other hosts and tokens"): a ``Host`` that is
+    not ``localhost``, the address the connection arrived on, ``listen``'s host
+    or one of ``allow_hosts`` (421; ``"*"`` allows any); an ``Origin`` not in
+    ``allow_origins`` (403); a POST whose ``Content-Type`` is not
+    ``application/json`` (415). With ``token``, every endpoint but ``/healthz``
+    needs ``Authorization: Bearer TOKEN`` (401).
+
+    Mounted under a prefix in another ASGI application, the routes are
+    relative to ``scope["root_path"]``.
+    """
 
     def __init__(
         self,
@@ -315,6 +384,9 @@ class DecisionApp:
         max_batch: int = DEFAULT_MAX_BATCH,
         metrics: Metrics | None = None,
         listen: str | None = None,
+        allow_hosts: Iterable[str] = (),
+        allow_origins: Iterable[str] = (),
+        token: str | bytes | None = None,
     ):
         self.agent = agent
         self.max_body = max_body
@@ -323,6 +395,30 @@ class DecisionApp:
         self.listen = listen
         self._reload_lock: asyncio.Lock | None = None
 
+        hosts = ["localhost", *allow_hosts]
+        port: int | None = None
+        if listen:
+            host, port = parse_listen(listen)
+            hosts.append(host)
+        self._any_host = "*" in hosts
+        self._host_names: set[str] = set()
+        self._host_ips: set[Any] = set()
+        for name in hosts:
+            ip = _as_ip(name.strip("[]"))
+            if ip is None:
+                self._host_names.add(name.lower())
+            elif not ip.is_unspecified:  # 0.0.0.0 names no host; the arrival address covers it
+                self._host_ips.add(ip)
+        # Host header values accepted without parsing (the common ones).
+        exact = set(self._host_names) | {f"[{ip}]" if ip.version == 6 else str(ip) for ip in self._host_ips}
+        if port:
+            exact |= {f"{h}:{port}" for h in exact}
+        self._host_exact = frozenset(h.encode() for h in exact)
+        self._origins = frozenset(parse_origin(o) for o in allow_origins)
+        if isinstance(token, str):
+            token = token.encode()
+        self._token = hashlib.sha256(token).digest() if token else None
+
     # ASGI entry point
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -330,20 +426,31 @@ class DecisionApp:
             return
         if scope["type"] != "http":  # websockets are not served
             return
-        path = scope["path"]
         method = scope["method"]
+        path = _route_path(scope)
         route = _ROUTES.get(path)
         handler = route.handler if route else "other"
+        cors: list[tuple[bytes, bytes]] = []
         try:
-            if route is None:
-                raise HTTPError(404, f"no such endpoint: {path}")
-            if method not in route.methods:
-                raise HTTPError(
-                    405,
-                    f"method {method} not allowed on {path}; use {' or '.join(route.methods)}",
-                    headers=[(b"allow", ", ".join(route.methods).encode())],
-                )
-            status, body, ctype, headers = await getattr(self, "_" + handler)(scope, receive)
+            req = _request_headers(scope)
+            self._check_host(req.get(b"host"), scope)
+            cors = self._check_origin(req)
+            if method == "OPTIONS" and cors and route is not None and b"access-control-request-method" in req:
+                status, body, ctype, headers = 204, b"", _JSON, _preflight(route)
+            else:
+                if self._token is not None and handler != "healthz":
+                    self._check_token(req.get(b"authorization"))
+                if route is None:
+                    raise HTTPError(404, f"no such endpoint: {_clip(path)}")
+                if method not in route.methods:
+                    raise HTTPError(
+                        405,
+                        f"method {_clip(method)} not allowed on {path}; use {' or '.join(route.methods)}",
+                        headers=[(b"allow", ", ".join(route.methods).encode())],
+                    )
+                if method == "POST":
+                    _check_json_type(req.get(b"content-type"))
+                status, body, ctype, headers = await getattr(self, "_" + handler)(scope, receive, req)
         except HTTPError as exc:
             status, ctype, headers = exc.status, _JSON, exc.headers
             body = _dumps({"error": exc.message, "status": exc.status})
@@ -356,7 +463,12 @@ class DecisionApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *headers],
+                "headers": [
+                    (b"content-type", ctype),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                    *cors,
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -370,16 +482,84 @@ class DecisionApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    # ----- who may ask
+
+    def _check_host(self, values: list[bytes] | None, scope: Scope) -> None:
+        """421 unless Host names this server (DNS rebinding: a hostile name resolving to us)."""
+        if values is None or self._any_host:
+            return  # no Host at all: HTTP/1.0, never a browser
+        if len(values) > 1:
+            raise _bad("more than one Host header")
+        value = values[0]
+        if value in self._host_exact:
+            return
+        name = _host_name(value)
+        if name is None:
+            raise _bad("malformed Host header")
+        if name in self._host_names:
+            return
+        ip = _as_ip(name)
+        if ip is not None:
+            if ip in self._host_ips:
+                return
+            server = scope.get("server")
+            if server and ip == _as_ip(str(server[0])):
+                return  # the address this connection arrived on
+        raise HTTPError(
+            421,
+            f"Host {_clip(name)!r} is not served here (allowed: localhost, the listening address"
+            " and --allow-host names)",
+        )
+
+    def _check_origin(self, req: dict[bytes, list[bytes]]) -> list[tuple[bytes, bytes]]:
+        """403 for a request a browser sent from a page not on the allow list.
+
+        Returns the CORS headers to add when the origin is allowed.
+        """
+        values = req.get(b"origin")
+        if values is None:
+            site = req.get(b"sec-fetch-site")
+            if site and site[0].lower() in (b"cross-site", b"same-site"):
+                raise HTTPError(403, "cross-site requests are refused (no Origin on the allow list)")
+            return []
+        if len(values) == 1:
+            origin = values[0].strip()
+            if origin.decode("latin-1").lower() in self._origins:
+                return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        shown = _clip(b", ".join(values).decode("latin-1"))
+        raise HTTPError(403, f"requests from origin {shown!r} are refused (see --allow-origin)")
+
+    def _check_token(self, values: list[bytes] | None) -> None:
+        challenge = b'Bearer realm="polc"'
+        if not values:
+            raise HTTPError(
+                401, "this endpoint needs an Authorization: Bearer token", headers=[(b"www-authenticate", challenge)]
+            )
+        ok = False
+        if len(values) == 1:
+            scheme, _, credential = values[0].strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                # Compare digests: constant time, and the length is not revealed either.
+                ok = hmac.compare_digest(hashlib.sha256(credential.strip()).digest(), self._token)  # type: ignore[arg-type]
+        if not ok:
+            raise HTTPError(
+                401, "invalid bearer token", headers=[(b"www-authenticate", challenge + b', error="invalid_token"')]
+            )
+
+    # ----- the body
+
+    async def _read_body(self, req: dict[bytes, list[bytes]], receive: Receive) -> bytes:
         """Read the request body, refusing (413) anything over ``max_body`` without buffering it."""
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise _bad("invalid Content-Length header") from None
-                if declared > self.max_body:
-                    raise self._too_big()
+        lengths = req.get(b"content-length")
+        if lengths:
+            try:
+                declared = {int(value) for value in lengths}
+            except ValueError:
+                raise _bad("invalid Content-Length header") from None
+            if len(declared) > 1 or min(declared) < 0:
+                raise _bad("invalid Content-Length header")
+            if declared.pop() > self.max_body:
+                raise self._too_big()
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -407,16 +587,16 @@ class DecisionApp:
             503, "policies are still loading; retry shortly (GET /healthz says when)", headers=[(b"retry-after", b"1")]
         )
 
-    async def _check(self, scope: Scope, receive: Receive):
-        module, capability, args = parse_check(parse_json(await self._read_body(scope, receive)))
+    async def _check(self, scope: Scope, receive: Receive, req: dict[bytes, list[bytes]]):
+        module, capability, args = parse_check(parse_json(await self._read_body(req, receive)))
         if not self.agent.ready:
             raise self._loading()
         decision = self.agent.check(module, capability, *args)
         self.metrics.count_decision(decision)
         return 200, _dumps(decision_dict(decision)), _JSON, []
 
-    async def _batch(self, scope: Scope, receive: Receive):
-        requests = parse_batch(parse_json(await self._read_body(scope, receive)), self.max_batch)
+    async def _batch(self, scope: Scope, receive: Receive, req: dict[bytes, list[bytes]]):
+        requests = parse_batch(parse_json(await self._read_body(req, receive)), self.max_batch)
         if not self.agent.ready:
             raise self._loading()
         check = self.agent.check
@@ -428,8 +608,14 @@ class DecisionApp:
             results.append(decision_dict(decision))
         return 200, _dumps({"results": results}), _JSON, []
 
-    async def _reload(self, scope: Scope, receive: Receive):
-        await self._drain(scope, receive)
+    async def _reload(self, scope: Scope, receive: Receive, req: dict[bytes, list[bytes]]):
+        body = await self._read_body(req, receive)
+        if body.strip():  # none is needed; what comes must be an empty object
+            obj = parse_json(body)
+            if not isinstance(obj, dict):
+                raise _bad(f"request body must be empty or a JSON object, not {_json_type(obj)}")
+            if obj:
+                raise _bad(f"{_clip(sorted(obj)[0])}: unknown field (the reload endpoint takes none)")
         result = await self.reload()
         status = self.agent.status()
         failed = [failure_dict(f) for f in result.failed]
@@ -468,25 +654,159 @@ class DecisionApp:
         async with self._reload_lock:
             return await asyncio.to_thread(self.agent.reload_now)
 
-    async def _drain(self, scope: Scope, receive: Receive) -> None:
-        # The reload endpoint takes no body, but read (and cap) whatever came.
-        await self._read_body(scope, receive)
-
-    async def _status(self, scope: Scope, receive: Receive):
+    async def _status(self, scope: Scope, receive: Receive, req: dict[bytes, list[bytes]]):
+        wanted = _module_filter(scope.get("query_string") or b"")
         status = dict(self.agent.status())
+        if wanted is not None:
+            status["modules"] = {n: m for n, m in (status.get("modules") or {}).items() if n in wanted}
         status["version"] = __version__
         if self.listen:
             status["listen"] = self.listen
         return 200, _dumps(status), _JSON, []
 
-    async def _healthz(self, scope: Scope, receive: Receive):
+    async def _healthz(self, scope: Scope, receive: Receive, req: dict[bytes, list[bytes]]):
         if not self.agent.ready:
             return 503, _dumps({"status": "loading"}), _JSON, []
         return 200, _dumps({"status": "ok"}), _JSON, []
 
-    async def _metrics(self, scope: Scope, receive: Receive):
+    async def _metrics(self, scope: Scope, receive: Receive, req: dict[bytes, list[bytes]]):
         body = self.metrics.render(self.agent.status(), bool(self.agent.ready))
         return 200, body, _PROM, []
+
+
+# Request headers the application looks at; ASGI servers give names in lower case.
+_WANTED = frozenset(
+    (
+        b"host",
+        b"origin",
+        b"sec-fetch-site",
+        b"content-type",
+        b"content-length",
+        b"authorization",
+        b"access-control-request-method",
+    )
+)
+
+
+def _request_headers(scope: Scope) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    for name, value in scope.get("headers", ()):
+        if name in _WANTED:
+            if name in out:
+                out[name].append(value)
+            else:
+                out[name] = [value]
+    return out
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point: ASGI servers and routers (uvicorn
+    --root-path, Starlette's Mount) keep the prefix in ``path`` and name it in
+    ``root_path``."""
+    path = scope["path"]
+    root = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        rest = path[len(root) :]
+        if not rest or rest[0] == "/":
+            return rest or "/"
+    return path
+
+
+_JSON_TYPES = frozenset((b"application/json", b"application/json; charset=utf-8", b"application/json;charset=utf-8"))
+
+
+def _check_json_type(values: list[bytes] | None) -> None:
+    # A browser sends a cross-site POST without asking first only with a
+    # "simple" type (text/plain, form encodings): requiring JSON makes every
+    # cross-site POST a CORS preflight, which fails unless --allow-origin says so.
+    if values is not None and len(values) == 1 and values[0] in _JSON_TYPES:
+        return
+    hint = "send Content-Type: application/json (curl -H 'Content-Type: application/json')"
+    if not values:
+        raise HTTPError(415, f"a POST needs a JSON body: {hint}")
+    if len(values) > 1:
+        raise HTTPError(415, "more than one Content-Type header")
+    text = values[0].decode("latin-1")
+    media, *params = text.split(";")
+    if media.strip().lower() != "application/json":
+        raise HTTPError(415, f"Content-Type {_clip(media.strip())!r} is not accepted: {hint}")
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise HTTPError(415, f"charset {_clip(value.strip())!r} is not accepted: application/json is UTF-8")
+
+
+def _preflight(route: _Route) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"access-control-allow-methods", ", ".join(route.methods).encode()),
+        (b"access-control-allow-headers", b"authorization, content-type"),
+        (b"access-control-max-age", b"600"),
+    ]
+
+
+def _module_filter(query: bytes) -> set[str] | None:
+    """``module=NAME`` parameters of ``GET /v1/status`` (None: no filter)."""
+    if not query:
+        return None
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=1000)
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("malformed query string (expected module=NAME&module=NAME...)") from None
+    names = set()
+    for key, value in pairs:
+        if key != "module":
+            raise _bad(f"{_clip(key)}: unknown query parameter (expected module)")
+        if not value:
+            raise _bad("module: must not be empty")
+        names.add(value)
+    return names
+
+
+def _as_ip(text: str) -> Any:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _host_name(value: bytes) -> str | None:
+    """The host part of a Host header, lower-cased and unbracketed; None if malformed."""
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        name, rest = text[1:end], text[end + 1 :]
+        if end < 0 or _as_ip(name) is None:
+            return None
+    else:
+        name, sep, rest = text.partition(":")
+        rest = sep + rest
+    if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+        return None
+    return name or None
+
+
+def parse_origin(text: str) -> str:
+    """An ``--allow-origin`` value as browsers spell origins: ``scheme://host[:port]``."""
+    from urllib.parse import urlsplit
+
+    raw = text.strip()
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not an origin: {text!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"not an origin: {text!r}; expected http://HOST[:PORT] or https://HOST[:PORT]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"an origin has no path, query or fragment: {text!r}")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
@@ -558,6 +878,298 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
+# --------------------------------------------------------------------------- connection limits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client connection may cost ``polc run``.
+
+    ``header_timeout``: seconds from the connection (or the first byte of a
+    request) to the end of its headers. ``body_timeout``: seconds from the end
+    of the headers to the end of the body; also how long an answer may wait for
+    a client that stopped reading it. ``max_connections``: open connections;
+    beyond it a new one is answered 503 and closed. ``max_header_bytes``: the
+    request line and headers of one request (431 above).
+    """
+
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = MAX_HEADER_BYTES
+
+
+_LINGER = 1.0  # seconds a refused connection is kept to read and drop what the client still sends
+
+
+def _canned(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A whole HTTP/1.1 answer written by the connection guard itself, not the application."""
+    from http import HTTPStatus
+
+    body = _dumps({"error": message, "status": status})
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{k}: {v}" for k, v in extra),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def guarded_protocol(limits: Limits, metrics: Metrics) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the limits uvicorn lacks.
+
+    uvicorn bounds only the idle time between requests (keep-alive). A
+    connection that never sends a byte, or sends its headers or body a byte at
+    a time, or stops reading answers, would be held for ever, and the headers of
+    one request are not bounded at all. Each connection here has a deadline for
+    the phase it is in, and the number of connections is capped.
+    """
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    lingering: set[asyncio.BaseTransport] = set()
+    refusal = _canned(503, "too many connections; retry shortly", (("retry-after", "1"),))
+
+    class _Refused(asyncio.Protocol):
+        """Answers 503 and closes; reads and drops what the client still sends
+        for a moment, so the answer is not lost to a reset."""
+
+        def __init__(self, loop: asyncio.AbstractEventLoop):
+            self.loop = loop
+            self.timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport):  # type: ignore[override]
+            self.transport = transport
+            transport.write(refusal)
+            if len(lingering) >= limits.max_connections or not transport.can_write_eof():
+                transport.close()
+                return
+            lingering.add(transport)
+            transport.write_eof()
+            self.timer = self.loop.call_later(_LINGER, transport.close)
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def eof_received(self) -> None:
+            return None  # let the transport close
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+            lingering.discard(self.transport)
+
+    class GuardedProtocol(HttpToolsProtocol):
+        # The phase decides which deadline runs: "fresh" (no request yet) and
+        # "header" (a request line or headers are arriving): the header
+        # timeout; "body": the body timeout; None (between requests): uvicorn's
+        # keep-alive timeout.
+        _phase: str | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _send_timer: asyncio.TimerHandle | None = None
+        _begun = 0  # requests begun on this connection
+        _header_bytes = 0
+        _closing = False
+        _counted = False
+
+        def connection_made(self, transport):  # type: ignore[override]
+            if len(self.connections) >= limits.max_connections:
+                metrics.count_rejected("connection_limit")
+                refused = _Refused(self.loop)
+                transport.set_protocol(refused)
+                refused.connection_made(transport)
+                return
+            super().connection_made(transport)
+            self._counted = True
+            metrics.connections += 1
+            self._phase = "fresh"
+            self._arm(limits.header_timeout, self._header_timed_out)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+            if self._counted:
+                self._counted = False
+                metrics.connections -= 1
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._closing:
+                return
+            self._unset_keepalive_if_required()
+            before, begun = self._phase, self._begun
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                pass  # no websockets or h2c: the request is answered as HTTP/1.1
+            except httptools.HttpParserError:
+                self._reject(400, "malformed HTTP request", "bad_request", answer=self._idle())
+                return
+            if self._phase == "header" and not self._closing:
+                # Count the chunk when all of it is request head: it continued
+                # one, or it started one on an idle connection. (A chunk that
+                # also ends an earlier request is not counted; that bounds the
+                # head by the limit plus one read.)
+                began = self._begun - begun
+                if (began == 0 and before == "header") or (began == 1 and before in ("fresh", None)):
+                    self._header_bytes += len(data)
+                    if self._header_bytes > limits.max_header_bytes:
+                        self._reject(
+                            431,
+                            f"request line and headers larger than {limits.max_header_bytes} bytes",
+                            "headers_too_large",
+                            answer=self._idle(),
+                        )
+
+        # parser callbacks
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._begun += 1
+            self._header_bytes = 0
+            if self._phase != "fresh":  # a fresh connection's deadline already runs
+                self._arm(limits.header_timeout, self._header_timed_out)
+            self._phase = "header"
+
+        def on_headers_complete(self) -> None:
+            self._phase = "body"
+            self._arm(limits.body_timeout, self._body_timed_out)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._phase = None
+            self._disarm()
+            super().on_message_complete()
+
+        # writing to a client that does not read
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(limits.body_timeout, self._send_timed_out)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
+        # deadlines
+
+        def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(delay, callback)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _idle(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _header_timed_out(self) -> None:
+            self._timer = None
+            if self.flow.read_paused:  # we stopped reading (a pipelined request is being answered)
+                self._arm(limits.header_timeout, self._header_timed_out)
+                return
+            # A connection that never began a request is closed without an
+            # answer, as an idle keep-alive one is: a client that opened it for
+            # later must not read a 408 as the answer to its next request.
+            self._reject(
+                408,
+                f"request headers not received within {limits.header_timeout:g}s",
+                "header_timeout",
+                answer=self._idle() and self._phase != "fresh",
+            )
+
+        def _body_timed_out(self) -> None:
+            self._timer = None
+            if self.flow.read_paused:  # the application has not asked for more yet
+                self._arm(limits.body_timeout, self._body_timed_out)
+                return
+            cycle = self.cycle
+            self._reject(
+                408,
+                f"request body not received within {limits.body_timeout:g}s",
+                "body_timeout",
+                answer=cycle is not None and not cycle.response_started,
+            )
+
+        def _send_timed_out(self) -> None:
+            self._send_timer = None
+            self._closing = True
+            self._disarm()
+            metrics.count_rejected("send_timeout")
+            log.debug("closing a connection whose client has not read its answer for %gs", limits.body_timeout)
+            self.transport.abort()
+
+        def _reject(self, status: int, message: str, reason: str, *, answer: bool) -> None:
+            """Answer ``status`` (when no other answer is under way) and close."""
+            if self._closing:
+                return
+            self._closing = True
+            self._disarm()
+            metrics.count_rejected(reason)
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # The application is waiting for a body that will not come:
+                # it hears a disconnect, and what it answers goes nowhere.
+                cycle.disconnected = True
+                cycle.message_event.set()
+            if answer and not self.transport.is_closing():
+                self.transport.write(_canned(status, message))
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Make room for ``max_connections`` sockets (and as many being refused) in the fd limit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    want = 2 * max_connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft < max_connections + 64:
+        log.warning(
+            "open-file limit %d is too low for --max-connections %d; connections beyond it wait in the backlog",
+            soft,
+            max_connections,
+        )
+
+
+def require_server_extra() -> None:
+    """Raise ``ServerExtraMissing`` unless uvicorn and httptools import."""
+    for name in ("uvicorn", "httptools"):
+        try:
+            __import__(name)
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) or name
+            raise ServerExtraMissing(
+                f"polc run needs the 'server' extra ({missing} cannot be imported: {exc}); "
+                "install it with: pip install 'polc[server]'"
+            ) from None
+
+
+class ServerExtraMissing(RuntimeError):
+    pass
+
+
 # --------------------------------------------------------------------------- serving
 
 
@@ -569,6 +1181,7 @@ def serve(
     stop_agent: Callable[[], Any],
     on_ready: Callable[[], None],
     on_start_error: Callable[[BaseException], int],
+    limits: Limits | None = None,
 ) -> int:
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT; returns the exit status.
 
@@ -579,6 +1192,9 @@ def serve(
     would re-raise SIGTERM after shutdown and end the process with -15).
     """
     import uvicorn
+
+    limits = limits or Limits()
+    _raise_fd_limit(limits.max_connections)
 
     class _Server(uvicorn.Server):
         def capture_signals(self):  # type: ignore[override]
@@ -591,7 +1207,7 @@ def serve(
         lifespan="off",
         log_config=None,
         access_log=False,
-        http="auto",
+        http=guarded_protocol(limits, app.metrics),
         ws="none",
         server_header=False,
         timeout_graceful_shutdown=1,

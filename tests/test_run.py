@@ -9,234 +9,30 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sidecar_support import (  # noqa: F401 - fixtures
+    ACME_OK,
+    ACME_V2,
+    GLOBAL,
+    PARTNER,
+    START_DEADLINE,
+    _compile,
+    artifacts,
+    corrupt,
+    drop,
+    policy_dir,
+    sidecar,
+    until,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-START_DEADLINE = 20.0  # seconds for a cold interpreter to load and listen (2 shared cores)
-
-GLOBAL = """\
-security module _global {
-    deny module to process.exec("rm");
-}
-"""
-
-ACME_V1 = """\
-// tenant.acme, first revision
-security module tenant.acme {
-    entitle module to network.outbound("*.acme.com", 443);
-    deny module to process.exec;
-}
-"""
-
-ACME_V2 = """\
-// tenant.acme, second revision: the partner API is allowed too
-security module tenant.acme {
-    entitle module to network.outbound("*.acme.com", 443);
-    entitle module to network.outbound("api.partner.com", 443);
-    deny module to process.exec;
-}
-"""
-
-GLOBEX_AUDIT = """\
-security module tenant.globex {
-    mode audit;
-    entitle module to network.outbound("*.globex.com", 443);
-}
-"""
-
-ACME_OK = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", 443]}
-PARTNER = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.partner.com", 443]}
-
-
-# --------------------------------------------------------------------------- artifacts
-
-
-def _compile(src: Path, out: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "polc", "compile", str(src), "-o", str(out), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    """Compiled artifacts: {"_global", "acme_v1", "acme_v2", "globex"} -> .bin path."""
-    base = tmp_path_factory.mktemp("artifacts")
-    sets = {"v1": {"_global": GLOBAL, "tenant.acme": ACME_V1, "tenant.globex": GLOBEX_AUDIT}, "v2": {"tenant.acme": ACME_V2}}
-    for name, files in sets.items():
-        src = base / f"src-{name}"
-        src.mkdir()
-        for module, text in files.items():
-            (src / f"{module}.pol").write_text(text)
-        _compile(src, base / name)
-    out = {
-        "_global": base / "v1" / "_global.bin",
-        "acme_v1": base / "v1" / "tenant.acme.bin",
-        "globex": base / "v1" / "tenant.globex.bin",
-        "acme_v2": base / "v2" / "tenant.acme.bin",
-    }
-    for path in out.values():
-        assert path.is_file(), path
-    assert out["acme_v1"].read_bytes() != out["acme_v2"].read_bytes()
-    return out
-
-
-@pytest.fixture
-def policy_dir(tmp_path, artifacts) -> Path:
-    d = tmp_path / "policies"
-    d.mkdir()
-    for key in ("_global", "acme_v1", "globex"):
-        shutil.copyfile(artifacts[key], d / artifacts[key].name)
-    return d
-
-
-def drop(src: Path | bytes, dest: Path) -> None:
-    """Drop an artifact the way a CI pipeline should: write aside, then rename over."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_bytes(src if isinstance(src, bytes) else src.read_bytes())
-    os.replace(tmp, dest)
-
-
-def corrupt(data: bytes) -> bytes:
-    """Flip one payload byte: the header's SHA-256 no longer matches."""
-    i = 56 + (len(data) - 56) // 2
-    return data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1 :]
-
-
-# --------------------------------------------------------------------------- the sidecar under test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sidecar:
-    def __init__(self, tmp_path: Path):
-        self.tmp_path = tmp_path
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
-
-    def start(self, policy_dir: Path | None, *args: str, env: dict[str, str] | None = None, wait: bool = True, python_flags=()):
-        self.port = free_port()
-        cmd = [sys.executable, *python_flags, "-m", "polc", "run"]
-        if policy_dir is not None:
-            cmd.append(str(policy_dir))
-        cmd += ["--listen", f"127.0.0.1:{self.port}", *args]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLC_")}
-        full_env.update(env or {})
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, env=full_env)
-        if wait:
-            self.wait_healthy()
-        return self
-
-    def wait_healthy(self, deadline: float = START_DEADLINE) -> None:
-        end = time.monotonic() + deadline
-        last: Any = None
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"polc run exited with {self.proc.returncode}:\n{self.stderr()}")
-            try:
-                status, _, _ = self.request("GET", "/healthz", timeout=1)
-                if status == 200:
-                    return
-                last = status
-            except OSError as exc:
-                last = exc
-            time.sleep(0.05)
-        pytest.fail(f"/healthz not 200 within {deadline}s (last: {last!r}):\n{self.stderr()}")
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, headers=None, timeout: float = 5):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-            conn.request(method, path, body=data, headers=headers or {})
-            resp = conn.getresponse()
-            payload = resp.read()
-            return resp.status, dict(resp.getheaders()), payload
-        finally:
-            conn.close()
-
-    def json(self, method: str, path: str, body: Any = None, **kw) -> tuple[int, Any]:
-        status, headers, payload = self.request(method, path, body, **kw)
-        if path == "/metrics":
-            return status, payload.decode()
-        assert headers.get("content-type") == "application/json", headers
-        return status, json.loads(payload)
-
-    def check(self, req: dict) -> dict:
-        status, body = self.json("POST", "/v1/check", req)
-        assert status == 200, body
-        return body
-
-    def metrics(self) -> dict[str, float]:
-        status, text = self.json("GET", "/metrics")
-        assert status == 200
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if self.proc is not None:
-            self._stderr.close()
-
-
-@pytest.fixture
-def sidecar(tmp_path):
-    procs: list[Sidecar] = []
-
-    def make() -> Sidecar:
-        s = Sidecar(tmp_path)
-        procs.append(s)
-        return s
-
-    yield make
-    for s in procs:
-        s.kill()
-
-
-def until(predicate, deadline: float = 10.0, what: str = "condition"):
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"{what} not reached within {deadline}s")
-        time.sleep(0.05)
-
 
 # --------------------------------------------------------------------------- decisions
 
@@ -314,7 +110,13 @@ def test_oversized_bodies_are_413(sidecar, policy_dir):
     # Chunked, no Content-Length: refused once it passes the limit.
     conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
     try:
-        conn.request("POST", "/v1/check", body=iter([b"[" * 40000, b"[" * 40000]), encode_chunked=True)
+        conn.request(
+            "POST",
+            "/v1/check",
+            body=iter([b"[" * 40000, b"[" * 40000]),
+            headers={"content-type": "application/json"},
+            encode_chunked=True,
+        )
         resp = conn.getresponse()
         assert resp.status == 413
         assert json.loads(resp.read())["status"] == 413
@@ -367,9 +169,38 @@ def test_status_healthz_and_metrics(sidecar, policy_dir):
     assert m["polc_ready"] == 1
     assert abs(m["polc_last_successful_reload_timestamp_seconds"] - time.time()) < 120
 
-    err = s.stderr()
-    assert f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)" in err
-    assert f"curl -s http://127.0.0.1:{s.port}/v1/check -d" in err
+    err = s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)")
+    err = s.wait_stderr("polc: reload now: ")
+    assert f"curl -s http://127.0.0.1:{s.port}/v1/check -H 'content-type: application/json' -d" in err
+
+
+# The agent is ready, so /healthz answers 200, before `polc run` prints its
+# start-up lines: these come when the event loop next runs the start-up task.
+# On a loaded machine that can be after the test's next few requests. This
+# wrapper widens that window on purpose.
+_SLOW_START = """\
+import sys, time
+from polc.runtime import agent as _agent
+_start = _agent.PolicyAgent.start
+def start(self):
+    result = _start(self)  # ready from here on: /healthz says 200
+    time.sleep(1.5)        # the scheduler's delay on a loaded machine, made certain
+    return result
+_agent.PolicyAgent.start = start
+from polc.cli import cli
+cli(sys.argv[1:], prog_name="polc")
+"""
+
+
+def test_startup_lines_are_waited_for_not_raced(sidecar, policy_dir, tmp_path):
+    wrapper = tmp_path / "slow_start.py"
+    wrapper.write_text(_SLOW_START)
+    s = sidecar().start(policy_dir, "--reload-interval", "0.5", entry=(str(wrapper),))
+    status, body = s.json("GET", "/healthz")
+    assert status == 200 and body == {"status": "ok"}
+    # Read once now, this is usually still empty; the harness waits for it instead.
+    s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)")
+    s.wait_stderr("polc: reload now: ")
 
 
 # --------------------------------------------------------------------------- reloads
@@ -392,7 +223,7 @@ def test_reload_endpoint_applies_a_dropped_artifact(sidecar, policy_dir, artifac
 
     after = s.check(PARTNER)
     assert after["allowed"] is True and after["revision"] != before["revision"]
-    until(lambda: "reloaded tenant.acme (3 rules)" in s.stderr(), 5, "reload message")
+    s.wait_stderr("reloaded tenant.acme (3 rules)")
 
     # Nothing changed since: a second reload is a no-op.
     status, body = s.json("POST", "/policy/reload")
@@ -406,8 +237,8 @@ def test_sighup_reloads_a_dropped_artifact(sidecar, policy_dir, artifacts):
     s.signal(signal.SIGHUP)
     until(lambda: s.check(PARTNER)["allowed"], 5, "SIGHUP reload")
     assert s.proc.poll() is None
-    until(lambda: "reloaded tenant.acme (3 rules)" in s.stderr(), 5, "reload message")
-    assert "SIGHUP" in s.stderr()
+    s.wait_stderr("reloaded tenant.acme (3 rules)")
+    s.wait_stderr("SIGHUP received, reloading")
 
 
 def test_poller_picks_up_a_new_module(sidecar, policy_dir, artifacts, tmp_path):
@@ -420,7 +251,7 @@ def test_poller_picks_up_a_new_module(sidecar, policy_dir, artifacts, tmp_path):
     assert s.check(req)["allowed"] is False
     drop(tmp_path / "newout" / "tenant.newco.bin", policy_dir / "tenant.newco.bin")
     until(lambda: s.check(req)["allowed"], 10, "poller load")
-    until(lambda: "loaded tenant.newco (1 rules)" in s.stderr(), 5, "load message")
+    s.wait_stderr("loaded tenant.newco (1 rules)")
 
 
 def test_corrupt_artifact_keeps_decisions_and_is_reported(sidecar, policy_dir, artifacts):
@@ -447,7 +278,7 @@ def test_corrupt_artifact_keeps_decisions_and_is_reported(sidecar, policy_dir, a
     assert m['polc_reloads_total{status="failed"}'] == failed_before + 1
     assert m["polc_module_errors"] == 1
     assert m["polc_active_modules"] == 3
-    until(lambda: "reload failed, keeping previous: tenant.acme.bin:" in s.stderr(), 5, "failure message")
+    s.wait_stderr("reload failed, keeping previous: tenant.acme.bin:")
 
     # An explicit reload after the poller met the bad file first: nothing new
     # fails in this step, but the answer still says tenant.acme is not in force.
@@ -495,9 +326,9 @@ def test_signal_stops_cleanly_within_2s(sidecar, policy_dir, sig):
         code = s.wait_exit(timeout=2.0)
     finally:
         conn.close()
-    assert code == 0, s.stderr()
+    assert code == 0, s.stderr_at_exit()
     assert time.monotonic() - t0 < 2.0
-    assert "polc: stopped" in s.stderr()
+    assert "polc: stopped" in s.stderr_at_exit()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.port), timeout=1).close()
 
@@ -511,7 +342,8 @@ def test_startup_never_imports_lark(sidecar, policy_dir):
     s.request("POST", "/policy/reload")
     s.signal(signal.SIGTERM)
     assert s.wait_exit(timeout=5) == 0
-    imported = {line.rsplit("|", 1)[-1].strip() for line in s.stderr().splitlines() if line.startswith("import time:")}
+    err = s.stderr_at_exit()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert "uvicorn" in imported  # the probe sees imports at all
     assert not {name for name in imported if name == "lark" or name.startswith("lark.")}
 
@@ -521,7 +353,7 @@ def test_policy_dir_from_environment(sidecar, policy_dir):
     assert s.check(ACME_OK)["allowed"] is True
     _, st = s.json("GET", "/v1/status")
     assert st["reload"] is False
-    assert "reloading off" in s.stderr()
+    s.wait_stderr("reloading off")
 
 
 def test_missing_policy_dir_is_a_usage_error(tmp_path):
@@ -554,7 +386,8 @@ def test_strict_start_with_a_bad_artifact_exits_1(sidecar, policy_dir, artifacts
     drop(corrupt(artifacts["acme_v2"].read_bytes()), policy_dir / "tenant.acme.bin")
     s = sidecar().start(policy_dir, "--strict", "--no-reload", wait=False)
     assert s.wait_exit(timeout=START_DEADLINE) == 1
-    assert "start-up failed" in s.stderr() and "tenant.acme" in s.stderr()
+    err = s.stderr_at_exit()
+    assert "start-up failed" in err and "tenant.acme" in err
 
 
 def test_bad_artifact_at_start_falls_back_and_is_reported(sidecar, policy_dir, artifacts):
@@ -564,7 +397,7 @@ def test_bad_artifact_at_start_falls_back_and_is_reported(sidecar, policy_dir, a
     _, st = s.json("GET", "/v1/status")
     assert st["modules"]["tenant.acme"]["last_error"]
     assert s.metrics()["polc_module_errors"] == 1
-    assert "load failed, tenant.acme gets _global rules only: tenant.acme.bin: checksum mismatch" in s.stderr()
+    s.wait_stderr("load failed, tenant.acme gets _global rules only: tenant.acme.bin: checksum mismatch")
 
 
 def test_trust_file_refuses_an_unsigned_drop(sidecar, tmp_path, artifacts):
@@ -622,7 +455,7 @@ def test_reloads_under_concurrent_checks_never_tear_or_fail(sidecar, policy_dir,
         body = json.dumps({"requests": [PARTNER, ACME_OK]})
         try:
             while not stop.is_set():
-                conn.request("POST", "/v1/check/batch", body=body)
+                conn.request("POST", "/v1/check/batch", body=body, headers={"content-type": "application/json"})
                 resp = conn.getresponse()
                 payload = resp.read()
                 if resp.status != 200:

@@ -99,8 +99,20 @@ def _call(
     path: str,
     body: bytes | list[bytes] = b"",
     headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    json_type: bool = True,
+    query: bytes = b"",
+    root_path: str = "",
+    server_addr: tuple[str, int] = ("127.0.0.1", 8181),
 ) -> _Response:
-    """Drive the ASGI app the way uvicorn does, body delivered in the given chunks."""
+    """Drive the ASGI app the way uvicorn does, body delivered in the given chunks.
+
+    A POST says ``Content-Type: application/json`` unless ``json_type`` is false
+    or ``headers`` name a content type.
+    """
+    headers = list(headers or [])
+    if method == "POST" and json_type and not any(k == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", b"application/json"))
     chunks = body if isinstance(body, list) else [body]
     received: list[int] = []  # how many chunks the app pulled
 
@@ -116,7 +128,15 @@ def _call(
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "headers": headers or []}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": root_path + path,
+        "root_path": root_path,
+        "query_string": query,
+        "headers": headers,
+        "server": server_addr,
+    }
     asyncio.run(app(scope, receive, send))
     start, body_msg = sent
     assert start["type"] == "http.response.start"
@@ -513,3 +533,293 @@ def test_parse_listen_rejects(text):
 def test_loopback_detection():
     assert server.is_loopback("127.0.0.1") and server.is_loopback("::1") and server.is_loopback("localhost")
     assert not server.is_loopback("0.0.0.0") and not server.is_loopback("10.1.2.3")
+
+
+# --------------------------------------------------------------------------- who may ask: browsers, hosts, tokens
+
+
+_ACME = {"module": "tenant.acme", "capability": "network.outbound", "args": ["api.acme.com", 443]}
+
+
+def _json_body(obj=_ACME) -> bytes:
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        None,
+        b"text/plain",
+        b"text/plain;charset=UTF-8",
+        b"application/x-www-form-urlencoded",
+        b"multipart/form-data; boundary=x",
+        b"application/jsonx",
+        b"application/json; charset=latin-1",
+    ],
+)
+def test_a_post_without_a_json_content_type_is_415_and_does_nothing(ctype):
+    # A page on any site can make a browser send these ("simple" requests, no preflight).
+    app, agent = _app()
+    headers = [] if ctype is None else [(b"content-type", ctype)]
+    for path, body in (("/policy/reload", b""), ("/v1/check", _json_body()), ("/v1/check/batch", b'{"requests": []}')):
+        r = _call(app, "POST", path, body, headers=headers, json_type=False)
+        assert r.status == 415, (path, r.body)
+        assert "application/json" in r.json()["error"]
+    assert agent.reloads == 0 and agent.calls == []
+
+
+@pytest.mark.parametrize("ctype", [b"application/json", b"Application/JSON", b"application/json; charset=utf-8", b'application/json;charset="UTF-8"'])
+def test_json_content_types_are_accepted(ctype):
+    app, agent = _app()
+    assert _call(app, "POST", "/v1/check", _json_body(), headers=[(b"content-type", ctype)]).status == 200
+
+
+def test_two_content_types_are_415():
+    app, _ = _app()
+    headers = [(b"content-type", b"application/json"), (b"content-type", b"text/plain")]
+    assert _call(app, "POST", "/v1/check", _json_body(), headers=headers).status == 415
+
+
+def test_reload_takes_an_empty_body_or_an_empty_object():
+    app, agent = _app()
+    assert _call(app, "POST", "/policy/reload", b"").status == 200
+    assert _call(app, "POST", "/policy/reload", b"{}").status == 200
+    r = _call(app, "POST", "/policy/reload", b'{"force": true}')
+    assert r.status == 400 and "force: unknown field" in r.json()["error"]
+    assert _call(app, "POST", "/policy/reload", b"[]").status == 400
+    assert agent.reloads == 2
+
+
+@pytest.mark.parametrize("origin", [b"http://evil.example", b"null", b"http://localhost:3000", b"http://127.0.0.1:8181"])
+def test_an_origin_not_on_the_allow_list_is_403(origin):
+    app, agent = _app()
+    for method, path in (("POST", "/policy/reload"), ("POST", "/v1/check"), ("GET", "/v1/status"), ("GET", "/metrics")):
+        r = _call(app, method, path, _json_body() if path == "/v1/check" else b"", headers=[(b"origin", origin)])
+        assert r.status == 403, (path, r.body)
+        assert "access-control-allow-origin" not in r.headers
+    assert agent.reloads == 0 and agent.calls == []
+
+
+def test_the_exact_cross_site_reload_of_the_report_is_refused():
+    # <form method=POST enctype=text/plain action=http://127.0.0.1:8181/policy/reload> on evil.example
+    app, agent = _app()
+    headers = [(b"host", b"127.0.0.1:8181"), (b"origin", b"http://evil.example"), (b"content-type", b"text/plain")]
+    assert _call(app, "POST", "/policy/reload", b"x=y", headers=headers).status in (403, 415)
+    assert agent.reloads == 0
+
+
+def test_a_request_the_browser_marks_cross_site_is_403_even_without_origin():
+    app, _ = _app()
+    for site in (b"cross-site", b"same-site"):
+        assert _call(app, "GET", "/v1/status", headers=[(b"sec-fetch-site", site)]).status == 403
+    for site in (b"same-origin", b"none"):
+        assert _call(app, "GET", "/v1/status", headers=[(b"sec-fetch-site", site)]).status == 200
+
+
+def test_an_allowed_origin_gets_cors_headers_and_preflights():
+    app, agent = _app(allow_origins=["https://Ops.Example.com:443/", "http://localhost:3000"])
+    r = _call(app, "POST", "/v1/check", _json_body(), headers=[(b"origin", b"https://ops.example.com")])
+    assert r.status == 200
+    assert r.headers["access-control-allow-origin"] == "https://ops.example.com"
+    assert r.headers["vary"] == "Origin"
+    # Errors are readable by the allowed page too.
+    r = _call(app, "POST", "/v1/check", b"{", headers=[(b"origin", b"http://localhost:3000")])
+    assert r.status == 400 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+    pre = [(b"origin", b"http://localhost:3000"), (b"access-control-request-method", b"POST")]
+    r = _call(app, "OPTIONS", "/policy/reload", headers=pre)
+    assert r.status == 204 and r.body == b""
+    assert r.headers["access-control-allow-methods"] == "POST"
+    assert "content-type" in r.headers["access-control-allow-headers"]
+    assert "authorization" in r.headers["access-control-allow-headers"]
+    assert agent.reloads == 0
+    # Not a preflight, or not from an allowed origin: as before.
+    assert _call(app, "OPTIONS", "/policy/reload").status == 405
+    assert _call(app, "OPTIONS", "/policy/reload", headers=[(b"origin", b"http://evil.example"), pre[1]]).status == 403
+
+
+@pytest.mark.parametrize("bad", ["null", "*", "ftp://x", "http://x/path", "http://x?q", "localhost:3000", "http://"])
+def test_allow_origin_values_are_validated(bad):
+    with pytest.raises(ValueError):
+        server.parse_origin(bad)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"evil.example", b"evil.example:8181", b"localhost.", b"127.1:8181", b"2130706433", b"0.0.0.0:8181", b"[::2]:8181", b"sub.localhost"],
+)
+def test_a_host_that_does_not_name_this_server_is_421(host):
+    # DNS rebinding: evil.example resolves to 127.0.0.1, the browser sends Host: evil.example.
+    app, agent = _app(listen="127.0.0.1:8181")
+    for method, path in (("GET", "/v1/status"), ("GET", "/healthz"), ("POST", "/policy/reload")):
+        r = _call(app, method, path, headers=[(b"host", host)])
+        assert r.status == 421, (host, path, r.body)
+    assert agent.reloads == 0
+
+
+@pytest.mark.parametrize("host", [b"127.0.0.1:8181", b"127.0.0.1", b"localhost:8181", b"LOCALHOST", b"localhost:9"])
+def test_the_listening_address_and_localhost_are_served(host):
+    app, _ = _app(listen="127.0.0.1:8181")
+    assert _call(app, "GET", "/v1/status", headers=[(b"host", host)]).status == 200
+
+
+def test_hosts_on_a_wildcard_listen_and_configured_names():
+    app, _ = _app(listen="0.0.0.0:8181", allow_hosts=["sidecar.internal", "[::1]"])
+    ok = lambda host, addr=("10.1.2.3", 8181): _call(  # noqa: E731
+        app, "GET", "/v1/status", headers=[(b"host", host)], server_addr=addr
+    ).status
+    assert ok(b"10.1.2.3:8181") == 200  # the address the connection arrived on
+    assert ok(b"10.1.2.4:8181") == 421
+    assert ok(b"0.0.0.0:8181") == 421
+    assert ok(b"Sidecar.Internal:8181") == 200
+    assert ok(b"[::1]:8181") == 200
+    assert ok(b"[0:0:0:0:0:0:0:1]") == 200  # the same address
+    assert ok(b"[fd00::1]:8181", ("fd00::1", 8181)) == 200
+    any_app, _ = _app(listen="127.0.0.1:8181", allow_hosts=["*"])
+    assert _call(any_app, "GET", "/v1/status", headers=[(b"host", b"whatever.example")]).status == 200
+
+
+def test_malformed_or_repeated_host_is_400_and_no_host_is_served():
+    app, _ = _app(listen="127.0.0.1:8181")
+    for host in (b"", b"local host", b"localhost:http", b"[::1", b"[nope]:1", b"\xff"):
+        assert _call(app, "GET", "/v1/status", headers=[(b"host", host)]).status in (400, 421), host
+    assert _call(app, "GET", "/v1/status", headers=[(b"host", b"localhost"), (b"host", b"evil")]).status == 400
+    assert _call(app, "GET", "/v1/status").status == 200  # HTTP/1.0 without Host: not a browser
+
+
+def test_a_token_guards_every_endpoint_but_healthz(monkeypatch):
+    app, agent = _app(token="s3cret-token-0123456789")
+    compared = []
+    real = server.hmac.compare_digest
+    monkeypatch.setattr(server.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    requests = [("POST", "/v1/check", _json_body()), ("POST", "/v1/check/batch", b'{"requests": []}'),
+                ("POST", "/policy/reload", b""), ("GET", "/v1/status", b""), ("GET", "/metrics", b""),
+                ("GET", "/nope", b"")]  # fmt: skip
+    for method, path, body in requests:
+        r = _call(app, method, path, body)
+        assert r.status == 401, path
+        assert r.headers["www-authenticate"] == 'Bearer realm="polc"'
+        for value in (b"Bearer wrong", b"Basic czNjcmV0", b"Bearer", b"bearer s3cret-token-012345678"):
+            r = _call(app, method, path, body, headers=[(b"authorization", value)])
+            assert r.status == 401, (path, value)
+            assert 'error="invalid_token"' in r.headers["www-authenticate"]
+        good = [(b"authorization", b"Bearer s3cret-token-0123456789")]
+        assert _call(app, method, path, body, headers=good).status == (404 if path == "/nope" else 200)
+        assert _call(app, method, path, body, headers=[(b"authorization", b"bearer  s3cret-token-0123456789 ")]).status != 401
+    assert agent.reloads == 2 and len(agent.calls) == 2
+    assert compared  # the comparison is hmac.compare_digest's (constant time)
+    assert _call(app, "GET", "/healthz").status == 200
+    two = [(b"authorization", b"Bearer s3cret-token-0123456789")] * 2
+    assert _call(app, "GET", "/v1/status", headers=two).status == 401
+
+
+@pytest.mark.parametrize(
+    "path, body, key",
+    [
+        ("/v1/check", b'{"module": "tenant.acme", "module": "tenant.evil", "capability": "c"}', "module"),
+        ("/v1/check", b'{"module": "m", "capability": "c", "capability": "c"}', "capability"),
+        ("/v1/check", b'{"module": "m", "capability": "c", "args": [], "args": ["x"]}', "args"),
+        ("/v1/check/batch", b'{"requests": [], "requests": [{"module": "m", "capability": "c"}]}', "requests"),
+        ("/v1/check/batch", b'{"requests": [{"module": "m", "capability": "c", "module": "n"}]}', "module"),
+        ("/policy/reload", b'{"a": 1, "a": 2}', "a"),
+    ],
+)
+def test_duplicate_keys_in_request_json_are_400(path, body, key):
+    app, agent = _app()
+    r = _call(app, "POST", path, body)
+    assert r.status == 400, r.body
+    assert r.json()["error"] == f"duplicate key {key!r} in a JSON object"
+    assert agent.calls == [] and agent.reloads == 0
+
+
+# --------------------------------------------------------------------------- status filter
+
+
+def _three_modules() -> _Agent:
+    agent = _Agent()
+    for name in ("tenant.globex", "_global"):
+        agent.modules[name] = {"revision": "ab" * 6, "rules": 1, "file": f"{name}.bin", "last_error": None}
+    return agent
+
+
+def test_status_filters_by_module():
+    app, _ = _app(agent=_three_modules())
+    assert set(_call(app, "GET", "/v1/status").json()["modules"]) == {"tenant.acme", "tenant.globex", "_global"}
+    body = _call(app, "GET", "/v1/status", query=b"module=tenant.acme").json()
+    assert list(body["modules"]) == ["tenant.acme"]
+    assert body["ready"] is True and body["version"]  # the rest of the answer is kept
+    body = _call(app, "GET", "/v1/status", query=b"module=tenant.acme&module=_global&module=tenant.acme").json()
+    assert set(body["modules"]) == {"tenant.acme", "_global"}
+    assert _call(app, "GET", "/v1/status", query=b"module=tenant%2Eacme").json()["modules"].keys() == {"tenant.acme"}
+
+
+def test_status_of_an_unknown_module_is_an_empty_map():
+    app, _ = _app(agent=_three_modules())
+    r = _call(app, "GET", "/v1/status", query=b"module=tenant.nope")
+    assert r.status == 200 and r.json()["modules"] == {}
+
+
+@pytest.mark.parametrize("query, message", [(b"modul=x", "modul: unknown query parameter"), (b"module=", "module: must not be empty"), (b"module", "malformed query"), (b"module=%ff", "malformed query")])
+def test_status_query_errors_are_400(query, message):
+    app, _ = _app(agent=_three_modules())
+    r = _call(app, "GET", "/v1/status", query=query)
+    assert r.status == 400 and message in r.json()["error"]
+
+
+# --------------------------------------------------------------------------- mounted under a prefix
+
+
+def _mounted(app: server.DecisionApp, prefix: str, *, strip: bool):
+    """A minimal host application: everything under ``prefix`` goes to ``app``.
+
+    ``strip``: the older convention, where the router also removes the prefix
+    from ``path`` (Starlette before 0.33); today's keeps it and sets ``root_path``.
+    """
+
+    async def host(scope, receive, send):
+        path = scope["path"]
+        if scope["type"] == "http" and (path == prefix or path.startswith(prefix + "/")):
+            child = dict(scope, root_path=scope.get("root_path", "") + prefix)
+            if strip:
+                child["path"] = path[len(prefix) :]
+            await app(child, receive, send)
+            return
+        body = b"host app"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"8")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return host
+
+
+def _call_host(host, method, path, body=b"", headers=()):
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), *headers], "server": ("127.0.0.1", 8000)}  # fmt: skip
+    asyncio.run(host(scope, receive, send))
+    return sent[0]["status"], sent[1]["body"]
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_mounted_under_a_prefix_the_routes_are_relative_to_it(strip):
+    app, agent = _app()
+    host = _mounted(app, "/polc", strip=strip)
+    status, body = _call_host(host, "POST", "/polc/v1/check", _json_body())
+    assert status == 200 and json.loads(body)["allowed"] is True
+    assert _call_host(host, "GET", "/polc/healthz")[0] == 200
+    assert _call_host(host, "GET", "/polc/v1/status")[0] == 200
+    assert _call_host(host, "GET", "/polc/nope")[0] == 404
+    assert _call_host(host, "GET", "/other") == (200, b"host app")
+
+
+def test_root_path_is_only_stripped_at_a_segment_boundary():
+    app, _ = _app()
+    r = _call(app, "GET", "x/healthz", root_path="/polc")  # path "/polcx/healthz"
+    assert r.status == 404
+    assert _call(app, "GET", "/healthz", root_path="/polc").status == 200
