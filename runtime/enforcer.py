@@ -819,6 +819,7 @@ class LinkedModule:
         "rule_count",
         "caps",
         "tables",
+        "volatile",
         "_where",
         "__weakref__",
     )
@@ -860,6 +861,8 @@ class LinkedModule:
                 group = [(index, _command_args(args, types, effect)) for index, args in group]
             slot[0 if effect == DENY else 1] = _Table(self, effect, group, types)
         self.caps = caps
+        # capabilities whose decisions depend on the file system (a command parameter): never cached
+        self.volatile: frozenset[str] = frozenset(n for n, c in caps.items() if COMMAND in _types(c))
         self.tables: dict[str, tuple[_Table | None, _Table | None]] = {
             k: (v[0], v[1]) for k, v in tables.items()
         }
@@ -1480,8 +1483,11 @@ _NAME_MAX = 255  # no module or capability name is longer (runtime/bytecode.py)
 # tests/test_enforcer_hardening.py) plus the characters of its strings. An entry
 # that would cost more than _CACHE_ENTRY_MAX is not cached at all.
 CACHE_BYTES = 32 << 20
-_CACHE_ENTRY_BASE = 480
+_CACHE_ENTRY_BASE = 300
 _CACHE_ENTRY_MAX = 8192
+
+
+_VOLATILE_BUILTINS = frozenset(n for n, c in BUILTINS.items() if COMMAND in (p.type for p in c.params))
 
 
 def _text_cost(s: str) -> int:
@@ -1511,7 +1517,7 @@ class Snapshot:
     """
 
     __slots__ = ("modules", "glob", "unavailable", "_cache", "_cache_size", "_cache_budget", "_cache_bytes",
-                 "_plans", "_volatile", "_decisions", "__weakref__")
+                 "_plans", "_decisions", "__weakref__")
 
     def __init__(
         self,
@@ -1533,7 +1539,6 @@ class Snapshot:
         self._cache_size = int(cache_size) if self._cache_budget else 0
         self._cache_bytes = 0
         self._plans: dict = {}
-        self._volatile: set = set()  # (module, capability) pairs whose decisions are never cached
         self._decisions: dict[str, dict] = {}  # module -> its plans' shared Decision memo
 
     def replace(
@@ -1603,13 +1608,24 @@ class Snapshot:
                 if fn is None:
                     return self._refuse(module, capability, args)
             d = fn(args)
-            if cacheable and key not in self._volatile:
+            if cacheable and not self._volatile(module, capability):
                 self._remember(module, capability, args, d)
             if d.audit:
                 _log_audit(d, capability, args)  # type: ignore[arg-type]
             return d
         except Exception as exc:  # never raise into the application
             return self._internal_error(module, exc)
+
+    def _volatile(self, module: str, capability: str) -> bool:
+        """May the decision depend on the file system (a command parameter in any signature
+        the request could be typed with)? Such decisions are never cached."""
+        if capability in _VOLATILE_BUILTINS:
+            return True
+        mod = self.modules.get(module)
+        if mod is not None and capability in mod.volatile:
+            return True
+        glob = self.glob
+        return glob is not None and capability in glob.volatile
 
     def _remember(self, module: str, capability: str, args: tuple, d: Decision) -> None:
         cost = _CACHE_ENTRY_BASE + len(module) + len(capability) + len(d.reason)
@@ -1637,14 +1653,11 @@ class Snapshot:
         plans = self._plans
         if len(plans) >= _MAX_PLANS:
             plans.clear()
-            self._volatile.clear()
             self._decisions.clear()
         memo = self._decisions.get(module)
         if memo is None:
             memo = self._decisions[module] = {}
         plan = _Plan(module, capability, self.modules.get(module), self.glob, memo)
-        if plan.sig is not None and COMMAND in _types(plan.sig):
-            self._volatile.add((module, capability))
         fn = plans[(module, capability)] = plan.fn
         return fn
 

@@ -114,15 +114,22 @@ def ipv6_dressing(draw, text: str) -> str:
     return text
 
 
+# Python's socket functions encode a str host with IDNA, which maps fullwidth
+# characters and ideographic full stops to ASCII: these reach the address too.
+FULLWIDTH = str.maketrans({c: chr(ord(c) + 0xFEE0) for c in "0123456789abcdefxABCDEFX"} | {".": "\u3002"})
+
+
 @st.composite
 def ipv4_spelling(draw, n: int) -> str:
     v4 = str(ipaddress.IPv4Address(n))
     kind = draw(st.sampled_from(["quad", "aton", "aton", "mapped", "mapped-hex", "mapped-full", "nat64",
-                                 "nat64-hex", "compat", "translated"]))
+                                 "nat64-hex", "compat", "translated", "fullwidth"]))
     if kind == "quad":
         return v4
     if kind == "aton":
         return draw(inet_aton_form(n))
+    if kind == "fullwidth":
+        return draw(st.one_of(st.just(v4), inet_aton_form(n))).translate(FULLWIDTH)
     text = {
         "mapped": f"::ffff:{v4}",
         "mapped-hex": f"::ffff:{_hex_groups(n)}",
@@ -264,7 +271,8 @@ def test_metadata_address_spellings_are_all_denied(spelling):
 def test_loopback_spellings_are_denied_like_127_0_0_1():
     s = deny_snapshot("127.0.0.0/8")
     for spelling in ["127.0.0.1", "127.1", "0x7f000001", "2130706433", "017700000001", "::ffff:127.0.0.1",
-                     "[::ffff:7f00:1]", "0.0.0.0", "::ffff:0.0.0.0", "0", "0x0"]:
+                     "[::ffff:7f00:1]", "0.0.0.0", "::ffff:0.0.0.0", "0", "0x0",
+                     "\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127\u30020\u30020\u30021"]:
         d = s.check("m", "network.outbound", spelling, 80)
         assert not d.allowed, (spelling, d)
     assert s.check("m", "network.outbound", "128.0.0.1", 80).allowed

@@ -143,6 +143,8 @@ def test_decisions_follow_the_file_system_at_each_check(tree):
     assert not s.check("m", "process.exec", f"{tree}/switch").allowed
     (tree / "switch").unlink()
     assert s.check("m", "process.exec", f"{tree}/switch").allowed
+    assert not s._cache  # nothing about a command is kept
+    assert s.check("m", "threads.create").reason == "no entitlement" and s._cache  # other decisions are
 
 
 def test_merged_usr_spellings_of_the_system_shell():
@@ -174,6 +176,7 @@ def test_a_declared_capability_may_take_a_command(tree):
     assert not s.check("m", "job.run", "q", f"{tree}/link/tool").allowed
     assert not s.check("m", "job.run", "q", f"{tree}/evil/../bin/../alias").allowed
     assert not s.check("m", "job.run", "r", f"{tree}/bin/other").allowed
+    assert not s._cache  # a declared command parameter is never cached either
 
 
 def _artifact_1_0(module: str, rules) -> bytes:
