@@ -268,10 +268,10 @@ def _norm_int(value: object) -> int:
     return _exact_int(value, "an int")
 
 
-# A command is resolved on the file system at every check (a symlink may be
-# repointed at any time), so it is never memoised, and decisions about a
-# capability with a command parameter are never cached (Snapshot._volatile).
-_norm_command = patterns.normalize_command
+# A command is resolved on the file system; what it found is reused for at most
+# patterns.RESOLVE_TTL seconds, and so are decisions about a capability with a
+# command parameter (Snapshot._timed), never longer.
+_norm_command = patterns.command_of
 
 
 _NORMALIZERS: dict[str, Callable[[object], object]] = {
@@ -444,7 +444,9 @@ def _matcher(instr: tuple) -> Callable[[object], bool] | None:
     if op == STR_GLOB:
         return _str_glob(instr[1])
     if op == _CMD:
-        return patterns.command_matcher(instr[2], instr[3], deny=instr[1] == DENY)  # type: ignore[return-value]
+        return patterns.command_matcher(  # type: ignore[return-value]
+            instr[2], instr[3], deny=instr[1] == DENY, glob_matcher=_str_glob  # type: ignore[arg-type]
+        )
     raise ValueError(f"unknown argument opcode {op:#x}")  # the verifier rules this out
 
 
@@ -1512,12 +1514,12 @@ class Snapshot:
 
     ``cache_size`` bounds the decision cache by entries, ``cache_bytes`` by
     the (estimated) memory its entries hold; either 0 turns it off. Decisions
-    about a capability with a ``command`` parameter are never cached: they
-    depend on the file system at the time of the check.
+    about a capability with a ``command`` parameter depend on the file system:
+    they are kept apart and for ``patterns.RESOLVE_TTL`` seconds at most.
     """
 
-    __slots__ = ("modules", "glob", "unavailable", "_cache", "_cache_size", "_cache_budget", "_cache_bytes",
-                 "_plans", "_decisions", "__weakref__")
+    __slots__ = ("modules", "glob", "unavailable", "_cache", "_timed", "_cache_size", "_cache_budget",
+                 "_cache_bytes", "_plans", "_decisions", "__weakref__")
 
     def __init__(
         self,
@@ -1535,6 +1537,7 @@ class Snapshot:
         # load yet): without the global restrictions, nothing is decided.
         self.unavailable = unavailable
         self._cache: dict = {}
+        self._timed: dict = {}  # decisions that depend on the file system: key -> (Decision, expiry)
         self._cache_budget = max(0, int(cache_bytes))
         self._cache_size = int(cache_size) if self._cache_budget else 0
         self._cache_bytes = 0
@@ -1601,15 +1604,26 @@ class Snapshot:
                 what = "module" if len(module) > _NAME_MAX else "capability"
                 return Decision(False, "deny", f"{what} name longer than {_NAME_MAX} characters", None,
                                 _module_text(module))
-            key = (module, capability)
-            fn = self._plans.get(key)
+            timed = cacheable and self._volatile(module, capability)
+            if timed:
+                hit = self._timed.get((module, capability, args))
+                if hit is not None and hit[1] > time.monotonic():
+                    for a in args:
+                        if type(a) is not str and type(a) is not int:
+                            break
+                    else:
+                        d = hit[0]
+                        if d.audit:
+                            _log_audit(d, capability, args)
+                        return d
+            fn = self._plans.get((module, capability))
             if fn is None:
                 fn = self._plan(module, capability)
                 if fn is None:
                     return self._refuse(module, capability, args)
             d = fn(args)
-            if cacheable and not self._volatile(module, capability):
-                self._remember(module, capability, args, d)
+            if cacheable:
+                self._remember(module, capability, args, d, timed)
             if d.audit:
                 _log_audit(d, capability, args)  # type: ignore[arg-type]
             return d
@@ -1618,7 +1632,7 @@ class Snapshot:
 
     def _volatile(self, module: str, capability: str) -> bool:
         """May the decision depend on the file system (a command parameter in any signature
-        the request could be typed with)? Such decisions are never cached."""
+        the request could be typed with)? Such decisions are kept for RESOLVE_TTL seconds only."""
         if capability in _VOLATILE_BUILTINS:
             return True
         mod = self.modules.get(module)
@@ -1627,7 +1641,7 @@ class Snapshot:
         glob = self.glob
         return glob is not None and capability in glob.volatile
 
-    def _remember(self, module: str, capability: str, args: tuple, d: Decision) -> None:
+    def _remember(self, module: str, capability: str, args: tuple, d: Decision, timed: bool = False) -> None:
         cost = _CACHE_ENTRY_BASE + len(module) + len(capability) + len(d.reason)
         for a in args:
             t = type(a)
@@ -1640,10 +1654,16 @@ class Snapshot:
         if cost > _CACHE_ENTRY_MAX or cost > self._cache_budget:
             return  # huge requests are decided every time, never kept
         cache = self._cache
-        if len(cache) >= self._cache_size or self._cache_bytes + cost > self._cache_budget:
+        timed_cache = self._timed
+        if (len(timed_cache if timed else cache) >= self._cache_size
+                or self._cache_bytes + cost > self._cache_budget):
             cache.clear()
+            timed_cache.clear()
             self._cache_bytes = 0
-        cache[(module, capability, args)] = d
+        if timed:
+            timed_cache[(module, capability, args)] = (d, time.monotonic() + patterns.RESOLVE_TTL)
+        else:
+            cache[(module, capability, args)] = d
         self._cache_bytes += cost
 
     def _plan(self, module: str, capability: str) -> Callable[[tuple], Decision] | None:

@@ -36,6 +36,7 @@ import os
 import posixpath
 import re
 import stat
+import time
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -501,10 +502,11 @@ class Command:
     absolute paths it names (lexical form or the PATH lookup of a bare name,
     then real paths); ``names``: the bare name and the final component of
     every path; ``file``: (device, inode) of the file it runs, None when
-    there is none.
+    there is none. ``deny_names``: what a bare-name deny is tested against
+    (the names and the text as given).
     """
 
-    __slots__ = ("text", "bare", "paths", "names", "file")
+    __slots__ = ("text", "bare", "paths", "names", "file", "deny_names")
 
     def __init__(
         self, text: str, bare: bool, paths: tuple[str, ...], names: tuple[str, ...], file: FileId | None
@@ -514,6 +516,7 @@ class Command:
         self.paths = paths
         self.names = names
         self.file = file
+        self.deny_names = names if text in names else (text, *names)
 
     def _key(self) -> tuple:
         return (self.text, self.bare, self.paths, self.names, self.file)
@@ -529,36 +532,121 @@ class Command:
         return f"Command({self.text!r}, paths={self.paths!r}, names={self.names!r}, file={self.file!r})"
 
 
+# What the file system says about a path or a PATH lookup is reused for at most
+# RESOLVE_TTL seconds (bounded, process-wide): a process.exec check costs a few
+# dict probes instead of a dozen system calls, and a change of a symlink or of
+# PATH is seen within that time. A path can change between any check and the
+# exec anyway; what the memo adds is at most RESOLVE_TTL of that.
+RESOLVE_TTL = 1.0
+_RESOLVED_MAX = 4096
+_resolved: dict[tuple, tuple[object, float]] = {}
+_UNSET = object()
+
+
+def _remembered(key: tuple) -> object:
+    hit = _resolved.get(key)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    return _UNSET
+
+
+def _remember(key: tuple, value: object) -> object:
+    if len(key[1]) <= MAX_COMMAND_LEN:
+        if len(_resolved) >= _RESOLVED_MAX:
+            _resolved.clear()
+        _resolved[key] = (value, time.monotonic() + RESOLVE_TTL)
+    return value
+
+
+# PATH as os.environ holds it (os.environ["PATH"] = ... updates it; execvp reads
+# it), read without decoding: os.environ keeps the encoded bytes in ``_data``.
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+try:
+    _PATH_KEY: object = os.environ.encodekey("PATH")  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - not CPython's os._Environ
+    _ENVIRON_DATA = None
+    _PATH_KEY = "PATH"
+
+
+def _path_token() -> object:
+    """Something that changes whenever PATH does (the raw value), cheaply."""
+    if _ENVIRON_DATA is not None:
+        return _ENVIRON_DATA.get(_PATH_KEY)
+    return os.environ.get("PATH")
+
+
+def forget_resolutions() -> None:
+    """Drop every remembered file-system answer (the next check looks again)."""
+    _resolved.clear()
+
+
 def _file_id(path: str) -> FileId | None:
     """(device, inode) of the file ``path`` leads to now; None when there is none."""
+    key = ("id", path)
+    hit = _remembered(key)
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
     try:
         st = os.stat(path)
     except (OSError, ValueError):
-        return None
-    return (st.st_dev, st.st_ino)
+        return _remember(key, None)  # type: ignore[return-value]
+    return _remember(key, (st.st_dev, st.st_ino))  # type: ignore[return-value]
+
+
+def _path_dirs() -> tuple[tuple[str, ...], object]:
+    """PATH's directories and a memo key for what a lookup in them finds (None: do not remember)."""
+    token = _path_token()
+    hit = _PATH_SPLIT.get(token)
+    if hit is None:
+        path_env = os.environ.get("PATH")
+        if path_env is None:
+            path_env = os.defpath
+        dirs = tuple(path_env.split(os.pathsep))
+        hit = (dirs, any(not d.startswith("/") for d in dirs))
+        if len(_PATH_SPLIT) >= 64:
+            _PATH_SPLIT.clear()
+        _PATH_SPLIT[token] = hit
+    dirs, relative = hit
+    if not relative:
+        return dirs, token
+    try:  # "" or "." entries: the working directory counts too
+        return dirs, (token, os.getcwd())
+    except OSError:
+        return dirs, None
+
+
+_PATH_SPLIT: dict[object, tuple[tuple[str, ...], bool]] = {}
 
 
 def _which(name: str) -> tuple[str, FileId] | None:
     """What ``execvp`` would run for a bare name: the first executable regular file on PATH."""
-    path_env = os.environ.get("PATH")
-    if path_env is None:
-        path_env = os.defpath
-    for d in path_env.split(os.pathsep):
+    dirs, where = _path_dirs()
+    key = ("which", name, where)
+    hit = _remembered(key) if where is not None else _UNSET
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
+    for d in dirs:
         p = posixpath.join(d or ".", name)
         try:
             st = os.stat(p)
         except (OSError, ValueError):
             continue
         if stat.S_ISREG(st.st_mode) and os.access(p, os.X_OK):
-            return _lexical(os.path.abspath(p)), (st.st_dev, st.st_ino)
-    return None
+            return _remember(key, (_lexical(os.path.abspath(p)), (st.st_dev, st.st_ino)))  # type: ignore[return-value]
+    return _remember(key, None)  # type: ignore[return-value]
 
 
 def _realpath(path: str) -> str:
+    """``os.path.realpath`` of an absolute path (remembered like the rest)."""
+    key = ("real", path)
+    hit = _remembered(key)
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
     try:
-        return os.path.realpath(path)
+        real = os.path.realpath(path)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ValueError(f"command {shown(path)} cannot be resolved ({type_name(exc)})") from None
+    return _remember(key, real)  # type: ignore[return-value]
 
 
 def normalize_command(value: object, *, resolve: bool = True) -> Command:
@@ -605,6 +693,28 @@ def normalize_command(value: object, *, resolve: bool = True) -> Command:
     return Command(text, bare, tuple(paths), tuple(names), file)
 
 
+def command_of(value: object) -> Command:
+    """``normalize_command(value)``, remembered for RESOLVE_TTL seconds like the lookups it makes."""
+    if type(value) is not str or len(value) > MAX_COMMAND_LEN:
+        return normalize_command(value)
+    if value.startswith("/"):
+        key: tuple = ("cmd", value)
+    elif "/" in value:
+        try:
+            key = ("cmd", value, os.getcwd())
+        except OSError:
+            return normalize_command(value)
+    else:
+        where = _path_dirs()[1]
+        if where is None:
+            return normalize_command(value)
+        key = ("cmd", value, where)
+    hit = _remembered(key)
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
+    return _remember(key, normalize_command(value))  # type: ignore[return-value]
+
+
 def _glob_dirs(const: str) -> tuple[str, str]:
     """``(literal directories, rest)`` of an absolute glob: ``/usr/bin/py*`` -> (``/usr/bin``, ``py*``)."""
     segs = const.split("/")
@@ -612,15 +722,20 @@ def _glob_dirs(const: str) -> tuple[str, str]:
     return "/".join(segs[:i]) or "/", "/".join(segs[i:])
 
 
-def command_matcher(op: int, const: str, *, deny: bool) -> Callable[[Command], bool]:
+def command_matcher(
+    op: int, const: str, *, deny: bool, glob_matcher: Callable[[str], Callable[[str], bool]] | None = None
+) -> Callable[[Command], bool]:
     """Matcher for a command rule constant (STR_EXACT or STR_GLOB), applied to a ``Command``.
 
-    What the constant names on this machine is looked up at every call (a
-    symlink or PATH may change at any time). ``deny`` selects how a bare
-    name matches (see the comment above).
+    What the constant names on this machine is looked up when it is needed
+    (remembered for RESOLVE_TTL seconds). ``deny`` selects how a bare name
+    matches (see the comment above). ``glob_matcher`` builds the test of a
+    glob (``string_matcher`` semantics; the enforcer passes its faster one).
     """
     glob = op == STR_GLOB
-    test: Callable[[str], bool] = string_matcher(const) if glob else const.__eq__
+    if glob_matcher is None:
+        glob_matcher = string_matcher
+    test: Callable[[str], bool] = glob_matcher(const) if glob else const.__eq__
     if const.startswith("/"):
         if glob:
             head, rest = _glob_dirs(const)
@@ -631,8 +746,8 @@ def command_matcher(op: int, const: str, *, deny: bool) -> Callable[[Command], b
                     if test(p):
                         return True
                 try:
-                    real = os.path.realpath(head)
-                except (OSError, ValueError, RuntimeError):
+                    real = _realpath(head)
+                except ValueError:
                     return False
                 if real == head:
                     return False
@@ -660,9 +775,7 @@ def command_matcher(op: int, const: str, *, deny: bool) -> Callable[[Command], b
     if deny:
 
         def deny_name(cmd: Command) -> bool:
-            if test(cmd.text):
-                return True
-            for n in cmd.names:
+            for n in cmd.deny_names:
                 if test(n):
                     return True
             return same_file(cmd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import types
 
 import pytest
 
@@ -133,17 +134,34 @@ def test_a_path_entitle_allows_the_file_under_its_other_names_only(tree):
     assert not g.check("m", "process.exec", f"{tree}/evil/../bin/tool").allowed
 
 
-def test_decisions_follow_the_file_system_at_each_check(tree):
-    """Repointing a symlink changes the decision at once: command decisions are not cached."""
+def test_decisions_follow_the_file_system_within_the_resolve_ttl(tree, monkeypatch):
+    """Repointing a symlink changes the decision once what was looked up expires
+    (patterns.RESOLVE_TTL, 1 s): command decisions are never cached for longer."""
+    from polc.runtime import enforcer, patterns
+
+    clock = [1000.0]
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0])
+    monkeypatch.setattr(patterns, "time", fake)
+    monkeypatch.setattr(enforcer, "time", fake)
+    ttl = patterns.RESOLVE_TTL
+    assert ttl <= 1.0
     s = deny_snapshot(f"{tree}/bin/tool")
     (tree / "switch").symlink_to(tree / "bin" / "other")
     assert s.check("m", "process.exec", f"{tree}/switch").allowed
     (tree / "switch").unlink()
     (tree / "switch").symlink_to(tree / "bin" / "tool")
+    clock[0] += ttl + 0.001
     assert not s.check("m", "process.exec", f"{tree}/switch").allowed
     (tree / "switch").unlink()
+    clock[0] += ttl + 0.001
     assert s.check("m", "process.exec", f"{tree}/switch").allowed
-    assert not s._cache  # nothing about a command is kept
+    # and without waiting once the remembered lookups are dropped
+    (tree / "switch").unlink(missing_ok=True)
+    (tree / "switch").symlink_to(tree / "alias")
+    patterns.forget_resolutions()
+    s2 = deny_snapshot(f"{tree}/bin/tool")
+    assert not s2.check("m", "process.exec", f"{tree}/switch").allowed
+    assert not s._cache and not s2._cache  # nothing about a command is in the long-lived cache
     assert s.check("m", "threads.create").reason == "no entitlement" and s._cache  # other decisions are
 
 
