@@ -56,7 +56,9 @@ __all__ = [
     "Command",
     "HostAddresses",
     "command_matcher",
-    "address_in",
+    "command_of",
+    "forget_resolutions",
+    "RESOLVE_TTL",
     "host_wild_matcher",
     "cidr_network",
     "path_matcher",
@@ -316,16 +318,6 @@ def cidr_network(const: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED_NET):  # type: ignore[arg-type]
         return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
     return net
-
-
-def address_in(value: object, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    """Does a normalised host (``normalize_host``) fall in ``net``? DNS names never do."""
-    c = value.__class__
-    if c is ipaddress.IPv4Address or c is ipaddress.IPv6Address:
-        return value in net  # type: ignore[operator]
-    if c is HostAddresses:
-        return any(a in net for a in value)  # type: ignore[attr-defined]
-    return False
 
 
 # --------------------------------------------------------------------------
