@@ -31,7 +31,7 @@ from polc.runtime.bytecode import (
     STR_GLOB,
     is_valid_module_name,
 )
-from polc.runtime.catalog import BUILTINS, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
+from polc.runtime.catalog import BUILTINS, COMMAND, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
 
 from .ast import AnyArg, CapabilityDecl, IntArg, Module, ModeStmt, Node, RangeArg, Rule, SourceFile, StrArg
 from .diagnostics import ERROR, NOTE, WARNING, Diagnostic, did_you_mean
@@ -104,6 +104,8 @@ _TYPE_WORDS = {
     PATH: "a path pattern (a string such as \"logs/**\") or '*'",
     STRING: "a string (exact, or a glob with '*' and '?') or '*'",
     INT: "an integer or a range such as 1..10, or '*'",
+    COMMAND: "a command (an absolute path such as \"/usr/bin/git\", or a bare name such as \"git\"; "
+             "'*' and '?' are wildcards) or '*'",
 }
 
 
@@ -348,11 +350,28 @@ def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[D
                 )
                 return None
             if t == HOST:
-                return patterns.compile_host(arg.value)
+                lowered = patterns.compile_host(arg.value)
+                if lowered == (HOST_WILD, "*"):
+                    diags.append(
+                        _diag(
+                            WARNING, arg,
+                            'the host pattern "*" matches exactly one DNS label (such as localhost), not every '
+                            "host; write * without quotes for any host",
+                            mod,
+                        )
+                    )
+                return lowered
             if t == PATH:
                 return (PATH_GLOB, patterns.compile_path(arg.value))
             if t == STRING:
+                if arg.value == "":
+                    raise patterns.PatternError(
+                        'invalid pattern "": an empty string matches nothing a request names; '
+                        "write * for any value"
+                    )
                 return patterns.compile_string(arg.value)
+            if t == COMMAND:
+                return patterns.compile_command(arg.value)
         elif isinstance(arg, IntArg):
             if t in (PORT, INT):
                 patterns.check_range(t, arg.value, arg.value)

@@ -25,6 +25,7 @@ exits 1).
 Format history (the table in docs/artifact-format.md is the full record):
 
     1.0  initial format
+    1.1  parameter type ``command`` (process.exec's parameter); 1.0 artifacts still read
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ __all__ = [
 
 MAGIC = b"\x89POLC\r\n\x1a"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 _HEADER = struct.Struct(">8sHHIII32s")
 HEADER_SIZE = _HEADER.size  # 56
 MAX_PAYLOAD = 64 * 1024 * 1024

@@ -26,7 +26,21 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from .catalog import BUILTINS, HOST, INT, INT_MAX, INT_MIN, PATH, PORT, STRING, TYPES, Capability, Param
+from .catalog import (
+    BUILTINS,
+    COMMAND,
+    HOST,
+    INT,
+    INT_MAX,
+    INT_MIN,
+    LEGACY_SIGNATURES,
+    PATH,
+    PORT,
+    STRING,
+    TYPES,
+    Capability,
+    Param,
+)
 
 # Rule header: RULE effect cap line col
 RULE = 0x01
@@ -82,6 +96,7 @@ ALLOWED_OPS: dict[str, frozenset[int]] = {
     INT: frozenset({ANY, INT_RANGE}),
     PATH: frozenset({ANY, PATH_GLOB}),
     STRING: frozenset({ANY, STR_EXACT, STR_GLOB}),
+    COMMAND: frozenset({ANY, STR_EXACT, STR_GLOB}),
 }
 
 EFFECT_NAMES: dict[int, str] = {DENY: "deny", ENTITLE: "entitle"}
@@ -335,7 +350,7 @@ def _verify_caps_full(raw: tuple) -> tuple[Capability, ...]:
         cap = Capability(sys.intern(name), tuple(plist))
         builtin = BUILTINS.get(name)
         if builtin is not None:
-            if builtin != cap:
+            if builtin != cap and LEGACY_SIGNATURES.get(name) != cap:
                 raise VerifyError(
                     f"{where}: built-in capability {name} has signature {builtin.signature()}, "
                     f"not {cap.signature()}"
@@ -379,6 +394,8 @@ def _fast_host_ok(op: int, const: str) -> bool:
         len(const) <= 253
         and _DNS_NORMAL.fullmatch(const) is not None
         and not const.rpartition(".")[2].isdigit()
+        and not const.rpartition(".")[2].startswith("0x")
+        and not (op == HOST_WILD and const[0].isdigit())
         and (op == HOST_WILD) == ("*" in const)
     )
 
@@ -392,7 +409,10 @@ def _const_problem(op: int, const: str, ptype: str) -> str | None:
         if op == PATH_GLOB:
             want_op, want = op, patterns.compile_path(const)
         elif op in (STR_EXACT, STR_GLOB):
-            want_op, want = patterns.compile_string(const)
+            if ptype == COMMAND:
+                want_op, want = patterns.compile_command(const)
+            else:
+                want_op, want = patterns.compile_string(const)
         else:
             want_op, want = patterns.compile_host(const)
     except patterns.PatternError as exc:
@@ -424,10 +444,15 @@ _VALID_ARGS: dict[tuple, tuple] = {}
 _VALID_ARGS_MAX = 1 << 16
 
 
-def _remember(key: tuple, value: tuple) -> tuple:
-    if len(_VALID_ARGS) >= _VALID_ARGS_MAX:
-        _VALID_ARGS.clear()
-    _VALID_ARGS[key] = value
+_VALID_COMMAND_ARGS: dict[tuple, tuple] = {}
+
+
+def _remember(key: tuple, value: tuple, memo: dict | None = None) -> tuple:
+    if memo is None:
+        memo = _VALID_ARGS
+    if len(memo) >= _VALID_ARGS_MAX:
+        memo.clear()
+    memo[key] = value
     return value
 
 
@@ -447,12 +472,14 @@ def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
             key = (op, consts[c])
         except IndexError:
             return None
-        known = _VALID_ARGS.get(key)
+        # a command constant has its own normal form: remembered apart
+        memo = _VALID_COMMAND_ARGS if ptype == COMMAND else _VALID_ARGS
+        known = memo.get(key)
         if known is not None:
             return known
         if _const_problem(op, key[1], ptype) is not None:
             return None
-        return _remember(key, key)
+        return _remember(key, key, memo)
     if op == ANY:
         return ANY_ARG if len(a) == 1 else None
     if op == INT_RANGE and len(a) == 3 and op in ALLOWED_OPS[ptype]:

@@ -15,7 +15,10 @@ PORT = "port"
 PATH = "path"
 STRING = "string"
 INT = "int"
-TYPES: frozenset[str] = frozenset({HOST, PORT, PATH, STRING, INT})
+# The program of process.exec: a path compared as the file it names, or a
+# bare name (artifact format 1.1; runtime/patterns.py, docs/design.md).
+COMMAND = "command"
+TYPES: frozenset[str] = frozenset({HOST, PORT, PATH, STRING, INT, COMMAND})
 
 PORT_MIN, PORT_MAX = 0, 65535
 # int arguments are carried as msgpack signed 64-bit integers.
@@ -53,10 +56,18 @@ BUILTINS: dict[str, Capability] = {
         _cap("network.listen", ("port", PORT)),
         _cap("fs.read", ("root", STRING), ("path", PATH)),
         _cap("fs.write", ("root", STRING), ("path", PATH)),
-        _cap("process.exec", ("command", STRING)),
+        _cap("process.exec", ("command", COMMAND)),
         _cap("threads.create"),
         _cap("env.read", ("name", STRING)),
     )
+}
+
+# Signatures that artifacts of an earlier format minor wrote for a built-in
+# capability whose parameter types have since become more specific. The
+# verifier reads them as the current built-in (format 1.0 declared
+# process.exec's parameter as a string; since 1.1 it is a command).
+LEGACY_SIGNATURES: dict[str, Capability] = {
+    "process.exec": _cap("process.exec", ("command", STRING)),
 }
 
 GLOBAL_MODULE = "_global"

@@ -29,6 +29,8 @@ import ipaddress
 import logging
 import re
 import sys
+import threading
+import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
@@ -49,7 +51,7 @@ from .bytecode import (
     STR_EXACT,
     STR_GLOB,
 )
-from .catalog import BUILTINS, GLOBAL_MODULE, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
+from .catalog import BUILTINS, COMMAND, GLOBAL_MODULE, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
 from .catalog import Capability
 from . import patterns
 
@@ -156,8 +158,11 @@ _fast_dns = _FAST_DNS.fullmatch
 
 # Normalisation is a pure function of the string, and services ask about the
 # same few hosts and paths over and over: memoise it (bounded, cleared whole
-# when full). Only exact ``str`` keys, so no equal-but-different value can hit.
+# when full). Only exact ``str`` keys, so no equal-but-different value can hit,
+# and only short ones, so the memos hold at most _MEMO_MAX x _MEMO_KEY_MAX
+# characters whatever callers send.
 _MEMO_MAX = 65536
+_MEMO_KEY_MAX = 1024
 _host_memo: dict[str, object] = {}
 _path_memo: dict[str, str] = {}
 # Refusals are memoised apart (message of the ValueError), off the fast path.
@@ -166,14 +171,15 @@ _path_bad: dict[str, str] = {}
 
 
 def _refuse(memo: dict[str, str], value: str, exc: ValueError) -> ValueError:
-    if len(memo) >= _MEMO_MAX:
-        memo.clear()
-    memo[value] = str(exc)
+    if len(value) <= _MEMO_KEY_MAX:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[value] = str(exc)
     return exc
 
 
 def _norm_host(value: object) -> object:
-    if value.__class__ is str:
+    if type(value) is str:
         r = _host_memo.get(value)  # type: ignore[call-overload]
         if r is not None:
             return r
@@ -182,7 +188,8 @@ def _norm_host(value: object) -> object:
             raise ValueError(bad)
         try:
             if len(value) <= 253 and _fast_dns(value) is not None:  # type: ignore[arg-type]
-                if value[value.rfind(".") + 1 :].isdigit():  # type: ignore[index,union-attr]
+                last = value[value.rfind(".") + 1 :]  # type: ignore[index,union-attr]
+                if last.isdigit() or last.startswith("0x"):
                     r = patterns.normalize_host(value)  # an IPv4 literal (or malformed)
                 else:
                     r = value
@@ -198,7 +205,7 @@ def _norm_host(value: object) -> object:
 
 
 def _norm_path(value: object) -> str:
-    if value.__class__ is str:
+    if type(value) is str:
         r = _path_memo.get(value)  # type: ignore[call-overload]
         if r is not None:
             return r
@@ -219,37 +226,52 @@ def _norm_path(value: object) -> str:
                 r = patterns.normalize_path(value)
             except ValueError as exc:
                 raise _refuse(_path_bad, value, exc)  # type: ignore[arg-type]
-        if len(_path_memo) >= _MEMO_MAX:
-            _path_memo.clear()
-        _path_memo[value] = r  # type: ignore[index]
+        if len(value) <= _MEMO_KEY_MAX:  # type: ignore[arg-type]
+            if len(_path_memo) >= _MEMO_MAX:
+                _path_memo.clear()
+            _path_memo[value] = r  # type: ignore[index]
         return r  # type: ignore[return-value]
     return patterns.normalize_path(value)
 
 
 def _norm_string(value: object) -> str:
-    if value.__class__ is str:
+    t = type(value)
+    if t is str:
         return value  # type: ignore[return-value]
-    if isinstance(value, str):
-        return str(value)
-    raise ValueError(f"expected a string, got {type(value).__name__}")
+    if issubclass(t, str):
+        return str.__str__(value)  # type: ignore[arg-type]  # a copy; the subclass's methods never run
+    raise ValueError(f"expected a string, got {patterns.type_name(value)}")
+
+
+def _int_text(v: int) -> str:
+    return str(v) if v.bit_length() <= 64 else f"of {v.bit_length()} bits"
+
+
+def _exact_int(value: object, what: str) -> int:
+    t = type(value)
+    if t is bool or not issubclass(t, int):
+        raise ValueError(f"expected {what}, got {patterns.type_name(value)}")
+    return int.__int__(value)  # type: ignore[arg-type]  # an int subclass's methods never run
 
 
 def _norm_port(value: object) -> int:
-    if value.__class__ is not int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a port number (int), got {type(value).__name__}")
-        value = int(value)
+    if type(value) is not int:
+        value = _exact_int(value, "a port number (int)")
     if PORT_MIN <= value <= PORT_MAX:  # type: ignore[operator]
         return value  # type: ignore[return-value]
-    raise ValueError(f"port {value} out of range ({PORT_MIN}..{PORT_MAX})")
+    raise ValueError(f"port {_int_text(value)} out of range ({PORT_MIN}..{PORT_MAX})")  # type: ignore[arg-type]
 
 
 def _norm_int(value: object) -> int:
-    if value.__class__ is int:
+    if type(value) is int:
         return value  # type: ignore[return-value]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an int, got {type(value).__name__}")
-    return int(value)
+    return _exact_int(value, "an int")
+
+
+# A command is resolved on the file system; what it found is reused for at most
+# patterns.RESOLVE_TTL seconds, and so are decisions about a capability with a
+# command parameter (Snapshot._timed), never longer.
+_norm_command = patterns.command_of
 
 
 _NORMALIZERS: dict[str, Callable[[object], object]] = {
@@ -258,6 +280,7 @@ _NORMALIZERS: dict[str, Callable[[object], object]] = {
     PATH: _norm_path,
     STRING: _norm_string,
     INT: _norm_int,
+    COMMAND: _norm_command,
 }
 
 
@@ -305,12 +328,33 @@ def _host_wild(const: str) -> Callable[[object], bool]:
 
 @lru_cache(maxsize=8192)
 def _host_cidr(const: str) -> Callable[[object], bool]:
-    net = patterns.cidr_network(const)
+    net = patterns.cidr_network(const)  # an IPv4-mapped block as the IPv4 block
+    v4 = ipaddress.IPv4Address
+    v6 = ipaddress.IPv6Address
+    many = patterns.HostAddresses
 
     def in_net(v: object) -> bool:
-        return v.__class__ is not str and v in net  # type: ignore[operator]
+        c = v.__class__
+        if c is v4 or c is v6:
+            return v in net  # type: ignore[operator]
+        if c is many:  # an address that also reaches others (NAT64, 0.0.0.0, ...)
+            return any(a in net for a in v)  # type: ignore[attr-defined]
+        return False
 
     return in_net
+
+
+# Command arguments match through the request's spellings, and a bare name
+# matches differently in a deny and an entitle (patterns.command_matcher), so
+# a command rule's argument is linked as its own instruction: (_CMD, effect,
+# opcode, constant). _CMD is no opcode of the artifact format.
+_CMD = -1
+
+
+def _command_args(args: tuple, types: tuple[str, ...], effect: int) -> tuple:
+    return tuple(
+        (_CMD, effect, a[0], a[1]) if t == COMMAND and a[0] != ANY else a for a, t in zip(args, types)
+    )
 
 
 _GLOB_CHARS = frozenset("*?")
@@ -399,6 +443,10 @@ def _matcher(instr: tuple) -> Callable[[object], bool] | None:
         return _path_glob(instr[1])
     if op == STR_GLOB:
         return _str_glob(instr[1])
+    if op == _CMD:
+        return patterns.command_matcher(  # type: ignore[return-value]
+            instr[2], instr[3], deny=instr[1] == DENY, glob_matcher=_str_glob  # type: ignore[arg-type]
+        )
     raise ValueError(f"unknown argument opcode {op:#x}")  # the verifier rules this out
 
 
@@ -773,6 +821,7 @@ class LinkedModule:
         "rule_count",
         "caps",
         "tables",
+        "volatile",
         "_where",
         "__weakref__",
     )
@@ -809,8 +858,13 @@ class LinkedModule:
             slot = tables.get(cap_name)
             if slot is None:
                 slot = tables[cap_name] = [None, None]
-            slot[0 if effect == DENY else 1] = _Table(self, effect, group, _types(cap))
+            types = _types(cap)
+            if COMMAND in types:
+                group = [(index, _command_args(args, types, effect)) for index, args in group]
+            slot[0 if effect == DENY else 1] = _Table(self, effect, group, types)
         self.caps = caps
+        # capabilities whose decisions depend on the file system (a command parameter): never cached
+        self.volatile: frozenset[str] = frozenset(n for n, c in caps.items() if COMMAND in _types(c))
         self.tables: dict[str, tuple[_Table | None, _Table | None]] = {
             k: (v[0], v[1]) for k, v in tables.items()
         }
@@ -933,48 +987,57 @@ def _merge_dicts(dicts: list[Mapping]) -> Mapping:
     return out
 
 
+# Each normaliser leaves v{i} normalised or returns the plan's "invalid argument"
+# decision. ``except Exception``: a hostile value (a __class__ or __eq__ that
+# raises) is bad input like any other, and a try costs nothing until it raises.
 _NORM_SRC = {
     HOST: (
         "    a = args[{i}]\n"
-        "    v{i} = _host_memo.get(a) if a.__class__ is str else None\n"
-        "    if v{i} is None:\n"
-        "        try:\n"
+        "    try:\n"
+        "        v{i} = _host_memo.get(a) if type(a) is str else None\n"
+        "        if v{i} is None:\n"
         "            v{i} = _norm_host(a)\n"
-        "        except ValueError:\n"
-        "            return plan._bad_argument(args)\n"
+        "    except Exception:\n"
+        "        return plan._bad_argument(args)\n"
     ),
     PATH: (
         "    a = args[{i}]\n"
-        "    v{i} = _path_memo.get(a) if a.__class__ is str else None\n"
-        "    if v{i} is None:\n"
-        "        try:\n"
+        "    try:\n"
+        "        v{i} = _path_memo.get(a) if type(a) is str else None\n"
+        "        if v{i} is None:\n"
         "            v{i} = _norm_path(a)\n"
-        "        except ValueError:\n"
-        "            return plan._bad_argument(args)\n"
+        "    except Exception:\n"
+        "        return plan._bad_argument(args)\n"
     ),
     PORT: (
         "    v{i} = args[{i}]\n"
-        "    if v{i}.__class__ is not int or not PORT_MIN <= v{i} <= PORT_MAX:\n"
+        "    if type(v{i}) is not int or not PORT_MIN <= v{i} <= PORT_MAX:\n"
         "        try:\n"
         "            v{i} = _norm_port(v{i})\n"
-        "        except ValueError:\n"
+        "        except Exception:\n"
         "            return plan._bad_argument(args)\n"
     ),
     STRING: (
         "    v{i} = args[{i}]\n"
-        "    if v{i}.__class__ is not str:\n"
+        "    if type(v{i}) is not str:\n"
         "        try:\n"
         "            v{i} = _norm_string(v{i})\n"
-        "        except ValueError:\n"
+        "        except Exception:\n"
         "            return plan._bad_argument(args)\n"
     ),
     INT: (
         "    v{i} = args[{i}]\n"
-        "    if v{i}.__class__ is not int:\n"
+        "    if type(v{i}) is not int:\n"
         "        try:\n"
         "            v{i} = _norm_int(v{i})\n"
-        "        except ValueError:\n"
+        "        except Exception:\n"
         "            return plan._bad_argument(args)\n"
+    ),
+    COMMAND: (
+        "    try:\n"
+        "        v{i} = _norm_command(args[{i}])\n"
+        "    except Exception:\n"
+        "        return plan._bad_argument(args)\n"
     ),
 }
 
@@ -1154,7 +1217,7 @@ class _Plan:
         self.sig = sig
         rev = mod.revision if mod is not None else None
         if sig is None:
-            self.error = Decision(False, "deny", f"unknown capability {cap_name!r}", None, module, rev)
+            self.error = Decision(False, "deny", f"unknown capability {patterns.shown(cap_name)}", None, module, rev)
             self.arity = -1
             self.no_entitlement = self.error
             return
@@ -1272,7 +1335,11 @@ class _Plan:
             try:
                 _NORMALIZERS[p.type](value)
             except ValueError as exc:
-                reason = f"invalid argument {p.name!r} of {self.cap}: {exc}"
+                reason = f"invalid argument {p.name!r} of {self.cap}: {_clip(str(exc))}"
+                break
+            except Exception as exc:  # a value whose own methods raise
+                reason = f"invalid argument {p.name!r} of {self.cap}: unusable {patterns.type_name(value)} " \
+                         f"({patterns.type_name(exc)})"
                 break
         else:  # pragma: no cover - normalize() raised, so one of them does
             reason = f"invalid arguments for {self.cap}"
@@ -1290,6 +1357,11 @@ class _Plan:
 
 
 _REASONS: dict[tuple[str, str], str] = {}
+_REASON_MAX = 400  # a reason never quotes more of a request than this
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
 
 
 def _reason(verb: str, name: str) -> str:
@@ -1347,26 +1419,107 @@ def _concat(buckets: list[tuple]) -> tuple:
 # Snapshot
 
 
+def _shown_arg(a: object) -> str:
+    """A request argument for a log line: short, and no method of the value runs."""
+    t = type(a)
+    if t is str:
+        return patterns.shown(a, 100)  # type: ignore[arg-type]
+    if t is int:
+        return _int_text(a)  # type: ignore[arg-type]
+    if a is None or t is bool or t is float:
+        return repr(a)
+    return f"<{patterns.type_name(a)}>"
+
+
 def _log_audit(d: Decision, capability: str, args: tuple) -> None:
     if logger.isEnabledFor(logging.INFO):
-        call = f"{capability}({', '.join(map(repr, args))})"
+        shown = ", ".join(map(_shown_arg, args[:8])) + (", ..." if len(args) > 8 else "")
         where = f" at {d.rule}" if d.rule else ""
-        logger.info("would deny %s %s: %s%s (audit mode)", d.module, call, d.reason, where)
+        logger.info("would deny %s %s(%s): %s%s (audit mode)", d.module, capability, shown, d.reason, where)
 
 
+class _FaultLog:
+    """Rate-limited reports of faults met while checking: each kind (a fixed, small set)
+    is logged at most once per ``interval`` seconds; the next report says how many
+    were not logged in between. Bad input must not be able to flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def report(self, kind: str, level: int, message: str, exc: BaseException | None = None) -> bool:
+        """Log ``message`` unless ``kind`` was logged less than ``interval`` ago; True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return False
+            self._last[kind] = now
+            skipped = self._suppressed.pop(kind, 0)
+        if skipped:
+            message += f" ({skipped} more like this in the last {now - last:.0f} s were not logged)"  # type: ignore[operator]
+        else:
+            message += f" (logged at most once every {self.interval:g} s)"
+        try:
+            logger.log(level, "%s", message, exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+        except Exception:  # pragma: no cover - a broken handler must not reach the caller
+            pass
+        return True
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last.clear()
+            self._suppressed.clear()
+
+
+FAULTS = _FaultLog()
 _MAX_PLANS = 65536
+_NAME_MAX = 255  # no module or capability name is longer (runtime/bytecode.py)
+
+# The decision cache is bounded by entries and by an estimate of the bytes its
+# keys and decisions hold: one entry costs _CACHE_ENTRY_BASE (two tuples, a dict
+# slot, the str and Decision objects' headers; measured with tracemalloc in
+# tests/test_enforcer_hardening.py) plus the characters of its strings. An entry
+# that would cost more than _CACHE_ENTRY_MAX is not cached at all.
+CACHE_BYTES = 32 << 20
+_CACHE_ENTRY_BASE = 300
+_CACHE_ENTRY_MAX = 8192
+
+
+_VOLATILE_BUILTINS = frozenset(n for n, c in BUILTINS.items() if COMMAND in (p.type for p in c.params))
+
+
+def _text_cost(s: str) -> int:
+    return len(s) if s.isascii() else 4 * len(s)
+
+
+def _module_text(module: object) -> str:
+    """``Decision.module`` for a request whose module may not be a usable string."""
+    if issubclass(type(module), str):
+        text = str.__str__(module)  # type: ignore[arg-type]
+        return text if len(text) <= patterns.SHOWN_MAX else text[: patterns.SHOWN_MAX] + "..."
+    return f"<{patterns.type_name(module)}>"
 
 
 class Snapshot:
     """An immutable set of linked modules, the unit that the agent swaps.
 
     ``check`` is safe to call from any number of threads without a lock: the
-    snapshot's own state never changes after construction except for the two
-    memo dicts (decision cache, plans), whose entries are pure functions of
-    the snapshot and are only ever added or cleared whole.
+    snapshot's own state never changes after construction except for its memo
+    dicts (decision cache, plans), whose entries are pure functions of the
+    snapshot and are only ever added or cleared whole.
+
+    ``cache_size`` bounds the decision cache by entries, ``cache_bytes`` by
+    the (estimated) memory its entries hold; either 0 turns it off. Decisions
+    about a capability with a ``command`` parameter depend on the file system:
+    they are kept apart and for ``patterns.RESOLVE_TTL`` seconds at most.
     """
 
-    __slots__ = ("modules", "glob", "unavailable", "_cache", "_cache_size", "_plans", "_decisions", "__weakref__")
+    __slots__ = ("modules", "glob", "unavailable", "_cache", "_timed", "_cache_size", "_cache_budget",
+                 "_cache_bytes", "_plans", "_decisions", "__weakref__")
 
     def __init__(
         self,
@@ -1375,6 +1528,7 @@ class Snapshot:
         *,
         unavailable: str | None = None,
         cache_size: int = 65536,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.modules: dict[str, LinkedModule] = dict(modules)
         self.modules.pop(GLOBAL_MODULE, None)
@@ -1383,7 +1537,10 @@ class Snapshot:
         # load yet): without the global restrictions, nothing is decided.
         self.unavailable = unavailable
         self._cache: dict = {}
-        self._cache_size = cache_size
+        self._timed: dict = {}  # decisions that depend on the file system: key -> (Decision, expiry)
+        self._cache_budget = max(0, int(cache_bytes))
+        self._cache_size = int(cache_size) if self._cache_budget else 0
+        self._cache_bytes = 0
         self._plans: dict = {}
         self._decisions: dict[str, dict] = {}  # module -> its plans' shared Decision memo
 
@@ -1410,83 +1567,143 @@ class Snapshot:
             new_glob,  # type: ignore[arg-type]
             unavailable=self.unavailable if unavailable is False else unavailable,  # type: ignore[arg-type]
             cache_size=self._cache_size,
+            cache_bytes=self._cache_budget,
         )
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
-        if not self._cache_size:  # no cache: no key to build and hash
-            try:
-                fn = self._plans.get((module, capability))
-                if fn is not None:
-                    d = fn(args)
-                    if d.audit:
-                        _log_audit(d, capability, args)  # type: ignore[arg-type]
-                    return d
-            except Exception:  # unhashable name, internal error: decided (and logged) below
-                pass
-            return self._miss(module, capability, args, False)
         try:
-            d = self._cache.get((module, capability, args))
-        except Exception:  # unhashable argument: decide without the cache
-            return self._miss(module, capability, args, False)
-        if d is not None:
-            # bool/float/Decimal values equal to an int share its hash and
-            # key: a hit counts only when every argument is a plain str/int.
-            for a in args:
-                if a.__class__ is not str and a.__class__ is not int:
-                    break
-            else:
+            if self._cache_size:
+                d = self._cache.get((module, capability, args))
+                if d is not None:
+                    # bool/float/Decimal values equal to an int share its hash and
+                    # key: a hit counts only when every argument is a plain str/int.
+                    for a in args:
+                        if type(a) is not str and type(a) is not int:
+                            break
+                    else:
+                        if d.audit:
+                            _log_audit(d, capability, args)
+                        return d
+                return self._miss(module, capability, args, True)
+            fn = self._plans.get((module, capability))
+            if fn is not None:
+                d = fn(args)
                 if d.audit:
-                    _log_audit(d, capability, args)
+                    _log_audit(d, capability, args)  # type: ignore[arg-type]
                 return d
-        return self._miss(module, capability, args, True)
+        except Exception:  # unhashable or misbehaving input, or a fault: decided (and reported) below
+            pass
+        return self._miss(module, capability, args, False)
 
     def _miss(self, module: object, capability: object, args: tuple, cacheable: bool) -> Decision:
+        """Decide without the cache (filling it when ``cacheable``). Never raises."""
         try:
+            if type(module) is not str or type(capability) is not str:
+                return self._refuse(module, capability, args)
+            if len(module) > _NAME_MAX or len(capability) > _NAME_MAX:
+                what = "module" if len(module) > _NAME_MAX else "capability"
+                return Decision(False, "deny", f"{what} name longer than {_NAME_MAX} characters", None,
+                                _module_text(module))
+            timed = cacheable and self._volatile(module, capability)
+            if timed:
+                hit = self._timed.get((module, capability, args))
+                if hit is not None and hit[1] > time.monotonic():
+                    for a in args:
+                        if type(a) is not str and type(a) is not int:
+                            break
+                    else:
+                        d = hit[0]
+                        if d.audit:
+                            _log_audit(d, capability, args)
+                        return d
             fn = self._plans.get((module, capability))
             if fn is None:
                 fn = self._plan(module, capability)
                 if fn is None:
                     return self._refuse(module, capability, args)
             d = fn(args)
-            if cacheable and self._cache_size > 0:
-                for a in args:
-                    if a.__class__ is not str and a.__class__ is not int:
-                        break
-                else:
-                    cache = self._cache
-                    if len(cache) >= self._cache_size:
-                        cache.clear()
-                    cache[(module, capability, args)] = d
+            if cacheable:
+                self._remember(module, capability, args, d, timed)
             if d.audit:
                 _log_audit(d, capability, args)  # type: ignore[arg-type]
             return d
         except Exception as exc:  # never raise into the application
-            logger.exception("internal error deciding %r %r", module, capability)
-            return Decision(False, "deny", f"internal error: {exc!r}", None, str(module))
+            return self._internal_error(module, exc)
 
-    def _plan(self, module: object, capability: object) -> Callable[[tuple], Decision] | None:
+    def _volatile(self, module: str, capability: str) -> bool:
+        """May the decision depend on the file system (a command parameter in any signature
+        the request could be typed with)? Such decisions are kept for RESOLVE_TTL seconds only."""
+        if capability in _VOLATILE_BUILTINS:
+            return True
+        mod = self.modules.get(module)
+        if mod is not None and capability in mod.volatile:
+            return True
+        glob = self.glob
+        return glob is not None and capability in glob.volatile
+
+    def _remember(self, module: str, capability: str, args: tuple, d: Decision, timed: bool = False) -> None:
+        cost = _CACHE_ENTRY_BASE + len(module) + len(capability) + len(d.reason)
+        for a in args:
+            t = type(a)
+            if t is str:
+                cost += 56 + _text_cost(a)  # type: ignore[arg-type]
+            elif t is int:
+                cost += 32 + (a.bit_length() >> 3)  # type: ignore[attr-defined]
+            else:
+                return  # equal-but-different values must never share an entry
+        if cost > _CACHE_ENTRY_MAX or cost > self._cache_budget:
+            return  # huge requests are decided every time, never kept
+        cache = self._cache
+        timed_cache = self._timed
+        if (len(timed_cache if timed else cache) >= self._cache_size
+                or self._cache_bytes + cost > self._cache_budget):
+            cache.clear()
+            timed_cache.clear()
+            self._cache_bytes = 0
+        if timed:
+            timed_cache[(module, capability, args)] = (d, time.monotonic() + patterns.RESOLVE_TTL)
+        else:
+            cache[(module, capability, args)] = d
+        self._cache_bytes += cost
+
+    def _plan(self, module: str, capability: str) -> Callable[[tuple], Decision] | None:
         """The decider of a (module, capability) pair; None when the request is refused whole."""
-        if module.__class__ is not str or capability.__class__ is not str or self.unavailable:
+        if self.unavailable:
             return None
         plans = self._plans
         if len(plans) >= _MAX_PLANS:
             plans.clear()
             self._decisions.clear()
-        memo = self._decisions.get(module)  # type: ignore[call-overload]
+        memo = self._decisions.get(module)
         if memo is None:
-            memo = self._decisions[module] = {}  # type: ignore[index]
-        plan = _Plan(module, capability, self.modules.get(module), self.glob, memo)  # type: ignore[arg-type]
+            memo = self._decisions[module] = {}
+        plan = _Plan(module, capability, self.modules.get(module), self.glob, memo)
         fn = plans[(module, capability)] = plan.fn
         return fn
 
     def _refuse(self, module: object, capability: object, args: tuple) -> Decision:
-        if not isinstance(module, str) or not isinstance(capability, str):
-            return Decision(False, "deny", "module and capability must be strings", None, repr(module))
-        if self.unavailable is not None:
-            mod = self.modules.get(module)
-            return Decision(False, "deny", self.unavailable, None, str(module), mod.revision if mod else None)
-        # str subclasses: decide as the plain strings they are (never cached)
-        return self._miss(str(module), str(capability), args, False)
+        tm, tc = type(module), type(capability)
+        if not issubclass(tm, str) or not issubclass(tc, str):
+            FAULTS.report(
+                "request", logging.WARNING,
+                f"check() called with a module of type {patterns.type_name(module)} and a capability of "
+                f"type {patterns.type_name(capability)}; both must be strings; denied",
+            )
+            return Decision(False, "deny", "module and capability must be strings", None, _module_text(module))
+        if tm is not str or tc is not str:
+            # str subclasses: decide as the plain strings they are (never cached)
+            return self._miss(str.__str__(module), str.__str__(capability), args, False)  # type: ignore[arg-type]
+        mod = self.modules.get(module)  # type: ignore[call-overload]
+        return Decision(False, "deny", self.unavailable or "policy unavailable", None, module,  # type: ignore[arg-type]
+                        mod.revision if mod else None)
+
+    def _internal_error(self, module: object, exc: Exception) -> Decision:
+        try:
+            FAULTS.report("internal", logging.ERROR, f"internal error deciding a check ({patterns.type_name(exc)}); "
+                          f"denied", exc)
+        except Exception:  # pragma: no cover
+            pass
+        return Decision(False, "deny", f"internal error: {patterns.type_name(exc)}", None, _module_text(module))
 
     def decide_uncached(self, module: str, capability: str, *args: object) -> Decision:
         """Decide without reading or filling the decision cache (for tests and tools)."""

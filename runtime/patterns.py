@@ -10,21 +10,35 @@ Semantics (docs/design.md):
 
 - host: case-insensitive DNS names. In a pattern, a label ``*`` is exactly
   one label and ``**`` is one or more labels; wildcards are whole labels.
-  IPv4/IPv6 literals and CIDR blocks match IP requests only.
+  IPv4/IPv6 literals and CIDR blocks match IP requests only. A requested
+  address is matched as every address it reaches: an IPv4-mapped IPv6
+  address is its IPv4 address, the NAT64, IPv4-compatible and
+  IPv4-translated forms also count as the IPv4 address they embed, a zone id
+  is dropped, and the unspecified addresses also count as loopback. Legacy
+  IPv4 spellings the C library accepts (``0x7f000001``, ``127.1``,
+  ``0177.0.0.1``, ``2130706433``) are refused as malformed.
 - path: ``/``-separated, relative to the root argument. ``*`` and ``?``
   match within one segment, ``**`` matches any number of segments (zero
   included). Requests are normalised first; ``..`` that escapes the root,
   an absolute path or a NUL byte is refused.
 - string: exact, or a glob where ``*`` is any run of characters and ``?``
   one character.
+- command: the program of ``process.exec``; a path is compared as the file
+  it names (lexically normalised, and resolved with ``realpath``), a bare
+  name by name (see ``normalize_command`` and docs/design.md).
 - port/int: inclusive ranges; ports are 0..65535.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import posixpath
 import re
+import stat
+import time
 from collections.abc import Callable
+from functools import lru_cache
 
 from .bytecode import HOST_CIDR, HOST_EXACT, HOST_WILD, STR_EXACT, STR_GLOB
 from .catalog import INT, INT_MAX, INT_MIN, PORT, PORT_MAX, PORT_MIN
@@ -34,9 +48,17 @@ __all__ = [
     "compile_host",
     "compile_path",
     "compile_string",
+    "compile_command",
     "check_range",
     "normalize_host",
     "normalize_path",
+    "normalize_command",
+    "Command",
+    "HostAddresses",
+    "command_matcher",
+    "command_of",
+    "forget_resolutions",
+    "RESOLVE_TTL",
     "host_wild_matcher",
     "cidr_network",
     "path_matcher",
@@ -46,10 +68,44 @@ __all__ = [
 MAX_HOST_LEN = 253
 MAX_LABEL_LEN = 63
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+# The last label of a name the C library reads as an IPv4 address in one of
+# its legacy forms (inet_aton: decimal, octal with a leading 0, hex with 0x).
+_NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)\Z")
+_DECIMAL = re.compile(r"[0-9]{1,10}\Z")
+
+# How much of a refused value a message shows (a reason must stay short
+# whatever the caller passed).
+SHOWN_MAX = 200
 
 
 class PatternError(ValueError):
     """A rule argument that is not a valid pattern; the message is for people."""
+
+
+def shown(value: str, limit: int = SHOWN_MAX) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with an ellipsis."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def type_name(value: object) -> str:
+    """The name of ``value``'s type, read so that no method of the value or its class runs."""
+    try:
+        name = type.__dict__["__name__"].__get__(type(value))
+    except Exception:  # pragma: no cover - a type always has a name
+        return "?"
+    return name if len(name) <= 60 else name[:60] + "..."
+
+
+def _exact_str(value: object, what: str) -> str:
+    """``value`` as an exact ``str`` (a subclass is copied without running its methods)."""
+    t = type(value)
+    if t is str:
+        return value  # type: ignore[return-value]
+    if issubclass(t, str):
+        return str.__str__(value)  # type: ignore[arg-type]
+    raise ValueError(f"expected {what}, got {type_name(value)}")
 
 
 # --------------------------------------------------------------------------
@@ -58,43 +114,78 @@ class PatternError(ValueError):
 
 def _check_label(label: str, text: str) -> None:
     if not label:
-        raise PatternError(f"invalid host {text!r}: empty label")
+        raise PatternError(f"invalid host {shown(text)}: empty label")
     if len(label) > MAX_LABEL_LEN:
-        raise PatternError(f"invalid host {text!r}: label longer than {MAX_LABEL_LEN} characters")
+        raise PatternError(f"invalid host {shown(text)}: label longer than {MAX_LABEL_LEN} characters")
     if not _LABEL.match(label):
         if "*" in label:
             raise PatternError(
-                f"invalid host pattern {text!r}: a wildcard must be a whole label ('*' or '**')"
+                f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')"
             )
-        raise PatternError(f"invalid host {text!r}: bad label {label!r}")
+        raise PatternError(f"invalid host {shown(text)}: bad label {shown(label, 60)}")
 
 
 def _split_dns(text: str) -> list[str]:
     """Lower-case and split a DNS name or pattern; drops one trailing dot."""
+    if len(text) > MAX_HOST_LEN + 1:
+        raise PatternError(f"invalid host {shown(text)}: longer than {MAX_HOST_LEN} characters")
     name = text.lower()
     if name.endswith(".") and len(name) > 1:
         name = name[:-1]
     if not name:
         raise PatternError("invalid host: empty")
     if len(name) > MAX_HOST_LEN:
-        raise PatternError(f"invalid host {text!r}: longer than {MAX_HOST_LEN} characters")
+        raise PatternError(f"invalid host {shown(text)}: longer than {MAX_HOST_LEN} characters")
     return name.split(".")
 
 
 def _looks_numeric(labels: list[str]) -> bool:
-    # No top-level domain is all digits; such a name is a mistyped address.
-    return labels[-1].isdigit()
+    # No top-level domain is a number; a name ending in one is an address in
+    # some spelling (getaddrinfo reads 0x7f.1 as 127.0.0.1), never a DNS name.
+    return _NUMERIC_LABEL.match(labels[-1]) is not None
+
+
+def _ipv4_wildcard(labels: list[str], text: str) -> None:
+    """Refuse a DNS wildcard shaped like an IPv4 pattern (``192.168.*.*``): name the CIDR block."""
+    dec = _DECIMAL.match
+    if not dec(labels[0]) or not all(dec(lab) or lab in ("*", "**") for lab in labels):
+        return
+    k = 0
+    while k < len(labels) and dec(labels[k]):
+        k += 1
+    nums = labels[:k]
+    tail = labels[k:]
+    if k <= 3 and all(lab in ("*", "**") for lab in tail) and all(int(n) <= 255 for n in nums):
+        block = ".".join(nums + ["0"] * (4 - k)) + f"/{8 * k}"
+        raise PatternError(
+            f"invalid host pattern {shown(text)}: wildcards match DNS names, never IP addresses; "
+            f"for the addresses {'.'.join(nums)}.* write the CIDR block {block!r}"
+        )
+    raise PatternError(
+        f"invalid host pattern {shown(text)}: wildcards match DNS names, never IP addresses; "
+        f"IP addresses are matched by CIDR blocks such as '10.0.0.0/8'"
+    )
 
 
 def compile_host(text: str) -> tuple[int, str]:
-    """Validate a host pattern; return ``(opcode, normalised constant)``."""
+    """Validate a host pattern; return ``(opcode, normalised constant)``.
+
+    An address or a CIDR block is written in its ``ipaddress`` normal form.
+    A block inside ``::ffff:0:0/96`` (IPv4-mapped) keeps its IPv6 spelling in
+    the artifact but matches as the IPv4 block it denotes (``cidr_network``).
+    """
     if not isinstance(text, str):
         raise PatternError("a host pattern must be a string")
+    if "%" in text and ":" in text:
+        raise PatternError(
+            f"invalid host {shown(text)}: a zone id ('%...') names a local interface, not an "
+            f"address; a rule matches the address on every interface, so drop it"
+        )
     if "/" in text:
         try:
             net = ipaddress.ip_network(text, strict=True)
         except ValueError as exc:
-            raise PatternError(f"invalid CIDR block {text!r}: {exc}") from None
+            raise PatternError(f"invalid CIDR block {shown(text)}: {exc}") from None
         return HOST_CIDR, str(net)
     try:
         addr = ipaddress.ip_address(text)
@@ -104,9 +195,11 @@ def compile_host(text: str) -> tuple[int, str]:
         return HOST_CIDR, str(ipaddress.ip_network(addr))
     if ":" in text:
         raise PatternError(
-            f"invalid host {text!r}: not an IPv6 address; a port goes in its own argument"
+            f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument"
         )
     labels = _split_dns(text)
+    if "*" in text:
+        _ipv4_wildcard(labels, text)
     wild = False
     for label in labels:
         if label in ("*", "**"):
@@ -115,36 +208,94 @@ def compile_host(text: str) -> tuple[int, str]:
             _check_label(label, text)
     if _looks_numeric(labels):
         raise PatternError(
-            f"invalid host {text!r}: looks like an IP address; use an address or a CIDR "
-            f"block such as 10.0.0.0/8"
+            f"invalid host {shown(text)}: looks like an IP address; use an address in the form "
+            f"a.b.c.d or a CIDR block such as 10.0.0.0/8"
         )
     return (HOST_WILD if wild else HOST_EXACT), ".".join(labels)
 
 
-def normalize_host(value: object) -> str | ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Normalise a requested host: a lower-case DNS name, or an IP address.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-    Raises ValueError with a reason for anything that is not a host.
+
+class HostAddresses(tuple):
+    """The addresses one requested IP literal reaches, the literal's own first.
+
+    ``normalize_host`` returns one for an address that also reaches an IPv4
+    address it embeds (NAT64 ``64:ff9b::/96``, IPv4-compatible ``::a.b.c.d``,
+    IPv4-translated ``::ffff:0:a.b.c.d``) and for the unspecified addresses,
+    which connect to the local host (``0.0.0.0`` also counts as 127.0.0.1,
+    ``::`` as ``::1``). A CIDR rule matches it when it contains any of them.
     """
-    if not isinstance(value, str):
-        raise ValueError(f"expected a host name, got {type(value).__name__}")
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"HostAddresses({', '.join(map(str, self))})"
+
+
+_V4_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+_V6_LOOPBACK = ipaddress.IPv6Address("::1")
+_V4_ANY = ipaddress.IPv4Address("0.0.0.0")
+_V6_ANY = ipaddress.IPv6Address("::")
+_NAT64 = int(ipaddress.IPv6Address("64:ff9b::")) >> 32
+_TRANSLATED = int(ipaddress.IPv6Address("::ffff:0:0:0")) >> 32
+_MAPPED_NET = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def address_value(addr: IPAddress) -> IPAddress | HostAddresses:
+    """A requested address as matched: canonical, with every address it also reaches."""
+    if addr.version == 6:
+        if addr.scope_id is not None:  # fe80::1%eth0: the address itself
+            addr = ipaddress.IPv6Address(int(addr))
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            addr = mapped  # ::ffff:a.b.c.d is the IPv4 address, on every socket
+        else:
+            n = int(addr)
+            hi = n >> 32
+            if hi == _NAT64 or hi == _TRANSLATED or (hi == 0 and n > 1):
+                return HostAddresses((addr, ipaddress.IPv4Address(n & 0xFFFFFFFF)))
+            if n == 0:
+                return HostAddresses((_V6_ANY, _V6_LOOPBACK))
+            return addr
+    if addr == _V4_ANY:
+        return HostAddresses((_V4_ANY, _V4_LOOPBACK))
+    return addr
+
+
+def normalize_host(value: object) -> str | IPAddress | HostAddresses:
+    """Normalise a requested host: a lower-case DNS name, or the address(es) it denotes.
+
+    An IP literal (with or without brackets or a zone id) becomes an
+    ``IPv4Address``/``IPv6Address``, or a :class:`HostAddresses` when it
+    reaches more than one address (``address_value``). Anything the C library
+    would read as an address in another spelling is refused. Raises
+    ValueError with a reason for anything that is not a host.
+    """
+    value = _exact_str(value, "a host name")
+    if len(value) > MAX_HOST_LEN + 2:  # the longest name, or a bracketed IPv6 address with a zone
+        raise ValueError(f"malformed host {shown(value)}: longer than {MAX_HOST_LEN} characters")
+    text = value
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+        try:
+            return address_value(ipaddress.IPv6Address(text))
+        except ValueError:
+            raise ValueError(f"malformed host {shown(value)}") from None
     try:
-        return ipaddress.ip_address(value)
+        return address_value(ipaddress.ip_address(text))
     except ValueError:
         pass
-    if value.startswith("[") and value.endswith("]"):
-        try:
-            return ipaddress.IPv6Address(value[1:-1])
-        except ValueError:
-            raise ValueError(f"malformed host {value!r}") from None
     try:
-        labels = _split_dns(value)
+        labels = _split_dns(text)
         for label in labels:
-            _check_label(label, value)
+            _check_label(label, text)
     except PatternError:
-        raise ValueError(f"malformed host {value!r}") from None
+        raise ValueError(f"malformed host {shown(value)}") from None
     if _looks_numeric(labels):
-        raise ValueError(f"malformed host {value!r}")
+        raise ValueError(
+            f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)"
+        )
     return ".".join(labels)
 
 
@@ -162,7 +313,11 @@ def host_wild_matcher(const: str) -> Callable[[str], bool]:
 
 
 def cidr_network(const: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(const, strict=True)
+    """The network a HOST_CIDR constant matches: an IPv4-mapped block as its IPv4 block."""
+    net = ipaddress.ip_network(const, strict=True)
+    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED_NET):  # type: ignore[arg-type]
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
 
 
 # --------------------------------------------------------------------------
@@ -177,7 +332,7 @@ def compile_path(text: str) -> str:
         raise PatternError("invalid path pattern: contains a NUL byte")
     if text.startswith("/"):
         raise PatternError(
-            f"invalid path pattern {text!r}: paths are relative to the root argument; "
+            f"invalid path pattern {shown(text)}: paths are relative to the root argument; "
             f"drop the leading '/'"
         )
     segments: list[str] = []
@@ -185,16 +340,16 @@ def compile_path(text: str) -> str:
         if seg in ("", "."):
             continue
         if seg == "..":
-            raise PatternError(f"invalid path pattern {text!r}: '..' is not allowed")
+            raise PatternError(f"invalid path pattern {shown(text)}: '..' is not allowed")
         if "**" in seg and seg != "**":
             raise PatternError(
-                f"invalid path pattern {text!r}: '**' must be a whole path segment"
+                f"invalid path pattern {shown(text)}: '**' must be a whole path segment"
             )
         if seg == "**" and segments and segments[-1] == "**":
             continue  # '**/**' is '**'
         segments.append(seg)
     if not segments:
-        raise PatternError(f"invalid path pattern {text!r}: empty; use \"**\" for any path")
+        raise PatternError(f"invalid path pattern {shown(text)}: empty; use \"**\" for any path")
     return "/".join(segments)
 
 
@@ -204,19 +359,18 @@ def normalize_path(value: object) -> str:
     Raises ValueError for a non-string, a NUL byte, an absolute path, or a
     path whose ``..`` segments climb out of the root.
     """
-    if not isinstance(value, str):
-        raise ValueError(f"expected a path, got {type(value).__name__}")
+    value = _exact_str(value, "a path")
     if "\0" in value:
         raise ValueError("path contains a NUL byte")
     if value.startswith("/"):
-        raise ValueError(f"absolute path {value!r}: paths are relative to the root")
+        raise ValueError(f"absolute path {shown(value)}: paths are relative to the root")
     out: list[str] = []
     for seg in value.split("/"):
         if seg in ("", "."):
             continue
         if seg == "..":
             if not out:
-                raise ValueError(f"path {value!r} escapes its root")
+                raise ValueError(f"path {shown(value)} escapes its root")
             out.pop()
         else:
             out.append(seg)
@@ -274,6 +428,359 @@ def path_matcher(const: str) -> Callable[[str], bool]:
 
 
 # --------------------------------------------------------------------------
+# commands (the program of process.exec)
+#
+# A command is a path (it contains a '/') or a bare name (looked up through
+# PATH when it is run). Rule patterns: an absolute path or path glob, or a
+# bare name or name glob; '*' is any run of characters, '?' one character.
+# A request is matched through all its spellings (``Command``): for a path,
+# the lexically normalised absolute path and its real path
+# (``os.path.realpath``); for a bare name, the name and the file PATH gives
+# for it (and its real path); and the identity (device, inode) of the file
+# it runs, when that exists. A path rule matches a request when the
+# constant, or the real path of a glob's literal directories, matches one of
+# the request's paths, or when the constant names the very file the request
+# runs. A bare-name deny matches a request whose text as given, or any of
+# its names (the final component of every path), matches; a bare-name
+# entitle matches a bare request of that name only. A bare name without
+# wildcards, deny or entitle, also matches a request for the very file the
+# name resolves to through PATH. So another spelling of a denied file never
+# slips past the deny, and an entitled name never allows another program
+# that merely has the same name.
+
+MAX_COMMAND_LEN = 4096  # PATH_MAX
+
+
+def _lexical(path: str) -> str:
+    """An absolute path, normalised without touching the file system (``//`` is ``/``)."""
+    norm = posixpath.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    return norm
+
+
+def compile_command(text: str) -> tuple[int, str]:
+    """Validate a command pattern; return ``(STR_EXACT | STR_GLOB, normalised constant)``."""
+    if not isinstance(text, str):
+        raise PatternError("a command pattern must be a string")
+    if not text:
+        raise PatternError('invalid command pattern "": empty; use * for any command')
+    if "\0" in text:
+        raise PatternError("invalid command pattern: contains a NUL byte")
+    if len(text) > MAX_COMMAND_LEN:
+        raise PatternError(f"invalid command pattern: longer than {MAX_COMMAND_LEN} characters")
+    if "/" in text:
+        if not text.startswith("/"):
+            name = text.rstrip("/").rpartition("/")[2] or text
+            raise PatternError(
+                f"invalid command pattern {shown(text)}: a command path in a rule must be absolute "
+                f"(a bare name such as {shown(name, 60)} matches that program in any directory)"
+            )
+        norm = _lexical(text)
+    elif text in (".", ".."):
+        raise PatternError(f"invalid command pattern {shown(text)}: not a program")
+    else:
+        norm = text
+    return (STR_GLOB if "*" in norm or "?" in norm else STR_EXACT), norm
+
+
+FileId = tuple[int, int]
+
+
+class Command:
+    """A requested command with every spelling it is matched through (``normalize_command``).
+
+    ``text``: the request as given; ``bare``: no ``/`` in it; ``paths``: the
+    absolute paths it names (lexical form or the PATH lookup of a bare name,
+    then real paths); ``names``: the bare name and the final component of
+    every path; ``file``: (device, inode) of the file it runs, None when
+    there is none. ``deny_names``: what a bare-name deny is tested against
+    (the names and the text as given).
+    """
+
+    __slots__ = ("text", "bare", "paths", "names", "file", "deny_names")
+
+    def __init__(
+        self, text: str, bare: bool, paths: tuple[str, ...], names: tuple[str, ...], file: FileId | None
+    ) -> None:
+        self.text = text
+        self.bare = bare
+        self.paths = paths
+        self.names = names
+        self.file = file
+        self.deny_names = names if text in names else (text, *names)
+
+    def _key(self) -> tuple:
+        return (self.text, self.bare, self.paths, self.names, self.file)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Command:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Command({self.text!r}, paths={self.paths!r}, names={self.names!r}, file={self.file!r})"
+
+
+# What the file system says about a path or a PATH lookup is reused for at most
+# RESOLVE_TTL seconds (bounded, process-wide): a process.exec check costs a few
+# dict probes instead of a dozen system calls, and a change of a symlink or of
+# PATH is seen within that time. A path can change between any check and the
+# exec anyway; what the memo adds is at most RESOLVE_TTL of that.
+RESOLVE_TTL = 1.0
+_RESOLVED_MAX = 4096
+_resolved: dict[tuple, tuple[object, float]] = {}
+_UNSET = object()
+
+
+def _remembered(key: tuple) -> object:
+    hit = _resolved.get(key)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    return _UNSET
+
+
+def _remember(key: tuple, value: object) -> object:
+    if len(key[1]) <= MAX_COMMAND_LEN:
+        if len(_resolved) >= _RESOLVED_MAX:
+            _resolved.clear()
+        _resolved[key] = (value, time.monotonic() + RESOLVE_TTL)
+    return value
+
+
+# PATH as os.environ holds it (os.environ["PATH"] = ... updates it; execvp reads
+# it), read without decoding: os.environ keeps the encoded bytes in ``_data``.
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+try:
+    _PATH_KEY: object = os.environ.encodekey("PATH")  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - not CPython's os._Environ
+    _ENVIRON_DATA = None
+    _PATH_KEY = "PATH"
+
+
+def _path_token() -> object:
+    """Something that changes whenever PATH does (the raw value), cheaply."""
+    if _ENVIRON_DATA is not None:
+        return _ENVIRON_DATA.get(_PATH_KEY)
+    return os.environ.get("PATH")
+
+
+def forget_resolutions() -> None:
+    """Drop every remembered file-system answer (the next check looks again)."""
+    _resolved.clear()
+
+
+def _file_id(path: str) -> FileId | None:
+    """(device, inode) of the file ``path`` leads to now; None when there is none."""
+    key = ("id", path)
+    hit = _remembered(key)
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return _remember(key, None)  # type: ignore[return-value]
+    return _remember(key, (st.st_dev, st.st_ino))  # type: ignore[return-value]
+
+
+def _path_dirs() -> tuple[tuple[str, ...], object]:
+    """PATH's directories and a memo key for what a lookup in them finds (None: do not remember)."""
+    token = _path_token()
+    hit = _PATH_SPLIT.get(token)
+    if hit is None:
+        path_env = os.environ.get("PATH")
+        if path_env is None:
+            path_env = os.defpath
+        dirs = tuple(path_env.split(os.pathsep))
+        hit = (dirs, any(not d.startswith("/") for d in dirs))
+        if len(_PATH_SPLIT) >= 64:
+            _PATH_SPLIT.clear()
+        _PATH_SPLIT[token] = hit
+    dirs, relative = hit
+    if not relative:
+        return dirs, token
+    try:  # "" or "." entries: the working directory counts too
+        return dirs, (token, os.getcwd())
+    except OSError:
+        return dirs, None
+
+
+_PATH_SPLIT: dict[object, tuple[tuple[str, ...], bool]] = {}
+
+
+def _which(name: str) -> tuple[str, FileId] | None:
+    """What ``execvp`` would run for a bare name: the first executable regular file on PATH."""
+    dirs, where = _path_dirs()
+    key = ("which", name, where)
+    hit = _remembered(key) if where is not None else _UNSET
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
+    for d in dirs:
+        p = posixpath.join(d or ".", name)
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(p, os.X_OK):
+            return _remember(key, (_lexical(os.path.abspath(p)), (st.st_dev, st.st_ino)))  # type: ignore[return-value]
+    return _remember(key, None)  # type: ignore[return-value]
+
+
+def _realpath(path: str) -> str:
+    """``os.path.realpath`` of an absolute path (remembered like the rest)."""
+    key = ("real", path)
+    hit = _remembered(key)
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"command {shown(path)} cannot be resolved ({type_name(exc)})") from None
+    return _remember(key, real)  # type: ignore[return-value]
+
+
+def normalize_command(value: object, *, resolve: bool = True) -> Command:
+    """A requested command with its spellings; ``resolve=False`` leaves the file system alone.
+
+    Raises ValueError for a non-string, an empty command, a NUL byte, one
+    longer than 4096 characters, or a path that cannot be resolved.
+    """
+    text = _exact_str(value, "a command")
+    if not text:
+        raise ValueError("empty command")
+    if "\0" in text:
+        raise ValueError("command contains a NUL byte")
+    if len(text) > MAX_COMMAND_LEN:
+        raise ValueError(f"command longer than {MAX_COMMAND_LEN} characters")
+    bare = "/" not in text
+    paths: list[str] = []
+    file: FileId | None = None
+    if not bare:
+        if text.startswith("/"):
+            paths.append(_lexical(text))
+        elif resolve:
+            try:
+                cwd = os.getcwd()
+            except OSError:
+                raise ValueError(f"relative command {shown(text)}: the working directory is gone") from None
+            paths.append(_lexical(posixpath.join(cwd, text)))
+        if resolve and paths:
+            file = _file_id(paths[0])
+    elif resolve:
+        found = _which(text)
+        if found is not None:
+            paths.append(found[0])
+            file = found[1]
+    if resolve and paths:
+        real = _realpath(paths[0])
+        if real != paths[0]:
+            paths.append(real)
+    names: list[str] = [text] if bare else []
+    for p in paths:
+        n = posixpath.basename(p)
+        if n not in names:
+            names.append(n)
+    return Command(text, bare, tuple(paths), tuple(names), file)
+
+
+def command_of(value: object) -> Command:
+    """``normalize_command(value)``, remembered for RESOLVE_TTL seconds like the lookups it makes."""
+    if type(value) is not str or len(value) > MAX_COMMAND_LEN:
+        return normalize_command(value)
+    if value.startswith("/"):
+        key: tuple = ("cmd", value)
+    elif "/" in value:
+        try:
+            key = ("cmd", value, os.getcwd())
+        except OSError:
+            return normalize_command(value)
+    else:
+        where = _path_dirs()[1]
+        if where is None:
+            return normalize_command(value)
+        key = ("cmd", value, where)
+    hit = _remembered(key)
+    if hit is not _UNSET:
+        return hit  # type: ignore[return-value]
+    return _remember(key, normalize_command(value))  # type: ignore[return-value]
+
+
+def _glob_dirs(const: str) -> tuple[str, str]:
+    """``(literal directories, rest)`` of an absolute glob: ``/usr/bin/py*`` -> (``/usr/bin``, ``py*``)."""
+    segs = const.split("/")
+    i = next(k for k, seg in enumerate(segs) if "*" in seg or "?" in seg)
+    return "/".join(segs[:i]) or "/", "/".join(segs[i:])
+
+
+def command_matcher(
+    op: int, const: str, *, deny: bool, glob_matcher: Callable[[str], Callable[[str], bool]] | None = None
+) -> Callable[[Command], bool]:
+    """Matcher for a command rule constant (STR_EXACT or STR_GLOB), applied to a ``Command``.
+
+    What the constant names on this machine is looked up when it is needed
+    (remembered for RESOLVE_TTL seconds). ``deny`` selects how a bare name
+    matches (see the comment above). ``glob_matcher`` builds the test of a
+    glob (``string_matcher`` semantics; the enforcer passes its faster one).
+    """
+    glob = op == STR_GLOB
+    if glob_matcher is None:
+        glob_matcher = string_matcher
+    test: Callable[[str], bool] = glob_matcher(const) if glob else const.__eq__
+    if const.startswith("/"):
+        if glob:
+            head, rest = _glob_dirs(const)
+
+            def path_glob(cmd: Command) -> bool:
+                paths = cmd.paths
+                for p in paths:
+                    if test(p):
+                        return True
+                try:
+                    real = _realpath(head)
+                except ValueError:
+                    return False
+                if real == head:
+                    return False
+                alt = _string_matcher_cached(real.rstrip("/") + "/" + rest)
+                for p in paths:
+                    if alt(p):
+                        return True
+                return False
+
+            return path_glob
+
+        def path_exact(cmd: Command) -> bool:
+            if const in cmd.paths:
+                return True
+            return cmd.file is not None and _file_id(const) == cmd.file
+
+        return path_exact
+
+    def same_file(cmd: Command) -> bool:
+        if glob or cmd.file is None:
+            return False
+        found = _which(const)
+        return found is not None and found[1] == cmd.file
+
+    if deny:
+
+        def deny_name(cmd: Command) -> bool:
+            for n in cmd.deny_names:
+                if test(n):
+                    return True
+            return same_file(cmd)
+
+        return deny_name
+
+    def entitle_name(cmd: Command) -> bool:
+        return (cmd.bare and test(cmd.text)) or same_file(cmd)
+
+    return entitle_name
+
+
+# --------------------------------------------------------------------------
 # strings and numbers
 
 
@@ -288,6 +795,9 @@ def compile_string(text: str) -> tuple[int, str]:
 def string_matcher(const: str) -> Callable[[str], bool]:
     """Matcher for a STR_GLOB constant."""
     return _full_matcher(_glob_regex(const, ".*", "."))
+
+
+_string_matcher_cached = lru_cache(maxsize=1024)(string_matcher)
 
 
 def check_range(type_name: str, lo: int, hi: int) -> None:

@@ -33,6 +33,8 @@ def encode_arg(ptype: str, arg: object) -> tuple:
         return (bc.INT_RANGE, lo, hi)
     if ptype == "path":
         return (bc.PATH_GLOB, patterns.compile_path(arg))  # type: ignore[arg-type]
+    if ptype == "command":
+        return patterns.compile_command(arg)  # type: ignore[arg-type]
     return patterns.compile_string(arg)  # type: ignore[arg-type]
 
 

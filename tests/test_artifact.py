@@ -74,7 +74,7 @@ def test_round_trip_fields():
     assert art.compiler == "0.1.0"
     assert art.source == "tenant.acme.pol"
     assert len(art.source_digest) == 64
-    assert art.header.major == 1 and art.header.minor == 0 and art.header.flags == 0
+    assert art.header.major == 1 and art.header.minor == af.FORMAT_MINOR and art.header.flags == 0
     assert art.header.payload_len == len(data) - HEADER_SIZE
     assert art.size == len(data)
     assert art.digest_hex == hashlib.sha256(data[:12] + data[HEADER_SIZE:]).hexdigest()
@@ -112,9 +112,9 @@ def test_reproducible_and_key_order_independent():
 def test_header_layout():
     data = make_artifact()
     magic, major, minor, flags, plen, tlen, digest = HDR.unpack_from(data)
-    assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, 0, 0, 0)
+    assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, af.FORMAT_MINOR, 0, 0)
     assert plen == len(data) - 56 and digest == hashlib.sha256(data[:12] + data[56:]).digest()
-    assert read_header(data) == af.Header(1, 0, 0, plen, 0, digest)
+    assert read_header(data) == af.Header(1, af.FORMAT_MINOR, 0, plen, 0, digest)
 
 
 def test_assemble_verify_round_trip():

@@ -6,6 +6,8 @@ rules; shares no code with the enforcer)."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import posixpath
 import re
 import tempfile
 from pathlib import Path
@@ -27,7 +29,7 @@ SIGS = {
     "network.listen": (("port", "port"),),
     "fs.read": (("root", "string"), ("path", "path")),
     "fs.write": (("root", "string"), ("path", "path")),
-    "process.exec": (("command", "string"),),
+    "process.exec": (("command", "command"),),
     "threads.create": (),
     "env.read": (("name", "string"),),
     # declared in the generated tree
@@ -36,6 +38,27 @@ SIGS = {
 }
 DECLARED = {"tool.call", "quota.set"}
 LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+NUMBER = re.compile(r"[0-9]+|0x[0-9a-f]*")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+COMPAT = ipaddress.ip_network("::/96")
+
+
+def ref_addresses(addr):
+    """Every address an IP literal reaches (docs/design.md, value semantics)."""
+    if addr.version == 6:
+        addr = ipaddress.IPv6Address(int(addr))  # no zone id
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+    out = {addr}
+    if addr.version == 6:
+        if addr in NAT64 or addr in TRANSLATED or (addr in COMPAT and int(addr) > 1):
+            out.add(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+        if int(addr) == 0:
+            out.add(ipaddress.IPv6Address("::1"))
+    elif int(addr) == 0:
+        out.add(ipaddress.IPv4Address("127.0.0.1"))
+    return frozenset(out)
 
 
 class Bad(Exception):
@@ -53,6 +76,15 @@ def ref_norm(ptype, v):
         raise Bad
     if ptype == "string":
         return str(v)
+    if ptype == "command":
+        # no program of these tests exists: no PATH lookup, real path == lexical path
+        if not v or "\0" in v or len(v) > 4096:
+            raise Bad
+        bare = "/" not in v
+        paths = [] if bare else [posixpath.normpath(posixpath.join(os.getcwd(), v)).replace("//", "/")]
+        names = {v} if bare else set()
+        names.update(posixpath.basename(p) for p in paths)
+        return ("command", v, bare, tuple(paths), frozenset(names))
     if ptype == "path":
         if "\0" in v or v.startswith("/"):
             raise Bad
@@ -68,20 +100,20 @@ def ref_norm(ptype, v):
                 out.append(seg)
         return tuple(out)
     # host
-    try:
-        return ipaddress.ip_address(v)
-    except ValueError:
-        pass
     if v.startswith("[") and v.endswith("]"):
         try:
-            return ipaddress.IPv6Address(v[1:-1])
+            return ref_addresses(ipaddress.IPv6Address(v[1:-1]))
         except ValueError:
             raise Bad from None
+    try:
+        return ref_addresses(ipaddress.ip_address(v))
+    except ValueError:
+        pass
     name = v.lower()
     if name.endswith(".") and len(name) > 1:
         name = name[:-1]
     labels = name.split(".")
-    if len(name) > 253 or not all(LABEL.fullmatch(x) for x in labels) or labels[-1].isdigit():
+    if len(name) > 253 or not all(LABEL.fullmatch(x) for x in labels) or NUMBER.fullmatch(labels[-1]):
         raise Bad
     return tuple(labels)
 
@@ -115,7 +147,7 @@ def path_segs(pl, vl):
     return bool(vl) and glob_chars(pl[0], vl[0]) and path_segs(pl[1:], vl[1:])
 
 
-def ref_match(ptype, pat, v):
+def ref_match(ptype, pat, v, effect):
     if pat == "*":
         return True
     if ptype in ("port", "int"):
@@ -123,12 +155,22 @@ def ref_match(ptype, pat, v):
         return lo <= v <= hi
     if ptype == "string":
         return glob_chars(pat, v)
+    if ptype == "command":
+        _, text, bare, paths, names = v
+        if pat.startswith("/"):
+            return any(glob_chars(pat, p) for p in paths)
+        if effect == "deny":
+            return glob_chars(pat, text) or any(glob_chars(pat, n) for n in names)
+        return bare and glob_chars(pat, text)
     if ptype == "path":
         return path_segs([s for s in pat.split("/") if s not in ("", ".")], list(v))
     # host
-    is_ip = not isinstance(v, tuple)
+    is_ip = isinstance(v, frozenset)
     if "/" in pat or ":" in pat or pat.replace(".", "").isdigit():
-        return is_ip and v in ipaddress.ip_network(pat)
+        net = ipaddress.ip_network(pat)
+        if net.version == 6 and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+            net = ipaddress.ip_network(f"{ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)}/{net.prefixlen - 96}")
+        return is_ip and any(a in net for a in v)
     return not is_ip and host_labels(pat.split("."), list(v))
 
 
@@ -156,7 +198,7 @@ def ref_check(policy, revisions, module, cap, args):
         if rcap != cap:
             return False
         full = list(rargs) + ["*"] * (len(sig) - len(rargs))
-        return all(ref_match(t, p, v) for (_, t), p, v in zip(sig, full, vals))
+        return all(ref_match(t, p, v, effect) for (_, t), p, v in zip(sig, full, vals))
 
     for name, art in (("_global", glob), (module, mod)):
         if art is None:
@@ -189,19 +231,25 @@ def kind(reason: str) -> str:
 
 PATTERNS = {
     "host": ["*", "api.acme.com", "*.acme.com", "**.acme.com", "acme.com", "a.*.acme.com",
-             "*.*.acme.com", "**", "10.0.0.0/8", "10.1.2.3", "::1", "2001:db8::/32", "x_y.z"],
+             "*.*.acme.com", "**", "10.0.0.0/8", "10.1.2.3", "::1", "2001:db8::/32", "x_y.z",
+             "::ffff:10.0.0.0/104", "127.0.0.0/8", "64:ff9b::/96"],
     "port": ["*", 443, 80, (8000, 8999), (0, 1024), 0, 65535],
     "int": ["*", 0, -5, (1, 10), (-100, 100), 2**40],
-    "string": ["*", "ls", "l*", "?s", "tenants/acme", "t*", "a?c*", "rm -rf *", ""],
+    "string": ["*", "ls", "l*", "?s", "tenants/acme", "t*", "a?c*", "rm -rf *"],
+    # no program of these names or paths exists (the reference does not model PATH or symlinks)
+    "command": ["*", "zzq", "zz*", "?zq", "/opt/zzq/bin/tool", "/opt/zzq/bin/*", "/opt/zzq/*/t?ol", "*q -c*"],
     "path": ["**", "a/**", "a/*.txt", "**/x", "a/b", "a/?", "*/b", "*", "a/**/c", "x*y"],
 }
 REQUESTS = {
     "host": ["api.acme.com", "API.ACME.COM.", "x.acme.com", "a.b.acme.com", "acme.com", "a.x.acme.com",
              "10.1.2.3", "10.0.0.1", "11.0.0.1", "::1", "2001:db8::5", "[::1]", "bad host", "x_y.z",
-             "1.2.3", "", 443, None],
+             "1.2.3", "", 443, None, "::ffff:10.1.2.3", "[::FFFF:a01:203]", "0x0a010203", "10.1.515",
+             "0.0.0.0", "::", "127.0.0.1", "64:ff9b::10.9.8.7", "::10.0.0.9", "fe80::1%eth0", "[2001:db8::5%1]"],
     "port": [443, 80, 8080, 0, 65535, 65536, -1, True, 443.0, "443"],
     "int": [0, -5, 5, 2**40, 2**70, False, 1.5, "1"],
     "string": ["ls", "lx", "as", "tenants/acme", "t", "", "abc", "rm -rf /", 3, None],
+    "command": ["zzq", "zzqx", "/opt/zzq/bin/tool", "/opt/zzq//bin/./tool", "/opt/zzq/x/../bin/tool",
+                "/opt/other/zzq", "bin/zzq", "./zzq", "zzq -c x/y", "", "a\0b", 3, None],
     "path": ["a/b", "a/./b", "a/../b", "../x", "/etc", "a/b/c.txt", "", "a", "x", "a\0",
              "x/y/z/x", "a/c", "a/b/c", "xay", "a//b/", 7],
 }
@@ -260,7 +308,9 @@ def instance(draw, ptype, pat=None):
         return draw(st.sampled_from(REQUESTS[ptype]))
     if ptype == "host":
         if "/" in pat or ":" in pat or pat.replace(".", "").isdigit():
-            return draw(st.sampled_from(["10.0.0.7", "10.255.1.1", "9.0.0.1", "::1", "::2", "2001:db8::1", "2001:db9::1"]))
+            return draw(st.sampled_from(["10.0.0.7", "10.255.1.1", "9.0.0.1", "::1", "::2", "2001:db8::1", "2001:db9::1",
+                                         "::ffff:10.0.0.7", "[::ffff:a00:7]", "0xa000007", "64:ff9b::a00:7",
+                                         "127.0.0.1", "0.0.0.0", "[::]"]))
         out = []
         for lab in pat.split("."):
             if lab == "*":
