@@ -34,7 +34,8 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Any, Protocol
+from itertools import chain, islice
+from typing import Any, Callable, Protocol
 
 import msgpack
 
@@ -79,6 +80,8 @@ __all__ = [
     "read_artifact_file",
     "module_for_path",
     "unpack_payload",
+    "read_payload",
+    "MAX_PAYLOAD_KEYS",
 ]
 
 MAGIC = b"\x89POLC\r\n\x1a"
@@ -438,11 +441,15 @@ def read_header(data: bytes) -> Header:
 
 
 def unpack_payload(payload: bytes) -> Any:
-    """msgpack-unpack payload bytes with every limit bounded by their length.
+    """msgpack-unpack payload bytes whole, with every limit bounded by their length.
 
     No container or string can claim more elements or bytes than the payload
     has, so a hostile length field is refused before anything is allocated.
-    Raises :class:`MalformedPayload` for anything msgpack refuses.
+    Raises :class:`MalformedPayload` for anything msgpack refuses. It builds
+    every object the payload holds at once (about 20 times the payload's size
+    for a real artifact, up to 80 times for a hostile one): meant for payloads
+    :func:`read_artifact` has accepted, such as ``polc inspect``'s listing.
+    ``read_artifact`` itself never calls it (see :func:`read_payload`).
     """
     n = len(payload)
     try:
@@ -465,6 +472,405 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     text = text[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------
+# The payload, read in bounded pieces
+#
+# The payload is never unpacked whole: a file of millions of tiny containers
+# (an array of N empty maps: one byte each in the file, a 64-byte dict each in
+# memory) would cost 80 times its size, and msgpack would hold the GIL while
+# it builds them all. Instead the top-level map is walked here, the five
+# string fields are decoded in place, and the three arrays (``caps``,
+# ``consts``, ``code``) are unpacked _WINDOW bytes at a time, each piece
+# checked (and ``code`` linked) before the next one is unpacked. So the
+# objects alive at once are those of one window and the one element that
+# straddles it (a few MB whatever the file holds), plus what is kept: rules,
+# constants and capabilities, bounded by bytecode.MAX_RULES, MAX_CONSTS and
+# MAX_CAPS and costing about what a real artifact's do. Each call into the
+# unpacker covers one window, so the GIL is never held for long. Limits per
+# element keep even one window cheap: an element of ``code`` or ``caps`` that
+# is longer than a window is refused (an instruction takes at most 50 bytes,
+# a capability signature under 20 KB), and an element of ``consts`` cannot be
+# a non-empty container at all.
+
+_WINDOW = 32 * 1024
+MAX_PAYLOAD_KEYS = 64  # keys of the payload map; format 1.0 has 8
+
+_UNPACK = dict(
+    use_list=False, raw=False, strict_map_key=True, max_buffer_size=MAX_PAYLOAD + _WINDOW, read_size=_WINDOW
+)
+_ELEMENT_LIMITS: dict[str, dict] = {
+    # [name, [[param, type], ...]]: the longest array is the parameter list
+    "caps": dict(_UNPACK, max_array_len=bytecode.MAX_PARAMS, max_map_len=16,
+                 max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+    # strings (of any length); a container here can only be empty
+    "consts": dict(_UNPACK, max_array_len=0, max_map_len=0,
+                   max_str_len=MAX_PAYLOAD, max_bin_len=MAX_PAYLOAD, max_ext_len=MAX_PAYLOAD),
+    # [opcode, operand, ...]: at most 5 elements (up to 64 get the verifier's own message)
+    "code": dict(_UNPACK, max_array_len=64, max_map_len=16,
+                 max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+}
+_EXPECTED = {"caps": "array", "consts": "str", "code": "array"}
+
+_MAP, _ARRAY, _STR, _OTHER = range(4)
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+class _NotMsgpack(Exception):
+    """Raised inside read_payload; becomes ``MalformedPayload("payload is not valid msgpack: ...")``."""
+
+
+def read_payload(payload: bytes | bytearray | memoryview, *, allow_unknown_keys: bool = False) -> bytecode.Program:
+    """Check, verify and link payload bytes in bounded memory and time; raise :class:`MalformedPayload`.
+
+    Accepts exactly the payloads of docs/artifact-format.md, like
+    ``bytecode.verify_payload(unpack_payload(payload))``, within the limits of
+    that page, which add two rules for the top-level map: at most
+    ``MAX_PAYLOAD_KEYS`` keys, and no key twice.
+    """
+    if not isinstance(payload, (bytes, bytearray)):
+        payload = bytes(payload)
+    return _program(payload, 0, len(payload), allow_unknown_keys)
+
+
+def _program(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> bytecode.Program:
+    """The payload ``data[start:end]``, read whole when that is safe and by windows otherwise."""
+    try:
+        program = None
+        if end - start <= _WHOLE_MAX:
+            program = _read_whole(data, start, end, allow_unknown_keys)
+        if program is None:
+            program = _read_payload(memoryview(data)[start:end], allow_unknown_keys)
+        return program
+    except VerifyError as exc:
+        raise MalformedPayload(f"malformed payload: {exc}") from None
+    except _NotMsgpack as exc:
+        raise MalformedPayload(f"payload is not valid msgpack: {exc}") from None
+    except ArtifactError:
+        raise
+    except RecursionError:
+        raise MalformedPayload("malformed payload: nested too deeply") from None
+    except Exception as exc:  # a verifier bug must not escape the reader
+        raise MalformedPayload(f"malformed payload: internal verifier error ({_describe(exc)})") from None
+
+
+# A payload of up to _WHOLE_MAX bytes (a module of about 2,000 rules) is
+# unpacked in one call, which is what a real artifact costs least with: its
+# objects are bounded by its size (80 times 64 KiB at worst), and what msgpack
+# reserves ahead for array headers is bounded by refusing this path when more
+# than _WHOLE_CLAIMS bytes could be such headers (0xdc, 0xdd: an array of 16
+# or more elements, for which msgpack may reserve up to 10,000 slots before
+# reading any; a real payload has a few, its operand bytes included), and by
+# max_array_len. Anything this path does not accept, for whatever reason, goes
+# to the windowed reader, which decides and words the error.
+_WHOLE_MAX = 64 * 1024
+_WHOLE_CLAIMS = 32
+_WHOLE_LIMITS = dict(
+    use_list=False, raw=False, strict_map_key=True,
+    max_array_len=8192, max_map_len=MAX_PAYLOAD_KEYS,
+    max_str_len=_WHOLE_MAX, max_bin_len=_WHOLE_MAX, max_ext_len=_WHOLE_MAX,
+)
+
+
+def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> bytecode.Program | None:
+    claims = 0
+    for marker in (b"\xdc", b"\xdd"):
+        at = data.find(marker, start, end)
+        while at >= 0:
+            claims += 1
+            if claims > _WHOLE_CLAIMS:
+                return None
+            at = data.find(marker, at + 1, end)
+    try:
+        obj = msgpack.unpackb(memoryview(data)[start:end], **_WHOLE_LIMITS)
+    except Exception:
+        return None
+    if type(obj) is not dict or len(obj) != _map_count(data, start):
+        return None  # not a map, or a key given twice (the last one would win)
+    return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
+
+
+def _map_count(data: bytes | bytearray, pos: int) -> int:
+    b = data[pos]
+    if 0x80 <= b <= 0x8F:
+        return b & 0x0F
+    if b == 0xDE:
+        return _U16.unpack_from(data, pos + 1)[0]
+    if b == 0xDF:
+        return _U32.unpack_from(data, pos + 1)[0]
+    return -1
+
+
+def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> bytecode.Program:
+    n = len(buf)
+    if n == 0:
+        raise _NotMsgpack("the payload is empty")
+    family, count, pos = _head(buf, 0, "the payload")
+    if family != _MAP:
+        # not a payload, but say "not valid msgpack" if it is not even that
+        if family == _STR:
+            _text(buf, pos, count, "the payload")
+        end = _skip(buf, 0, "the payload")
+        if end != n:
+            raise _NotMsgpack(f"{n - end} byte{'s' if n - end != 1 else ''} after the first object")
+        raise VerifyError(f"payload: expected map, got {_kind(buf, 0)}")
+    if count > MAX_PAYLOAD_KEYS:
+        raise VerifyError(f"payload: a map of {count:,} keys, more than the {MAX_PAYLOAD_KEYS} a payload may have")
+    seen: set[str] = set()
+    fields: dict[str, str] = {}
+    caps: tuple = ()
+    consts: tuple = ()
+    rules: list | None = None
+    code_at = -1  # where ``code`` is, when it came before caps or consts
+    for _ in range(count):
+        family, size, at = _head(buf, pos, "a payload key")
+        if family != _STR:
+            raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
+        key = _text(buf, at, size, "a payload key")
+        pos = at + size
+        if key in seen:
+            raise VerifyError(f"payload: key {key[:100]!r} appears twice")
+        seen.add(key)
+        if key in _FIELD_SET:
+            family, size, at = _head(buf, pos, key)
+            if family != _STR:
+                raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
+            fields[key] = bytecode.verify_field(key, _text(buf, at, size, key))
+            pos = at + size
+        elif key == "caps":
+            pos, caps = _read_caps(buf, pos)
+        elif key == "consts":
+            pos, consts = _read_consts(buf, pos)
+        elif key == "code":
+            if "caps" in seen and "consts" in seen:
+                pos, rules = _read_code(buf, pos, caps, consts)
+            else:
+                code_at = pos  # linked once both are known
+                pos = _skip(buf, pos, "code")
+        elif allow_unknown_keys:
+            pos = _skip(buf, pos, key[:100])
+        else:
+            raise VerifyError(f"payload: unknown key {key[:100]!r}")
+    if pos != n:
+        raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
+    missing = [k for k in PAYLOAD_KEYS if k not in seen]
+    if missing:
+        raise VerifyError(f"payload: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if rules is None:
+        _, rules = _read_code(buf, code_at, caps, consts)
+    return bytecode.make_program([fields[k] for k in bytecode.FIELD_KEYS], caps, consts, rules)
+
+
+_FIELD_SET = frozenset(bytecode.FIELD_KEYS)
+
+
+def _read_caps(buf: memoryview, pos: int) -> tuple[int, tuple]:
+    count, start = _array(buf, pos, "caps")
+    bytecode.check_caps_count(count)
+    pieces: list[tuple] = []
+    end = _elements(buf, start, count, "caps", lambda chunk, first, final: pieces.append(chunk))
+    return end, bytecode.verify_caps(_joined(pieces))
+
+
+def _read_consts(buf: memoryview, pos: int) -> tuple[int, tuple]:
+    count, start = _array(buf, pos, "consts")
+    bytecode.check_consts_count(count)
+    pieces: list[tuple] = []
+    end = _elements(
+        buf, start, count, "consts",
+        lambda chunk, first, final: pieces.append(bytecode.verify_consts(chunk, first)),
+    )
+    return end, _joined(pieces)
+
+
+def _read_code(buf: memoryview, pos: int, caps: tuple, consts: tuple) -> tuple[int, list]:
+    count, start = _array(buf, pos, "code")
+    bytecode.check_code_count(count, caps)
+    linker = bytecode.Linker(caps, consts)
+    end = _elements(buf, start, count, "code", lambda chunk, first, final: linker.feed(chunk, final))
+    return end, linker.rules
+
+
+def _joined(pieces: list[tuple]) -> tuple:
+    if len(pieces) == 1:
+        return pieces[0]
+    return tuple(chain.from_iterable(pieces))
+
+
+def _elements(buf: memoryview, start: int, count: int, what: str,
+              take: Callable[[tuple, int, bool], None]) -> int:
+    """Unpack the ``count`` elements of array ``what`` from ``start`` on, a window at a time.
+
+    ``take(chunk, index of its first element, final)`` gets them in order, in
+    pieces; returns the position after the last element.
+    """
+    if count == 0:
+        return start
+    n = len(buf)
+    bounded = what != "consts"
+    unpacker = msgpack.Unpacker(**_ELEMENT_LIMITS[what])
+    fed = start
+    done = 0
+    while True:
+        if fed >= n:
+            raise _locate(buf, start, count, what)  # cut off by the end of the payload
+        step = fed + _WINDOW if fed + _WINDOW < n else n
+        unpacker.feed(buf[fed:step])
+        fed = step
+        try:
+            chunk = tuple(islice(unpacker, count - done))
+        except Exception:
+            raise _locate(buf, start, count, what) from None
+        if chunk:
+            first = done
+            done += len(chunk)
+            take(chunk, first, done == count)
+            if done == count:
+                return start + unpacker.tell()
+        elif bounded:
+            raise _locate(buf, start, count, what)  # an element longer than a window
+
+
+def _locate(buf: memoryview, start: int, count: int, what: str) -> Exception:
+    """Why the windowed unpack of ``what`` stopped, with the element's index: the error to raise.
+
+    Walks the elements again one by one (the error path only: each is built
+    and dropped, so this costs time, not memory).
+    """
+    n = len(buf)
+    bounded = what != "consts"
+    unpacker = msgpack.Unpacker(**_ELEMENT_LIMITS[what])
+    fed = start
+    for k in range(count):
+        at = unpacker.tell()
+        while True:
+            try:
+                unpacker.unpack()
+                break
+            except msgpack.OutOfData:
+                if fed >= n:
+                    return _NotMsgpack(f"{what}[{k}] is cut off by the end of the payload")
+                if bounded and fed - start - at > _WINDOW:
+                    return _bad_element(buf, start + at, what, k, None)
+                step = fed + _WINDOW if fed + _WINDOW < n else n
+                unpacker.feed(buf[fed:step])
+                fed = step
+            except Exception as exc:
+                return _bad_element(buf, start + at, what, k, exc)
+    return _NotMsgpack(f"{what}: could not be unpacked")  # not reached: the same element fails again
+
+
+def _bad_element(buf: memoryview, at: int, what: str, k: int, exc: BaseException | None) -> Exception:
+    kind = _kind(buf, at)
+    if kind != _EXPECTED[what] and kind != "invalid":
+        # the verifier's own words for an element of the wrong type
+        if what == "code":
+            return VerifyError(f"code[{k}]: expected an instruction array, got {kind}")
+        if what == "caps":
+            return VerifyError(f"caps[{k}]: expected [name, [[param, type], ...]], got {kind}")
+        return VerifyError(f"consts[{k}]: expected str, got {kind}")
+    if exc is None:
+        noun = "instruction (at most 50 bytes)" if what == "code" else "capability signature"
+        return VerifyError(f"{what}[{k}]: more than {_WINDOW:,} bytes, longer than any valid {noun}")
+    return _NotMsgpack(f"{what}[{k}]: {_describe(exc)}")
+
+
+def _skip(buf: memoryview, pos: int, what: str) -> int:
+    """The position after the value at ``pos``, found a window at a time without building it."""
+    n = len(buf)
+    unpacker = msgpack.Unpacker(**_UNPACK)
+    fed = pos
+    while True:
+        if fed >= n:
+            raise _NotMsgpack(f"the value of {what!r} is cut off by the end of the payload")
+        step = fed + _WINDOW if fed + _WINDOW < n else n
+        unpacker.feed(buf[fed:step])
+        fed = step
+        try:
+            unpacker.skip()
+        except msgpack.OutOfData:
+            continue
+        except Exception as exc:
+            raise _NotMsgpack(f"the value of {what!r}: {_describe(exc)}") from None
+        return pos + unpacker.tell()
+
+
+def _array(buf: memoryview, pos: int, what: str) -> tuple[int, int]:
+    family, count, start = _head(buf, pos, what)
+    if family != _ARRAY:
+        raise VerifyError(f"{what}: expected array, got {_kind(buf, pos)}")
+    return count, start
+
+
+def _head(buf: memoryview, pos: int, what: str) -> tuple[int, int, int]:
+    """``(family, n, start)`` of the msgpack header at ``pos``: a map's or array's element count
+    or a string's byte length, and where its contents start; ``_OTHER`` for other types."""
+    n = len(buf)
+    if pos >= n:
+        raise _NotMsgpack(f"the payload ends where {what} should be")
+    b = buf[pos]
+    if 0xA0 <= b <= 0xBF:
+        family, size, start = _STR, b & 0x1F, pos + 1
+    elif 0x90 <= b <= 0x9F:
+        return _ARRAY, b & 0x0F, pos + 1
+    elif 0x80 <= b <= 0x8F:
+        return _MAP, b & 0x0F, pos + 1
+    elif 0xD9 <= b <= 0xDF:
+        width = (1, 2, 4, 2, 4, 2, 4)[b - 0xD9]
+        start = pos + 1 + width
+        if start > n:
+            raise _NotMsgpack(f"the payload ends inside the header of {what}")
+        if width == 1:
+            size = buf[pos + 1]
+        elif width == 2:
+            size = _U16.unpack_from(buf, pos + 1)[0]
+        else:
+            size = _U32.unpack_from(buf, pos + 1)[0]
+        if b >= 0xDE:
+            return _MAP, size, start
+        if b >= 0xDC:
+            return _ARRAY, size, start
+        family = _STR
+    else:
+        if b == 0xC1:
+            raise _NotMsgpack(f"{what}: 0xc1 is not a msgpack type")
+        return _OTHER, 0, pos
+    if start + size > n:
+        raise _NotMsgpack(f"{what}: a string of {size:,} bytes where the payload has {n - start:,} left")
+    return family, size, start
+
+
+def _text(buf: memoryview, start: int, size: int, what: str) -> str:
+    try:
+        return str(buf[start : start + size], "utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotMsgpack(f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _kind(buf: memoryview, pos: int) -> str:
+    """The type of the msgpack object at ``pos``, in the verifier's words."""
+    b = buf[pos]
+    if b <= 0x7F or b >= 0xE0 or 0xCC <= b <= 0xD3:
+        return "int"
+    if b <= 0x8F or b in (0xDE, 0xDF):
+        return "map"
+    if b <= 0x9F or b in (0xDC, 0xDD):
+        return "array"
+    if b <= 0xBF or 0xD9 <= b <= 0xDB:
+        return "str"
+    if b == 0xC0:
+        return "nil"
+    if b in (0xC2, 0xC3):
+        return "bool"
+    if b in (0xCA, 0xCB):
+        return "float"
+    if 0xC4 <= b <= 0xC6:
+        return "bin"
+    if b == 0xC1:
+        return "invalid"
+    return "ext"
 
 
 def read_artifact(
@@ -495,7 +901,9 @@ def read_artifact(
             f"header declares {total} bytes, got {n}"
         )
     end = HEADER_SIZE + header.payload_len
-    payload = bytes(data[HEADER_SIZE:end])
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+    payload = memoryview(data)[HEADER_SIZE:end]  # not copied
     actual = artifact_digest(payload, header.major, header.minor)
     if actual != header.digest:
         raise DigestMismatch(
@@ -509,15 +917,7 @@ def read_artifact(
     signature_checked = trust is not None and expected_module is not None
     if signature_checked:
         trust.verify(header, bytes(data[:end]), trailer, expected_module)
-    obj = unpack_payload(payload)
-    try:
-        program = bytecode.verify_payload(obj, allow_unknown_keys=header.minor > FORMAT_MINOR)
-    except VerifyError as exc:
-        raise MalformedPayload(f"malformed payload: {exc}") from None
-    except RecursionError:
-        raise MalformedPayload("malformed payload: nested too deeply") from None
-    except Exception as exc:  # a verifier bug must not escape the reader
-        raise MalformedPayload(f"malformed payload: internal verifier error ({_describe(exc)})") from None
+    program = _program(data, HEADER_SIZE, end, header.minor > FORMAT_MINOR)
     if expected_module is not None and program.module != expected_module:
         if file_name is None:
             file_name = expected_module + ARTIFACT_SUFFIX
