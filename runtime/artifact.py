@@ -587,8 +587,8 @@ def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_key
         obj = msgpack.unpackb(memoryview(data)[start:end], **_WHOLE_LIMITS)
     except Exception:
         return None
-    if type(obj) is not dict or len(obj) != _map_count(data, start):
-        return None  # not a map, or a key given twice (the last one would win)
+    if type(obj) is not dict or len(obj) != _map_count(data, start) or not all(type(k) is str for k in obj):
+        return None  # not a map, a key given twice (the last one would win), or a key that is not a string
     return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
 
 
@@ -979,14 +979,16 @@ def read_artifact_bytes(path: str | os.PathLike[str]) -> bytes:
             os.close(fd)
             raise UnreadableArtifact(f"cannot read: not a regular file ({_file_kind(st.st_mode)})")
         with os.fdopen(fd, "rb") as f:
-            head = f.read(HEADER_SIZE)
-            header = read_header(head)
-            rest = _read_upto(f, header.payload_len + header.trailer_len + 1)
+            header = read_header(f.read(HEADER_SIZE))
+            # read again from the start, so that the file's bytes land in one
+            # buffer instead of being copied into one (a header rewritten in
+            # between is read_artifact's to refuse: it checks the bytes it gets)
+            f.seek(0)
+            return _read_upto(f, header.total_len + 1)
     except OSError as exc:
         raise UnreadableArtifact(
             f"cannot read: {exc.strerror or exc}", errno=exc.errno
         ) from exc
-    return head + rest
 
 
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
