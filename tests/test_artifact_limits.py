@@ -422,12 +422,20 @@ def test_agent_rejects_a_bad_drop_keeps_the_policy_and_says_why(tmp_path):
 
         thread = threading.Thread(target=checking, daemon=True)
         thread.start()
-        write_atomic(pdir / "tenant.acme.bin", artifact_of(payload_with(SHAPES["empty maps"])))
-        status = wait_for(
-            lambda: (s := agent.status()["modules"]["tenant.acme"])["last_error"] and s, timeout=30
-        )
-        stop.set()
-        thread.join(10)
+        drop = artifact_of(payload_with(SHAPES["empty maps"]))
+        gc.collect()
+        tracemalloc.start()  # every thread's allocations, the poller's included
+        try:
+            write_atomic(pdir / "tenant.acme.bin", drop)
+            status = wait_for(
+                lambda: (s := agent.status()["modules"]["tenant.acme"])["last_error"] and s, timeout=60
+            )
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            stop.set()
+            thread.join(10)
+        assert peak < 2 * len(drop) + ALLOWANCE, f"{peak:,} bytes to reject a {len(drop):,}-byte drop"
         assert "malformed payload: code[0]: opcode must be an int, got map" in status["last_error"]
         assert status["revision"] == revision
         assert answers == {True} and agent.check(*request)
