@@ -14,10 +14,10 @@ followed by a msgpack payload and an optional trailer (a signature block)::
 
 The reader checks, in order and before unpacking anything: the length of the
 header, the magic, the version, the flags, the declared lengths, the exact
-file length, and the digest. Only then is the payload unpacked, with msgpack
-limits bounded by the payload's own length, verified structurally
-(``bytecode.verify_payload``), and its module name compared with the file
-name. Every failure raises one subclass of :class:`ArtifactError` with a
+file length, and the digest. Only then is the payload read, in pieces of
+bounded size each verified structurally before the next is unpacked (see
+"The payload, read in bounded pieces" below), and its module name compared
+with the file name. Every failure raises one subclass of :class:`ArtifactError` with a
 message for people and a short ``reason``; what a failure *means* is the
 caller's business (the agent keeps the previous policy, ``polc inspect``
 exits 1).
@@ -475,24 +475,27 @@ def _describe(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The payload, read in bounded pieces
+# The payload, read in bounded pieces (docs/artifact-format.md, "What reading
+# a payload costs")
 #
-# The payload is never unpacked whole: a file of millions of tiny containers
-# (an array of N empty maps: one byte each in the file, a 64-byte dict each in
-# memory) would cost 80 times its size, and msgpack would hold the GIL while
-# it builds them all. Instead the top-level map is walked here, the five
-# string fields are decoded in place, and the three arrays (``caps``,
-# ``consts``, ``code``) are unpacked _WINDOW bytes at a time, each piece
-# checked (and ``code`` linked) before the next one is unpacked. So the
+# Unpacking a payload whole costs what its objects cost: a file of millions
+# of tiny containers (an array of N empty maps: one byte each in the file, a
+# 64-byte dict each in memory) costs 80 times its size, and msgpack holds the
+# GIL while it builds them all. So only a small payload is unpacked in one
+# call (_read_whole, below). Any other is walked: the top-level map and its
+# keys here, the five string fields decoded in place, and the three arrays
+# (``caps``, ``consts``, ``code``) unpacked _WINDOW bytes at a time, each
+# piece checked (and ``code`` linked) before the next one is unpacked. The
 # objects alive at once are those of one window and the one element that
 # straddles it (a few MB whatever the file holds), plus what is kept: rules,
 # constants and capabilities, bounded by bytecode.MAX_RULES, MAX_CONSTS and
 # MAX_CAPS and costing about what a real artifact's do. Each call into the
 # unpacker covers one window, so the GIL is never held for long. Limits per
-# element keep even one window cheap: an element of ``code`` or ``caps`` that
-# is longer than a window is refused (an instruction takes at most 50 bytes,
-# a capability signature under 20 KB), and an element of ``consts`` cannot be
-# a non-empty container at all.
+# element keep even one window cheap: msgpack reserves the slots an array
+# header announces before it reads them, so arrays inside elements are
+# short; an element of ``code`` or ``caps`` that is longer than a window is
+# refused (an instruction takes at most 50 bytes, a capability signature
+# under 20 KB); and an element of ``consts`` cannot be a non-empty container.
 
 _WINDOW = 32 * 1024
 MAX_PAYLOAD_KEYS = 64  # keys of the payload map; format 1.0 has 8
