@@ -590,8 +590,10 @@ def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_key
         obj = msgpack.unpackb(memoryview(data)[start:end], **_WHOLE_LIMITS)
     except Exception:
         return None
-    if type(obj) is not dict or len(obj) != _map_count(data, start) or not all(type(k) is str for k in obj):
-        return None  # not a map, a key given twice (the last one would win), or a key that is not a string
+    if type(obj) is not dict or len(obj) != _map_count(data, start):
+        return None  # not a map, or a key given twice (the last one would win)
+    if allow_unknown_keys and not all(type(k) is str for k in obj):
+        return None  # (without unknown keys, verify_payload sees that every key is a known one)
     return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
 
 
@@ -690,8 +692,8 @@ def _read_consts(buf: memoryview, pos: int) -> tuple[int, tuple]:
 
 def _read_code(buf: memoryview, pos: int, caps: tuple, consts: tuple) -> tuple[int, list]:
     count, start = _array(buf, pos, "code")
-    bytecode.check_code_count(count, caps)
     linker = bytecode.Linker(caps, consts)
+    bytecode.check_code_count(count, linker.tail - 1)
     end = _elements(buf, start, count, "code", lambda chunk, first, final: linker.feed(chunk, final))
     return end, linker.rules
 

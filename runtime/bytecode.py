@@ -240,8 +240,8 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     consts = verify_consts(raw)
     code = obj["code"]
     _expect(code, tuple, "code")
-    check_code_count(len(code), caps)
     linker = Linker(caps, consts)
+    check_code_count(len(code), linker.tail - 1)
     linker.feed(code, final=True)
     return make_program(fields, caps, consts, linker.rules)
 
@@ -285,9 +285,8 @@ def check_consts_count(n: int) -> None:
         raise VerifyError(f"consts: {n:,} constants, more than the {MAX_CONSTS:,} an artifact may hold")
 
 
-def check_code_count(n: int, caps: Sequence[Capability]) -> None:
-    """``code`` of ``n`` instructions cannot hold more than MAX_RULES rules of these capabilities."""
-    arity = max((len(c.params) for c in caps), default=0)
+def check_code_count(n: int, arity: int) -> None:
+    """``code`` of ``n`` instructions cannot hold more than MAX_RULES rules of at most ``arity`` arguments."""
     limit = MAX_RULES * (1 + arity)
     if n > limit:
         raise VerifyError(
@@ -329,7 +328,7 @@ def verify_caps(raw: object) -> tuple[Capability, ...]:
     if known is not None and _plain(raw):
         return known
     caps = _verify_caps_full(raw)
-    if _plain(raw):
+    if _plain(raw) and _small(raw):
         if len(_VALID_CAPS) >= _VALID_CAPS_MAX:
             _VALID_CAPS.clear()
         _VALID_CAPS[raw] = caps  # type: ignore[index]
@@ -337,19 +336,21 @@ def verify_caps(raw: object) -> tuple[Capability, ...]:
 
 
 def _plain(raw: tuple) -> bool:
-    """Only small tuples of (str, tuple of (str, str)): equal then means identical content."""
-    if len(raw) > _VALID_CAPS_ENTRIES:
-        return False
-    chars = 0
+    """Only tuples of (str, tuple of (str, str)): equal then means identical content."""
     for entry in raw:
         if type(entry) is not tuple or len(entry) != 2 or type(entry[0]) is not str or type(entry[1]) is not tuple:
             return False
-        chars += len(entry[0])
         for p in entry[1]:
             if type(p) is not tuple or len(p) != 2 or type(p[0]) is not str or type(p[1]) is not str:
                 return False
-            chars += len(p[0]) + len(p[1])
-    return chars <= _VALID_CAPS_CHARS
+    return True
+
+
+def _small(raw: tuple) -> bool:
+    """A verified table small enough to keep (a hit is equal, so it is as small)."""
+    if len(raw) > _VALID_CAPS_ENTRIES:
+        return False
+    return sum(len(name) + sum(len(p) + len(t) for p, t in params) for name, params in raw) <= _VALID_CAPS_CHARS
 
 
 def _verify_caps_full(raw: tuple) -> tuple[Capability, ...]:
@@ -556,12 +557,14 @@ class Linker:
         # A rule that starts within ``tail`` instructions of a chunk's end may
         # have arguments in the next one (and the reference check looks at the
         # instruction after the last argument, to tell "too many").
-        self.tail = 1 + max((len(c.params) for c in caps), default=0)
+        arity = 0
         # One cache per parameter type: argument instruction -> decoded argument.
         caches: dict[str, dict] = {t: {} for t in TYPES}
         info = []
         for cap in caps:
             params = cap.params
+            if len(params) > arity:
+                arity = len(params)
             info.append((
                 cap,
                 len(params),
@@ -572,6 +575,7 @@ class Linker:
                 tuple((p.type, caches[p.type]) for p in params),
             ))
         self.info = info
+        self.tail = 1 + arity
         self.decoded: dict[tuple, tuple] = {}
 
     def feed(self, chunk: tuple, final: bool = False) -> None:
