@@ -29,6 +29,7 @@ Format history (the table in docs/artifact-format.md is the full record):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import stat
@@ -548,15 +549,18 @@ def _program(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: 
             program = _read_payload(memoryview(data)[start:end], allow_unknown_keys)
         return program
     except VerifyError as exc:
-        raise MalformedPayload(f"malformed payload: {exc}") from None
+        message = f"malformed payload: {exc}"
     except _NotMsgpack as exc:
-        raise MalformedPayload(f"payload is not valid msgpack: {exc}") from None
+        message = f"payload is not valid msgpack: {exc}"
     except ArtifactError:
         raise
     except RecursionError:
-        raise MalformedPayload("malformed payload: nested too deeply") from None
+        message = "malformed payload: nested too deeply"
     except Exception as exc:  # a verifier bug must not escape the reader
-        raise MalformedPayload(f"malformed payload: internal verifier error ({_describe(exc)})") from None
+        message = f"malformed payload: internal verifier error ({_describe(exc)})"
+    # raised here, not in the handler: the error then holds no traceback of
+    # the verifier's frames, and so none of the objects they were checking
+    raise MalformedPayload(message)
 
 
 # A payload of up to _WHOLE_MAX bytes (a module of about 2,000 rules) is
@@ -586,15 +590,39 @@ def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_key
             if claims > _WHOLE_CLAIMS:
                 return None
             at = data.find(marker, at + 1, end)
+    obj = None
+    collecting = _gc_pause()
     try:
-        obj = msgpack.unpackb(memoryview(data)[start:end], **_WHOLE_LIMITS)
-    except Exception:
-        return None
-    if type(obj) is not dict or len(obj) != _map_count(data, start):
-        return None  # not a map, or a key given twice (the last one would win)
-    if allow_unknown_keys and not all(type(k) is str for k in obj):
-        return None  # (without unknown keys, verify_payload sees that every key is a known one)
-    return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
+        try:
+            obj = msgpack.unpackb(data[start:end], **_WHOLE_LIMITS)  # a copy of at most 64 KiB
+        except Exception:
+            return None
+        if type(obj) is not dict or len(obj) != _map_count(data, start):
+            return None  # not a map, or a key given twice (the last one would win)
+        if allow_unknown_keys and not all(type(k) is str for k in obj):
+            return None  # (without unknown keys, verify_payload sees that every key is a known one)
+        return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
+    finally:
+        obj = None
+        if collecting:
+            gc.enable()
+
+
+# The garbage collector is paused while one piece is unpacked and checked
+# (and its transient objects freed): a window's objects are all alive while
+# msgpack builds them, so every collection that their allocation triggered
+# would promote them, and enough promoted objects trigger a full collection,
+# which walks every object of the process while holding the GIL (about
+# 10 ms in a small process, far more in a large one: most of the old reader's
+# stalls). Paused, objects that die with their piece are never seen by the
+# collector, and what is kept (rules, constants) is collected afterwards like
+# any other allocation. A process that disabled the collector itself keeps it
+# disabled.
+def _gc_pause() -> bool:
+    if gc.isenabled():
+        gc.disable()
+        return True
+    return False
 
 
 def _map_count(data: bytes | bytearray, pos: int) -> int:
@@ -724,18 +752,24 @@ def _elements(buf: memoryview, start: int, count: int, what: str,
         step = fed + _WINDOW if fed + _WINDOW < n else n
         unpacker.feed(buf[fed:step])
         fed = step
+        collecting = _gc_pause()
         try:
-            chunk = tuple(islice(unpacker, count - done))
-        except Exception:
-            raise _locate(buf, start, count, what) from None
-        if chunk:
-            first = done
-            done += len(chunk)
-            take(chunk, first, done == count)
-            if done == count:
-                return start + unpacker.tell()
-        elif bounded:
-            raise _locate(buf, start, count, what)  # an element longer than a window
+            try:
+                chunk = tuple(islice(unpacker, count - done))
+            except Exception:
+                raise _locate(buf, start, count, what) from None
+            if chunk:
+                first = done
+                done += len(chunk)
+                take(chunk, first, done == count)
+                del chunk
+                if done == count:
+                    return start + unpacker.tell()
+            elif bounded:
+                raise _locate(buf, start, count, what)  # an element longer than a window
+        finally:
+            if collecting:
+                gc.enable()
 
 
 def _locate(buf: memoryview, start: int, count: int, what: str) -> Exception:

@@ -232,7 +232,11 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     if not allow_unknown_keys and len(obj) != len(PAYLOAD_KEYS):
         extra = sorted(repr(k) for k in obj if k not in PAYLOAD_KEYS)
         raise VerifyError(f"payload: unknown key{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
-    fields = [verify_field(k, obj[k]) for k in FIELD_KEYS]
+    module = verify_field("module", obj["module"])
+    mode = verify_field("mode", obj["mode"])
+    compiler = verify_field("compiler", obj["compiler"])
+    source = verify_field("source", obj["source"])
+    source_digest = verify_field("source_digest", obj["source_digest"])
     caps = verify_caps(obj["caps"])
     raw = obj["consts"]
     _expect(raw, tuple, "consts")
@@ -243,7 +247,7 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     linker = Linker(caps, consts)
     check_code_count(len(code), linker.tail - 1)
     linker.feed(code, final=True)
-    return make_program(fields, caps, consts, linker.rules)
+    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(linker.rules))
 
 
 def make_program(fields: Sequence[str], caps: tuple[Capability, ...], consts: tuple[str, ...], rules: list[Rule]) -> Program:
@@ -254,7 +258,8 @@ def make_program(fields: Sequence[str], caps: tuple[Capability, ...], consts: tu
 
 def verify_field(key: str, value: object) -> str:
     """One of the payload's string fields (``FIELD_KEYS``), checked; the value to keep."""
-    _expect(value, str, key)
+    if type(value) is not str:
+        raise VerifyError(f"{key}: expected str, got {_tname(value)}")
     if key == "module":
         if not is_valid_module_name(value):
             raise VerifyError(
