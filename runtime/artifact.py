@@ -590,22 +590,19 @@ def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_key
             if claims > _WHOLE_CLAIMS:
                 return None
             at = data.find(marker, at + 1, end)
-    obj = None
-    collecting = _gc_pause()
+    return _paused(_whole, data, start, end, allow_unknown_keys)
+
+
+def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> bytecode.Program | None:
     try:
-        try:
-            obj = msgpack.unpackb(data[start:end], **_WHOLE_LIMITS)  # a copy of at most 64 KiB
-        except Exception:
-            return None
-        if type(obj) is not dict or len(obj) != _map_count(data, start):
-            return None  # not a map, or a key given twice (the last one would win)
-        if allow_unknown_keys and not all(type(k) is str for k in obj):
-            return None  # (without unknown keys, verify_payload sees that every key is a known one)
-        return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
-    finally:
-        obj = None
-        if collecting:
-            gc.enable()
+        obj = msgpack.unpackb(data[start:end], **_WHOLE_LIMITS)  # a copy of at most 64 KiB
+    except Exception:
+        return None
+    if type(obj) is not dict or len(obj) != _map_count(data, start):
+        return None  # not a map, or a key given twice (the last one would win)
+    if allow_unknown_keys and not all(type(k) is str for k in obj):
+        return None  # (without unknown keys, verify_payload sees that every key is a known one)
+    return bytecode.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
 
 
 # The garbage collector is paused while one piece is unpacked and checked
@@ -618,11 +615,22 @@ def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_key
 # collector, and what is kept (rules, constants) is collected afterwards like
 # any other allocation. A process that disabled the collector itself keeps it
 # disabled.
-def _gc_pause() -> bool:
-    if gc.isenabled():
+# An error raised meanwhile leaves without its traceback (and the exception it
+# was raised in handling): those would keep the piece's frames, and so its
+# objects, alive past the pause.
+def _paused(fn: Callable[..., Any], *args: Any) -> Any:
+    collecting = gc.isenabled()
+    if collecting:
         gc.disable()
-        return True
-    return False
+    try:
+        return fn(*args)
+    except Exception as exc:
+        error = exc.with_traceback(None)
+        error.__context__ = None
+    finally:
+        if collecting:
+            gc.enable()
+    raise error
 
 
 def _map_count(data: bytes | bytearray, pos: int) -> int:
@@ -752,24 +760,25 @@ def _elements(buf: memoryview, start: int, count: int, what: str,
         step = fed + _WINDOW if fed + _WINDOW < n else n
         unpacker.feed(buf[fed:step])
         fed = step
-        collecting = _gc_pause()
-        try:
-            try:
-                chunk = tuple(islice(unpacker, count - done))
-            except Exception:
-                raise _locate(buf, start, count, what) from None
-            if chunk:
-                first = done
-                done += len(chunk)
-                take(chunk, first, done == count)
-                del chunk
-                if done == count:
-                    return start + unpacker.tell()
-            elif bounded:
-                raise _locate(buf, start, count, what)  # an element longer than a window
-        finally:
-            if collecting:
-                gc.enable()
+        got = _paused(_piece, unpacker, done, count, take)
+        if got < 0:
+            raise _locate(buf, start, count, what)  # msgpack refused something
+        done += got
+        if done == count:
+            return start + unpacker.tell()
+        if not got and bounded:
+            raise _locate(buf, start, count, what)  # an element longer than a window
+
+
+def _piece(unpacker: Any, done: int, count: int, take: Callable[[tuple, int, bool], None]) -> int:
+    """Unpack and take the elements the unpacker has whole; how many, or -1 if msgpack refused one."""
+    try:
+        chunk = tuple(islice(unpacker, count - done))
+    except Exception:
+        return -1
+    if chunk:
+        take(chunk, done, done + len(chunk) == count)
+    return len(chunk)
 
 
 def _locate(buf: memoryview, start: int, count: int, what: str) -> Exception:
