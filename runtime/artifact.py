@@ -615,9 +615,11 @@ def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bo
 # collector, and what is kept (rules, constants) is collected afterwards like
 # any other allocation. A process that disabled the collector itself keeps it
 # disabled.
-# An error raised meanwhile leaves without its traceback (and the exception it
-# was raised in handling): those would keep the piece's frames, and so its
-# objects, alive past the pause.
+# An error raised meanwhile leaves without its traceback into ``fn`` (and
+# the exception it was raised in handling): those would keep the piece's
+# frames, and so its objects, alive past the pause. (Not bound to a name
+# here either: an exception held by a frame of its own traceback is a cycle,
+# which would keep the file's bytes alive until the next collection.)
 def _paused(fn: Callable[..., Any], *args: Any) -> Any:
     collecting = gc.isenabled()
     if collecting:
@@ -625,12 +627,12 @@ def _paused(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except Exception as exc:
-        error = exc.with_traceback(None)
-        error.__context__ = None
+        exc.__traceback__ = None
+        exc.__context__ = None
+        raise
     finally:
         if collecting:
             gc.enable()
-    raise error
 
 
 def _map_count(data: bytes | bytearray, pos: int) -> int:
