@@ -614,7 +614,8 @@ def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bo
 # stalls). Paused, objects that die with their piece are never seen by the
 # collector, and what is kept (rules, constants) is collected afterwards like
 # any other allocation. A process that disabled the collector itself keeps it
-# disabled.
+# disabled (one that disables it while a piece is being read finds it enabled
+# again after the piece: the pause lasts a few milliseconds).
 # An error raised meanwhile leaves without its traceback into ``fn`` (and
 # the exception it was raised in handling): those would keep the piece's
 # frames, and so its objects, alive past the pause. (Not bound to a name

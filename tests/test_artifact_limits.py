@@ -461,7 +461,7 @@ def test_agent_rejects_a_bad_drop_keeps_the_policy_and_says_why(tmp_path):
         revision = agent.status()["modules"]["tenant.acme"]["revision"]
         assert agent.check(*request)
         stop = threading.Event()
-        gaps: list[float] = []
+        longest = [0.0]  # (no list of every gap: its growth would count in the peak below)
         answers: set[bool] = set()
 
         def checking():
@@ -469,7 +469,8 @@ def test_agent_rejects_a_bad_drop_keeps_the_policy_and_says_why(tmp_path):
             while not stop.is_set():
                 answers.add(bool(agent.check(*request)))
                 now = time.perf_counter()
-                gaps.append(now - last)
+                if now - last > longest[0]:
+                    longest[0] = now - last
                 last = now
 
         thread = threading.Thread(target=checking, daemon=True)
@@ -492,6 +493,6 @@ def test_agent_rejects_a_bad_drop_keeps_the_policy_and_says_why(tmp_path):
         assert status["revision"] == revision
         assert answers == {True} and agent.check(*request)
         # the figure, for the record (benchmarks/test_reject.py measures it properly)
-        print(f"longest gap between two checks while the drop was rejected: {max(gaps) * 1e3:.1f} ms")
+        print(f"longest gap between two checks while the drop was rejected: {longest[0] * 1e3:.1f} ms")
     finally:
         agent.stop()
