@@ -508,9 +508,9 @@ _ELEMENT_LIMITS: dict[str, dict] = {
     # [name, [[param, type], ...]]: the longest array is the parameter list
     "caps": dict(_UNPACK, max_array_len=bytecode.MAX_PARAMS, max_map_len=16,
                  max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
-    # strings (of any length); a container here can only be empty
+    # strings; a container here can only be empty
     "consts": dict(_UNPACK, max_array_len=0, max_map_len=0,
-                   max_str_len=MAX_PAYLOAD, max_bin_len=MAX_PAYLOAD, max_ext_len=MAX_PAYLOAD),
+                   max_str_len=bytecode.MAX_STRING, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
     # [opcode, operand, ...]: at most 5 elements (up to 64 get the verifier's own message)
     "code": dict(_UNPACK, max_array_len=64, max_map_len=16,
                  max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
@@ -654,7 +654,7 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> bytecode.Program
     family, count, pos = _head(buf, 0, "the payload")
     if family != _MAP:
         # not a payload, but say "not valid msgpack" if it is not even that
-        if family == _STR:
+        if family == _STR and count <= bytecode.MAX_STRING:
             _text(buf, pos, count, "the payload")
         end = _skip(buf, 0, "the payload")
         if end != n:
@@ -672,6 +672,7 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> bytecode.Program
         family, size, at = _head(buf, pos, "a payload key")
         if family != _STR:
             raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
+        _check_string(size, "a payload key")
         key = _text(buf, at, size, "a payload key")
         pos = at + size
         if key in seen:
@@ -681,6 +682,7 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> bytecode.Program
             family, size, at = _head(buf, pos, key)
             if family != _STR:
                 raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
+            _check_string(size, key)
             fields[key] = bytecode.verify_field(key, _text(buf, at, size, key))
             pos = at + size
         elif key == "caps":
@@ -813,8 +815,20 @@ def _locate(buf: memoryview, start: int, count: int, what: str) -> Exception:
     return _NotMsgpack(f"{what}: could not be unpacked")  # not reached: the same element fails again
 
 
+def _check_string(size: int, what: str) -> None:
+    # each string is decoded in one call into the interpreter: they are short
+    if size > bytecode.MAX_STRING:
+        raise VerifyError(f"{what}: a string of {size:,} bytes, more than the {bytecode.MAX_STRING:,} a payload string may have")
+
+
 def _bad_element(buf: memoryview, at: int, what: str, k: int, exc: BaseException | None) -> Exception:
     kind = _kind(buf, at)
+    if kind == "str" and what == "consts":
+        size = _head(buf, at, f"consts[{k}]")[1]
+        if size > bytecode.MAX_STRING:
+            return VerifyError(
+                f"consts[{k}]: a string of {size:,} bytes, more than the {bytecode.MAX_STRING:,} a payload string may have"
+            )
     if kind != _EXPECTED[what] and kind != "invalid":
         # the verifier's own words for an element of the wrong type
         if what == "code":

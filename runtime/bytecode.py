@@ -112,6 +112,7 @@ MAX_RULES = 100_000
 MAX_PARAMS = 64  # parameters of one capability
 MAX_CAPS = 10_000  # entries of ``caps``
 MAX_CONSTS = 1_000_000  # entries of ``consts``
+MAX_STRING = 64 * 1024  # bytes of any string of the payload (a host name is at most 253)
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _CAP_NAME = _MODULE_NAME
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

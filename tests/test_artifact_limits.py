@@ -302,6 +302,21 @@ def test_parameter_and_capability_limits():
     assert "caps: 10,003 capabilities" in str(e)
 
 
+def test_string_limit():
+    """Every string of a payload is decoded in one call: none may be long."""
+    at_limit = "x" * bc.MAX_STRING
+    p = make_payload()
+    p["consts"].append(at_limit)
+    assert read_artifact(pack_artifact(p)).consts[-1] == at_limit
+    p["consts"].append("y" * (bc.MAX_STRING + 1))
+    e = pytest.raises(MalformedPayload, pack_artifact, p).value
+    assert "consts[5]: a string of 65,537 bytes, more than the 65,536 a payload string may have" in str(e)
+    p = make_payload()
+    p["source"] = "s/" * 40_000
+    e = pytest.raises(MalformedPayload, pack_artifact, p).value
+    assert "source: a string of 80,000 bytes, more than the 65,536" in str(e)
+
+
 def test_payload_keys_limit_and_duplicates():
     extra = {f"k{i}": b"\xc0" for i in range(af.MAX_PAYLOAD_KEYS)}
     body = payload_with({}, extra=extra)
@@ -431,7 +446,7 @@ def test_linking_across_windows_keeps_indices_and_messages(monkeypatch):
 
 
 def test_verifier_caches_do_not_keep_large_constants_or_tables():
-    long_path = "data/" + "x" * 100_000 + "/**"
+    long_path = "data/" + "x" * 10_000 + "/**"
     rules = [(bc.ENTITLE, BUILTINS["fs.read"], 1, 1, [(bc.STR_EXACT, "t"), (bc.PATH_GLOB, long_path)])]
     read_artifact(pack_artifact(make_payload("big", rules)))
     assert (bc.PATH_GLOB, long_path) not in bc._VALID_ARGS
