@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from polc.runtime import patterns
+from polc.runtime import bytecode, patterns
 from polc.runtime.bytecode import (
     ANY,
     DENY,
@@ -227,6 +227,17 @@ def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diag
             diags.append(_diag(ERROR, p.type, f"unknown type '{ptype}'{hint}", mod))
             ok = False
         params.append(Param(pname, ptype))
+    if len(params) > bytecode.MAX_PARAMS:
+        # the runtime's limit (docs/artifact-format.md, "Limits")
+        diags.append(
+            _diag(
+                ERROR, st.name,
+                f"capability '{_clip(name)}' declares {len(params)} parameters, "
+                f"more than the {bytecode.MAX_PARAMS} a capability may have",
+                mod,
+            )
+        )
+        ok = False
     if not ok:
         if name not in decls.caps:
             decls.broken.add(name)
@@ -293,6 +304,16 @@ def check_module(
             else:
                 mode, mode_at = value, st
         # capability declarations were checked tree-wide by collect_declarations
+    if len(rules) > bytecode.MAX_RULES:
+        # the runtime's limit (docs/artifact-format.md, "Limits")
+        diags.append(
+            _diag(
+                ERROR, module.name,
+                f"module '{_clip(mod)}' has {len(rules):,} rules, more than the "
+                f"{bytecode.MAX_RULES:,} an artifact may hold; split it into several modules",
+                mod,
+            )
+        )
     _lint(rules, rule_nodes, mod, diags)
     ir = IRModule(mod, mode, source, source_digest, tuple(rules))
     return ir, diags

@@ -118,6 +118,16 @@ MODES: tuple[str, ...] = ("enforce", "audit")
 MAX_NAME_LEN = 255
 # NAME.bin must fit the 255-byte file-name limit of common filesystems.
 MAX_MODULE_NAME_LEN = MAX_NAME_LEN - len(".bin")
+
+# How much one artifact may hold (docs/artifact-format.md, "Limits"). Each is
+# far beyond what a policy written by people needs (the largest benchmarked
+# module has 10,000 rules), and together they bound what any file costs to
+# read and link. The compiler refuses a module that would exceed one.
+MAX_RULES = 100_000
+MAX_PARAMS = 64  # parameters of one capability
+MAX_CAPS = 10_000  # entries of ``caps``
+MAX_CONSTS = 1_000_000  # entries of ``consts``
+MAX_STRING = 64 * 1024  # bytes of any string of the payload (a host name is at most 253)
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _CAP_NAME = _MODULE_NAME
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -217,12 +227,18 @@ def _expect(value: object, typ: type, where: str) -> None:
         raise VerifyError(f"{where}: expected {_tname(typ())}, got {_tname(value)}")
 
 
+# The payload's string fields, in the order they are checked and written.
+FIELD_KEYS: tuple[str, ...] = PAYLOAD_KEYS[:5]
+
+
 def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     """Verify an unpacked payload (``use_list=False``) and link its rules.
 
     ``allow_unknown_keys`` is set by the reader for artifacts of a newer
     minor format than this one: they may carry payload keys this reader
-    does not know, which it then ignores.
+    does not know, which it then ignores. (``runtime/artifact.py`` does not
+    call this: it streams the payload through the same checks, below, without
+    unpacking it whole.)
     """
     if type(obj) is not dict:
         raise VerifyError(f"payload: expected map, got {_tname(obj)}")
@@ -232,61 +248,99 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     if not allow_unknown_keys and len(obj) != len(PAYLOAD_KEYS):
         extra = sorted(repr(k) for k in obj if k not in PAYLOAD_KEYS)
         raise VerifyError(f"payload: unknown key{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
-
-    module = obj["module"]
-    _expect(module, str, "module")
-    if not is_valid_module_name(module):
-        raise VerifyError(
-            f"module: invalid module name {module[:300]!r} (dotted name of letters, digits, "
-            f"'_' and '-', at most {MAX_MODULE_NAME_LEN} characters)"
-        )
-    mode = obj["mode"]
-    _expect(mode, str, "mode")
-    if mode not in MODES:
-        raise VerifyError(f"mode: expected 'enforce' or 'audit', got {mode[:100]!r}")
-    compiler = obj["compiler"]
-    _expect(compiler, str, "compiler")
-    source = obj["source"]
-    _expect(source, str, "source")
-    source_digest = obj["source_digest"]
-    _expect(source_digest, str, "source_digest")
-    if _HEX_DIGEST.fullmatch(source_digest) is None:
-        raise VerifyError(
-            f"source_digest: expected 64 lower-case hex digits, got {source_digest[:100]!r}"
-        )
-    caps = _verify_caps(obj["caps"])
-    consts = obj["consts"]
-    _expect(consts, tuple, "consts")
-    for k, c in enumerate(consts):
-        if type(c) is not str:
-            raise VerifyError(f"consts[{k}]: expected str, got {_tname(c)}")
-    consts = tuple(map(sys.intern, consts))
+    module = verify_field("module", obj["module"])
+    mode = verify_field("mode", obj["mode"])
+    compiler = verify_field("compiler", obj["compiler"])
+    source = verify_field("source", obj["source"])
+    source_digest = verify_field("source_digest", obj["source_digest"])
+    caps = verify_caps(obj["caps"])
+    raw = obj["consts"]
+    _expect(raw, tuple, "consts")
+    check_consts_count(len(raw))
+    consts = verify_consts(raw)
     code = obj["code"]
     _expect(code, tuple, "code")
-    rules = _link_fast(code, caps, consts)
-    if rules is None:
-        rules = _link_reference(code, caps, consts)
-    return Program(
-        module=sys.intern(module),
-        mode=MODES[0] if mode == MODES[0] else MODES[1],
-        compiler=compiler,
-        source=sys.intern(source),
-        source_digest=source_digest,
-        caps=caps,
-        consts=consts,
-        rules=tuple(rules),
-    )
+    linker = Linker(caps, consts)
+    check_code_count(len(code), linker.tail - 1)
+    linker.feed(code, final=True)
+    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(linker.rules))
+
+
+def make_program(fields: Sequence[str], caps: tuple[Capability, ...], consts: tuple[str, ...], rules: list[Rule]) -> Program:
+    """The Program of verified parts (``fields``: the values of FIELD_KEYS, as ``verify_field`` returned them)."""
+    module, mode, compiler, source, source_digest = fields
+    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(rules))
+
+
+def verify_field(key: str, value: object) -> str:
+    """One of the payload's string fields (``FIELD_KEYS``), checked; the value to keep."""
+    if type(value) is not str:
+        raise VerifyError(f"{key}: expected str, got {_tname(value)}")
+    if key == "module":
+        if not is_valid_module_name(value):
+            raise VerifyError(
+                f"module: invalid module name {value[:300]!r} (dotted name of letters, digits, "
+                f"'_' and '-', at most {MAX_MODULE_NAME_LEN} characters)"
+            )
+        return sys.intern(value)
+    if key == "mode":
+        if value not in MODES:
+            raise VerifyError(f"mode: expected 'enforce' or 'audit', got {value[:100]!r}")
+        return MODES[0] if value == MODES[0] else MODES[1]
+    if key == "source_digest":
+        if _HEX_DIGEST.fullmatch(value) is None:
+            raise VerifyError(f"source_digest: expected 64 lower-case hex digits, got {value[:100]!r}")
+        return value
+    if key == "source":
+        return sys.intern(value)
+    return value
+
+
+def check_caps_count(n: int) -> None:
+    if n > MAX_CAPS:
+        raise VerifyError(f"caps: {n:,} capabilities, more than the {MAX_CAPS:,} an artifact may hold")
+
+
+def check_consts_count(n: int) -> None:
+    if n > MAX_CONSTS:
+        raise VerifyError(f"consts: {n:,} constants, more than the {MAX_CONSTS:,} an artifact may hold")
+
+
+def check_code_count(n: int, arity: int) -> None:
+    """``code`` of ``n`` instructions cannot hold more than MAX_RULES rules of at most ``arity`` arguments."""
+    limit = MAX_RULES * (1 + arity)
+    if n > limit:
+        raise VerifyError(
+            f"code: {n:,} instructions, more than the {limit:,} that {MAX_RULES:,} rules "
+            f"of at most {arity} argument{'s' if arity != 1 else ''} take"
+        )
+
+
+def verify_consts(chunk: tuple, start: int = 0) -> tuple[str, ...]:
+    """The entries ``start``, ``start + 1``, ... of ``consts``, checked and interned."""
+    try:
+        return tuple(map(sys.intern, chunk))
+    except TypeError:
+        for k, c in enumerate(chunk):
+            if type(c) is not str:
+                raise VerifyError(f"consts[{start + k}]: expected str, got {_tname(c)}") from None
+        raise
 
 
 # Verified capability tables, process-wide: raw ``caps`` -> the verified tuple.
 # Verification is a pure function of the raw value, and tenants' artifacts
 # repeat the same few tables. Only exact str/tuple structures are keys (a
-# hit must be equal element by element with the same types: see _same_shape).
+# hit must be equal element by element with the same types: see _plain), and
+# only small ones: what the cache holds is bounded (1,024 tables of at most
+# 4,096 characters), whatever the files it has seen.
 _VALID_CAPS: dict[tuple, tuple[Capability, ...]] = {}
 _VALID_CAPS_MAX = 1 << 10
+_VALID_CAPS_ENTRIES = 32
+_VALID_CAPS_CHARS = 4096
 
 
-def _verify_caps(raw: object) -> tuple[Capability, ...]:
+def verify_caps(raw: object) -> tuple[Capability, ...]:
+    """The payload's ``caps`` (unpacked with ``use_list=False``), checked: a tuple of Capability."""
     _expect(raw, tuple, "caps")
     try:
         known = _VALID_CAPS.get(raw)  # type: ignore[call-overload]
@@ -295,7 +349,7 @@ def _verify_caps(raw: object) -> tuple[Capability, ...]:
     if known is not None and _plain(raw):
         return known
     caps = _verify_caps_full(raw)
-    if _plain(raw):
+    if _plain(raw) and _small(raw):
         if len(_VALID_CAPS) >= _VALID_CAPS_MAX:
             _VALID_CAPS.clear()
         _VALID_CAPS[raw] = caps  # type: ignore[index]
@@ -313,7 +367,15 @@ def _plain(raw: tuple) -> bool:
     return True
 
 
+def _small(raw: tuple) -> bool:
+    """A verified table small enough to keep (a hit is equal, so it is as small)."""
+    if len(raw) > _VALID_CAPS_ENTRIES:
+        return False
+    return sum(len(name) + sum(len(p) + len(t) for p, t in params) for name, params in raw) <= _VALID_CAPS_CHARS
+
+
 def _verify_caps_full(raw: tuple) -> tuple[Capability, ...]:
+    check_caps_count(len(raw))
     caps: list[Capability] = []
     seen: set[str] = set()
     for k, entry in enumerate(raw):
@@ -328,6 +390,10 @@ def _verify_caps_full(raw: tuple) -> tuple[Capability, ...]:
             raise VerifyError(f"{where}: capability {name} declared twice")
         seen.add(name)
         _expect(params, tuple, f"{where} ({name}) params")
+        if len(params) > MAX_PARAMS:
+            raise VerifyError(
+                f"{where} ({name}): {len(params)} parameters, more than the {MAX_PARAMS} a capability may have"
+            )
         plist: list[Param] = []
         pnames: set[str] = set()
         for m, p in enumerate(params):
@@ -359,6 +425,8 @@ def _verify_caps_full(raw: tuple) -> tuple[Capability, ...]:
         caps.append(cap)
     return tuple(caps)
 
+
+_verify_caps = verify_caps  # the older name, kept for callers that use it
 
 _CANON_TYPES = {t: t for t in TYPES}
 
@@ -439,9 +507,13 @@ def _range_problem(ptype: str, lo: int, hi: int) -> str | None:
 # Validity is a pure function of (opcode, constant) or (type, lo, hi), so an
 # agent that reloads a changed artifact, or loads many tenants with the same
 # patterns, checks each one once; and equal arguments of all loaded
-# artifacts share one tuple. Bounded: cleared when full.
+# artifacts share one tuple. Bounded: cleared when full, and constants longer
+# than _VALID_ARG_CHARS are checked again each time rather than kept, so what
+# the cache holds does not grow with the files it has seen (a file that is
+# rejected later still passes through here).
 _VALID_ARGS: dict[tuple, tuple] = {}
 _VALID_ARGS_MAX = 1 << 16
+_VALID_ARG_CHARS = 256
 
 
 _VALID_COMMAND_ARGS: dict[tuple, tuple] = {}
@@ -479,7 +551,7 @@ def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
             return known
         if _const_problem(op, key[1], ptype) is not None:
             return None
-        return _remember(key, key, memo)
+        return _remember(key, key, memo) if len(key[1]) <= _VALID_ARG_CHARS else key
     if op == ANY:
         return ANY_ARG if len(a) == 1 else None
     if op == INT_RANGE and len(a) == 3 and op in ALLOWED_OPS[ptype]:
@@ -496,42 +568,97 @@ def _decode_arg(ptype: str, a: tuple, consts: tuple[str, ...]) -> tuple | None:
     return None
 
 
+class Linker:
+    """Links ``code`` into rules, a chunk at a time.
+
+    The reader feeds ``code`` in the pieces it unpacks, so it never holds the
+    whole instruction stream; ``verify_payload`` feeds it in one piece. A rule
+    whose arguments may continue in the next chunk is kept back (``pending``)
+    until they come. Each chunk goes through the fast path first and, if that
+    is not sure, through the reference check, which decides and words the
+    error with the instruction's index in the whole stream.
+    """
+
+    __slots__ = ("caps", "consts", "rules", "base", "pending", "tail", "info", "decoded")
+
+    def __init__(self, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> None:
+        self.caps = caps
+        self.consts = consts
+        self.rules: list[Rule] = []
+        self.base = 0  # index in the whole code of pending[0]
+        self.pending: tuple = ()
+        # A rule that starts within ``tail`` instructions of a chunk's end may
+        # have arguments in the next one (and the reference check looks at the
+        # instruction after the last argument, to tell "too many").
+        arity = 0
+        # One cache per parameter type: argument instruction -> decoded argument.
+        caches: dict[str, dict] = {t: {} for t in TYPES}
+        info = []
+        for cap in caps:
+            params = cap.params
+            if len(params) > arity:
+                arity = len(params)
+            info.append((
+                cap,
+                len(params),
+                caches[params[0].type] if params else None,
+                params[0].type if params else None,
+                caches[params[1].type] if len(params) > 1 else None,
+                params[1].type if len(params) > 1 else None,
+                tuple((p.type, caches[p.type]) for p in params),
+            ))
+        self.info = info
+        self.tail = 1 + arity
+        self.decoded: dict[tuple, tuple] = {}
+
+    def feed(self, chunk: tuple, final: bool = False) -> None:
+        """Link the instructions of ``chunk`` (the next ones of ``code``); ``final``: nothing follows."""
+        code = self.pending + chunk if self.pending else chunk
+        n = len(code)
+        limit = n if final else n - self.tail
+        if limit <= 0:
+            self.pending = code
+            return
+        start = len(self.rules)
+        stop = _link_fast_part(self, code, limit)
+        if stop is None:
+            del self.rules[start:]
+            stop = _link_reference_part(self, code, limit, final)
+        self.base += stop
+        self.pending = code[stop:] if stop < n else ()
+        if len(self.rules) > MAX_RULES:
+            raise VerifyError(f"code: more than the {MAX_RULES:,} rules an artifact may hold")
+
+
 def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule] | None:
-    """The rules of ``code``, or None when anything at all looks wrong.
+    """The rules of the whole of ``code``, or None when anything at all looks wrong (the fast path alone)."""
+    linker = Linker(caps, consts)
+    return linker.rules if _link_fast_part(linker, code, len(code)) is not None else None
+
+
+def _link_fast_part(linker: Linker, code: tuple, limit: int) -> int | None:
+    """Append the rules of ``code`` that start before ``limit``; where it stopped, or None when
+    anything at all looks wrong (the rules appended are then the caller's to drop).
 
     Per-instruction work is a few type checks and one dict lookup: each
     distinct argument instruction is validated once per artifact (per
     parameter type) and decoded to one shared tuple. Rules of one or two
     parameters (every built-in capability) take an unrolled path.
     """
-    # One cache per parameter type: argument instruction -> decoded argument.
-    caches: dict[str, dict] = {t: {} for t in TYPES}
-    info = []
-    for cap in caps:
-        params = cap.params
-        info.append((
-            cap,
-            len(params),
-            caches[params[0].type] if params else None,
-            params[0].type if params else None,
-            caches[params[1].type] if len(params) > 1 else None,
-            params[1].type if len(params) > 1 else None,
-            tuple((p.type, caches[p.type]) for p in params),
-        ))
-    ncaps = len(caps)
-    n = len(code)
-    rules: list[Rule] = []
-    append = rules.append
+    info = linker.info
+    consts = linker.consts
+    ncaps = len(info)
+    append = linker.rules.append
     new = tuple.__new__
     decode = _decode_arg
     imax = INT_MAX
     i = 0
-    index = 0
+    index = len(linker.rules)
     # A cache hit is an instruction equal to one that was validated; equal is not
     # enough (True == 1 and 1.0 == 1 hash alike), so every element of a hit is
     # type-checked too: a[0] and a[-1] cover lengths 1 and 2, a[1] length 3.
     try:
-        while i < n:
+        while i < limit:
             # unpacking first is safe: msgpack gives tuples, str, bytes or dicts,
             # and anything that is not a 5-tuple fails the type check below
             op, effect, c, line, col = ins = code[i]
@@ -632,7 +759,7 @@ def _link_fast(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...
             index += 1
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return None
-    return rules
+    return i
 
 
 def _check_instruction(ins: object, where: str) -> None:
@@ -667,15 +794,29 @@ def _is_rule(ins: object) -> bool:
 
 
 def _link_reference(code: tuple, caps: tuple[Capability, ...], consts: tuple[str, ...]) -> list[Rule]:
-    """The step-by-step check: says precisely what is wrong, and where."""
+    """The rules of the whole of ``code`` by the reference check alone."""
+    linker = Linker(caps, consts)
+    _link_reference_part(linker, code, len(code), True)
+    return linker.rules
+
+
+def _link_reference_part(linker: Linker, code: tuple, limit: int, final: bool) -> int:
+    """The step-by-step check: says precisely what is wrong, and where.
+
+    Appends the rules of ``code`` that start before ``limit`` and returns
+    where it stopped; ``final``: no instruction follows ``code``.
+    """
+    caps = linker.caps
+    consts = linker.consts
+    base = linker.base
     n = len(code)
     nconsts = len(consts)
-    rules: list[Rule] = []
-    decoded: dict[tuple, tuple] = {}
+    rules = linker.rules
+    decoded = linker.decoded
     i = 0
-    while i < n:
+    while i < limit:
         ins = code[i]
-        where = f"code[{i}]"
+        where = f"code[{base + i}]"
         _check_instruction(ins, where)
         if ins[0] != RULE:
             raise VerifyError(
@@ -694,15 +835,17 @@ def _link_reference(code: tuple, caps: tuple[Capability, ...], consts: tuple[str
         while i + 1 + nargs < n and not _is_rule(code[i + 1 + nargs]):
             nargs += 1
         if nargs != cap.arity:
+            # counted to the end of a chunk that is not the last: there may be more
+            more = "at least " if not final and i + 1 + nargs == n else ""
             raise VerifyError(
                 f"rule {r}: capability {cap.name} takes {cap.arity} "
-                f"argument{'s' if cap.arity != 1 else ''}, got {nargs}"
+                f"argument{'s' if cap.arity != 1 else ''}, got {more}{nargs}"
             )
         args = []
         for k, param in enumerate(cap.params):
             j = i + 1 + k
             a = code[j]
-            awhere = f"code[{j}]"
+            awhere = f"code[{base + j}]"
             _check_instruction(a, awhere)
             op = a[0]
             name = OPCODE_NAMES[op]
@@ -730,7 +873,7 @@ def _link_reference(code: tuple, caps: tuple[Capability, ...], consts: tuple[str
             args.append(decoded.setdefault(dec, dec))
         rules.append(Rule(r, effect, cap, line, col, tuple(args)))
         i += 1 + cap.arity
-    return rules
+    return i
 
 
 # ---------------------------------------------------------------------------

@@ -394,7 +394,7 @@ def test_file_reads_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(af.os, "fdopen", lambda *a, **k: Spy(real_fdopen(*a, **k)))
     with pytest.raises(TrailingData):
         read_artifact_file(path)
-    assert sizes == [HEADER_SIZE, len(data) - HEADER_SIZE + 1]  # not the 8 MiB after it
+    assert sizes == [HEADER_SIZE, len(data) + 1]  # the header, then the file from its start: not the 8 MiB after it
 
 
 def test_special_files_are_refused_without_blocking(tmp_path):
