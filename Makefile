@@ -7,7 +7,7 @@ SRC    ?= policies-src
 OUT    ?= policies
 LISTEN ?= 127.0.0.1:8181
 
-.PHONY: run test bench venv clean
+.PHONY: run test lint bench venv clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Lint and strict type checks of the product code (what .ci/run runs before the tests).
+lint: $(STAMP)
+	$(BIN)/ruff check runtime compiler cli grammar
+	PYTHON=$(BIN)/python .ci/typecheck
 
 # Benchmarks and peers (docs/benchmarks.md); BENCH_DOC=docs/benchmarks.md also rewrites its table.
 bench: $(STAMP)
