@@ -19,7 +19,7 @@ _meta: dict = {}
 
 def record(key: str, title: str, value: float, unit: str, *, bar: float | None = None,
            op: str = "<=", note: str = "", **extra) -> None:
-    """Record one figure; ``bar``/``op`` give the PRODUCT.md section 6 bar, if any."""
+    """Record one figure; ``bar``/``op`` give its speed bar (docs/benchmarks.md), if any."""
     fig = {"key": key, "title": title, "value": value, "unit": unit, "bar": bar, "op": op, "note": note}
     fig.update(extra)
     _figures[:] = [f for f in _figures if f["key"] != key]

@@ -87,6 +87,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _figures:
         return
     data = {"meta": _meta, "figures": _figures}
-    terminalreporter.write_sep("=", "polc benchmark figures (PRODUCT.md section 6 bars)")
+    terminalreporter.write_sep("=", "polc benchmark figures and their bars")
     terminalreporter.write_line(report.render_text(data))
     terminalreporter.write_line(f"results: {RESULTS}; write docs with: python benchmarks/report.py --write docs/benchmarks.md")

@@ -4,7 +4,7 @@ It implements docs/design.md's semantics independently of ``polc.runtime``
 (its own host, path and string matchers), so that every engine -- polc
 included -- is checked against it before anything is timed.
 
-It doubles as the "plain dict-and-loop evaluator" of PRODUCT.md section 6:
+It doubles as the plain dict-and-loop evaluator the benchmarks compare with:
 rules are grouped in a dict by ``(module, capability)`` and scanned in a loop.
 
 ``decide(module, cap, args)`` returns ``(allowed, where)`` where ``where`` is

@@ -5,7 +5,7 @@ poll thread is asleep (reload interval of an hour), with nothing changed on
 disk. Bar: the step costs at most 1.5x a bare ``os.stat`` of every artifact
 measured in the same run.
 
-PRODUCT.md section 8's GIL convoy: the same two measurements again while
+The GIL convoy (docs/runtime.md): the same two measurements again while
 another thread calls ``check()`` in a loop (figures for information; each
 GIL-releasing call can cost up to the 5 ms switch interval).
 """

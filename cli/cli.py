@@ -8,6 +8,7 @@ compile`` never pays for the HTTP server.
 from __future__ import annotations
 
 import importlib
+from typing import cast
 
 import click
 
@@ -41,7 +42,7 @@ class _LazyGroup(click.Group):
             if exc.name != module_name:
                 raise
             return None  # command not built yet
-        return getattr(module, attr)
+        return cast(click.Command, getattr(module, attr))
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

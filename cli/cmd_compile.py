@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-_FORMATS = click.Choice(["text", "json"])
+from polc.errors import failure
+from polc.options import format_option
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _common(f):
-    f = click.option("--format", "fmt", type=_FORMATS, default="text", show_default=True,
-                     help="text diagnostics on stderr, or one JSON document on stdout")(f)
+def _common(f: F) -> F:
+    f = format_option("text diagnostics on stderr, or one JSON document on stdout")(f)
     f = click.option("-q", "--quiet", count=True, help="less output (no summary)")(f)
     f = click.option("-v", "--verbose", count=True, help="more output (one line per module)")(f)
     f = click.option("--strict", is_flag=True, help="treat warnings as errors")(f)
@@ -28,8 +32,21 @@ def _common(f):
     return f
 
 
-def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=None, source_root=None,
-         stdin_name=None, wait=True) -> None:
+def _run(
+    srcs: tuple[str, ...],
+    out: str | None,
+    jobs: int,
+    force: bool,
+    strict: bool,
+    verbose: int,
+    quiet: int,
+    fmt: str,
+    write: bool,
+    sign: str | None = None,
+    source_root: str | None = None,
+    stdin_name: str | None = None,
+    wait: bool = True,
+) -> None:
     from polc.compiler.diagnostics import visible
     from polc.compiler.driver import compile_paths
 
@@ -40,8 +57,7 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
         try:
             key = load_signing_key(sign)
         except (KeyFileError, SigningUnavailableError) as exc:
-            click.echo(f"polc: error: {exc}", err=True)
-            sys.exit(2)
+            raise failure(exc) from None
     report = compile_paths(list(srcs), out, jobs=jobs, force=force, strict=strict, write=write,
                            sign_key=key, source_root=source_root, stdin_name=stdin_name, wait=wait,
                            on_wait=lambda message: click.echo(f"polc: {visible(message)}", err=True))
@@ -55,7 +71,7 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
         click.echo(report.render_diagnostics(), err=True)
     if report.fatal:
         click.echo(f"polc: error: {visible(report.fatal)}", err=True)
-        sys.exit(2)
+        sys.exit(report.exit_code)  # a usage or I/O problem
     if verbosity > 0:
         if report.removed_debris:
             click.echo(f"removed {report.removed_debris} temporary file(s) of interrupted compiles "
@@ -80,7 +96,19 @@ def _run(srcs, out, jobs, force, strict, verbose, quiet, fmt, write: bool, sign=
                    "so 'polc compile policies-src' records policies-src/NAME.pol]")
 @click.option("--no-wait", "no_wait", is_flag=True,
               help="fail (exit 2) instead of waiting when another compile is writing to OUT")
-def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, source_root, no_wait):
+def compile_cmd(
+    srcs: tuple[str, ...],
+    out: str | None,
+    jobs: int,
+    force: bool,
+    strict: bool,
+    verbose: int,
+    quiet: int,
+    fmt: str,
+    sign: str | None,
+    source_root: str | None,
+    no_wait: bool,
+) -> None:
     """Compile policy sources (files or directories of *.pol) into NAME.bin artifacts.
 
     Artifacts record each source's path relative to the source root, so one
@@ -97,7 +125,9 @@ def compile_cmd(srcs, out, jobs, force, strict, verbose, quiet, fmt, sign, sourc
 @click.option("--stdin-filename", default=None, metavar="NAME",
               help="the name of the source read from '-' in diagnostics [default: <stdin>]; "
                    "a file of that name among SRC is replaced by it")
-def check_cmd(srcs, jobs, strict, verbose, quiet, fmt, stdin_filename):
+def check_cmd(
+    srcs: tuple[str, ...], jobs: int, strict: bool, verbose: int, quiet: int, fmt: str, stdin_filename: str | None
+) -> None:
     """Check policy sources without writing anything.
 
     SRC '-' reads one source from standard input (for editors and hooks):

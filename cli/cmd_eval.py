@@ -18,6 +18,8 @@ import sys
 
 import click
 
+from polc.errors import EXIT_DENIED, EXIT_OK, UsageOrIOError, failure
+from polc.options import format_option
 from polc.runtime import PolicyAgent
 from polc.runtime.catalog import BUILTINS, GLOBAL_MODULE, INT, PORT, Capability
 
@@ -27,7 +29,8 @@ def _signature(agent: PolicyAgent, module: str, capability: str) -> Capability |
     mod = snap.modules.get(module) if module != GLOBAL_MODULE else None
     for linked in (mod, snap.glob):
         if linked is not None and capability in linked.caps:
-            return linked.caps[capability]
+            found: Capability = linked.caps[capability]
+            return found
     return BUILTINS.get(capability)
 
 
@@ -51,6 +54,7 @@ def _call(capability: str, args: tuple[object, ...]) -> str:
     return f"{capability}({', '.join(json.dumps(a) for a in args)})"
 
 
+_PREFIX = "polc eval: "
 _NEGATIVE_NUMBER = re.compile(r"-[0-9]")
 
 
@@ -108,14 +112,7 @@ class _EvalCommand(click.Command):
 @click.argument("module")
 @click.argument("capability")
 @click.argument("args", nargs=-1, metavar="[ARG]...")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@format_option()
 def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...], fmt: str) -> None:
     """Decide MODULE's use of CAPABILITY(ARG...) with the artifacts in POLICY_DIR.
 
@@ -129,13 +126,11 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
     """
     if not os.path.isdir(policy_dir):
         what = "not a directory" if os.path.exists(policy_dir) else "no such directory"
-        click.echo(f"polc eval: {policy_dir}: {what}", err=True)
-        sys.exit(2)
+        raise UsageOrIOError(f"{policy_dir}: {what}", prefix=_PREFIX)
     try:
         agent = PolicyAgent(policy_dir, reload=False).start()
     except ValueError as exc:
-        click.echo(f"polc eval: {exc}", err=True)
-        sys.exit(2)
+        raise failure(exc, prefix=_PREFIX) from None
     status = agent.status()
     for info in status["modules"].values():
         if info["last_error"]:
@@ -156,4 +151,4 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
         click.echo(f"  reason:   {d.reason}")
         click.echo(f"  rule:     {d.rule or '-'}")
         click.echo(f"  revision: {d.revision or '-'}")
-    sys.exit(0 if d.allowed else 1)
+    sys.exit(EXIT_OK if d.allowed else EXIT_DENIED)

@@ -17,14 +17,16 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from typing import Any
 
 import click
 
+from polc.errors import EXIT_FAILED, failure
+from polc.options import format_option
 from polc.runtime import bytecode as bc
 from polc.runtime.artifact import (
     FLAG_SIGNED,
+    HEADER_SIZE,
     MAGIC,
     Artifact,
     ArtifactError,
@@ -33,11 +35,7 @@ from polc.runtime.artifact import (
     read_artifact,
     read_artifact_bytes,
     unpack_payload,
-    HEADER_SIZE,
 )
-
-EXIT_BAD_ARTIFACT = 1
-EXIT_USAGE = 2
 
 
 def _signature_info(art: Artifact) -> dict[str, Any]:
@@ -52,12 +50,12 @@ def _signature_info(art: Artifact) -> dict[str, Any]:
         return info
     try:
         signing = importlib.import_module("polc.runtime.signing")
-        describe = getattr(signing, "describe_trailer")
+        describe = signing.describe_trailer
     except (ImportError, AttributeError):
         return info
     try:
         extra = describe(art.header, art.trailer)
-    except Exception as exc:  # noqa: BLE001 - a description must not break inspect
+    except Exception as exc:  # a description must not break inspect
         info["error"] = f"{type(exc).__name__}: {exc}"
         return info
     if isinstance(extra, dict):
@@ -117,7 +115,7 @@ def build_report(path: str, data: bytes, art: Artifact) -> dict[str, Any]:
                 "location": r.location(art.source),
                 "line": r.line,
                 "col": r.col,
-                "args": [_arg_json(p.name, a) for p, a in zip(r.cap.params, r.args)],
+                "args": [_arg_json(p.name, a) for p, a in zip(r.cap.params, r.args, strict=False)],
                 "text": bc.format_rule(r, art.source),
             }
             for r in art.rules
@@ -132,7 +130,7 @@ def _builtin(name: str) -> object:
     return BUILTINS.get(name)
 
 
-def _arg_json(param: str, arg: tuple) -> dict[str, Any]:
+def _arg_json(param: str, arg: tuple[Any, ...]) -> dict[str, Any]:
     op = arg[0]
     out: dict[str, Any] = {"param": param, "op": bc.OPCODE_NAMES[op]}
     if op == bc.INT_RANGE:
@@ -197,14 +195,7 @@ def render_text(report: dict[str, Any]) -> str:
 
 @click.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@format_option()
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--trust", "trust_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also require a signature by a key of this trust file (docs/security.md).")
@@ -223,19 +214,16 @@ def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> N
         try:
             trust = TrustConfig.from_file(trust_file)
         except (TrustConfigError, SigningUnavailableError) as exc:
-            click.echo(f"polc: error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            raise failure(exc) from None
     try:
         data = read_artifact_bytes(file)
         art = read_artifact(
             data, expected_module=module_for_path(file), trust=trust, file_name=os.path.basename(file)
         )
     except UnreadableArtifact as exc:
-        click.echo(f"{shown}: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        raise failure(exc, prefix=f"{shown}: error: ") from None
     except ArtifactError as exc:
-        click.echo(f"{shown}: error: {bc.printable(str(exc))}", err=True)
-        sys.exit(EXIT_BAD_ARTIFACT)
+        raise failure(exc, default=EXIT_FAILED, message=bc.printable(str(exc)), prefix=f"{shown}: error: ") from None
     report = build_report(os.fspath(file), data, art)
     if trust is not None:  # read_artifact verified it
         signer = trust.get(report["signature"].get("key_id") or "")

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from polc.errors import UsageOrIOError
+
 log = logging.getLogger("polc.run")
 
 _DEFAULT_LISTEN = "127.0.0.1:8181"
@@ -83,32 +85,26 @@ def _example_curl(url: str, modules: dict[str, Any], token_file: str | None = No
     return f"curl -s {url}/v1/check {_JSON_HEADER}{auth} -d {shlex.quote(json.dumps(body))}"
 
 
-def _fail(message: str) -> None:
-    """A usage or I/O error before serving: one line on stderr, exit 2."""
-    click.echo(f"polc: error: {message}", err=True)
-    sys.exit(2)
-
-
 _MAX_TOKEN = 4096
 
 
 def _read_token(path: str, where: str) -> bytes:
     """The bearer token in ``path``: one line of visible ASCII; surrounding whitespace is dropped."""
     if not path.strip():
-        _fail(f"{where} is empty; name the file that holds the bearer token")
+        raise UsageOrIOError(f"{where} is empty; name the file that holds the bearer token")
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_TOKEN + 1)
             mode = os.fstat(f.fileno()).st_mode
     except OSError as exc:
-        _fail(f"cannot read token file {path}: {exc.strerror or exc}")
+        raise UsageOrIOError(f"cannot read token file {path}: {exc.strerror or exc}") from None
     token = data.strip()
     if len(data) > _MAX_TOKEN:
-        _fail(f"token file {path}: longer than {_MAX_TOKEN} bytes")
+        raise UsageOrIOError(f"token file {path}: longer than {_MAX_TOKEN} bytes")
     if not token:
-        _fail(f"token file {path} is empty; an empty token would let every client in")
+        raise UsageOrIOError(f"token file {path} is empty; an empty token would let every client in")
     if any(b < 0x21 or b > 0x7E for b in token):
-        _fail(f"token file {path}: the token must be one line of visible ASCII characters (no spaces)")
+        raise UsageOrIOError(f"token file {path}: the token must be one line of visible ASCII characters (no spaces)")
     if len(token) < 16:
         log.warning("token file %s: the token is only %d characters; use 32 or more random ones", path, len(token))
     if mode & 0o077:
@@ -131,7 +127,9 @@ def _check_host_names(names: tuple[str, ...]) -> list[str]:
             ipaddress.ip_address(bare)
         except ValueError:
             if text != "*" and not _HOST_NAME.fullmatch(text):
-                raise click.BadParameter(f"{name!r} is not a host name or an IP address", param_hint="--allow-host")
+                raise click.BadParameter(
+                    f"{name!r} is not a host name or an IP address", param_hint="--allow-host"
+                ) from None
         out.append(bare)
     return out
 
@@ -281,16 +279,22 @@ def run_cmd(
         raise click.UsageError("give POLICY_DIR or set POLC_POLICY_DIR")
     if no_reload and reload_interval:
         raise click.UsageError("--no-reload and --reload-interval contradict each other")
-    from polc import server
+    from polc.server.serve import ServerExtraMissing, require_server_extra
 
     try:
-        server.require_server_extra()
-    except server.ServerExtraMissing as exc:
-        _fail(str(exc))
+        require_server_extra()
+    except ServerExtraMissing as exc:
+        raise UsageOrIOError(str(exc)) from None
     from polc.runtime import PolicyAgent
+    from polc.server.app import DecisionApp
+    from polc.server.guard import Limits
+    from polc.server.listen import bind, is_loopback, parse_listen, url_of
+    from polc.server.metrics import Metrics
+    from polc.server.serve import serve
+    from polc.server.wire import parse_origin
 
     try:
-        host, port = server.parse_listen(listen)
+        host, port = parse_listen(listen)
     except ValueError as exc:
         if listen_from == "POLC_LISTEN":
             raise click.UsageError(f"POLC_LISTEN={os.environ['POLC_LISTEN']!r}: {exc}") from None
@@ -300,7 +304,7 @@ def run_cmd(
             raise click.BadParameter(f"{value} is not a number of seconds", param_hint=hint)
     hosts = _check_host_names(allow_hosts)
     try:
-        origins = [server.parse_origin(o) for o in allow_origins]
+        origins = [parse_origin(o) for o in allow_origins]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-origin") from None
 
@@ -332,16 +336,15 @@ def run_cmd(
     # Reload messages ("reloaded tenant.acme (14 rules)", "reload failed, keeping
     # previous: ...") are the agent's own, on the "polc" logger; the events feed
     # the metrics and the reload endpoint's view of removed files.
-    metrics = server.Metrics()
+    metrics = Metrics()
     agent.subscribe(metrics.on_event)
 
     try:
-        sock = server.bind(host, port)
+        sock = bind(host, port)
     except OSError as exc:
-        click.echo(f"polc: cannot listen on {listen}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
-    url = server.url_of(sock)
-    app = server.DecisionApp(
+        raise UsageOrIOError(f"cannot listen on {listen}: {exc.strerror or exc}", prefix="polc: ") from None
+    url = url_of(sock)
+    app = DecisionApp(
         agent,
         max_body=max_body,
         max_batch=max_batch,
@@ -351,8 +354,8 @@ def run_cmd(
         allow_origins=origins,
         token=token,
     )
-    limits = server.Limits(header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
-    if not server.is_loopback(host):
+    limits = Limits(header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
+    if not is_loopback(host):
         if token is None:
             log.warning("listening on %s, not loopback: the decision API has no authentication (--token-file)", url)
         else:
@@ -387,7 +390,7 @@ def run_cmd(
         log.error("start-up failed: %s", exc)
         return 1
 
-    status = server.serve(
+    status = serve(
         app,
         sock,
         start_agent=agent.start,

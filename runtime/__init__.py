@@ -10,6 +10,21 @@ The public API::
             raise PermissionError(decision.reason)
 """
 
+# Type checkers read the imports below (they treat TYPE_CHECKING as true);
+# at run time __getattr__ imports the names on first use. Not `from typing
+# import TYPE_CHECKING`: `import polc.runtime` does not import typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .agent import (
+        DEFAULT_RELOAD_INTERVAL,
+        PolicyAgent,
+        PolicyLoadError,
+        ReloadEvent,
+        ReloadFailure,
+        ReloadResult,
+    )
+    from .enforcer import Decision, Snapshot
+
 # The agent and the enforcer are imported on first use (PEP 562), so tools
 # that only read or write artifacts (polc compile, polc inspect) do not pay
 # for them at start-up: about 40 ms of `import polc.runtime.artifact`.
@@ -24,20 +39,31 @@ _EXPORTS = {
     "Snapshot": "enforcer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_RELOAD_INTERVAL",
+    "Decision",
+    "PolicyAgent",
+    "PolicyLoadError",
+    "ReloadEvent",
+    "ReloadFailure",
+    "ReloadResult",
+    "Snapshot",
+]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'polc.runtime' has no attribute {name!r}")
-    # An import statement, not importlib.import_module: the latter bypasses
-    # `python -X importtime`, which tests/test_layering.py reads.
-    from . import agent, enforcer
+if not TYPE_CHECKING:  # type checkers see the names imported above, and no catch-all
 
-    value = getattr(agent if module == "agent" else enforcer, name)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'polc.runtime' has no attribute {name!r}")
+        # An import statement, not importlib.import_module: the latter bypasses
+        # `python -X importtime`, which tests/test_layering.py reads.
+        from . import agent, enforcer
+
+        value = getattr(agent if module == "agent" else enforcer, name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

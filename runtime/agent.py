@@ -83,8 +83,8 @@ SWEEP_DIR_CHECK_S = 0.005
 # While a poll step runs, the interpreter's switch interval is lowered to
 # this (seconds; None: leave it alone). Every system call of the step
 # releases the GIL, and getting it back from a thread that keeps it busy
-# takes up to the switch interval (5 ms by default): PRODUCT.md section 8's
-# convoy. Process-global, so shared by every agent (see _FastSwitch).
+# takes up to the switch interval (5 ms by default): the GIL convoy of
+# docs/runtime.md. Process-global, so shared by every agent (see _FastSwitch).
 POLL_SWITCH_INTERVAL: float | None = 0.0002
 # How long a reload waits for another thread that is delivering events
 # (its subscribers are slow, or wait for this thread) before returning.

@@ -1,6 +1,6 @@
 """Ed25519-signed artifacts, trust configuration and the policy directory guard.
 
-This is the runtime half of issue 7 (the threat model is in
+This is the runtime half of artifact signing (the threat model is in
 ``docs/security.md``).  Three things live here:
 
 * the **signature block** (format v1) that a signed artifact carries as its

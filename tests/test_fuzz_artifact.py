@@ -1,6 +1,6 @@
 """Exhaustive and fuzzed damage to real artifacts: the reader rejects it with its own errors.
 
-PRODUCT.md section 7 and issue 3: truncation at every byte offset, every single-bit
+Truncation at every byte offset, every single-bit
 flip, arbitrary bytes, well-formed headers around random msgpack, and payloads
 mutated from a real one. Any input gives an ArtifactError (or, for a mutated
 payload that is still valid, an artifact the reference verifier agrees with),

@@ -1,4 +1,4 @@
-"""Failure behaviour of the reloader (PRODUCT.md section 5), with real files
+"""Failure behaviour of the reloader (docs/runtime.md), with real files
 and the real polling thread at a short interval."""
 
 from __future__ import annotations

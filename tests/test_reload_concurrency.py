@@ -84,7 +84,7 @@ def test_readers_see_old_or_new_policy_across_1000_swaps(tmp_path: Path):
         counts[k] = n
 
     # Readers spin in pure Python; a short switch interval lets the swapping
-    # thread get the GIL back after each file operation (PRODUCT.md section 8).
+    # thread get the GIL back after each file operation (the GIL convoy of docs/runtime.md).
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]

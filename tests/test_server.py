@@ -7,6 +7,7 @@ tests/test_run.py; these pin the wire contract of docs/http-api.md cheaply.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import re
 from dataclasses import dataclass, field
@@ -690,8 +691,8 @@ def test_malformed_or_repeated_host_is_400_and_no_host_is_served():
 def test_a_token_guards_every_endpoint_but_healthz(monkeypatch):
     app, agent = _app(token="s3cret-token-0123456789")
     compared = []
-    real = server.hmac.compare_digest
-    monkeypatch.setattr(server.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
     requests = [("POST", "/v1/check", _json_body()), ("POST", "/v1/check/batch", b'{"requests": []}'),
                 ("POST", "/policy/reload", b""), ("GET", "/v1/status", b""), ("GET", "/metrics", b""),
                 ("GET", "/nope", b"")]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Signature block, signing, trust configuration and directory guard (issue 7).
+"""Signature block, signing, trust configuration and directory guard.
 
 These tests build artifacts from the byte layout of docs/design.md directly,
 so they pin the format rather than one writer's implementation; the agent

@@ -1,4 +1,4 @@
-"""polc compile --sign: artifacts are signed, and the signer is part of up to date (issue 7)."""
+"""polc compile --sign: artifacts are signed, and the signer is part of up to date."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7 in a running agent: trusted signatures gate every load, and in every
+"""Signing in a running agent: trusted signatures gate every load, and in every
 rejected case the previous policy keeps deciding while the poller runs.
 
 Artifacts come from the real compiler and are signed with runtime/signing.py;
@@ -129,7 +129,7 @@ def assert_rejected_keeps_previous(
         time.sleep(INTERVAL / 5)
 
 
-# -- issue 7, "what it must show" ------------------------------------------------
+# -- what signing must show in a running agent ----------------------------------
 
 
 def test_signed_artifact_loads(pdir):
