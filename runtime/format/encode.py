@@ -40,23 +40,28 @@ def assemble(rules: Iterable[EncodableRule]) -> tuple[list[Any], list[str], list
     const_index: dict[str, int] = {}
     consts: list[str] = []
     code: list[Any] = []
+    # locals: the compiler encodes every rule of every module through here
+    emit = code.append
+    cap_of = cap_index.get
+    const_of = const_index.get
+    pooled = CONST_OPS
     for effect, cap, line, col, args in rules:
-        c = cap_index.get(cap.name)
+        c = cap_of(cap.name)
         if c is None:
             c = cap_index[cap.name] = len(caps)
             caps.append([cap.name, [[p.name, p.type] for p in cap.params]])
-        code.append([RULE, effect, c, line, col])
+        emit([RULE, effect, c, line, col])
         for arg in args:
             op = arg[0]
-            if op in CONST_OPS:
+            if op in pooled:
                 const = arg[1]
-                k = const_index.get(const)
+                k = const_of(const)
                 if k is None:
                     k = const_index[const] = len(consts)
                     consts.append(const)
-                code.append([op, k])
+                emit([op, k])
             else:
-                code.append(list(arg))
+                emit([*arg])
     return caps, consts, code
 
 
