@@ -1,18 +1,19 @@
 """Payload bytes: packing, unpacking whole, and the bounded reader ``read_artifact`` uses.
 
-:func:`pack_payload` writes a payload map with its keys in the fixed order;
-:func:`unpack_payload` unpacks accepted payload bytes whole (for listings);
+:func:`pack_payload` writes a payload map with its keys in the fixed order.
 :func:`read_payload` / :func:`read_program` check, verify and link untrusted
-payload bytes in bounded memory and time, a window at a time (docs/artifact-
-format.md, "What reading a payload costs"). Every failure is a
-``MalformedPayload``.
+payload bytes in bounded memory and time, a window at a time
+(docs/artifact-format.md, "What reading a payload costs").
+:func:`read_fields` reads a few fields of payload bytes without building the
+rest; :func:`unpack_payload` unpacks accepted payload bytes whole. Every
+failure is a ``MalformedPayload``.
 """
 
 from __future__ import annotations
 
 import gc
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from itertools import chain, islice
 from typing import Any
 
@@ -28,6 +29,7 @@ from .program import Program, Rule
 __all__ = [
     "MAX_PAYLOAD_KEYS",
     "pack_payload",
+    "read_fields",
     "read_payload",
     "read_program",
     "unpack_payload",
@@ -148,6 +150,92 @@ def read_payload(payload: bytes | bytearray | memoryview, *, allow_unknown_keys:
     return read_program(payload, 0, len(payload), allow_unknown_keys)
 
 
+def read_fields(payload: bytes | bytearray | memoryview, keys: Collection[str]) -> dict[str, Any]:
+    """The values of ``keys`` in a payload map, unpacked; every other value skipped without being built.
+
+    For tools that need a few fields of a payload whose digest matched (the
+    compiler's up-to-date check: ``module``, ``compiler``, ``source``,
+    ``source_digest``, ``caps``; ``polc inspect``'s listing: ``code``). A key
+    the payload lacks is absent from the result. Nothing is verified beyond
+    the top-level map (at most ``MAX_PAYLOAD_KEYS`` string keys, each once,
+    nothing after it); memory is bounded by the values asked for. Raises
+    :class:`MalformedPayload`.
+    """
+    try:
+        if len(payload) <= _FIELDS_WHOLE_MAX:
+            found = _fields_whole(bytes(payload), keys)
+            if found is not None:
+                return found
+        return _fields(memoryview(payload), keys)
+    except VerifyError as exc:
+        message = f"malformed payload: {exc}"
+    except _NotMsgpack as exc:
+        message = f"payload is not valid msgpack: {exc}"
+    except RecursionError:
+        message = "malformed payload: nested too deeply"
+    raise MalformedPayload(message)
+
+
+# Up to this size a payload is unpacked whole when that is safe (see
+# _read_whole) and the fields picked from it; beyond it, walking the map and
+# skipping what is not asked for is faster (17 us against 22 us at 3.4 KB).
+_FIELDS_WHOLE_MAX = 4 * 1024
+
+
+def _fields_whole(data: bytes, keys: Collection[str]) -> dict[str, Any] | None:
+    """:func:`read_fields` of a small payload unpacked whole; None when the walk must decide."""
+    if _too_many_claims(data, 0, len(data)):
+        return None
+    try:
+        obj = msgpack.unpackb(data, **_WHOLE_LIMITS)
+    except Exception:
+        return None
+    if type(obj) is not dict or len(obj) != _map_count(data, 0) or not all(type(k) is str for k in obj):
+        return None  # not a map, a key given twice, or a key that is not a string
+    return {k: obj[k] for k in keys if k in obj}
+
+
+def _fields(buf: memoryview, keys: Collection[str]) -> dict[str, Any]:
+    n = len(buf)
+    if n == 0:
+        raise _NotMsgpack("the payload is empty")
+    family, count, pos = _head(buf, 0, "the payload")
+    if family != _MAP:
+        raise VerifyError(f"payload: expected map, got {_kind(buf, 0)}")
+    if count > MAX_PAYLOAD_KEYS:
+        raise VerifyError(f"payload: a map of {count:,} keys, more than the {MAX_PAYLOAD_KEYS} a payload may have")
+    seen: set[str] = set()
+    out: dict[str, Any] = {}
+    for _ in range(count):
+        family, size, at = _head(buf, pos, "a payload key")
+        if family != _STR:
+            raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
+        _check_string(size, "a payload key")
+        key = _text(buf, at, size, "a payload key")
+        if key in seen:
+            raise VerifyError(f"payload: key {key[:100]!r} appears twice")
+        seen.add(key)
+        start = at + size
+        pos = _skip(buf, start, key[:100])
+        if key in keys:
+            out[key] = _value(buf[start:pos], key[:100])
+    if pos != n:
+        raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
+    return out
+
+
+def _value(piece: memoryview, what: str) -> Any:
+    """The one msgpack value ``piece`` holds (``_skip`` found its end), every limit bounded by its length."""
+    n = len(piece)
+    try:
+        return msgpack.unpackb(
+            piece, use_list=False, raw=False, strict_map_key=True,
+            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2, max_ext_len=n,
+        )
+    except Exception as exc:
+        raise _NotMsgpack(f"the value of {what!r}: {_describe(exc)}") from None
+
+
 def read_program(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> Program:
     """The payload ``data[start:end]``, read whole when that is safe and by windows otherwise.
 
@@ -195,16 +283,23 @@ _WHOLE_LIMITS = dict(
 
 
 def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> Program | None:
+    if _too_many_claims(data, start, end):
+        return None
+    program: Program | None = _paused(_whole, data, start, end, allow_unknown_keys)
+    return program
+
+
+def _too_many_claims(data: bytes | bytearray, start: int, end: int) -> bool:
+    """More than _WHOLE_CLAIMS bytes of ``data[start:end]`` that could be array headers msgpack reserves for."""
     claims = 0
     for marker in (b"\xdc", b"\xdd"):
         at = data.find(marker, start, end)
         while at >= 0:
             claims += 1
             if claims > _WHOLE_CLAIMS:
-                return None
+                return True
             at = data.find(marker, at + 1, end)
-    program: Program | None = _paused(_whole, data, start, end, allow_unknown_keys)
-    return program
+    return False
 
 
 def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> Program | None:
