@@ -65,6 +65,7 @@ _CAP_NAME = MODULE_NAME
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
+
 def _tname(value: object) -> str:
     if value is None:
         return "nil"
