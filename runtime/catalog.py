@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The argument types of the language (docs/compiler.md).
+# The argument types of the language (docs/compiler.md, "The language").
 HOST = "host"
 PORT = "port"
 PATH = "path"

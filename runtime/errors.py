@@ -3,12 +3,167 @@
 Catch :class:`PolcError` to catch them all. Each class keeps the built-in
 base it had before it moved here (``ValueError``, ``RuntimeError``, ...), so
 code that catches the built-in keeps working.
+
+This module imports nothing: every other runtime module may import it.
 """
 
 from __future__ import annotations
 
-__all__ = ["PolcError"]
+__all__ = [
+    "ArtifactError",
+    "BadHeader",
+    "BadMagic",
+    "BadSignatureError",
+    "DigestMismatch",
+    "KeyFileError",
+    "KeyScopeError",
+    "MalformedPayload",
+    "ModuleNameMismatch",
+    "PatternError",
+    "PayloadTooLarge",
+    "PolcError",
+    "SignatureError",
+    "SigningUnavailableError",
+    "TrailingData",
+    "Truncated",
+    "TrustConfigError",
+    "UnknownKeyError",
+    "UnreadableArtifact",
+    "UnsignedArtifactError",
+    "UnsupportedVersion",
+    "VerifyError",
+]
 
 
 class PolcError(Exception):
     """The root of every exception polc raises on purpose."""
+
+
+# ---------------------------------------------------------------------------
+# The artifact format: what ``read_artifact`` and the writers raise
+# (docs/artifact-format.md, "Verification order").
+
+
+class ArtifactError(PolcError):
+    """Root of every artifact failure. ``str(e)`` is the precise message,
+    ``e.reason`` a short fixed phrase for logs and metrics."""
+
+    reason = "bad artifact"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class BadMagic(ArtifactError):
+    reason = "bad magic"
+
+
+class UnsupportedVersion(ArtifactError):
+    reason = "unsupported format version"
+
+    def __init__(self, message: str, *, major: int, minor: int) -> None:
+        super().__init__(message)
+        self.major = major
+        self.minor = minor
+
+
+class BadHeader(ArtifactError):
+    """Unknown flag bits, or a trailer that does not agree with the flags."""
+
+    reason = "bad header"
+
+
+class Truncated(ArtifactError):
+    reason = "truncated"
+
+
+class TrailingData(ArtifactError):
+    reason = "trailing data"
+
+
+class PayloadTooLarge(ArtifactError):
+    reason = "payload too large"
+
+
+class DigestMismatch(ArtifactError):
+    reason = "checksum mismatch"
+
+
+class MalformedPayload(ArtifactError):
+    reason = "malformed payload"
+
+
+class ModuleNameMismatch(ArtifactError):
+    reason = "module name mismatch"
+
+
+class UnreadableArtifact(ArtifactError):
+    """The file could not be read; ``__cause__`` is the OSError, ``errno`` its errno."""
+
+    reason = "unreadable"
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class VerifyError(PolcError, ValueError):
+    """A payload that is not a well-formed format-1 payload.
+
+    The reader re-raises it as :class:`MalformedPayload`; it escapes only
+    from the verifier's own functions (``verify_payload`` and its pieces).
+    """
+
+
+# ---------------------------------------------------------------------------
+# Patterns
+
+
+class PatternError(PolcError, ValueError):
+    """A rule argument that is not a valid pattern; the message is for people."""
+
+
+# ---------------------------------------------------------------------------
+# Signatures and trust (docs/security.md)
+
+
+class SignatureError(ArtifactError):
+    """An artifact was rejected by the trust configuration.
+
+    Subclasses say why; ``str(exc)`` is the reason an operator reads in the
+    reload log (``keeping previous: tenant.acme.bin: signature does not verify``).
+    """
+
+
+class UnsignedArtifactError(SignatureError):
+    """Trust is configured and the artifact carries no signature."""
+
+
+class BadSignatureError(SignatureError):
+    """The signature block is malformed or the signature does not verify."""
+
+
+class UnknownKeyError(SignatureError):
+    """The artifact is signed by a key the trust configuration does not list."""
+
+
+class KeyScopeError(SignatureError):
+    """A trusted key signed a module it is not allowed to sign."""
+
+
+class SigningUnavailableError(PolcError, RuntimeError):
+    """Signatures are needed but the ``cryptography`` package is not installed."""
+
+
+class TrustConfigError(PolcError, ValueError):
+    """A trust file or trust object is malformed."""
+
+
+class KeyFileError(PolcError, ValueError):
+    """A key file cannot be read or written."""

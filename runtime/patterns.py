@@ -39,28 +39,30 @@ import stat
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any, TypeVar, cast
 
-from .bytecode import HOST_CIDR, HOST_EXACT, HOST_WILD, STR_EXACT, STR_GLOB
 from .catalog import INT, INT_MAX, INT_MIN, PORT, PORT_MAX, PORT_MIN
+from .errors import PatternError
+from .format.opcodes import HOST_CIDR, HOST_EXACT, HOST_WILD, STR_EXACT, STR_GLOB
 
 __all__ = [
+    "RESOLVE_TTL",
+    "Command",
+    "HostAddresses",
     "PatternError",
+    "check_range",
+    "cidr_network",
+    "command_matcher",
+    "command_of",
+    "compile_command",
     "compile_host",
     "compile_path",
     "compile_string",
-    "compile_command",
-    "check_range",
+    "forget_resolutions",
+    "host_wild_matcher",
+    "normalize_command",
     "normalize_host",
     "normalize_path",
-    "normalize_command",
-    "Command",
-    "HostAddresses",
-    "command_matcher",
-    "command_of",
-    "forget_resolutions",
-    "RESOLVE_TTL",
-    "host_wild_matcher",
-    "cidr_network",
     "path_matcher",
     "string_matcher",
 ]
@@ -78,10 +80,6 @@ _DECIMAL = re.compile(r"[0-9]{1,10}\Z")
 SHOWN_MAX = 200
 
 
-class PatternError(ValueError):
-    """A rule argument that is not a valid pattern; the message is for people."""
-
-
 def shown(value: str, limit: int = SHOWN_MAX) -> str:
     """``repr(value)``, cut to about ``limit`` characters with an ellipsis."""
     if len(value) <= limit:
@@ -92,7 +90,7 @@ def shown(value: str, limit: int = SHOWN_MAX) -> str:
 def type_name(value: object) -> str:
     """The name of ``value``'s type, read so that no method of the value or its class runs."""
     try:
-        name = type.__dict__["__name__"].__get__(type(value))
+        name: str = type.__dict__["__name__"].__get__(type(value))
     except Exception:  # pragma: no cover - a type always has a name
         return "?"
     return name if len(name) <= 60 else name[:60] + "..."
@@ -100,11 +98,11 @@ def type_name(value: object) -> str:
 
 def _exact_str(value: object, what: str) -> str:
     """``value`` as an exact ``str`` (a subclass is copied without running its methods)."""
+    if type(value) is str:
+        return value
     t = type(value)
-    if t is str:
-        return value  # type: ignore[return-value]
     if issubclass(t, str):
-        return str.__str__(value)  # type: ignore[arg-type]
+        return str.__str__(cast(str, value))
     raise ValueError(f"expected {what}, got {type_name(value)}")
 
 
@@ -217,7 +215,7 @@ def compile_host(text: str) -> tuple[int, str]:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class HostAddresses(tuple):
+class HostAddresses(tuple[IPAddress, ...]):
     """The addresses one requested IP literal reaches, the literal's own first.
 
     ``normalize_host`` returns one for an address that also reaches an IPv4
@@ -253,7 +251,7 @@ def address_value(addr: IPAddress) -> IPAddress | HostAddresses:
         else:
             n = int(addr)
             hi = n >> 32
-            if hi == _NAT64 or hi == _TRANSLATED or (hi == 0 and n > 1):
+            if hi in (_NAT64, _TRANSLATED) or (hi == 0 and n > 1):
                 return HostAddresses((addr, ipaddress.IPv4Address(n & 0xFFFFFFFF)))
             if n == 0:
                 return HostAddresses((_V6_ANY, _V6_LOOPBACK))
@@ -315,7 +313,7 @@ def host_wild_matcher(const: str) -> Callable[[str], bool]:
 def cidr_network(const: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The network a HOST_CIDR constant matches: an IPv4-mapped block as its IPv4 block."""
     net = ipaddress.ip_network(const, strict=True)
-    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED_NET):  # type: ignore[arg-type]
+    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED_NET):
         return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
     return net
 
@@ -498,7 +496,7 @@ class Command:
     (the names and the text as given).
     """
 
-    __slots__ = ("text", "bare", "paths", "names", "file", "deny_names")
+    __slots__ = ("bare", "deny_names", "file", "names", "paths", "text")
 
     def __init__(
         self, text: str, bare: bool, paths: tuple[str, ...], names: tuple[str, ...], file: FileId | None
@@ -510,15 +508,15 @@ class Command:
         self.file = file
         self.deny_names = names if text in names else (text, *names)
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[Any, ...]:
         return (self.text, self.bare, self.paths, self.names, self.file)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not Command:
             return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
+        return self._key() == other._key()
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and mutable: not hashable
 
     def __repr__(self) -> str:
         return f"Command({self.text!r}, paths={self.paths!r}, names={self.names!r}, file={self.file!r})"
@@ -531,18 +529,19 @@ class Command:
 # exec anyway; what the memo adds is at most RESOLVE_TTL of that.
 RESOLVE_TTL = 1.0
 _RESOLVED_MAX = 4096
-_resolved: dict[tuple, tuple[object, float]] = {}
+_resolved: dict[tuple[Any, ...], tuple[object, float]] = {}
 _UNSET = object()
+_T = TypeVar("_T")
 
 
-def _remembered(key: tuple) -> object:
+def _remembered(key: tuple[Any, ...]) -> object:
     hit = _resolved.get(key)
     if hit is not None and hit[1] > time.monotonic():
         return hit[0]
     return _UNSET
 
 
-def _remember(key: tuple, value: object) -> object:
+def _remember(key: tuple[Any, ...], value: _T) -> _T:
     if len(key[1]) <= MAX_COMMAND_LEN:
         if len(_resolved) >= _RESOLVED_MAX:
             _resolved.clear()
@@ -554,7 +553,7 @@ def _remember(key: tuple, value: object) -> object:
 # it), read without decoding: os.environ keeps the encoded bytes in ``_data``.
 _ENVIRON_DATA = getattr(os.environ, "_data", None)
 try:
-    _PATH_KEY: object = os.environ.encodekey("PATH")  # type: ignore[attr-defined]
+    _PATH_KEY: object = os.environ.encodekey("PATH")
 except AttributeError:  # pragma: no cover - not CPython's os._Environ
     _ENVIRON_DATA = None
     _PATH_KEY = "PATH"
@@ -577,12 +576,12 @@ def _file_id(path: str) -> FileId | None:
     key = ("id", path)
     hit = _remembered(key)
     if hit is not _UNSET:
-        return hit  # type: ignore[return-value]
+        return hit  # type: ignore[return-value]  # the memo holds object: no cast() call on the check path
     try:
         st = os.stat(path)
     except (OSError, ValueError):
-        return _remember(key, None)  # type: ignore[return-value]
-    return _remember(key, (st.st_dev, st.st_ino))  # type: ignore[return-value]
+        return _remember(key, None)
+    return _remember(key, (st.st_dev, st.st_ino))
 
 
 def _path_dirs() -> tuple[tuple[str, ...], object]:
@@ -616,7 +615,7 @@ def _which(name: str) -> tuple[str, FileId] | None:
     key = ("which", name, where)
     hit = _remembered(key) if where is not None else _UNSET
     if hit is not _UNSET:
-        return hit  # type: ignore[return-value]
+        return hit  # type: ignore[return-value]  # the memo holds object: no cast() call on the check path
     for d in dirs:
         p = posixpath.join(d or ".", name)
         try:
@@ -624,8 +623,8 @@ def _which(name: str) -> tuple[str, FileId] | None:
         except (OSError, ValueError):
             continue
         if stat.S_ISREG(st.st_mode) and os.access(p, os.X_OK):
-            return _remember(key, (_lexical(os.path.abspath(p)), (st.st_dev, st.st_ino)))  # type: ignore[return-value]
-    return _remember(key, None)  # type: ignore[return-value]
+            return _remember(key, (_lexical(os.path.abspath(p)), (st.st_dev, st.st_ino)))
+    return _remember(key, None)
 
 
 def _realpath(path: str) -> str:
@@ -633,12 +632,12 @@ def _realpath(path: str) -> str:
     key = ("real", path)
     hit = _remembered(key)
     if hit is not _UNSET:
-        return hit  # type: ignore[return-value]
+        return hit  # type: ignore[return-value]  # the memo holds object: no cast() call on the check path
     try:
         real = os.path.realpath(path)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ValueError(f"command {shown(path)} cannot be resolved ({type_name(exc)})") from None
-    return _remember(key, real)  # type: ignore[return-value]
+    return _remember(key, real)
 
 
 def normalize_command(value: object, *, resolve: bool = True) -> Command:
@@ -690,7 +689,7 @@ def command_of(value: object) -> Command:
     if type(value) is not str or len(value) > MAX_COMMAND_LEN:
         return normalize_command(value)
     if value.startswith("/"):
-        key: tuple = ("cmd", value)
+        key: tuple[Any, ...] = ("cmd", value)
     elif "/" in value:
         try:
             key = ("cmd", value, os.getcwd())
@@ -703,8 +702,8 @@ def command_of(value: object) -> Command:
         key = ("cmd", value, where)
     hit = _remembered(key)
     if hit is not _UNSET:
-        return hit  # type: ignore[return-value]
-    return _remember(key, normalize_command(value))  # type: ignore[return-value]
+        return hit  # type: ignore[return-value]  # the memo holds object: no cast() call on the check path
+    return _remember(key, normalize_command(value))
 
 
 def _glob_dirs(const: str) -> tuple[str, str]:
@@ -744,7 +743,7 @@ def command_matcher(
                 if real == head:
                     return False
                 alt = _string_matcher_cached(real.rstrip("/") + "/" + rest)
-                for p in paths:
+                for p in paths:  # noqa: SIM110 - a check path: a loop is cheaper than any() of a generator
                     if alt(p):
                         return True
                 return False

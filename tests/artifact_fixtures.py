@@ -1,7 +1,8 @@
 """Hand-built artifacts for the artifact, fuzz and inspect tests.
 
-They go through ``bytecode.assemble`` and ``artifact.pack_artifact``, the same
-encoder the compiler uses, but do not need the compiler. ``compiled_artifacts``
+They go through ``format.encode.build_payload`` and
+``format.writer.pack_artifact``, the same encoder and writer the compiler
+uses, but do not need the compiler. ``compiled_artifacts``
 adds the real ones compiled from ``policies-src/`` once the compiler exists.
 """
 
@@ -11,9 +12,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import pack_artifact
 from polc.runtime.catalog import BUILTINS, Capability, Param
+from polc.runtime.format import encode
+from polc.runtime.format import opcodes as bc
+from polc.runtime.format.writer import pack_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES_SRC = ROOT / "policies-src"
@@ -34,7 +36,7 @@ ACME_SOURCE = b"""security module tenant.acme {
 }
 """
 
-# (effect, cap, line, col, args) in the decoded form of bytecode.Rule
+# (effect, cap, line, col, args) in the decoded form of format.program.Rule
 ACME_RULES = [
     (bc.ENTITLE, NET, 2, 5, [(bc.HOST_WILD, "*.acme.com"), (bc.INT_RANGE, 443, 443)]),
     (bc.ENTITLE, NET, 3, 5, [(bc.HOST_EXACT, "api.partner.com"), (bc.INT_RANGE, 443, 443)]),
@@ -61,17 +63,14 @@ def make_payload(
     source: str | None = None,
     source_bytes: bytes = ACME_SOURCE,
 ) -> dict:
-    caps, consts, code = bc.assemble(rules)
-    return {
-        "module": module,
-        "mode": mode,
-        "compiler": "0.1.0",
-        "source": source if source is not None else f"{module}.pol",
-        "source_digest": hashlib.sha256(source_bytes).hexdigest(),
-        "caps": caps,
-        "consts": consts,
-        "code": code,
-    }
+    return encode.build_payload(
+        module=module,
+        mode=mode,
+        compiler="0.1.0",
+        source=source if source is not None else f"{module}.pol",
+        source_digest=hashlib.sha256(source_bytes).hexdigest(),
+        rules=rules,
+    )
 
 
 def make_artifact(module: str = "tenant.acme", rules=ACME_RULES, **kw) -> bytes:

@@ -1,8 +1,8 @@
 """Helpers shared by the runtime tests (enforcer, agent, reload, eval).
 
-Artifacts are built from small rule specs through the same encoder the
-compiler uses (``bytecode.assemble`` + ``artifact.pack_artifact``), so these
-tests need no compiler. A spec rule is ``(effect, capability, args)`` with
+Artifacts are built from small rule specs through the same encoder and
+writer the compiler uses (``format.encode.build_payload`` +
+``format.writer.pack_artifact``), so these tests need no compiler. A spec rule is ``(effect, capability, args)`` with
 ``args`` in source form: ``"*"`` for any, a host/string/path pattern as a
 str, a port/int as an int or an inclusive ``(lo, hi)`` pair; omitted trailing
 arguments are ``"*"``.
@@ -15,10 +15,11 @@ import os
 import time
 from pathlib import Path
 
-from polc.runtime import bytecode as bc
 from polc.runtime import patterns
-from polc.runtime.artifact import pack_artifact, write_atomic
 from polc.runtime.catalog import BUILTINS, Capability
+from polc.runtime.format import encode
+from polc.runtime.format import opcodes as bc
+from polc.runtime.format.writer import pack_artifact, write_atomic
 
 EFFECTS = {"deny": bc.DENY, "entitle": bc.ENTITLE}
 
@@ -47,17 +48,14 @@ def payload(module: str, rules, *, mode: str = "enforce", caps: dict | None = No
         args = list(args) + ["*"] * (cap.arity - len(args))
         enc = [encode_arg(p.type, a) for p, a in zip(cap.params, args)]
         asm.append((EFFECTS[effect], cap, i + 2, 5, enc))
-    caps_, consts, code = bc.assemble(asm)
-    return {
-        "module": module,
-        "mode": mode,
-        "compiler": "test",
-        "source": source or f"src/{module}.pol",
-        "source_digest": hashlib.sha256(repr(rules).encode()).hexdigest(),
-        "caps": caps_,
-        "consts": consts,
-        "code": code,
-    }
+    return encode.build_payload(
+        module=module,
+        mode=mode,
+        compiler="test",
+        source=source or f"src/{module}.pol",
+        source_digest=hashlib.sha256(repr(rules).encode()).hexdigest(),
+        rules=asm,
+    )
 
 
 def artifact_bytes(module: str, rules, **kw) -> bytes:

@@ -391,7 +391,7 @@ def test_file_reads_are_bounded(tmp_path, monkeypatch):
         def __exit__(self, *a):
             self.f.close()
 
-    monkeypatch.setattr(af.os, "fdopen", lambda *a, **k: Spy(real_fdopen(*a, **k)))
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: Spy(real_fdopen(*a, **k)))
     with pytest.raises(TrailingData):
         read_artifact_file(path)
     assert sizes == [HEADER_SIZE, len(data) + 1]  # the header, then the file from its start: not the 8 MiB after it
@@ -476,9 +476,9 @@ def test_write_atomic_cleans_up_on_failure(tmp_path, monkeypatch, fail_at):
             real_write(fd, bytes(data[: len(data) // 2]))
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(af.os, "write", half)
+        monkeypatch.setattr(os, "write", half)
     else:
-        monkeypatch.setattr(af.os, fail_at, boom)
+        monkeypatch.setattr(os, fail_at, boom)
     with pytest.raises(OSError):
         write_atomic(path, b"new contents that are longer")
     monkeypatch.undo()
@@ -490,7 +490,7 @@ def test_write_atomic_cleans_up_on_interrupt(tmp_path, monkeypatch):
     def interrupted(*a):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(af.os, "fsync", interrupted)
+    monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(tmp_path / "x.bin", b"data")
     monkeypatch.undo()

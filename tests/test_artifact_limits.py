@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polc.runtime import artifact as af
+from polc.runtime.format import payload as af
 from polc.runtime import bytecode as bc
 from polc.runtime.artifact import (
     HEADER_SIZE,

@@ -1,0 +1,123 @@
+"""Writing artifacts: :func:`pack_artifact` and the atomic file writes.
+
+:func:`pack_artifact` reads what it packs back through the runtime's own
+reader, so a writer can never produce an artifact agents reject;
+:func:`write_atomic` replaces a file so that readers see the old one or the
+new one, never a mix (docs/artifact-format.md, "Writing").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from .header import build_header
+from .payload import pack_payload
+from .reader import read_artifact
+
+__all__ = ["fsync_dir", "pack_artifact", "process_umask", "stage_file", "write_atomic"]
+
+
+def pack_artifact(payload: dict[str, Any], *, flags: int = 0, trailer: bytes = b"", verify: bool = True) -> bytes:
+    """Header + msgpack payload + trailer.
+
+    With ``verify`` (the default) the payload is read back through the same
+    verifier the runtime uses, so a writer can never produce an artifact the
+    runtime rejects; a failure raises :class:`MalformedPayload`.
+    """
+    body = pack_payload(payload)
+    data = build_header(body, flags=flags, trailer_len=len(trailer)) + body + trailer
+    if verify:
+        read_artifact(data)
+    return data
+
+
+def stage_file(directory: str, data: bytes, *, prefix: str = ".") -> str:
+    """A new temporary file in ``directory`` holding ``data``, fsynced; its path.
+
+    The file is named ``PREFIX*.tmp`` (agents skip names starting with '.') and
+    created with mode 0666 less the umask, like ``open()`` would. On any
+    failure it is removed and the error propagates. Renaming it into place is
+    the caller's step (:func:`write_atomic` does both).
+    """
+    import tempfile  # writers only: agents never pay for importing it
+
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~process_umask())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    A temporary file in the same directory is written, flushed and fsynced
+    (:func:`stage_file`), then renamed over ``path`` with ``os.replace``; the
+    directory is fsynced so the rename survives a crash. On any failure the
+    temporary file is removed and ``path`` is unchanged. The new file is
+    created with mode 0644 (less the umask), like ``open()`` would.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = stage_file(directory, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    fsync_dir(directory)
+
+
+_UMASK: int | None = None
+
+
+def process_umask() -> int:
+    """The process umask, read once and without changing it where the OS allows.
+
+    Writers with threads call it before starting them: where the umask can
+    only be read by setting it, another thread must not create files meanwhile.
+    """
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Umask:"):
+                        _UMASK = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        if _UMASK is None:  # os.umask can only be read by setting it: do that once
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+def fsync_dir(directory: str) -> None:
+    """Make the renames in ``directory`` durable (where the OS supports it)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not supported here (e.g. some network filesystems)
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
