@@ -11,6 +11,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
+
+from polc.runtime.errors import PolcError
+
+from .errors import EXIT_ERRORS
 
 ERROR = "error"
 WARNING = "warning"
@@ -184,8 +189,10 @@ def did_you_mean(word: str, candidates: Iterable[str], **kw) -> str:
     return f"; did you mean '{hit}'?" if hit else ""
 
 
-class CompileError(Exception):
-    """Raised by the in-memory API's ``check()`` when a source has errors."""
+class CompileError(PolcError):
+    """Raised by the in-memory API's ``check()`` when a source has errors (exit 1)."""
+
+    exit_code: ClassVar[int] = EXIT_ERRORS
 
     def __init__(self, diagnostics: list[Diagnostic], text: str) -> None:
         super().__init__(text)
