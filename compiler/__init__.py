@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from .diagnostics import CompileError, Diagnostic
     from .errors import UsageError
     from .memory import CompileResult, compile_source, compile_sources
-    from .pipeline import ModuleOutcome
-    from .report import Report
+    from .report import ModuleOutcome, Report
     from .sources import default_out_dir, find_sources
 
 __all__ = [
@@ -48,7 +47,7 @@ _HOMES = {
     "CompileResult": "memory",
     "compile_paths": "build",
     "Report": "report",
-    "ModuleOutcome": "pipeline",
+    "ModuleOutcome": "report",
     "find_sources": "sources",
     "default_out_dir": "sources",
     "CompileError": "diagnostics",

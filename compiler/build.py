@@ -27,9 +27,9 @@ from .diagnostics import ERROR
 from .errors import UsageError
 from .neighbours import explain_unknown_capabilities
 from .output import OutputLock, Writer, remove_debris
-from .pipeline import CHECKED, COMPILED, FAILED, UP_TO_DATE, FileOutcome, ModuleOutcome, Pipeline, Unit
+from .pipeline import FileOutcome, Pipeline, Unit
 from .pipeline import sorted_diagnostics as _sorted
-from .report import Report
+from .report import CHECKED, COMPILED, FAILED, UP_TO_DATE, ModuleOutcome, Report
 from .sources import (
     STDIN,
     STDIN_NAME,

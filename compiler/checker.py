@@ -33,12 +33,12 @@ from polc.runtime.bytecode import (
 )
 from polc.runtime.catalog import BUILTINS, COMMAND, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
 
-from .ast import AnyArg, CapabilityDecl, IntArg, Module, ModeStmt, Node, RangeArg, Rule, SourceFile, StrArg
+from .ast import AnyArg, CapabilityDecl, IntArg, ModeStmt, Module, Node, RangeArg, Rule, SourceFile, StrArg
 from .diagnostics import ERROR, NOTE, WARNING, Diagnostic, did_you_mean
 from .ir import IRArg, IRModule, IRRule
 from .lint import lint_rules
 
-__all__ = ["Declarations", "collect_declarations", "check_module", "MODES"]
+__all__ = ["MODES", "Declarations", "check_module", "collect_declarations"]
 
 # "did you mean" for words a person may reach for first.
 CAPABILITY_SYNONYMS = {
@@ -202,7 +202,9 @@ def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diag
     for p in st.params:
         pname, ptype = p.name.text, p.type.text
         if "." in pname:
-            diags.append(_diag(ERROR, p.name, f"parameter name '{_clip(pname)}' must be a simple name, without '.'", mod))
+            diags.append(
+                _diag(ERROR, p.name, f"parameter name '{_clip(pname)}' must be a simple name, without '.'", mod)
+            )
             ok = False
         elif len(pname) > MAX_NAME_LEN:
             diags.append(
@@ -314,8 +316,7 @@ def check_module(
             )
         )
     lint_rules(rules, rule_nodes, mod, diags)
-    ir = IRModule(mod, mode, source, source_digest, tuple(rules))
-    return ir, diags
+    return IRModule(mod, mode, source, source_digest, tuple(rules)), diags
 
 
 def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]) -> IRRule | None:
@@ -341,7 +342,7 @@ def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]
         )
         ok = False
     args: list[IRArg] = []
-    for param, arg in zip(cap.params, given):
+    for param, arg in zip(cap.params, given, strict=False):  # omitted trailing arguments are '*'
         lowered = _lower_arg(cap, param, arg, mod, diags)
         if lowered is None:
             ok = False
@@ -396,10 +397,9 @@ def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[D
             if t in (PORT, INT):
                 patterns.check_range(t, arg.value, arg.value)
                 return (INT_RANGE, arg.value, arg.value)
-        elif isinstance(arg, RangeArg):
-            if t in (PORT, INT):
-                patterns.check_range(t, arg.lo, arg.hi)
-                return (INT_RANGE, arg.lo, arg.hi)
+        elif isinstance(arg, RangeArg) and t in (PORT, INT):
+            patterns.check_range(t, arg.lo, arg.hi)
+            return (INT_RANGE, arg.lo, arg.hi)
     except patterns.PatternError as exc:
         diags.append(_diag(ERROR, arg, f"{exc} (parameter '{param.name}' of {cap.name})", mod))
         return None

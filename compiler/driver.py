@@ -10,8 +10,7 @@ from .build import compile_paths
 from .errors import UsageError
 from .memory import CompileResult, compile_source, compile_sources
 from .output import LOCK_NAME, STALE_TEMP_AGE, TEMP_PREFIX, OutputLock, remove_debris
-from .pipeline import CHECKED, COMPILED, FAILED, UP_TO_DATE, ModuleOutcome
-from .report import Report
+from .report import CHECKED, COMPILED, FAILED, UP_TO_DATE, ModuleOutcome, Report
 from .sources import STDIN, STDIN_NAME, default_out_dir, find_sources, recorded_name
 from .sources import recorded_names as _recorded_names
 from .sources import walk_sources as _walk_sources

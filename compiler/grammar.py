@@ -26,8 +26,20 @@ from typing import Any
 import lark
 from lark import Lark
 
-__all__ = ["BOUNDARIES", "KEYWORDS", "OPTIONS", "STATEMENT_KEYWORDS", "TABLES_MODULE", "WRITE_TABLES", "build_lark", "grammar_text", "load_tables",
-           "render_tables", "tables_key", "write_tables"]
+__all__ = [
+    "BOUNDARIES",
+    "KEYWORDS",
+    "OPTIONS",
+    "STATEMENT_KEYWORDS",
+    "TABLES_MODULE",
+    "WRITE_TABLES",
+    "build_lark",
+    "grammar_text",
+    "load_tables",
+    "render_tables",
+    "tables_key",
+    "write_tables",
+]
 
 OPTIONS: dict[str, Any] = dict(parser="lalr", lexer="contextual", maybe_placeholders=True, propagate_positions=False)
 """The options the parser is built with; part of the tables' key."""
@@ -79,7 +91,8 @@ def load_tables(transformer: Any) -> Any | None:
         return None
     if getattr(tables, "KEY", None) != tables_key():
         return None
-    return Lark._load_from_dict(tables.DATA, tables.MEMO, transformer=transformer)
+    # lark's loader for memo_serialize output is private and has no annotations
+    return Lark._load_from_dict(tables.DATA, tables.MEMO, transformer=transformer)  # type: ignore[no-untyped-call]
 
 
 def render_tables() -> str:

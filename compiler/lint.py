@@ -25,7 +25,7 @@ __all__ = ["lint_rules"]
 def _universal(arg: IRArg) -> bool:
     """An argument instruction that surely matches every value its parameter accepts."""
     op = arg[0]
-    return op == ANY or (op == STR_GLOB and arg[1] == "*") or (op == PATH_GLOB and arg[1] == "**")
+    return bool(op == ANY or (op == STR_GLOB and arg[1] == "*") or (op == PATH_GLOB and arg[1] == "**"))
 
 
 def _covers(d: IRArg, e: IRArg) -> bool:

@@ -17,7 +17,8 @@ from pathlib import Path
 from polc.runtime.artifact import write_atomic
 
 from .diagnostics import ERROR, WARNING, CompileError, Diagnostic, render_all
-from .pipeline import FileOutcome, ModuleOutcome, Pipeline, Unit, decode, digest_of
+from .pipeline import FileOutcome, Pipeline, Unit, decode, digest_of
+from .report import ModuleOutcome
 
 __all__ = ["CompileResult", "compile_source", "compile_sources"]
 
@@ -106,14 +107,15 @@ def compile_sources(sources: Sequence[tuple[str, str | bytes]], *, strict: bool 
                 unit = Unit(path, path, b"", digest=digest_of(texts[path].encode()))
                 unreadable.append(FileOutcome.unreadable(unit, bad))
                 continue
-            text: str | None = src
+            text = src
         else:
             data = bytes(src)
-            text, bad = decode(data, path)
-            if text is None:
+            decoded, bad = decode(data, path)
+            if decoded is None:
                 assert bad is not None
                 unreadable.append(FileOutcome.unreadable(Unit(path, path, data), bad))
                 continue
+            text = decoded
         texts[path] = text
         units.append(Unit(path, path, data, text))
     pipe = Pipeline(units, strict=strict)

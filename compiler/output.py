@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from polc.runtime.artifact import fsync_dir, process_umask, stage_file
 
 from .errors import UsageError
-from .pipeline import ModuleOutcome
+from .report import ModuleOutcome
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -190,10 +191,8 @@ class Writer:
     def discard(self) -> None:
         """Remove every staged file not renamed; stop the threads."""
         for _, fut in self.staged.values():
-            try:
+            with contextlib.suppress(OSError):  # its write failed: no file
                 _unlink(fut.result())
-            except OSError:
-                pass
         self.staged.clear()
         if self.pool is not None:
             self.pool.shutdown()
@@ -201,7 +200,5 @@ class Writer:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

@@ -23,8 +23,8 @@ from .ast import (
     AnyArg,
     CapabilityDecl,
     IntArg,
-    Module,
     ModeStmt,
+    Module,
     Name,
     ParamDecl,
     RangeArg,
@@ -66,9 +66,8 @@ def _unescape(raw: str) -> tuple[str, str | None]:
     return "".join(out), bad
 
 
-# lark is untyped: its Transformer is Any to the type checker.
 @v_args(inline=True)
-class Builder(Transformer):  # type: ignore[misc]
+class Builder(Transformer[Any, Any]):
     """Builds AST nodes as lark reduces rules (no parse tree is ever built)."""
 
     def __init__(self) -> None:

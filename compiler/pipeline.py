@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from polc.runtime.artifact import ArtifactError
@@ -30,14 +30,10 @@ from .checker import Declarations, check_module, collect_declarations
 from .codegen import generate
 from .diagnostics import ERROR, Diagnostic
 from .parser import parse
+from .report import COMPILED, FAILED, ModuleOutcome
 
 __all__ = [
-    "CHECKED",
-    "COMPILED",
-    "FAILED",
-    "UP_TO_DATE",
     "FileOutcome",
-    "ModuleOutcome",
     "Pipeline",
     "Schedule",
     "Unit",
@@ -45,12 +41,6 @@ __all__ = [
     "decode",
     "digest_of",
 ]
-
-COMPILED = "compiled"
-UP_TO_DATE = "up to date"
-FAILED = "failed"
-CHECKED = "ok"
-
 
 @dataclass(slots=True)
 class Unit:
@@ -75,29 +65,6 @@ class Unit:
     def may_declare(self) -> bool:
         """Could the file hold a ``capability`` declaration? (Only then are its declarations looked for.)"""
         return b"capability" in self.data
-
-
-@dataclass(slots=True)
-class ModuleOutcome:
-    module: str
-    source: str
-    line: int
-    col: int
-    status: str
-    """``compiled``, ``up to date``, ``failed`` (or ``ok`` when only checking)."""
-    artifact: str | None = None
-    """Where the artifact is (or would be) written, ``None`` in memory."""
-    data: bytes | None = field(default=None, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "module": self.module,
-            "source": self.source,
-            "line": self.line,
-            "col": self.col,
-            "status": self.status,
-            "artifact": self.artifact,
-        }
 
 
 @dataclass(slots=True)

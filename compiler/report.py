@@ -12,9 +12,42 @@ from typing import Any
 
 from .diagnostics import ERROR, WARNING, Diagnostic, render_all
 from .errors import EXIT_ERRORS, EXIT_OK, UsageError
-from .pipeline import CHECKED, COMPILED, FAILED, UP_TO_DATE, ModuleOutcome
 
-__all__ = ["Report", "diagnostic_dict"]
+__all__ = ["CHECKED", "COMPILED", "FAILED", "UP_TO_DATE", "ModuleOutcome", "Report", "diagnostic_dict"]
+
+# A module's status, as ``-v`` prints it and ``--format json`` carries it.
+COMPILED = "compiled"
+UP_TO_DATE = "up to date"
+FAILED = "failed"
+CHECKED = "ok"
+"""Checked without errors (``polc check``, which writes nothing)."""
+
+
+@dataclass(slots=True)
+class ModuleOutcome:
+    """What became of one module: where it is defined, its status, its artifact."""
+
+    module: str
+    source: str
+    line: int
+    col: int
+    status: str
+    """``compiled``, ``up to date``, ``failed`` (or ``ok`` when only checking)."""
+    artifact: str | None = None
+    """Where the artifact is (or would be) written, ``None`` in memory."""
+    data: bytes | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "source": self.source,
+            "line": self.line,
+            "col": self.col,
+            "status": self.status,
+            "artifact": self.artifact,
+        }
+
+
 
 
 @dataclass(slots=True)

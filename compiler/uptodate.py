@@ -98,7 +98,9 @@ class _Walk:
 
     @property
     def done(self) -> bool:
-        return self.unpacker.tell() == len(self.buf)
+        """Has every byte been read?"""
+        pos: int = self.unpacker.tell()
+        return pos == len(self.buf)
 
 
 def _payload_matches(payload: bytes, wanted: dict[str, str], decls: Declarations) -> bool:
@@ -127,7 +129,7 @@ def _payload_matches(payload: bytes, wanted: dict[str, str], decls: Declarations
                     return False
             else:
                 walk.skip()
-        return walk.done and _RECORDED <= seen
+        return walk.done and seen >= _RECORDED
     except Exception:  # msgpack's errors for bytes that are not what they claim: rebuild
         return False
 
@@ -140,7 +142,4 @@ def _cap_current(walk: _Walk, decls: Declarations) -> bool:
     current = decls.lookup(name) if name is not None else None
     if current is None or walk.array() != len(current.params):
         return False
-    for p in current.params:
-        if walk.array() != 2 or walk.string() != p.name or walk.string() != p.type:
-            return False
-    return True
+    return all(walk.array() == 2 and walk.string() == p.name and walk.string() == p.type for p in current.params)
