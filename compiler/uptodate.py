@@ -12,13 +12,18 @@ well under 2 s): the runtime verifies at load, and an artifact recording this
 source digest and compiler version came from this compiler. Any problem means
 "rebuild".
 
-A file in the output directory is as hostile as any input, so the payload is
-never unpacked whole (a small file of tiny containers would cost up to 80
-times its size in objects). It is walked instead: the keys of its top-level
-map; the four recorded strings; the capability signatures one at a time,
-each compared and dropped; every other value skipped without building it.
-What is alive at once is the file's bytes, the payload, the unpacker's copy of
-it and one string: about three times the file's size, whatever it holds.
+A file in the output directory is as hostile as any input, so its payload is
+never unpacked beyond a bounded cost. A small payload (at most 64 KiB, with
+few array headers that could make msgpack reserve room ahead) is unpacked in
+one call, as the runtime's reader does with small payloads: its objects cost
+at most about 80 times its size, and what msgpack reserves ahead for array
+headers at most 32 headers' worth (about 20 MiB in all). Any other is walked: the keys of its top-level map; the
+four recorded strings; the capability signatures one at a time, each compared
+and dropped; every other value skipped without being built. What is alive at
+once is then the file's bytes and a few copies of the payload: a small
+multiple of the file's size, whatever it holds. The decisions are the same
+either way, except that the walk does not look inside the values it skips
+(the bytecode is not checked here anyway).
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from typing import Any
 import msgpack
 
 from polc import __version__
-from polc.runtime.artifact import HEADER_SIZE, ArtifactError, artifact_digest, read_artifact_bytes, read_header
+from polc.runtime.artifact import (
+    HEADER_SIZE,
+    ArtifactError,
+    artifact_digest,
+    read_artifact_bytes,
+    read_header,
+    unpack_payload,
+)
 from polc.runtime.signing import signer_key_id
 
 from .checker import Declarations
@@ -53,8 +65,51 @@ def up_to_date(
     payload = data[HEADER_SIZE : HEADER_SIZE + header.payload_len]
     if artifact_digest(payload, header.major, header.minor) != header.digest:
         return False
-    wanted = {"module": module, "compiler": __version__, "source": source, "source_digest": digest}
-    return _payload_matches(payload, wanted, decls) and signer_key_id(data) == signer
+    if _small(payload):
+        try:
+            p = unpack_payload(payload)
+        except ArtifactError:
+            return False
+        matches = (
+            isinstance(p, dict)
+            and p.get("module") == module
+            and p.get("compiler") == __version__
+            and p.get("source") == source
+            and p.get("source_digest") == digest
+            and _caps_current(p.get("caps", ()), decls)
+        )
+    else:
+        wanted = {"module": module, "compiler": __version__, "source": source, "source_digest": digest}
+        matches = _walk_matches(payload, wanted, decls)
+    return matches and signer_key_id(data) == signer
+
+
+_WHOLE_MAX = 64 * 1024
+_WHOLE_CLAIMS = 32
+
+
+def _small(payload: bytes) -> bool:
+    """Is unpacking ``payload`` whole cheap whatever it holds?
+
+    Its objects cost at most about 80 times its size; and msgpack reserves the
+    slots an array header announces before reading them, which only a 16- or
+    32-bit array header (``0xdc``, ``0xdd``) can make large: a real payload has
+    a few such bytes (its operands included), so more than ``_WHOLE_CLAIMS``
+    goes to the walk.
+    """
+    return len(payload) <= _WHOLE_MAX and payload.count(b"\xdc") + payload.count(b"\xdd") <= _WHOLE_CLAIMS
+
+
+def _caps_current(caps: Any, decls: Declarations) -> bool:
+    """Is every ``[name, [[param, type], ...]]`` still the signature polc would write?"""
+    try:
+        for name, params in caps:
+            current = decls.lookup(name)
+            if current is None or [(p.name, p.type) for p in current.params] != [tuple(x) for x in params]:
+                return False
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 # msgpack's first bytes of a str (fixstr, str 8/16/32) and of a str or bin (a map key).
@@ -75,9 +130,14 @@ class _Walk:
                                          max_ext_len=n)
         self.unpacker.feed(buf)
 
+    @property
+    def pos(self) -> int:
+        pos: int = self.unpacker.tell()
+        return pos
+
     def at(self, family: frozenset[int]) -> bool:
         """Is the next value of one of these msgpack types (by its first byte)?"""
-        pos = self.unpacker.tell()
+        pos = self.pos
         return pos < len(self.buf) and self.buf[pos] in family
 
     def string(self) -> str | None:
@@ -94,43 +154,46 @@ class _Walk:
         return n
 
     def skip(self) -> None:
+        """Step over the next value without building it."""
         self.unpacker.skip()
 
-    @property
-    def done(self) -> bool:
-        """Has every byte been read?"""
-        pos: int = self.unpacker.tell()
-        return pos == len(self.buf)
 
+def _walk_matches(payload: bytes, wanted: dict[str, str], decls: Declarations) -> bool:
+    """:func:`up_to_date`'s comparison, walking the payload instead of unpacking it.
 
-def _payload_matches(payload: bytes, wanted: dict[str, str], decls: Declarations) -> bool:
-    """Do the payload's recorded strings equal ``wanted`` and its capability signatures ``decls``?
-
-    A recorded field that is missing compares unequal; ``caps`` may be missing
-    (no capability used). A key given twice, or anything that is not msgpack
-    where it is read, means no.
+    Decides as unpacking whole does: a recorded field that is missing compares
+    unequal, ``caps`` may be missing (no capability used), of a key given twice
+    the last value counts, and bytes that are not msgpack where they are read
+    mean no.
     """
     try:
         walk = _Walk(payload)
         count: int = walk.unpacker.read_map_header()
-        seen: set[Any] = set()
+        equal: dict[str, bool] = {}
+        caps_ok = True
         for _ in range(count):
             if not walk.at(_KEY):
                 return False
             key = walk.unpacker.unpack()
-            if key in seen:
-                return False
-            seen.add(key)
             if key in _RECORDED:
-                if walk.string() != wanted[key]:
-                    return False
+                equal[key] = walk.string() == wanted[key]
             elif key == "caps":
-                if not all(_cap_current(walk, decls) for _ in range(walk.array())):
-                    return False
+                start = walk.pos
+                walk.skip()
+                caps_ok = _caps_match(payload[start : walk.pos], decls)
             else:
                 walk.skip()
-        return walk.done and seen >= _RECORDED
+        return walk.pos == len(payload) and len(equal) == len(_RECORDED) and all(equal.values()) and caps_ok
     except Exception:  # msgpack's errors for bytes that are not what they claim: rebuild
+        return False
+
+
+def _caps_match(caps: bytes, decls: Declarations) -> bool:
+    """:func:`_caps_current` of the packed ``caps`` array, one signature at a time."""
+    walk = _Walk(caps)
+    try:
+        return all(_cap_current(walk, decls) for _ in range(walk.array()))
+    except Exception:  # not an array of arrays, or not msgpack
         return False
 
 

@@ -141,7 +141,9 @@ def _variants(payload):
     yield "reordered", list(reversed(payload.items()))
 
 
-def test_same_decision_as_unpacking_whole(write_tree, tmp_path):
+@pytest.mark.parametrize("padding", [0, 70_000], ids=["unpacked whole", "walked"])
+def test_same_decision_as_unpacking_whole(write_tree, tmp_path, padding):
+    """Payloads up to 64 KiB are unpacked whole, larger ones walked: both decide as unpacking whole did."""
     from polc.compiler.checker import collect_declarations
     from polc.compiler.parser import parse
     from polc.compiler.uptodate import up_to_date
@@ -154,19 +156,27 @@ def test_same_decision_as_unpacking_whole(write_tree, tmp_path):
     decls, _ = collect_declarations([parse(SOURCE, "acme.pol")[0]])
     module, source, digest = payload["module"], payload["source"], payload["source_digest"]
     assert up_to_date(str(art), module, source, digest, decls)
+    pad = [("padding", "x" * padding)] if padding else []
+
+    def decides(what, body):
+        art.write_bytes(build_header(body) + body)
+        expected = _reference(body, module, source, digest, decls)
+        assert up_to_date(str(art), module, source, digest, decls) == expected, what
+        return expected
+
     decided = 0
     for what, pairs in _variants(payload):
-        _write_payload(art, pairs)
-        data = art.read_bytes()
-        expected = _reference(data[HEADER_SIZE:], module, source, digest, decls)
-        assert up_to_date(str(art), module, source, digest, decls) == expected, what
-        decided += expected
+        decided += decides(what, msgpack.packb(dict(pad + pairs), use_bin_type=True))
     assert decided >= 3  # as written, reordered, with an unknown key
 
-    # not a map, trailing bytes, invalid UTF-8, a key twice: rebuild
-    body = msgpack.packb(payload, use_bin_type=True)
-    for what, bad in (("a list", msgpack.packb(list(payload.items()))), ("trailing", body + b"\xc0"),
-                      ("bad utf-8", body.replace(b"tenant.acme", b"tenant.ac\xffe")),
-                      ("a key twice", b"\x89" + body[1:] + msgpack.packb("module") + msgpack.packb(module))):
-        art.write_bytes(build_header(bad) + bad)
-        assert not up_to_date(str(art), module, source, digest, decls), what
+    body = msgpack.packb(dict(pad + list(payload.items())), use_bin_type=True)
+    twice = msgpack.packb("module") + msgpack.packb(module)
+    for what, bad, ok in (
+        ("a list", msgpack.packb(list(pad + list(payload.items()))), False),
+        ("trailing bytes", body + b"\xc0", False),
+        ("invalid UTF-8", body.replace(b"tenant.acme", b"tenant.ac\xffe"), False),
+        ("a key twice, the last one right", bytes([body[0] + 1]) + body[1:] + twice, True),
+        ("a key twice, the last one wrong", bytes([body[0] + 1]) + body[1:] + twice.replace(b"acme", b"acne"), False),
+        ("a key that is not a string", bytes([body[0] + 1]) + body[1:] + msgpack.packb(7) + msgpack.packb(1), False),
+    ):
+        assert decides(what, bad) == ok, what
