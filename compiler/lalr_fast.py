@@ -9,13 +9,14 @@ becomes that keyword where the parser accepts it (as the recovering parser
 does); tokens the tree builder filters out (``_``-punctuation) are never
 materialised; and the shift/reduce loop is lark's ``feed_token`` inlined.
 
-Why it is kept, in figures (the benchmark's 1,000 sources x 20 rules, one
-process, ``benchmarks/test_compile.py`` workload): this loop with the AST
-builder parses them in about 0.20 s, a bare ``Lark.parse`` of the same texts
-(parse tree built, GC on) in about 0.55 s, and lark's interactive parser,
-token by token as the recovering path feeds it, in about 1.0 s. It is most of
-why ``polc compile`` stays within the benchmark's 2.5x of a bare lark parse
-end to end.
+Why it is kept, in figures (the 1,000 sources x 20 rules of
+benchmarks/test_compile.py, one process, best of 5 on a loaded 2-core
+machine): this loop with the AST builder parses them in 0.47 s; a bare
+``Lark.parse`` of the same texts (parse tree built, GC on) takes 0.65 s
+(1.4x); the recovering parser, lark's interactive parser fed token by token,
+0.79 s (1.7x). Parsing is about half of ``polc compile``'s time: without
+this loop ``polc compile -j 1`` of that tree (1.45 s end to end) would take
+about a fifth longer.
 
 It returns ``None`` at the first problem of any kind, and the source then
 goes to the recovering parser, which is the reference: tests/test_compiler_fuzz.py

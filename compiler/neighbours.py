@@ -61,6 +61,22 @@ def explain_unknown_capabilities(report: Report, srcs: Sequence[str], walked: Se
 def _neighbours(srcs: Sequence[str], walked: Sequence[Walked],
                 stdin_name: str | None) -> dict[str, tuple[SourceFile, bytes]]:
     """The other ``*.pol`` files beside the file arguments that may declare something, parsed."""
+    dirs = _directories(srcs, stdin_name)
+    if not dirs:
+        return {}
+    taken = {os.path.realpath(f) for f, i, _ in walked if srcs[i] != STDIN}
+    if stdin_name:
+        taken.add(os.path.realpath(stdin_name))
+    parsed = {}
+    for path, data in _declaring_files(dirs, taken):
+        text, _ = decode(data, path)
+        if text is not None:
+            parsed[path] = (parse(text, path)[0], data)
+    return parsed
+
+
+def _directories(srcs: Sequence[str], stdin_name: str | None) -> list[str]:
+    """The directories of the file arguments (and of ``--stdin-filename``), each once, in order."""
     dirs: dict[str, None] = {}
     for src in srcs:
         if src == STDIN:
@@ -68,12 +84,12 @@ def _neighbours(srcs: Sequence[str], walked: Sequence[Walked],
                 dirs[os.path.dirname(stdin_name) or "."] = None
         elif not os.path.isdir(src):
             dirs[os.path.dirname(src) or "."] = None
-    if not dirs:
-        return {}
-    taken = {os.path.realpath(f) for f, i, _ in walked if srcs[i] != STDIN}
-    if stdin_name:
-        taken.add(os.path.realpath(stdin_name))
-    others: list[tuple[str, bytes]] = []
+    return list(dirs)
+
+
+def _declaring_files(dirs: Sequence[str], taken: set[str]) -> list[tuple[str, bytes]]:
+    """``(path, bytes)`` of every ``*.pol`` file in ``dirs`` not in ``taken`` that may declare (adds them)."""
+    found: list[tuple[str, bytes]] = []
     for d in dirs:
         try:
             names = sorted(os.listdir(d))
@@ -90,10 +106,5 @@ def _neighbours(srcs: Sequence[str], walked: Sequence[Walked],
             except OSError:
                 continue
             if b"capability" in data:
-                others.append((path, data))
-    parsed = {}
-    for path, data in others:
-        text, _ = decode(data, path)
-        if text is not None:
-            parsed[path] = (parse(text, path)[0], data)
-    return parsed
+                found.append((path, data))
+    return found
