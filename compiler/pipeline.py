@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from polc.runtime.artifact import ArtifactError
 
-from .ast import SourceFile
+from .ast import Module, SourceFile
 from .checker import Declarations, check_module, collect_declarations
 from .codegen import generate
 from .diagnostics import ERROR, Diagnostic
+from .ir import IRModule
 from .parser import parse
 from .report import COMPILED, FAILED, ModuleOutcome
 
@@ -37,10 +37,15 @@ __all__ = [
     "Pipeline",
     "Schedule",
     "Unit",
+    "compile_parsed",
     "compile_unit",
     "decode",
     "digest_of",
+    "duplicate_modules",
+    "in_process",
+    "sorted_diagnostics",
 ]
+
 
 @dataclass(slots=True)
 class Unit:
@@ -121,7 +126,7 @@ def _path_problem(path: str, source: str) -> Diagnostic | None:
     return None
 
 
-def _generate(m: Any, ir: Any, path: str, diags: list[Diagnostic]) -> bytes | None:
+def _generate(m: Module, ir: IRModule, path: str, diags: list[Diagnostic]) -> bytes | None:
     """The artifact bytes of one checked module, or ``None`` with an error added to ``diags``."""
     name = m.name.text
     try:

@@ -48,8 +48,6 @@ class ModuleOutcome:
         }
 
 
-
-
 @dataclass(slots=True)
 class Report:
     """What ``polc compile`` / ``polc check`` did; ``exit_code`` follows from it."""
