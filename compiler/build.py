@@ -166,7 +166,7 @@ class _Build:
         """Read, compile, write and report (holding the output lock when writing)."""
         files = [f for f, _, _ in self.walked]
         datas = read_sources(self.walked, self.srcs, self.stdin)
-        units = [Unit(f, self.recorded[f], datas[f]) for f in files]
+        units = [Unit.of(f, self.recorded[f], datas[f]) for f in files]
         scans = [scan_modules(u.data) for u in units]
         pipe = Pipeline(units, strict=self.strict)
         decls = pipe.declare()

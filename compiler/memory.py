@@ -104,7 +104,7 @@ def compile_sources(sources: Sequence[tuple[str, str | bytes]], *, strict: bool 
             if data is None:
                 assert bad is not None
                 texts[path] = src.encode("utf-8", "replace").decode("utf-8")
-                unit = Unit(path, path, b"", digest=digest_of(texts[path].encode()))
+                unit = Unit(path, path, b"", digest_of(texts[path].encode()), False)
                 unreadable.append(FileOutcome.unreadable(unit, bad))
                 continue
             text = src
@@ -113,11 +113,11 @@ def compile_sources(sources: Sequence[tuple[str, str | bytes]], *, strict: bool 
             decoded, bad = decode(data, path)
             if decoded is None:
                 assert bad is not None
-                unreadable.append(FileOutcome.unreadable(Unit(path, path, data), bad))
+                unreadable.append(FileOutcome.unreadable(Unit.of(path, path, data), bad))
                 continue
             text = decoded
         texts[path] = text
-        units.append(Unit(path, path, data, text))
+        units.append(Unit.of(path, path, data, text))
     pipe = Pipeline(units, strict=strict)
     pipe.declare()
     pipe.compile()

@@ -57,19 +57,16 @@ class Unit:
     """What the file's artifacts record as their source."""
     data: bytes
     """The file's bytes; the source digest is theirs."""
+    digest: str
+    """SHA-256 of ``data`` (hex)."""
+    may_declare: bool
+    """Could the file hold a ``capability`` declaration? (Only then are its declarations looked for.)"""
     text: str | None = None
     """The text when the caller has it already (else ``data`` is decoded as UTF-8)."""
-    digest: str = ""
-    """SHA-256 of ``data`` (hex); computed when not given."""
 
-    def __post_init__(self) -> None:
-        if not self.digest:
-            self.digest = digest_of(self.data)
-
-    @property
-    def may_declare(self) -> bool:
-        """Could the file hold a ``capability`` declaration? (Only then are its declarations looked for.)"""
-        return b"capability" in self.data
+    @classmethod
+    def of(cls, path: str, source: str, data: bytes, text: str | None = None) -> Unit:
+        return cls(path, source, data, hashlib.sha256(data).hexdigest(), b"capability" in data, text)
 
 
 @dataclass(slots=True)
