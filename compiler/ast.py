@@ -40,13 +40,16 @@ class LongLiteral(int):
     conversion of the digits; it prints as its first digits and its length.
     """
 
+    args: tuple[bool, str, int]
+    text: str
+
     def __new__(cls, negative: bool, head: str, ndigits: int) -> LongLiteral:
         self = super().__new__(cls, -(10**LONG_LITERAL_DIGITS) if negative else 10**LONG_LITERAL_DIGITS)
         self.args = (negative, head, ndigits)
         self.text = f"{'-' if negative else ''}{head}... ({ndigits} digits)"
         return self
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[LongLiteral], tuple[bool, str, int]]:
         return (LongLiteral, self.args)
 
     def __repr__(self) -> str:

@@ -8,12 +8,13 @@ re-declaration is fine). Rule arguments are validated and normalised with
 ``polc.runtime.patterns`` -- the same functions the artifact verifier uses --
 so the compiler never accepts a pattern the runtime would refuse.
 
-Every problem becomes a diagnostic; nothing here raises for bad input.
+Every problem becomes a diagnostic; nothing here raises for bad input. The
+warnings about a module's rules (duplicates, shadowed entitles) are
+compiler/lint.py's.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,24 +23,22 @@ from polc.runtime.bytecode import (
     ANY,
     DENY,
     ENTITLE,
-    HOST_EXACT,
     HOST_WILD,
     INT_RANGE,
     MAX_MODULE_NAME_LEN,
     MAX_NAME_LEN,
+    MODES,
     PATH_GLOB,
-    STR_GLOB,
     is_valid_module_name,
 )
 from polc.runtime.catalog import BUILTINS, COMMAND, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
 
-from .ast import AnyArg, CapabilityDecl, IntArg, Module, ModeStmt, Node, RangeArg, Rule, SourceFile, StrArg
+from .ast import AnyArg, CapabilityDecl, IntArg, ModeStmt, Module, Node, RangeArg, Rule, SourceFile, StrArg
 from .diagnostics import ERROR, NOTE, WARNING, Diagnostic, did_you_mean
 from .ir import IRArg, IRModule, IRRule
+from .lint import lint_rules
 
-__all__ = ["Declarations", "collect_declarations", "check_module", "MODES"]
-
-MODES = ("enforce", "audit")
+__all__ = ["MODES", "Declarations", "check_module", "collect_declarations"]
 
 # "did you mean" for words a person may reach for first.
 CAPABILITY_SYNONYMS = {
@@ -203,7 +202,9 @@ def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diag
     for p in st.params:
         pname, ptype = p.name.text, p.type.text
         if "." in pname:
-            diags.append(_diag(ERROR, p.name, f"parameter name '{_clip(pname)}' must be a simple name, without '.'", mod))
+            diags.append(
+                _diag(ERROR, p.name, f"parameter name '{_clip(pname)}' must be a simple name, without '.'", mod)
+            )
             ok = False
         elif len(pname) > MAX_NAME_LEN:
             diags.append(
@@ -314,9 +315,8 @@ def check_module(
                 mod,
             )
         )
-    _lint(rules, rule_nodes, mod, diags)
-    ir = IRModule(mod, mode, source, source_digest, tuple(rules))
-    return ir, diags
+    lint_rules(rules, rule_nodes, mod, diags)
+    return IRModule(mod, mode, source, source_digest, tuple(rules)), diags
 
 
 def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]) -> IRRule | None:
@@ -342,7 +342,7 @@ def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]
         )
         ok = False
     args: list[IRArg] = []
-    for param, arg in zip(cap.params, given):
+    for param, arg in zip(cap.params, given, strict=False):  # omitted trailing arguments are '*'
         lowered = _lower_arg(cap, param, arg, mod, diags)
         if lowered is None:
             ok = False
@@ -397,10 +397,9 @@ def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[D
             if t in (PORT, INT):
                 patterns.check_range(t, arg.value, arg.value)
                 return (INT_RANGE, arg.value, arg.value)
-        elif isinstance(arg, RangeArg):
-            if t in (PORT, INT):
-                patterns.check_range(t, arg.lo, arg.hi)
-                return (INT_RANGE, arg.lo, arg.hi)
+        elif isinstance(arg, RangeArg) and t in (PORT, INT):
+            patterns.check_range(t, arg.lo, arg.hi)
+            return (INT_RANGE, arg.lo, arg.hi)
     except patterns.PatternError as exc:
         diags.append(_diag(ERROR, arg, f"{exc} (parameter '{param.name}' of {cap.name})", mod))
         return None
@@ -413,94 +412,3 @@ def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[D
         )
     )
     return None
-
-
-# --------------------------------------------------------------------------
-# warnings: duplicate and shadowed rules
-
-
-def _universal(arg: IRArg) -> bool:
-    """An argument instruction that surely matches every value its parameter accepts."""
-    op = arg[0]
-    return op == ANY or (op == STR_GLOB and arg[1] == "*") or (op == PATH_GLOB and arg[1] == "**")
-
-
-def _covers(d: IRArg, e: IRArg) -> bool:
-    """Does the deny's argument ``d`` surely match every value the entitle's ``e`` matches?"""
-    if d == e or _universal(d):
-        return True
-    op = d[0]
-    if op == INT_RANGE and e[0] == INT_RANGE:
-        return d[1] <= e[1] and e[2] <= d[2]
-    if op == HOST_WILD and d[1] == "**":
-        return e[0] in (HOST_EXACT, HOST_WILD)  # every DNS name, but no IP address
-    return False
-
-
-_RANGE = ("range",)
-_ANY_DNS = ("any dns name",)
-_ALL = ("all",)
-
-
-def _deny_key(arg: IRArg):
-    """The bucket a deny's argument goes in for the shadow index."""
-    if _universal(arg):
-        return _ALL
-    if arg[0] == INT_RANGE:
-        return _RANGE
-    if arg == (HOST_WILD, "**"):
-        return _ANY_DNS
-    return arg
-
-
-def _entitle_keys(arg: IRArg) -> list:
-    """The deny buckets that may hold a deny argument covering ``arg``."""
-    keys = [_ALL]
-    if arg[0] == INT_RANGE:
-        keys.append(_RANGE)
-    else:
-        keys.append(arg)
-    if arg[0] in (HOST_EXACT, HOST_WILD):
-        keys.append(_ANY_DNS)
-    return keys
-
-
-def _lint(rules: list[IRRule], nodes: list[Rule], mod: str, diags: list[Diagnostic]) -> None:
-    """Warn about duplicate rules and entitles that a deny of the module surely shadows.
-
-    Denies are indexed by (capability, per-argument bucket), so each entitle
-    looks at a few buckets instead of every deny.
-    """
-    seen: dict[tuple, IRRule] = {}
-    index: dict[tuple, list[IRRule]] = {}
-    for r in rules:
-        if r.effect == DENY:
-            key = (r.cap.name, tuple(_deny_key(a) for a in r.args))
-            index.setdefault(key, []).append(r)
-    for r, node in zip(rules, nodes):
-        key = (r.effect, r.cap.name, r.args)
-        first = seen.get(key)
-        if first is not None:
-            diags.append(_diag(WARNING, node, f"duplicate rule: the same as line {first.line}", mod))
-            continue
-        seen[key] = r
-        if r.effect != ENTITLE or not index:
-            continue
-        shadow: IRRule | None = None
-        for combo in itertools.product(*(_entitle_keys(a) for a in r.args)):
-            for d in index.get((r.cap.name, combo), ()):
-                if (shadow is None or (d.line, d.col) < (shadow.line, shadow.col)) and all(
-                    _covers(da, ea) for da, ea in zip(d.args, r.args)
-                ):
-                    shadow = d
-                    break
-        if shadow is not None:
-            note = Diagnostic(NOTE, node.file, shadow.line, shadow.col, "the deny is here", 4, mod)
-            diags.append(
-                Diagnostic(
-                    WARNING, node.file, node.line, node.col,
-                    f"this entitle is shadowed by the deny at line {shadow.line} "
-                    f"and can never allow anything",
-                    7, mod, (note,),
-                )
-            )

@@ -11,6 +11,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
+
+from polc.runtime.errors import PolcError
+
+from .errors import EXIT_ERRORS
 
 ERROR = "error"
 WARNING = "warning"
@@ -38,7 +43,7 @@ class Diagnostic:
     def header(self) -> str:
         return f"{self.location}: {self.severity}: {self.message}"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def with_module(self, module: str | None) -> Diagnostic:
@@ -51,7 +56,7 @@ class Diagnostic:
         return replace(self, severity=ERROR, message=self.message + " [warning turned error by --strict]")
 
 
-def sort_key(d: Diagnostic) -> tuple:
+def sort_key(d: Diagnostic) -> tuple[str, int, int]:
     return (d.file, d.line, d.col)
 
 
@@ -67,7 +72,11 @@ def source_line(source: str, line: int) -> str | None:
     return text.rstrip("\r")
 
 
-def render(diag: Diagnostic, sources: Mapping[str, str] | Callable[[str], str | None] | None) -> str:
+Sources = Mapping[str, str] | Callable[[str], str | None] | None
+"""Where a diagnostic's source text comes from: by path, a function of the path, or nowhere."""
+
+
+def render(diag: Diagnostic, sources: Sources) -> str:
     """The diagnostic's header line, then the source line and a caret line; then its notes."""
     out = [_render_one(diag, sources)]
     out.extend(_render_one(n, sources) for n in diag.notes)
@@ -94,7 +103,7 @@ def visible(text: str, *, tabs: bool = False) -> str:
     return "".join("\t" if tabs and ch == "\t" else _shown(ch) for ch in text)
 
 
-def _render_one(diag: Diagnostic, sources) -> str:
+def _render_one(diag: Diagnostic, sources: Sources) -> str:
     head = visible(diag.header())
     if sources is None or diag.line < 1:
         return head
@@ -130,7 +139,7 @@ SHOWN_LINE_MAX = 200
 """Longer source lines are shown as a window of this many characters around the caret."""
 
 
-def render_all(diags: Iterable[Diagnostic], sources) -> str:
+def render_all(diags: Iterable[Diagnostic], sources: Sources) -> str:
     return "\n".join(render(d, sources) for d in diags)
 
 
@@ -178,14 +187,18 @@ def suggest(
     return None
 
 
-def did_you_mean(word: str, candidates: Iterable[str], **kw) -> str:
+def did_you_mean(
+    word: str, candidates: Iterable[str], *, synonyms: Mapping[str, str] | None = None, cutoff: float = 0.6
+) -> str:
     """``"; did you mean 'x'?"`` or ``""``."""
-    hit = suggest(word, candidates, **kw)
+    hit = suggest(word, candidates, synonyms=synonyms, cutoff=cutoff)
     return f"; did you mean '{hit}'?" if hit else ""
 
 
-class CompileError(Exception):
-    """Raised by the in-memory API's ``check()`` when a source has errors."""
+class CompileError(PolcError):
+    """Raised by the in-memory API's ``check()`` when a source has errors (exit 1)."""
+
+    exit_code: ClassVar[int] = EXIT_ERRORS
 
     def __init__(self, diagnostics: list[Diagnostic], text: str) -> None:
         super().__init__(text)

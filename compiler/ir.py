@@ -14,10 +14,11 @@ hash (duplicate and shadow detection compare them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from polc.runtime.catalog import Capability
 
-IRArg = tuple  # (opcode,) | (opcode, const: str) | (INT_RANGE, lo: int, hi: int)
+IRArg = tuple[Any, ...]  # (opcode,) | (opcode, const: str) | (INT_RANGE, lo: int, hi: int)
 
 
 @dataclass(frozen=True, slots=True)

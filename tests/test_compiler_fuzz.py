@@ -1,6 +1,6 @@
 """The compiler never raises for any input: it yields artifacts or diagnostics.
 
-Also: the fast parse path (compiler/parser.py: _FastPath) agrees with the
+Also: the fast parse path (compiler/lalr_fast.py: FastPath) agrees with the
 error-recovering path (_Recovery, the reference) on every source: where the
 fast path accepts, the recovery path finds the same modules and no error; where
 it refuses, the recovery path reports at least one error.
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from polc.compiler import compile_source
 from polc.compiler.diagnostics import ERROR
 from polc.compiler.driver import compile_paths
-from polc.compiler.parser import _Recovery, get_parser
+from polc.compiler.parser import get_parser
+from polc.compiler.recovery import Recovery as _Recovery
 from polc.runtime.artifact import read_artifact
 from polc.runtime.bytecode import MAX_MODULE_NAME_LEN, is_valid_module_name
 

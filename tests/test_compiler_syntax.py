@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from polc.compiler.ast import AnyArg, CapabilityDecl, IntArg, ModeStmt, RangeArg, Rule, StrArg
 from polc.compiler.diagnostics import ERROR
-from polc.compiler.parser import TERMINAL_WORDS, get_parser, grammar_text, parse
+from polc.compiler.messages import TERMINAL_WORDS
+from polc.compiler.parser import get_parser, grammar_text, parse
 
 # What must never reach a user: lark's terminal names and exception types.
 LEAK = re.compile(r"\b_?[A-Z][A-Z_]{2,}\b|__ANON|Unexpected[A-Z]|Token\(|lark|\$END")

@@ -3,21 +3,22 @@
 ``polc compile`` loads the parser from those tables instead of rebuilding it
 (and re-running lark's terminal-collision analysis) at every start. They must
 be regenerated whenever grammar/policy.lark or the lark version changes:
-``python -m polc.compiler.parser --write-tables``.
+``python -m polc.compiler.grammar --write-tables``.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from polc.compiler import grammar as gm
 from polc.compiler import parser as pm
 
 
 def test_shipped_tables_are_current():
     from polc.compiler import _grammar_tables as tables
 
-    assert tables.KEY == pm.tables_key(), (
-        "compiler/_grammar_tables.py is stale: run python -m polc.compiler.parser --write-tables"
+    assert tables.KEY == gm.tables_key(), (
+        "compiler/_grammar_tables.py is stale: run python -m polc.compiler.grammar --write-tables"
     )
     assert pm.get_parser().from_tables
 
@@ -27,8 +28,8 @@ def test_shipped_tables_equal_a_fresh_strict_build():
     pytest.importorskip("interegular")
     from pathlib import Path
 
-    fresh = pm.build_lark(pm._Builder(), strict=True)  # raises on a terminal collision
-    shipped = pm._load_tables(pm._Builder())
+    fresh = gm.build_lark(pm.Builder(), strict=True)  # raises on a terminal collision
+    shipped = gm.load_tables(pm.Builder())
     assert shipped is not None
     assert {(t.name, t.pattern.to_regexp(), t.priority) for t in fresh.terminals} == {
         (t.name, t.pattern.to_regexp(), t.priority) for t in shipped.terminals
@@ -44,8 +45,8 @@ def test_shipped_tables_equal_a_fresh_strict_build():
 
 
 def test_stale_tables_are_not_used(monkeypatch):
-    monkeypatch.setattr(pm, "tables_key", lambda grammar=None: "0" * 64)
-    assert pm._load_tables(pm._Builder()) is None
+    monkeypatch.setattr(gm, "tables_key", lambda grammar=None: "0" * 64)
+    assert gm.load_tables(pm.Builder()) is None
 
 
 def test_parser_built_from_the_grammar_parses_the_same(monkeypatch):
@@ -53,8 +54,8 @@ def test_parser_built_from_the_grammar_parses_the_same(monkeypatch):
     from pathlib import Path
 
     shipped = pm.get_parser()
-    monkeypatch.setattr(pm, "tables_key", lambda grammar=None: "0" * 64)
-    built = pm._Parser()
+    monkeypatch.setattr(gm, "tables_key", lambda grammar=None: "0" * 64)
+    built = pm.Parser()
     assert not built.from_tables and built.fast is not None
     root = Path(__file__).resolve().parents[1] / "policies-src"
     for src in sorted(root.rglob("*.pol")):

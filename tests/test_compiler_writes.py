@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-import polc.compiler.driver as driver
+import polc.compiler.output as driver
 from polc.compiler.driver import compile_paths
 from polc.runtime.artifact import read_artifact_file
 
