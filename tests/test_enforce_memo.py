@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from polc.runtime.enforce import deciders, index, link, matchers, normalize, plan
+import importlib
+
+from polc.runtime.enforce import deciders, index, matchers, normalize, plan
 from polc.runtime.enforce.memo import Memo, put_bounded
 
 
@@ -41,7 +43,7 @@ def test_the_memos_keep_their_bounds():
     assert index._SUFFIXES.limit == plan._REASONS.limit == 65536
     assert index.ENTRIES.limit == index.BUCKETS.limit == 1 << 16
     for m in (matchers._MATCHERS, matchers._CHECKS, index._INDEX_KEYS, index._RANKS, index._SPLITS,
-              plan._SHARED, normalize._NORMALIZERS_OF, link._TYPES):
+              plan._SHARED, normalize._NORMALIZERS_OF, importlib.import_module("polc.runtime.enforce.link")._TYPES):
         assert m.limit == 1 << 13, m
     assert deciders._CODES.limit == 256
     assert plan.DECISIONS_MAX == 4096
