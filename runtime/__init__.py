@@ -10,32 +10,54 @@ The public API::
             raise PermissionError(decision.reason)
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers see; at run time the names are imported on first use
+    from .agent import PolicyAgent
+    from .config import DEFAULT_RELOAD_INTERVAL
+    from .enforce import Decision, Snapshot
+    from .errors import PolicyLoadError
+    from .events import ReloadEvent, ReloadFailure, ReloadResult
+
 # The agent and the enforcer are imported on first use (PEP 562), so tools
 # that only read or write artifacts (polc compile, polc inspect) do not pay
 # for them at start-up: about 40 ms of `import polc.runtime.artifact`.
 _EXPORTS = {
-    "DEFAULT_RELOAD_INTERVAL": "agent",
+    "DEFAULT_RELOAD_INTERVAL": "config",
     "PolicyAgent": "agent",
-    "PolicyLoadError": "agent",
-    "ReloadEvent": "agent",
-    "ReloadFailure": "agent",
-    "ReloadResult": "agent",
-    "Decision": "enforcer",
-    "Snapshot": "enforcer",
+    "PolicyLoadError": "errors",
+    "ReloadEvent": "events",
+    "ReloadFailure": "events",
+    "ReloadResult": "events",
+    "Decision": "enforce",
+    "Snapshot": "enforce",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_RELOAD_INTERVAL",
+    "Decision",
+    "PolicyAgent",
+    "PolicyLoadError",
+    "ReloadEvent",
+    "ReloadFailure",
+    "ReloadResult",
+    "Snapshot",
+]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'polc.runtime' has no attribute {name!r}")
-    # An import statement, not importlib.import_module: the latter bypasses
-    # `python -X importtime`, which tests/test_layering.py reads.
-    from . import agent, enforcer
+    # Import statements, not importlib.import_module: the latter bypasses
+    # `python -X importtime`, which tests/test_layering.py reads. The agent
+    # first, so that `polc.runtime.agent` is always among what a lookup imports.
+    from . import agent, config, enforce, errors, events
 
-    value = getattr(agent if module == "agent" else enforcer, name)
+    modules = {"agent": agent, "config": config, "enforce": enforce, "errors": errors, "events": events}
+    value = getattr(modules[module], name)
     globals()[name] = value
     return value
 
