@@ -8,6 +8,7 @@ import traceback
 from types import FunctionType
 
 import pytest
+from test_agent_support import artifact_bytes
 
 from polc.runtime.artifact import read_artifact
 from polc.runtime.catalog import HOST, INT, PATH, PORT, STRING
@@ -15,8 +16,6 @@ from polc.runtime.enforce import deciders, link
 from polc.runtime.enforce.deciders import NAMESPACE, CodeWriter, decider_code, source_of
 from polc.runtime.enforce.index import HOST_INDEX, KEY_INDEX, SCAN
 from polc.runtime.enforce.plan import Plan
-
-from test_agent_support import artifact_bytes
 
 MOD = [
     ("entitle", "network.outbound", ("api.acme.com", 443)),
