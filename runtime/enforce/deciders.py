@@ -16,8 +16,9 @@ refusal), checks the first port/int parameter's range inline, and returns
 the Decision memoised per rank. Each plan's decider is a function of that
 code whose defaults are the plan's values: no closure cells, one small tuple
 per plan, and locals are faster to read than cells. This is what brings an
-uncached check to ~1.5 µs at 10 modules x 20 rules, and the first check of
-a pair to ~30 µs at K=20 (docs/runtime.md, docs/benchmarks.md).
+uncached check (``cache_size=0``) to ~1.6 µs per request of the mixed
+benchmark stream at 10 modules x 20 rules, the loop included, and building
+a plan to ~10 µs at 1,000 x 20 (3.11, 2 shared vCPUs; docs/benchmarks.md).
 
 The generated code reads nothing but its arguments and :data:`NAMESPACE`,
 an explicit dict of the helpers it calls (and the five builtins it uses):

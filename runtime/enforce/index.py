@@ -330,7 +330,6 @@ class Table:
         ranks_get = _RANKS.get
         splits_get = _SPLITS.get
         ents_get = ENTRIES.get
-        exact_kind, one_label, some_labels, inner_wild, prefix = EXACT, ONE_LABEL, SOME_LABELS, INNER_WILD, PREFIX
         dest: list[Entry] | None
         if keys is None:
             keys = [None] * len(rules)
@@ -340,22 +339,22 @@ class Table:
                 dest = rest
             else:
                 k0, k1 = key
-                if k0 == exact_kind:
+                if k0 == EXACT:
                     skip = pos
                     dest = exact.get(k1)
                     if dest is None:
                         dest = exact[k1] = []
-                elif k0 == one_label:
+                elif k0 == ONE_LABEL:
                     skip = pos
                     dest = wild1.get(k1)
                     if dest is None:
                         dest = wild1[k1] = []
-                elif k0 == some_labels or k0 == inner_wild:  # noqa: SIM109 - no tuple built per rule
-                    skip = pos if k0 == some_labels else -1
+                elif k0 == SOME_LABELS or k0 == INNER_WILD:  # noqa: SIM109 - no tuple built per rule
+                    skip = pos if k0 == SOME_LABELS else -1
                     dest = wildn.get(k1)
                     if dest is None:
                         dest = wildn[k1] = []
-                elif k0 == prefix:
+                elif k0 == PREFIX:
                     # "P*" matches exactly the values the bucket of prefix P holds
                     skip = pos if args[pos][1] == k1 + "*" else -1
                     dest = pfx.get(k1)

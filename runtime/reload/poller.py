@@ -69,7 +69,7 @@ DirKey = tuple[int, int, int, int]  # (st_mtime_ns, st_ino, st_ctime_ns, st_dev)
 # A new listing: the candidate names, the names that can have changed at the
 # directory level (in listing order), and how many names were already known.
 Listing = tuple[list[str], list[str], int]
-_LogLine = tuple[int, str, tuple[object, ...]]
+_LogLine = tuple[int, str, *tuple[object, ...]]  # level, format, arguments
 
 _first = itemgetter(0)
 
@@ -336,12 +336,12 @@ class Poller:
             if prev is None or not prev.get("last_error"):
                 return
             if entry is None:  # the file of a module that never loaded is gone
-                logs.append((logging.INFO, "%s recovered: %s is gone and was never in force", (module, name)))
+                logs.append((logging.INFO, "%s recovered: %s is gone and was never in force", module, name))
                 events.append(ReloadEvent(RECOVERED, module, name))
                 return
             linked_ = entry.linked
             logs.append(
-                (logging.INFO, "%s recovered: %s is in force (revision %s)", (module, name, linked_.revision))
+                (logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision)
             )
             events.append(ReloadEvent(RECOVERED, module, name, None, linked_.revision, linked_.rule_count))
 
@@ -366,7 +366,7 @@ class Poller:
                 self.reloads_ok += 1
                 result.changed.append(module)
                 verb: EventKind = LOADED if (first or initial) else RELOADED
-                logs.append((logging.INFO, "%s %s (%d rules)", (verb, module, linked.rule_count)))
+                logs.append((logging.INFO, "%s %s (%d rules)", verb, module, linked.rule_count))
                 events.append(ReloadEvent(verb, module, name, None, linked.revision, linked.rule_count))
                 recovered(module, name, entry)
             elif isinstance(o, Failed):
@@ -377,13 +377,15 @@ class Poller:
                 prev_loaded = in_force.get(module)
                 status[module] = self._module_status(module, prev_loaded, reason, name)
                 if prev_loaded is not None:
-                    logs.append((logging.WARNING, "reload failed, keeping previous: %s: %s", (name, reason)))
+                    logs.append((logging.WARNING, "reload failed, keeping previous: %s: %s", name, reason))
                 elif module == GLOBAL_MODULE:
                     logs.append(
                         (
                             logging.WARNING,
                             "load failed, denying every request until %s loads: %s: %s",
-                            (GLOBAL_MODULE, name, reason),
+                            GLOBAL_MODULE,
+                            name,
+                            reason,
                         )
                     )
                 else:
@@ -391,7 +393,10 @@ class Poller:
                         (
                             logging.WARNING,
                             "load failed, %s gets %s rules only: %s: %s",
-                            (module, GLOBAL_MODULE, name, reason),
+                            module,
+                            GLOBAL_MODULE,
+                            name,
+                            reason,
                         )
                     )
                 events.append(
@@ -419,7 +424,7 @@ class Poller:
             reason = "file removed; keeping the last policy loaded"
             status[module] = self._module_status(module, prev_loaded, reason, name)
             result.removed.append(module)
-            logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", (name, module)))
+            logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", name, module))
             events.append(
                 ReloadEvent(
                     REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count
@@ -439,7 +444,7 @@ class Poller:
         self._refile([o.name for o in found] + gone)
         self.status_modules = status
         self.last_reload = now
-        for level, msg, args in logs:
+        for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result
 
