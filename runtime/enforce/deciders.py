@@ -246,6 +246,7 @@ def _forget_sources(entries: dict[Shape, tuple[CodeType, tuple[str, ...]]]) -> N
 
 
 _CODES: Memo[Shape, tuple[CodeType, tuple[str, ...]]] = Memo("decider code", 256, on_clear=_forget_sources)
+_codes_get = _CODES.get
 
 
 def _compile(shape: Shape) -> tuple[CodeType, tuple[str, ...]]:
@@ -265,7 +266,7 @@ def _compile(shape: Shape) -> tuple[CodeType, tuple[str, ...]]:
 def decider_code(shape: Shape) -> tuple[CodeType, tuple[str, ...]]:
     """``(code, names)``: the compiled decider of one shape and the names of its
     parameters after ``args``. Compiled once per shape (256 kept)."""
-    f = _CODES.get(shape)
+    f = _codes_get(shape)
     if f is None:
         f = _CODES.put(shape, _compile(shape))
     return f

@@ -27,11 +27,12 @@ __all__ = ["LinkedModule", "link", "types_of"]
 _intern = sys.intern
 
 _TYPES: Memo[Capability, tuple[str, ...]] = Memo("parameter types", SHARE_MAX)
+_types_get = _TYPES.get
 
 
 def types_of(cap: Capability) -> tuple[str, ...]:
     """The parameter types of a capability (memoised: one tuple per signature)."""
-    t = _TYPES.get(cap)
+    t = _types_get(cap)
     if t is None:
         t = _TYPES.put(cap, tuple(p.type for p in cap.params))
     return t

@@ -192,11 +192,12 @@ def _normalizer(norms: tuple[Callable[[object], object], ...]) -> Normalizer:
 
 
 _NORMALIZERS_OF: Memo[Capability, Normalizer] = Memo("request normalisers", 1 << 13)
+_normalizers_get = _NORMALIZERS_OF.get
 
 
 def normalizer_of(sig: Capability) -> Normalizer:
     """The whole-request normaliser of a signature (the sequential path's; memoised)."""
-    f = _NORMALIZERS_OF.get(sig)
+    f = _normalizers_get(sig)
     if f is None:
         f = _NORMALIZERS_OF.put(sig, _normalizer(tuple(NORMALIZERS[p.type] for p in sig.params)))
     return f
