@@ -33,7 +33,7 @@ def test_intern_returns_one_shared_object():
 def test_put_bounded_keeps_its_pinned_entry():
     d = {-1: "none"}
     for i in range(4):
-        put_bounded(d, 3, i, "x", pinned=(-1, "none"))
+        put_bounded(d, 3, i, "x", keep=-1)
     assert d == {-1: "none", 2: "x", 3: "x"}
 
 

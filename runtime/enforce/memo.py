@@ -87,13 +87,14 @@ class Memo(Generic[K, V]):
         return f"<Memo {self.name}: {len(self.data)} of {self.limit}>"
 
 
-def put_bounded(data: dict[K, V], limit: int, key: K, value: V, pinned: tuple[K, V] | None = None) -> V:
+def put_bounded(data: dict[K, V], limit: int, key: K, value: V, keep: K | None = None) -> V:
     """:meth:`Memo.put` for a plain dict: cleared whole when it holds ``limit``
-    entries (then ``pinned``, a ``(key, value)`` that must survive, is put back),
-    ``value`` stored under ``key`` and returned."""
+    entries (the entry under ``keep``, if any, survives), then ``value`` stored
+    under ``key`` and returned."""
     if len(data) >= limit:
+        kept = data.get(keep) if keep is not None else None
         data.clear()
-        if pinned is not None:
-            data[pinned[0]] = pinned[1]
+        if keep is not None and kept is not None:
+            data[keep] = kept
     data[key] = value
     return value

@@ -46,12 +46,13 @@ def clip(text: str) -> str:
 
 
 _REASONS: Memo[tuple[str, str], str] = Memo("decision reasons", MEMO_MAX)
+_reasons_get = _REASONS.get
 
 
 def _reason(verb: str, name: str) -> str:
     """``entitled by M`` / ``denied by M``: one string per module, shared by its Decisions."""
     key = (verb, name)
-    r = _REASONS.get(key)
+    r = _reasons_get(key)
     return r if r is not None else _REASONS.put(key, verb + name)
 
 
@@ -230,7 +231,8 @@ class Plan:
         table = self._tiers[rank >> TIER_SHIFT]
         assert table is not None  # a rank is only ever found in one of the plan's tables
         d = self._decision(table, rank & TIER_MASK)
-        return put_bounded(self._memo, DECISIONS_MAX, rank, d, pinned=(-1, self.no_entitlement))
+        # -1, the module's "no entitlement", outlives a clearing: its plans share it
+        return put_bounded(self._memo, DECISIONS_MAX, rank, d, keep=-1)
 
     def _wrong_arity(self, args: tuple[object, ...]) -> Decision:
         return Decision(
