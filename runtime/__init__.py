@@ -15,28 +15,24 @@ The public API::
 # import TYPE_CHECKING`: `import polc.runtime` does not import typing.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .agent import (
-        DEFAULT_RELOAD_INTERVAL,
-        PolicyAgent,
-        PolicyLoadError,
-        ReloadEvent,
-        ReloadFailure,
-        ReloadResult,
-    )
-    from .enforcer import Decision, Snapshot
+    from .agent import PolicyAgent
+    from .config import DEFAULT_RELOAD_INTERVAL
+    from .enforce import Decision, Snapshot
+    from .errors import PolicyLoadError
+    from .events import ReloadEvent, ReloadFailure, ReloadResult
 
 # The agent and the enforcer are imported on first use (PEP 562), so tools
 # that only read or write artifacts (polc compile, polc inspect) do not pay
 # for them at start-up: about 40 ms of `import polc.runtime.artifact`.
 _EXPORTS = {
-    "DEFAULT_RELOAD_INTERVAL": "agent",
+    "DEFAULT_RELOAD_INTERVAL": "config",
     "PolicyAgent": "agent",
-    "PolicyLoadError": "agent",
-    "ReloadEvent": "agent",
-    "ReloadFailure": "agent",
-    "ReloadResult": "agent",
-    "Decision": "enforcer",
-    "Snapshot": "enforcer",
+    "PolicyLoadError": "errors",
+    "ReloadEvent": "events",
+    "ReloadFailure": "events",
+    "ReloadResult": "events",
+    "Decision": "enforce",
+    "Snapshot": "enforce",
 }
 
 __all__ = [
@@ -57,11 +53,13 @@ if not TYPE_CHECKING:  # type checkers see the names imported above, and no catc
         module = _EXPORTS.get(name)
         if module is None:
             raise AttributeError(f"module 'polc.runtime' has no attribute {name!r}")
-        # An import statement, not importlib.import_module: the latter bypasses
-        # `python -X importtime`, which tests/test_layering.py reads.
-        from . import agent, enforcer
+        # Import statements, not importlib.import_module: the latter bypasses
+        # `python -X importtime`, which tests/test_layering.py reads. The agent
+        # first, so that `polc.runtime.agent` is always among what a lookup imports.
+        from . import agent, config, enforce, errors, events
 
-        value = getattr(agent if module == "agent" else enforcer, name)
+        modules = {"agent": agent, "config": config, "enforce": enforce, "errors": errors, "events": events}
+        value = getattr(modules[module], name)
         globals()[name] = value
         return value
 

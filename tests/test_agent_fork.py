@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from polc.runtime import PolicyAgent
-from polc.runtime import agent as agent_mod
+from polc.runtime.reload import fork as fork_mod
+from polc.runtime.reload import switch as switch_mod
 
 from test_agent_support import wait_for, write_artifact
 
@@ -162,15 +163,15 @@ def test_a_stopped_agent_stays_stopped_in_the_child(pdir):
 def test_fork_during_a_step_on_another_thread(pdir, monkeypatch):
     """A step stuck on another thread at the fork: the child must neither
     deadlock on the step lock nor keep the lowered switch interval."""
-    monkeypatch.setattr(agent_mod, "FORK_STEP_WAIT_S", 0.2, raising=False)
-    if agent_mod.POLL_SWITCH_INTERVAL is None:
+    monkeypatch.setattr(fork_mod, "FORK_STEP_WAIT_S", 0.2)
+    if switch_mod.POLL_SWITCH_INTERVAL is None:
         pytest.skip("switch interval not lowered in this configuration")
     original_interval = sys.getswitchinterval()
     agent = PolicyAgent(pdir, reload=False).start()
     parent = os.getpid()
     in_step = threading.Event()
     release = threading.Event()
-    real_step = agent._step
+    real_step = agent._poller.run_step
 
     def stuck_step(initial):
         if os.getpid() == parent and not release.is_set():
@@ -178,7 +179,7 @@ def test_fork_during_a_step_on_another_thread(pdir, monkeypatch):
             release.wait(PARENT_DEADLINE)  # a hung filesystem, say
         return real_step(initial)
 
-    agent._step = stuck_step  # type: ignore[method-assign]
+    agent._poller.run_step = stuck_step  # type: ignore[method-assign]
     t = threading.Thread(target=agent.reload_now)
     t.start()
     try:
@@ -208,7 +209,7 @@ def test_fork_during_a_step_on_another_thread(pdir, monkeypatch):
     finally:
         release.set()
         t.join(10)
-        del agent._step
+        del agent._poller.run_step
     assert agent.check(*PARTNER)  # the parent's step went on once released
     assert sys.getswitchinterval() == original_interval
 
@@ -219,7 +220,7 @@ def test_fork_waits_for_a_step_to_finish(pdir):
     parent = os.getpid()
     in_step = threading.Event()
     release = threading.Event()
-    real_step = agent._step
+    real_step = agent._poller.run_step
 
     def slow_step(initial):
         if os.getpid() == parent and not release.is_set():
@@ -227,7 +228,7 @@ def test_fork_waits_for_a_step_to_finish(pdir):
             release.wait(PARENT_DEADLINE)
         return real_step(initial)
 
-    agent._step = slow_step  # type: ignore[method-assign]
+    agent._poller.run_step = slow_step  # type: ignore[method-assign]
     write_artifact(pdir, "tenant.acme", V2)
     t = threading.Thread(target=agent.reload_now)
     t.start()
@@ -248,7 +249,7 @@ def test_fork_waits_for_a_step_to_finish(pdir):
     finally:
         release.set()
         t.join(10)
-        del agent._step
+        del agent._poller.run_step
 
 
 # -- gunicorn --preload --------------------------------------------------------------

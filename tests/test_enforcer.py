@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polc.runtime import enforcer, patterns
+from polc.runtime import patterns
+from polc.runtime.enforce import normalize
+from polc.runtime.enforce.index import HOST_INDEX
 from polc.runtime.artifact import read_artifact
 from polc.runtime.catalog import Capability, Param
-from polc.runtime.enforcer import Decision, Snapshot, link
+from polc.runtime.enforce import Decision, Snapshot, link
 
 from test_agent_support import artifact_bytes
 
@@ -283,7 +285,7 @@ def test_indexed_table_does_not_scan():
     rules += [("entitle", "network.outbound", (f"*.d{i}.com", (8000, 8999))) for i in range(1000)]
     m = linked("m", rules)
     ent = m.tables["network.outbound"][1]
-    assert ent.kind == enforcer._HOSTKEY and not ent.rest
+    assert ent.kind == HOST_INDEX and not ent.rest
     s = Snapshot({"m": m}, None)
     assert s.check("m", "network.outbound", "h999.example.com", 443).rule.endswith(":1001:5")
     assert s.check("m", "network.outbound", "x.d7.com", 8080).rule.endswith(f":{1000 + 7 + 2}:5")
@@ -296,28 +298,28 @@ DNSISH = st.text(alphabet="abcAZ09-_.*/: []", max_size=20)
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(DNSISH, st.from_regex(r"[a-z0-9]{1,5}(\.[a-z0-9]{1,5}){0,3}\.?", fullmatch=True)))
 def test_fast_host_normalisation_equals_patterns(value):
-    enforcer._host_memo.clear()
-    enforcer._host_bad.clear()
+    normalize.HOST_MEMO.clear()
+    normalize.HOST_BAD.clear()
     try:
         expected = patterns.normalize_host(value)
     except ValueError:
         with pytest.raises(ValueError):
-            enforcer._norm_host(value)
+            normalize.norm_host(value)
         return
-    assert enforcer._norm_host(value) == expected
-    assert enforcer._norm_host(value) == expected  # memoised
+    assert normalize.norm_host(value) == expected
+    assert normalize.norm_host(value) == expected  # memoised
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.text(alphabet="ab./\0*", max_size=12))
 def test_fast_path_normalisation_equals_patterns(value):
-    enforcer._path_memo.clear()
-    enforcer._path_bad.clear()
+    normalize.PATH_MEMO.clear()
+    normalize.PATH_BAD.clear()
     try:
         expected = patterns.normalize_path(value)
     except ValueError:
         with pytest.raises(ValueError):
-            enforcer._norm_path(value)
+            normalize.norm_path(value)
         return
-    assert enforcer._norm_path(value) == expected
-    assert enforcer._norm_path(value) == expected
+    assert normalize.norm_path(value) == expected
+    assert normalize.norm_path(value) == expected

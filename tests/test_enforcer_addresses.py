@@ -15,10 +15,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from polc.runtime import enforcer, patterns
+from polc.runtime import patterns
+from polc.runtime.catalog import BUILTINS
+from polc.runtime.enforce import normalize
 from polc.runtime import bytecode as bc
 from polc.runtime.artifact import MalformedPayload, read_artifact
-from polc.runtime.enforcer import Snapshot, link
+from polc.runtime.enforce import Snapshot, link
 from polc.runtime.patterns import PatternError, compile_host, normalize_host
 
 from test_agent_support import artifact_bytes, payload
@@ -222,16 +224,16 @@ def test_an_entitled_block_matches_its_addresses_in_either_form_and_never_more(n
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="0123456789abcdefxX.:[]%lo", max_size=24))
 def test_fast_host_path_equals_patterns_for_address_like_text(value):
-    enforcer._host_memo.clear()
-    enforcer._host_bad.clear()
+    normalize.HOST_MEMO.clear()
+    normalize.HOST_BAD.clear()
     try:
         expected = patterns.normalize_host(value)
     except ValueError:
         with pytest.raises(ValueError):
-            enforcer._norm_host(value)
+            normalize.norm_host(value)
         return
-    assert enforcer._norm_host(value) == expected
-    assert enforcer._norm_host(value) == expected  # memoised
+    assert normalize.norm_host(value) == expected
+    assert normalize.norm_host(value) == expected  # memoised
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +341,7 @@ def test_the_verifier_refuses_a_host_constant_the_compiler_refuses():
     spelling as a DNS name, or an IPv4-shaped wildcard, is refused."""
     for op, const in [(bc.HOST_EXACT, "0x7f000001"), (bc.HOST_WILD, "192.168.*.*"), (bc.HOST_EXACT, "0xa9.0xfe.0xa9.0xfe")]:
         p = payload("m", [])
-        caps, consts, code = bc.assemble([(bc.DENY, enforcer.BUILTINS["network.outbound"], 2, 5, [(op, const), (bc.ANY,)])])
+        caps, consts, code = bc.assemble([(bc.DENY, BUILTINS["network.outbound"], 2, 5, [(op, const), (bc.ANY,)])])
         p.update(caps=caps, consts=consts, code=code)
         with pytest.raises(MalformedPayload):
             read_artifact(pack_artifact(p, verify=False), expected_module="m")

@@ -16,7 +16,7 @@ import pytest
 from polc.runtime import bytecode as bc
 from polc.runtime.artifact import HEADER_SIZE, MAGIC, pack_payload, read_artifact
 from polc.runtime.catalog import BUILTINS, Capability, Param
-from polc.runtime.enforcer import Snapshot, link
+from polc.runtime.enforce import Snapshot, link
 
 from test_agent_support import artifact_bytes
 
@@ -137,12 +137,13 @@ def test_a_path_entitle_allows_the_file_under_its_other_names_only(tree):
 def test_decisions_follow_the_file_system_within_the_resolve_ttl(tree, monkeypatch):
     """Repointing a symlink changes the decision once what was looked up expires
     (patterns.RESOLVE_TTL, 1 s): command decisions are never cached for longer."""
-    from polc.runtime import enforcer, patterns
+    from polc.runtime import patterns
+    from polc.runtime.enforce import snapshot as snapshot_mod
 
     clock = [1000.0]
     fake = types.SimpleNamespace(monotonic=lambda: clock[0])
     monkeypatch.setattr(patterns, "time", fake)
-    monkeypatch.setattr(enforcer, "time", fake)
+    monkeypatch.setattr(snapshot_mod, "time", fake)
     ttl = patterns.RESOLVE_TTL
     assert ttl <= 1.0
     s = deny_snapshot(f"{tree}/bin/tool")

@@ -10,10 +10,10 @@ code is specialised for (inlined range checks, prefix buckets, tiers).
 
 from __future__ import annotations
 
-from polc.runtime import enforcer
+from polc.runtime.enforce.plan import Plan
 from polc.runtime.artifact import read_artifact
 from polc.runtime.catalog import Capability, Param
-from polc.runtime.enforcer import Snapshot, link
+from polc.runtime.enforce import Snapshot, link
 
 from test_agent_support import artifact_bytes
 
@@ -108,7 +108,7 @@ def _check_agrees(glob_mode: str, mod_mode: str) -> None:
     snap = Snapshot({"tenant.acme": m}, g, cache_size=0)
     for module, mod in (("tenant.acme", m), ("nobody", None)):
         for cap, args in REQUESTS:
-            plan = enforcer._Plan(module, cap, mod, g)
+            plan = Plan(module, cap, mod, g)
             want = plan.decide(args)
             assert plan.fn(args) == want, (module, cap, args)
             assert snap.check(module, cap, *args) == want, (module, cap, args)
@@ -128,5 +128,5 @@ def test_common_plans_are_fused():
     g = _link("_global", GLOBAL)
     m = _link("tenant.acme", MOD)
     for cap in ("network.outbound", "process.exec", "fs.read", "quota.set"):
-        plan = enforcer._Plan("tenant.acme", cap, m, g)
+        plan = Plan("tenant.acme", cap, m, g)
         assert plan.fn != plan.decide, cap

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polc.runtime import enforcer
+from polc.runtime.enforce import normalize
+from polc.runtime.enforce import snapshot as snapshot_mod
 from polc.runtime.artifact import read_artifact
-from polc.runtime.enforcer import Decision, Snapshot, link
+from polc.runtime.enforce import Decision, Snapshot, link
 
 from test_agent_support import artifact_bytes
 
@@ -39,7 +40,7 @@ def snap(**kw) -> Snapshot:
 
 @pytest.fixture(autouse=True)
 def fresh_fault_log():
-    reset = getattr(getattr(enforcer, "FAULTS", None), "reset", None)
+    reset = getattr(getattr(snapshot_mod, "FAULTS", None), "reset", None)
     if reset is not None:
         reset()
     yield
@@ -97,9 +98,9 @@ def test_requests_with_huge_arguments_are_not_cached():
 def test_normalisation_memos_keep_no_long_values():
     def flood():
         for i in range(20):
-            enforcer._norm_path(f"a{i}/" + "b" * 200_000)
+            normalize.norm_path(f"a{i}/" + "b" * 200_000)
             try:
-                enforcer._norm_host(f"h{i}" + "x" * 500_000)
+                normalize.norm_host(f"h{i}" + "x" * 500_000)
             except ValueError:
                 pass
 
@@ -227,7 +228,7 @@ def test_non_string_modules_get_the_cheap_deny_and_one_warning(caplog):
 
 def test_faults_are_logged_once_per_interval_with_a_count(caplog, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(enforcer.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(snapshot_mod.time, "monotonic", lambda: clock[0])
     s = snap()
     with caplog.at_level(logging.DEBUG, logger="polc"):
         for _ in range(5):

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 from polc.runtime import PolicyAgent, PolicyLoadError
-from polc.runtime import agent as agent_mod
+from polc.runtime.reload import filestate as filestate_mod
+from polc.runtime.reload import outcomes as outcomes_mod
+from polc.runtime.reload import poller as poller_mod
+from polc.runtime.reload import switch as switch_mod
+from polc.runtime.reload.outcomes import NewPolicy
 from polc.runtime.artifact import HEADER_SIZE
 
 from test_agent_support import artifact_bytes, rewrite_in_place, wait_for, write_artifact
@@ -58,18 +62,18 @@ def warnings_about(caplog, text: str) -> list[str]:
 def cycles(agent: PolicyAgent, n: int = 3) -> None:
     """Wait until the poller has completed at least ``n`` more steps."""
     seen = []
-    orig = agent._step
+    orig = agent._poller.run_step
 
     def counting(initial):
         out = orig(initial)
         seen.append(1)
         return out
 
-    agent._step = counting  # type: ignore[method-assign]
+    agent._poller.run_step = counting  # type: ignore[method-assign]
     try:
         wait_for(lambda: len(seen) >= n, timeout=5)
     finally:
-        del agent._step
+        del agent._poller.run_step
 
 
 def test_poller_thread_is_named_daemon_and_stops(pdir, agents):
@@ -364,7 +368,7 @@ def test_kubernetes_data_symlink_swap(tmp_path, agents):
 def test_exception_in_one_poll_is_survived(pdir, agents, caplog, monkeypatch):
     a = agents(pdir)
     calls = {"n": 0}
-    real = agent_mod._artifact.read_artifact_bytes
+    real = outcomes_mod._artifact.read_artifact_bytes
 
     def flaky(path):
         calls["n"] += 1
@@ -372,7 +376,7 @@ def test_exception_in_one_poll_is_survived(pdir, agents, caplog, monkeypatch):
             raise RuntimeError("injected failure")
         return real(path)
 
-    monkeypatch.setattr(agent_mod._artifact, "read_artifact_bytes", flaky)
+    monkeypatch.setattr(outcomes_mod._artifact, "read_artifact_bytes", flaky)
     write_artifact(pdir, "tenant.acme", DENY)
     wait_for(lambda: not a.check(*REQ))
     assert calls["n"] >= 2
@@ -391,7 +395,7 @@ def test_exception_in_listing_is_survived(pdir, agents, caplog, monkeypatch):
             raise MemoryError("injected")  # not an OSError: the loop's own net
         return real(path)
 
-    monkeypatch.setattr(agent_mod.os, "scandir", boom)
+    monkeypatch.setattr(poller_mod.os, "scandir", boom)
     write_artifact(pdir, "tenant.new", [("entitle", "threads.create", ())])
     wait_for(lambda: a.check("tenant.new", "threads.create"))
     assert not state
@@ -459,18 +463,18 @@ def test_racy_reread_catches_rewrite_with_identical_stat(tmp_path, monkeypatch):
             )
         return st
 
-    monkeypatch.setattr(agent_mod.os, "stat", frozen_stat)
+    monkeypatch.setattr(poller_mod.os, "stat", frozen_stat)
     a = PolicyAgent(d, reload=False).start()
     assert a.check("tenant.acme", "network.listen", 1000)
     rewrite_in_place(path, variants[1])
     a.reload_now()
     assert a.check("tenant.acme", "network.listen", 2000)
     # once the stat is old enough to trust, an unchanged key means no read at all
-    monkeypatch.setattr(agent_mod, "RACY_NS", -(10**19))
+    monkeypatch.setattr(filestate_mod, "RACY_NS", -(10**19))
     a.reload_now()  # re-read once more (still marked racy), now trusted
     reads = []
-    real_read = agent_mod._artifact.read_artifact_bytes
-    monkeypatch.setattr(agent_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
+    real_read = outcomes_mod._artifact.read_artifact_bytes
+    monkeypatch.setattr(outcomes_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
     a.reload_now()
     a.reload_now()
     assert reads == []
@@ -483,13 +487,13 @@ def test_atomic_drop_is_published_before_the_per_file_sweep(tmp_path):
         write_artifact(d, f"tenant.m{i}", ALLOW)
     a = PolicyAgent(d, reload=False).start()
     commits = []
-    real = a._commit
+    real = a._poller.commit
 
     def spy(outcomes, gone, initial):
-        commits.append(sorted(o[2] for o in outcomes if o[0] == "load"))
+        commits.append(sorted(o.module for o in outcomes if isinstance(o, NewPolicy)))
         return real(outcomes, gone, initial)
 
-    a._commit = spy  # type: ignore[method-assign]
+    a._poller.commit = spy  # type: ignore[method-assign]
     write_artifact(d, "tenant.m3", DENY)  # write_atomic: a new inode renamed over the old name
     write_artifact(d, "tenant.new", ALLOW)
     rewrite_in_place(d / "tenant.m7.bin", artifact_bytes("tenant.m7", DENY))  # only the sweep sees this
@@ -507,17 +511,17 @@ def test_racy_window_follows_the_timestamp_granularity():
     def st(ctime_ns):
         return SimpleNamespace(st_ctime_ns=ctime_ns)
 
-    fine, coarse = agent_mod.RACY_FINE_NS, agent_mod.RACY_NS
+    fine, coarse = filestate_mod.RACY_FINE_NS, filestate_mod.RACY_NS
     assert fine < coarse
     # fine timestamps (sub-millisecond digits): the short window
-    assert agent_mod._is_racy(st(now - fine + 1_001), now)
-    assert not agent_mod._is_racy(st(now - fine - 1_001), now)
+    assert filestate_mod.is_racy(st(now - fine + 1_001), now)
+    assert not filestate_mod.is_racy(st(now - fine - 1_001), now)
     # whole seconds or whole milliseconds: the clock may be coarse, the long window
-    assert agent_mod._is_racy(st(now // 10**9 * 10**9 - coarse + 10**9), now)
-    assert agent_mod._is_racy(st(now - fine - 1_000_000 - 123), now)  # ms-aligned, 51 ms old
-    assert not agent_mod._is_racy(st((now - coarse) // 10**9 * 10**9 - 10**9), now)
+    assert filestate_mod.is_racy(st(now // 10**9 * 10**9 - coarse + 10**9), now)
+    assert filestate_mod.is_racy(st(now - fine - 1_000_000 - 123), now)  # ms-aligned, 51 ms old
+    assert not filestate_mod.is_racy(st((now - coarse) // 10**9 * 10**9 - 10**9), now)
     # a ctime in the future (clock skew) is racy either way
-    assert agent_mod._is_racy(st(now + 10**9 + 1), now) and agent_mod._is_racy(st(now + 10**9), now)
+    assert filestate_mod.is_racy(st(now + 10**9 + 1), now) and filestate_mod.is_racy(st(now + 10**9), now)
 
 
 @pytest.mark.parametrize("age_ms, fine, reread", [(100, True, False), (100, False, True), (10, True, True)])
@@ -541,23 +545,23 @@ def test_racy_reread_depends_on_age_and_granularity(tmp_path, monkeypatch, age_m
         return st
 
     now = time.time_ns()
-    monkeypatch.setattr(agent_mod.time, "time_ns", lambda: now)  # the agent's clock stands still
+    monkeypatch.setattr(poller_mod.time, "time_ns", lambda: now)  # the agent's clock stands still
 
     def set_age():
         ctime = now - age_ms * 1_000_000
         state["ctime"] = ctime // 1_000_000 * 1_000_000 + (777 if fine else 0)
 
-    monkeypatch.setattr(agent_mod.os, "stat", stamped_stat)
+    monkeypatch.setattr(poller_mod.os, "stat", stamped_stat)
     set_age()
     a = PolicyAgent(d, reload=False).start()
     a.reload_now()
     reads = []
-    real_read = agent_mod._artifact.read_artifact_bytes
-    monkeypatch.setattr(agent_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
+    real_read = outcomes_mod._artifact.read_artifact_bytes
+    monkeypatch.setattr(outcomes_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
     set_age()  # the same stat as recorded, as old as the parameter says
-    a._files["tenant.acme.bin"].key = (state["ctime"], path.stat().st_size, path.stat().st_ino, state["ctime"])
-    a._files["tenant.acme.bin"].racy = True  # recorded while it was fresh
-    a._rebuild_sweep()
+    a._poller.files["tenant.acme.bin"].key = (state["ctime"], path.stat().st_size, path.stat().st_ino, state["ctime"])
+    a._poller.files["tenant.acme.bin"].racy = True  # recorded while it was fresh
+    a._poller.rebuild_sweep()
     a.reload_now()  # re-read once: it was racy when recorded
     assert len(reads) == 1
     a.reload_now()
@@ -569,16 +573,16 @@ def test_drop_during_a_long_sweep_is_published_before_the_sweep_ends(tmp_path, m
     mid-sweep is enforced while the sweep still runs."""
     d = tmp_path / "p"
     d.mkdir()
-    n = agent_mod.SWEEP_CHUNK * 5
+    n = poller_mod.SWEEP_CHUNK * 5
     for i in range(n):
         write_artifact(d, f"tenant.m{i:03d}", ALLOW)
     a = PolicyAgent(d, reload=False).start()
     time.sleep(0.05)  # later changes of the directory get a new timestamp tick
     a.reload_now()
-    monkeypatch.setattr(agent_mod, "SWEEP_DIR_CHECK_S", 0.0)  # look at every chunk boundary
+    monkeypatch.setattr(poller_mod, "SWEEP_DIR_CHECK_S", 0.0)  # look at every chunk boundary
     real_stat = os.stat
     seen = {"bin": 0, "enforced_at": None, "new_at": None}
-    dropped_at = agent_mod.SWEEP_CHUNK // 2
+    dropped_at = poller_mod.SWEEP_CHUNK // 2
 
     def stat(p, *args, **kw):
         if str(p).endswith(".bin"):
@@ -594,13 +598,13 @@ def test_drop_during_a_long_sweep_is_published_before_the_sweep_ends(tmp_path, m
                     seen["new_at"] = k
         return real_stat(p, *args, **kw)
 
-    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    monkeypatch.setattr(poller_mod.os, "stat", stat)
     result = a.reload_now()
     assert sorted(result.changed) == ["tenant.m001", "tenant.zzz"]
     assert seen["bin"] >= n  # the sweep went on to the end
     # published at the next chunk boundary, long before the sweep ended
-    assert seen["enforced_at"] is not None and seen["enforced_at"] <= 2 * agent_mod.SWEEP_CHUNK + 2
-    assert seen["new_at"] is not None and seen["new_at"] <= 2 * agent_mod.SWEEP_CHUNK + 2
+    assert seen["enforced_at"] is not None and seen["enforced_at"] <= 2 * poller_mod.SWEEP_CHUNK + 2
+    assert seen["new_at"] is not None and seen["new_at"] <= 2 * poller_mod.SWEEP_CHUNK + 2
     assert not a.check("tenant.m001", *REQ[1:]) and a.check("tenant.zzz", "threads.create")
     a.reload_now()  # nothing left over
     assert a.reload_now().to_dict() == {"changed": [], "removed": [], "failed": []}
@@ -609,13 +613,13 @@ def test_drop_during_a_long_sweep_is_published_before_the_sweep_ends(tmp_path, m
 def test_deletion_during_a_sweep_is_a_removal_not_an_unreadable_file(tmp_path, monkeypatch, caplog):
     d = tmp_path / "p"
     d.mkdir()
-    n = agent_mod.SWEEP_CHUNK * 3
+    n = poller_mod.SWEEP_CHUNK * 3
     for i in range(n):
         write_artifact(d, f"tenant.m{i:03d}", ALLOW)
     a = PolicyAgent(d, reload=False).start()
     time.sleep(0.05)  # later changes of the directory get a new timestamp tick
     a.reload_now()
-    monkeypatch.setattr(agent_mod, "SWEEP_DIR_CHECK_S", 0.0)
+    monkeypatch.setattr(poller_mod, "SWEEP_DIR_CHECK_S", 0.0)
     real_stat = os.stat
     count = {"bin": 0}
     victim = d / f"tenant.m{n - 1:03d}.bin"  # swept last
@@ -627,7 +631,7 @@ def test_deletion_during_a_sweep_is_a_removal_not_an_unreadable_file(tmp_path, m
                 victim.unlink()
         return real_stat(p, *args, **kw)
 
-    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    monkeypatch.setattr(poller_mod.os, "stat", stat)
     result = a.reload_now()
     assert result.removed == [f"tenant.m{n - 1:03d}"] and result.failed == []
     assert warnings_about(caplog, "removed, keeping previous") and not warnings_about(caplog, "cannot read")
@@ -639,7 +643,7 @@ def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch)
     a = PolicyAgent(pdir, reload=False).start()
     b = PolicyAgent(pdir, reload=False).start()
     before = sys.getswitchinterval()
-    assert before > agent_mod.POLL_SWITCH_INTERVAL
+    assert before > switch_mod.POLL_SWITCH_INTERVAL
     during = []
     real_stat = os.stat
 
@@ -647,9 +651,9 @@ def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch)
         during.append(sys.getswitchinterval())
         return real_stat(p, *args, **kw)
 
-    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    monkeypatch.setattr(poller_mod.os, "stat", stat)
     a.reload_now()
-    assert during and all(abs(v - agent_mod.POLL_SWITCH_INTERVAL) < 1e-6 for v in during)
+    assert during and all(abs(v - switch_mod.POLL_SWITCH_INTERVAL) < 1e-6 for v in during)
     assert sys.getswitchinterval() == before
 
     # steps of two agents overlapping on two threads: restored when the last one leaves
@@ -661,12 +665,12 @@ def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch)
             release.wait(5)
         return real_stat(p, *args, **kw)
 
-    monkeypatch.setattr(agent_mod.os, "stat", slow_stat)
+    monkeypatch.setattr(poller_mod.os, "stat", slow_stat)
     t = threading.Thread(target=a.reload_now, name="slow")
     t.start()
     assert inside.wait(5)
     b.reload_now()  # enters and leaves while a's step is still running
-    assert abs(sys.getswitchinterval() - agent_mod.POLL_SWITCH_INTERVAL) < 1e-6
+    assert abs(sys.getswitchinterval() - switch_mod.POLL_SWITCH_INTERVAL) < 1e-6
     release.set()
     t.join(5)
     assert sys.getswitchinterval() == before
@@ -676,7 +680,7 @@ def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch)
         sys.setswitchinterval(0.002)
         return real_stat(p, *args, **kw)
 
-    monkeypatch.setattr(agent_mod.os, "stat", meddling_stat)
+    monkeypatch.setattr(poller_mod.os, "stat", meddling_stat)
     try:
         a.reload_now()
         assert sys.getswitchinterval() == pytest.approx(0.002)
@@ -684,8 +688,8 @@ def test_poll_step_lowers_the_switch_interval_and_restores_it(pdir, monkeypatch)
         sys.setswitchinterval(before)
 
     # switched off: left alone
-    monkeypatch.setattr(agent_mod, "POLL_SWITCH_INTERVAL", None)
-    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    monkeypatch.setattr(switch_mod, "POLL_SWITCH_INTERVAL", None)
+    monkeypatch.setattr(poller_mod.os, "stat", stat)
     during.clear()
     a.reload_now()
     assert during and all(v == before for v in during)
@@ -701,11 +705,11 @@ def test_sweep_lists_stay_equal_to_a_rebuild(tmp_path):
     a = PolicyAgent(d, reload=False).start()
 
     def check_lists():
-        sweep, recheck = a._sweep, sorted(a._recheck)
-        a._rebuild_sweep()
-        assert sweep == a._sweep and recheck == sorted(a._recheck)
+        sweep, recheck = a._poller.sweep, sorted(a._poller.recheck)
+        a._poller.rebuild_sweep()
+        assert sweep == a._poller.sweep and recheck == sorted(a._poller.recheck)
         assert [e[0] for e in sweep] == sorted(e[0] for e in sweep)
-        assert set(e[0] for e in sweep) | set(recheck) == set(a._files)
+        assert set(e[0] for e in sweep) | set(recheck) == set(a._poller.files)
 
     check_lists()
     changes = [
@@ -722,10 +726,10 @@ def test_sweep_lists_stay_equal_to_a_rebuild(tmp_path):
         change()
         a.reload_now()
         check_lists()
-        a._files = {n: s for n, s in a._files.items()}  # no aliasing tricks: plain state
-        for st in a._files.values():
+        a._poller.files = {n: s for n, s in a._poller.files.items()}  # no aliasing tricks: plain state
+        for st in a._poller.files.values():
             st.racy = False  # as if time passed
-        a._rebuild_sweep()
+        a._poller.rebuild_sweep()
         a.reload_now()
         check_lists()
 
@@ -741,7 +745,7 @@ def test_file_that_cannot_be_statted_does_not_break_directory_changes(pdir, monk
             raise PermissionError(13, "Permission denied", str(p))
         return real_stat(p, *args, **kw)
 
-    monkeypatch.setattr(agent_mod.os, "stat", stat)
+    monkeypatch.setattr(poller_mod.os, "stat", stat)
     write_artifact(pdir, "tenant.new", [("entitle", "threads.create", ())])
     first = a.reload_now()
     assert first.changed == ["tenant.new"]
@@ -752,5 +756,5 @@ def test_file_that_cannot_be_statted_does_not_break_directory_changes(pdir, monk
     assert not a.check(*REQ) and a.check("tenant.new", "threads.create")
     assert a.check("tenant.globex", "network.outbound", "api.globex.com", 443)  # previous policy kept
     assert len(warnings_about(caplog, "tenant.globex.bin: cannot read")) == 1
-    monkeypatch.setattr(agent_mod.os, "stat", real_stat)
+    monkeypatch.setattr(poller_mod.os, "stat", real_stat)
     assert a.reload_now().failed == [] and a.status()["modules"]["tenant.globex"]["last_error"] is None

@@ -1,0 +1,201 @@
+"""Configuration: the ``POLC_*`` environment variables and the agent's arguments, read strictly.
+
+An unset variable means "not configured": the documented default applies.
+A variable that is set is configuration, and configuration that cannot be
+understood is an error naming the variable — never the default. Empty or
+whitespace-only values are the common case: a template that expands to
+nothing (``POLC_TRUST_FILE=${TRUST}``) must not turn signature checking off.
+
+Each ``env_*`` reader returns None when the variable is unset, the parsed
+value otherwise, and raises :class:`~polc.runtime.errors.ConfigError` (a
+ValueError: ``NAME='value': why``) for anything else. :class:`AgentConfig`
+resolves a PolicyAgent's arguments against them: arguments win, a variable
+is read only when its argument is None. Standard library only: the CLI
+(``polc run``) and the agent both use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .artifact import Trust
+
+__all__ = [
+    "DEFAULT_RELOAD_INTERVAL",
+    "AgentConfig",
+    "env_bool",
+    "env_path",
+    "env_seconds",
+    "env_text",
+    "parse_seconds",
+    "resolve_trust",
+]
+
+DEFAULT_RELOAD_INTERVAL = 5.0
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
+    return (os.environ if environ is None else environ).get(name)
+
+
+def _empty(name: str, raw: str, what: str) -> ConfigError:
+    return ConfigError(f"{name}={raw!r}: set but empty; give {what}")
+
+
+def env_text(name: str, environ: Mapping[str, str] | None = None, *, what: str = "a value, or unset it") -> str | None:
+    """The stripped value of ``name``; an error when it is set but blank."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value:
+        raise _empty(name, raw, what)
+    return value
+
+
+def env_path(name: str, environ: Mapping[str, str] | None = None, *, what: str = "a path, or unset it") -> str | None:
+    """The value of ``name`` as a path, exactly as given.
+
+    Blank is an error, and so is leading or trailing whitespace: ``"/srv/p "``
+    names another directory than ``"/srv/p"``, and guessing which was meant
+    could load the wrong policies.
+    """
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise _empty(name, raw, what)
+    if raw != raw.strip():
+        raise ConfigError(f"{name}={raw!r}: leading or trailing whitespace in a path; remove it")
+    return raw
+
+
+def env_bool(name: str, environ: Mapping[str, str] | None = None) -> bool | None:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case)."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    if not value:
+        raise _empty(name, raw, "true or false, or unset it")
+    raise ConfigError(f"{name}={raw!r}: expected true or false (or 1/0, yes/no, on/off)")
+
+
+def parse_seconds(value: object, origin: str) -> float:
+    """A finite number of seconds >= 0 that a thread can wait for; ``origin`` names the setting."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        # float() decides what it accepts (numbers, numeric strings, objects with __float__);
+        # what it refuses is the TypeError or ValueError caught below.
+        seconds = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{origin}={value!r}: expected a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{origin}={value!r}: expected a number of seconds >= 0")
+    if seconds > threading.TIMEOUT_MAX:
+        # Event.wait() would raise OverflowError in the poller thread, which
+        # would then die and never reload again.
+        raise ConfigError(f"{origin}={value!r}: at most {threading.TIMEOUT_MAX:g} seconds")
+    return seconds
+
+
+def env_seconds(name: str, environ: Mapping[str, str] | None = None) -> float | None:
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise _empty(name, raw, "a number of seconds, or unset it")
+    return parse_seconds(raw, name)
+
+
+def resolve_trust(trust: Any) -> Trust | None:
+    """The trust configuration an agent verifies with (None: signatures not required).
+
+    ``None`` consults ``POLC_TRUST_FILE``: unset means no trust; set, it must
+    name a readable trust file (blank is an error, never "no trust"). A path
+    is loaded; anything else must be a trust object with a ``verify`` method.
+    cryptography is imported only when trust is configured.
+    """
+    if trust is None:
+        if "POLC_TRUST_FILE" not in os.environ:
+            return None
+        from .signing import TrustConfig
+
+        return TrustConfig.from_env()
+    if isinstance(trust, (str, os.PathLike)):
+        path = os.fspath(trust)
+        if not path.strip():
+            raise ConfigError(f"trust={path!r}: empty path of a trust file")
+        from .signing import TrustConfig
+
+        return TrustConfig.from_file(path)
+    if not callable(getattr(trust, "verify", None)):
+        raise TypeError(f"trust={trust!r}: expected a TrustConfig, a trust file's path, or None (POLC_TRUST_FILE)")
+    trusted: Trust = trust
+    return trusted
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """A PolicyAgent's settings, resolved: arguments, then ``POLC_*`` variables, then defaults."""
+
+    policy_dir: str
+    reload_interval: float
+    reload: bool  # reloading on: reload requested and an interval > 0
+    strict: bool
+    trust: Trust | None
+    cache_size: int
+
+    @classmethod
+    def resolve(
+        cls,
+        policy_dir: str | os.PathLike[str] | None = None,
+        *,
+        reload_interval: float | None = None,
+        reload: bool | None = None,
+        strict: bool | None = None,
+        trust: Any = None,
+        cache_size: int = 65536,
+    ) -> AgentConfig:
+        """Resolve the agent's arguments (raises ConfigError, or TypeError for ``trust``)."""
+        if policy_dir is None:
+            policy_dir = env_path("POLC_POLICY_DIR", what="the policy directory, or unset it")
+            if policy_dir is None:
+                raise ConfigError("no policy directory: pass policy_dir or set POLC_POLICY_DIR")
+        directory = os.fspath(policy_dir)
+        if not directory.strip():
+            raise ConfigError(f"policy_dir={directory!r}: empty path")
+        if reload_interval is None:
+            env_interval = env_seconds("POLC_RELOAD_INTERVAL")
+            interval = DEFAULT_RELOAD_INTERVAL if env_interval is None else env_interval
+        else:
+            interval = parse_seconds(reload_interval, "reload_interval")
+        if reload is None:
+            env_reload = env_bool("POLC_RELOAD")
+            reload = True if env_reload is None else env_reload
+        if cache_size < 0:
+            raise ConfigError(f"cache_size={cache_size!r}: expected a number >= 0")
+        return cls(
+            policy_dir=directory,
+            reload_interval=interval,
+            reload=bool(reload) and interval > 0,
+            strict=bool(strict),
+            trust=resolve_trust(trust),
+            cache_size=int(cache_size),
+        )

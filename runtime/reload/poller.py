@@ -1,0 +1,595 @@
+"""The poller: the reloader's state for one policy directory, and one step of it.
+
+:meth:`Poller.run_step` is one poll (the agent serialises steps with its
+step lock and runs them on its thread, ``while not stop.wait(interval)``, or
+from ``reload_now``):
+
+1. ``stat`` the directory. Only if its ``(mtime_ns, ino, ctime_ns, dev)``
+   changed (or changed within the racy window) is it listed again (``*.bin``
+   names, not starting with ``.``).
+2. When it was listed, the names that can have changed at the directory
+   level — new, symlinks, or whose directory entry's inode differs from the
+   recorded one (atomic renames, ``..data`` swaps) — are examined, names gone
+   are noted, and that is committed and published first.
+3. The sweep: every other file is ``stat``-ed and compared field by field
+   with its recorded stat, walking a precomputed list of
+   ``(name, path, mtime, size, ino, ctime)``, so an unchanged file costs one
+   ``stat`` call and four comparisons. Between chunks of SWEEP_CHUNK files
+   (at most every SWEEP_DIR_CHECK_S) the directory is looked at again, and a
+   changed directory is handled as in 2 at once.
+4. Each changed file is examined (:func:`~.outcomes.examine`), and each
+   phase's outcomes are committed at once (:meth:`Poller.commit`): file
+   states, status, one snapshot published, then log lines and events. An
+   exception commits nothing of the phase it hits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import stat as stat_mod
+import time
+from collections.abc import Callable
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, assert_never
+
+from ..catalog import GLOBAL_MODULE
+from ..enforce import EMPTY_SNAPSHOT, LinkedModule, Snapshot
+from ..events import (
+    FAILED,
+    LOADED,
+    RECOVERED,
+    RELOADED,
+    REMOVED,
+    EventKind,
+    ReloadEvent,
+    ReloadFailure,
+    ReloadResult,
+)
+from . import outcomes
+from .filestate import FileState, SweepEntry, is_racy
+from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
+
+if TYPE_CHECKING:
+    from ..artifact import Trust
+
+__all__ = ["SUFFIX", "SWEEP_CHUNK", "SWEEP_DIR_CHECK_S", "InForce", "Poller"]
+
+logger = logging.getLogger("polc")
+
+SUFFIX = ".bin"
+# The per-file sweep looks at the directory's own stat between chunks of
+# this many files, at most every SWEEP_DIR_CHECK_S, so an atomic drop that
+# lands during a long sweep is published without waiting for the sweep.
+SWEEP_CHUNK = 64
+SWEEP_DIR_CHECK_S = 0.005
+
+DirKey = tuple[int, int, int, int]  # (st_mtime_ns, st_ino, st_ctime_ns, st_dev) of the directory
+# A new listing: the candidate names, the names that can have changed at the
+# directory level (in listing order), and how many names were already known.
+Listing = tuple[list[str], list[str], int]
+_LogLine = tuple[int, str, *tuple[object, ...]]  # level, format, arguments
+
+_first = itemgetter(0)
+
+
+class InForce:
+    """The policy of one module in force: its linked artifact, from which file, since when."""
+
+    __slots__ = ("file", "linked", "loaded_at")
+
+    def __init__(self, linked: LinkedModule, file: str, loaded_at: float) -> None:
+        self.linked = linked
+        self.file = file
+        self.loaded_at = loaded_at
+
+
+class Poller:
+    """The reloader of one policy directory: what it has seen, what is in force, and one step.
+
+    Every attribute is changed only by the thread running a step (the
+    caller serialises steps); the status attributes and ``snapshot`` are
+    replaced whole, so readers on other threads see one version or the next.
+    ``publish`` is called with each new snapshot, right after it is recorded.
+    """
+
+    def __init__(
+        self,
+        policy_dir: str,
+        *,
+        trust: Trust | None,
+        cache_size: int,
+        publish: Callable[[Snapshot], None],
+    ) -> None:
+        self.policy_dir = policy_dir
+        self.trust = trust
+        self.cache_size = cache_size
+        self._on_publish = publish
+        self.snapshot: Snapshot = EMPTY_SNAPSHOT
+        self.files: dict[str, FileState] = {}
+        self.in_force: dict[str, InForce] = {}
+        self.dir_key: DirKey | None = None
+        self.dir_racy = True
+        self.names: list[str] = []
+        self.paths: dict[str, str] = {}
+        self._pending_dir: tuple[DirKey, bool, list[str]] | None = None
+        # What the sweep stats, of every file whose recorded stat can be trusted,
+        # in name order; every other file (racy or unreadable) is examined on
+        # every step.
+        self.sweep: list[SweepEntry] = []
+        self.recheck: list[str] = []
+        # Published for status(): replaced whole on every commit.
+        self.dir_error: str | None = None
+        self.global_error: str | None = None
+        self.status_modules: dict[str, dict[str, Any]] = {}
+        self.last_reload: float | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    # -- one step ------------------------------------------------------------
+
+    def run_step(self, initial: bool = False) -> tuple[list[ReloadEvent], ReloadResult]:
+        """One poll: the events committed (to be delivered) and what changed."""
+        now_ns = time.time_ns()
+        events: list[ReloadEvent] = []
+        result = ReloadResult()
+        # The sweep list and the files to re-examine as they were before this
+        # step: a directory phase below replaces both when it commits.
+        sweep = self.sweep
+        recheck = self.recheck
+        done: set[str] = set()  # names examined by a directory phase of this step
+        self._pending_dir = None
+        try:
+            listing = self._list(now_ns)
+        except OSError as exc:
+            return self._dir_unavailable(exc, initial)
+        if self.dir_error is not None:
+            logger.info("policy directory available again: %s", self.policy_dir)
+            self.dir_error = None
+        if listing is not None:
+            # The directory changed: a file was created, deleted or renamed
+            # over (atomic drops, ``..data`` swaps). Examine the names that
+            # can have changed that way and publish them first, before the
+            # sweep that costs one stat per file (slow under a GIL convoy).
+            self._dir_phase(listing, now_ns, initial, done, events, result)
+            if initial:
+                return events, result
+
+        # The sweep: one stat per file, compared field by field with the
+        # recorded key. Between chunks, the directory's own stat: a drop that
+        # lands meanwhile is published at once, not after the sweep.
+        changed: list[str] = []
+        stat = os.stat
+        clock = time.monotonic
+        last_dir_check = clock()
+        n = len(sweep)
+        chunk = SWEEP_CHUNK
+        for lo in range(0, n, chunk):
+            if lo and clock() - last_dir_check >= SWEEP_DIR_CHECK_S:
+                try:
+                    listing = self._list(now_ns, changed_only=True)
+                except OSError as exc:
+                    return self._dir_unavailable(exc, initial, events, result)
+                if listing is not None:
+                    self._dir_phase(listing, now_ns, False, done, events, result)
+                last_dir_check = clock()
+            for name, path, mtime, size, ino, ctime in sweep[lo : lo + chunk] if n > chunk else sweep:
+                try:
+                    st = stat(path)  # follows symlinks: ..data swaps show up here
+                except OSError:
+                    changed.append(name)
+                    continue
+                if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
+                    changed.append(name)
+        changed += recheck  # racy or unreadable files: examined every step
+
+        # Decide, read, verify and link without touching any state, then
+        # commit everything at once.
+        found: list[Outcome] = []
+        files = self.files
+        for name in changed:
+            if name in done or name not in files:  # already examined, or gone
+                continue
+            done.add(name)
+            outcome = self.examine(name, now_ns)
+            if outcome is not None:
+                found.append(outcome)
+        if not found:
+            self.last_reload = time.time()
+            return events, result
+        ev, res = self.commit(found, [], False)
+        events += ev
+        result.changed.extend(res.changed)
+        result.failed.extend(res.failed)
+        return events, result
+
+    def _list(self, now_ns: int, changed_only: bool = False) -> Listing | None:
+        """List the directory if its stat changed (or, unless ``changed_only``,
+        changed too recently to be trusted); None when it was not listed.
+
+        Returns the candidate names; the names that can have changed
+        at the directory level — new, symlinks, or whose directory entry's
+        inode differs from the recorded one (renamed over: atomic drops) —
+        in listing order; and how many names were already known (fewer than
+        the recorded files: some are gone). The directory entries give all
+        that without a system call per name.
+        """
+        st = os.stat(self.policy_dir)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(20, "not a directory", self.policy_dir)
+        key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
+        if key == self.dir_key and (changed_only or not self.dir_racy):
+            return None
+        names = []
+        first = []
+        known = 0
+        get = self.files.get
+        suffix = SUFFIX
+        with os.scandir(self.policy_dir) as it:
+            for entry in it:
+                name = entry.name
+                if name.endswith(suffix) and name[0] != ".":  # also refuses a bare ".bin"
+                    names.append(name)
+                    state = get(name)
+                    if state is None:
+                        first.append(name)
+                        continue
+                    known += 1
+                    try:
+                        if state.ino != entry.inode() or entry.is_symlink():
+                            first.append(name)
+                    except OSError:
+                        first.append(name)
+        # Recorded (and sorted, after publishing) by the directory phase that uses this listing.
+        self._pending_dir = (key, is_racy(st, now_ns), names)
+        return names, first, known
+
+    def _dir_unavailable(
+        self,
+        exc: OSError,
+        initial: bool,
+        events: list[ReloadEvent] | None = None,
+        result: ReloadResult | None = None,
+    ) -> tuple[list[ReloadEvent], ReloadResult]:
+        reason = f"{exc.strerror or exc}"
+        if self.dir_error != reason:
+            logger.warning(
+                "policy directory unavailable, keeping %d loaded module(s): %s: %s",
+                len(self.in_force),
+                self.policy_dir,
+                reason,
+            )
+        self.dir_error = reason
+        if initial:
+            self.publish(self._snapshot_with([], initial=True))
+        failure = ReloadFailure(self.policy_dir, None, f"policy directory unavailable: {reason}")
+        if result is None:
+            result = ReloadResult()
+        result.failed.append(failure)
+        return events or [], result
+
+    def _dir_phase(
+        self,
+        listing: Listing,
+        now_ns: int,
+        initial: bool,
+        done: set[str],
+        events: list[ReloadEvent],
+        result: ReloadResult,
+    ) -> None:
+        """Examine and commit what a new listing shows: new names, names whose
+        directory entry points elsewhere (renames, symlinks) and names gone."""
+        names, first, known = listing
+        files = self.files
+        found: list[Outcome] = []
+        for name in first:
+            done.add(name)
+            outcome = self.examine(name, now_ns)
+            if outcome is not None:
+                found.append(outcome)
+        gone: list[str] = []
+        if known < len(files):
+            seen = set(names)
+            gone = [name for name in files if name not in seen]
+        if not found and not gone and not initial:
+            # The same names, nothing changed (a dot-file came or went, or
+            # the directory's stat was racy): record the listing only.
+            self._record_listing()
+            return
+        ev, res = self.commit(found, gone, initial)  # also records the listing
+        events += ev
+        result.changed.extend(res.changed)
+        result.removed.extend(res.removed)
+        result.failed.extend(res.failed)
+
+    def examine(self, name: str, now_ns: int) -> Outcome | None:
+        """One file: None when unchanged, else its outcome (nothing is changed yet)."""
+        path = self.paths.get(name)
+        if path is None:
+            path = self.paths[name] = os.path.join(self.policy_dir, name)
+        in_force = self.in_force.get(name[: -len(SUFFIX)])
+        return outcomes.examine(
+            name, path, self.files.get(name), in_force.linked if in_force else None, self.trust, now_ns
+        )
+
+    # -- commit --------------------------------------------------------------
+
+    def commit(
+        self, found: list[Outcome], gone: list[str], initial: bool
+    ) -> tuple[list[ReloadEvent], ReloadResult]:
+        """Apply a phase's outcomes and the names gone at once: file states, status,
+        one snapshot published, then log lines. Returns the events and what changed."""
+        now = time.time()
+        events: list[ReloadEvent] = []
+        changed: list[LinkedModule] = []
+        result = ReloadResult()
+        files = self.files
+        in_force = self.in_force
+        old_status = self.status_modules
+        status = dict(old_status)
+        logs: list[_LogLine] = []
+
+        def recovered(module: str, name: str, entry: InForce | None) -> None:
+            # The module had an error (failed or removed) and has none now.
+            prev = old_status.get(module)
+            if prev is None or not prev.get("last_error"):
+                return
+            if entry is None:  # the file of a module that never loaded is gone
+                logs.append((logging.INFO, "%s recovered: %s is gone and was never in force", module, name))
+                events.append(ReloadEvent(RECOVERED, module, name))
+                return
+            linked_ = entry.linked
+            logs.append(
+                (logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision)
+            )
+            events.append(ReloadEvent(RECOVERED, module, name, None, linked_.revision, linked_.rule_count))
+
+        for o in found:
+            name, module = o.name, o.module
+            prev = files.get(name)
+            if isinstance(o, Touched):  # the very bytes read last time: only the stat moved
+                files[name] = FileState(o.key, o.racy, o.content, prev.error if prev else None)
+            elif isinstance(o, SamePolicy):  # a valid artifact identical to the loaded policy
+                files[name] = FileState(o.key, o.racy, o.content, None)
+                if module in in_force:
+                    status[module] = self._module_status(module, in_force[module], None)
+                    recovered(module, name, in_force[module])
+            elif isinstance(o, NewPolicy):
+                linked = o.linked
+                first = module not in in_force
+                entry = InForce(linked, name, now)
+                in_force[module] = entry
+                files[name] = FileState(o.key, o.racy, o.content, None)
+                changed.append(linked)
+                status[module] = self._module_status(module, entry, None)
+                self.reloads_ok += 1
+                result.changed.append(module)
+                verb: EventKind = LOADED if (first or initial) else RELOADED
+                logs.append((logging.INFO, "%s %s (%d rules)", verb, module, linked.rule_count))
+                events.append(ReloadEvent(verb, module, name, None, linked.revision, linked.rule_count))
+                recovered(module, name, entry)
+            elif isinstance(o, Failed):
+                reason = o.reason
+                files[name] = FileState(o.key, o.racy, o.content, reason)
+                self.reloads_failed += 1
+                result.failed.append(ReloadFailure(name, module, reason))
+                prev_loaded = in_force.get(module)
+                status[module] = self._module_status(module, prev_loaded, reason, name)
+                if prev_loaded is not None:
+                    logs.append((logging.WARNING, "reload failed, keeping previous: %s: %s", name, reason))
+                elif module == GLOBAL_MODULE:
+                    logs.append(
+                        (
+                            logging.WARNING,
+                            "load failed, denying every request until %s loads: %s: %s",
+                            GLOBAL_MODULE,
+                            name,
+                            reason,
+                        )
+                    )
+                else:
+                    logs.append(
+                        (
+                            logging.WARNING,
+                            "load failed, %s gets %s rules only: %s: %s",
+                            module,
+                            GLOBAL_MODULE,
+                            name,
+                            reason,
+                        )
+                    )
+                events.append(
+                    ReloadEvent(
+                        FAILED,
+                        module,
+                        name,
+                        reason,
+                        prev_loaded.linked.revision if prev_loaded else None,
+                        prev_loaded.linked.rule_count if prev_loaded else 0,
+                    )
+                )
+            else:  # pragma: no cover - every kind of outcome is handled above
+                assert_never(o)
+
+        for name in gone:
+            module = name[: -len(SUFFIX)]
+            del files[name]
+            self.paths.pop(name, None)
+            prev_loaded = in_force.get(module)
+            if prev_loaded is None:
+                status.pop(module, None)
+                recovered(module, name, None)
+                continue
+            reason = "file removed; keeping the last policy loaded"
+            status[module] = self._module_status(module, prev_loaded, reason, name)
+            result.removed.append(module)
+            logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", name, module))
+            events.append(
+                ReloadEvent(
+                    REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count
+                )
+            )
+
+        # _global that never loaded but failed: deny everything (fail closed)
+        gstate = files.get(GLOBAL_MODULE + SUFFIX)
+        if GLOBAL_MODULE not in in_force and gstate is not None and gstate.error is not None:
+            self.global_error = f"{GLOBAL_MODULE}{SUFFIX} failed to load: {gstate.error}"
+        else:
+            self.global_error = None
+
+        if changed or initial or self.snapshot.unavailable != self.global_error:
+            self.publish(self._snapshot_with(changed, initial=initial))
+        self._record_listing()
+        self._refile([o.name for o in found] + gone)
+        self.status_modules = status
+        self.last_reload = now
+        for level, msg, *args in logs:
+            logger.log(level, msg, *args)
+        return events, result
+
+    # -- the sweep lists -----------------------------------------------------
+
+    def rebuild_sweep(self) -> None:
+        """Rebuild the sweep list and the re-check list from the recorded file states.
+
+        The sweep's strings and ints are fresh copies, allocated together:
+        the idle sweep then reads memory that sits close together instead of
+        objects scattered over the heap by loading (about 0.35 us per file at
+        10,000 files, a third of the sweep's cost beyond the stat calls).
+        """
+        files = self.files
+        prefix = os.path.join(self.policy_dir, "")
+        sweep: list[SweepEntry] = []
+        recheck = []
+        for name in self.names:
+            state = files.get(name)
+            if state is None:
+                continue
+            key = state.key
+            if state.racy or len(key) != 4:
+                recheck.append(name)
+            else:
+                mtime, size, ino, ctime = key
+                sweep.append((name, prefix + name, mtime + 0, size + 0, ino + 0, ctime + 0))
+        self.sweep = sweep
+        self.recheck = recheck
+
+    def _record_listing(self) -> None:
+        if self._pending_dir is not None:
+            self.dir_key, self.dir_racy, names = self._pending_dir
+            names.sort()
+            self.names = names
+            self._pending_dir = None
+
+    def _refile(self, names: list[str]) -> None:
+        """Put the named files (changed, new or gone) back in the sweep or re-check list.
+
+        The lists are replaced, never changed in place: a sweep in progress
+        iterates the list it started with.
+        """
+        if len(names) > SWEEP_CHUNK:
+            self.rebuild_sweep()
+            return
+        files = self.files
+        todo = set(names)
+        sweep = self.sweep.copy()
+        recheck = [name for name in self.recheck if name not in todo]
+        prefix = os.path.join(self.policy_dir, "")
+        for name in sorted(todo):
+            i = bisect.bisect_left(sweep, name, key=_first)
+            if i < len(sweep) and sweep[i][0] == name:
+                del sweep[i]
+            state = files.get(name)
+            if state is None:  # gone
+                continue
+            key = state.key
+            if state.racy or len(key) != 4:
+                recheck.append(name)
+            else:
+                sweep.insert(i, (name, prefix + name, *key))
+        self.sweep = sweep
+        self.recheck = recheck
+
+    # -- snapshots and status ------------------------------------------------
+
+    def _snapshot_with(self, changed: list[LinkedModule], *, initial: bool) -> Snapshot:
+        if initial or self.snapshot is EMPTY_SNAPSHOT:
+            mods = {m: e.linked for m, e in self.in_force.items() if m != GLOBAL_MODULE}
+            glob = self.in_force.get(GLOBAL_MODULE)
+            return Snapshot(
+                mods,
+                glob.linked if glob else None,
+                unavailable=self.global_error,
+                cache_size=self.cache_size,
+            )
+        return self.snapshot.replace(changed, unavailable=self.global_error)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Record ``snapshot`` as the one in force and hand it to the agent."""
+        self.snapshot = snapshot
+        self._on_publish(snapshot)
+
+    def _module_status(
+        self, module: str, entry: InForce | None, error: str | None, file: str | None = None
+    ) -> dict[str, Any]:
+        if entry is None:
+            return {
+                "revision": None,
+                "rules": 0,
+                "mode": None,
+                "loaded_at": None,
+                "source": None,
+                "file": file or module + SUFFIX,
+                "last_error": error,
+            }
+        linked = entry.linked
+        return {
+            "revision": linked.revision,
+            "rules": linked.rule_count,
+            "mode": linked.mode,
+            "loaded_at": entry.loaded_at,
+            "source": linked.source,
+            "file": entry.file,
+            "last_error": error,
+        }
+
+    # -- starting over -------------------------------------------------------
+
+    def forget(self) -> None:
+        """Forget everything seen (a strict start that failed): a retry sees it all again."""
+        self.publish(EMPTY_SNAPSHOT)
+        self.files.clear()
+        self.in_force.clear()
+        self.dir_key = None
+        self.names = []
+        self.sweep = []
+        self.recheck = []
+        self.status_modules = {}
+
+    def resync(self) -> None:
+        """Rebuild the state from the published snapshot, which is always whole (one
+        assignment); the next step re-reads and re-verifies every file. For a child of
+        ``os.fork()`` whose parent was in the middle of a step on another thread."""
+        snap = self.snapshot
+        old = self.in_force
+        in_force: dict[str, InForce] = {}
+        linked_all = list(snap.modules.items())
+        if snap.glob is not None:
+            linked_all.append((GLOBAL_MODULE, snap.glob))
+        for module, linked in linked_all:
+            prev = old.get(module)
+            if prev is not None and prev.linked is linked:
+                in_force[module] = prev
+            else:
+                in_force[module] = InForce(linked, module + SUFFIX, time.time())
+        self.in_force = in_force
+        self.files = {}
+        self.paths = {}
+        self.dir_key = None
+        self.dir_racy = True
+        self.names = []
+        self._pending_dir = None
+        self.sweep = []
+        self.recheck = []
+        self.status_modules = {m: self._module_status(m, e, None) for m, e in in_force.items()}
