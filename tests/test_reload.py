@@ -368,7 +368,7 @@ def test_kubernetes_data_symlink_swap(tmp_path, agents):
 def test_exception_in_one_poll_is_survived(pdir, agents, caplog, monkeypatch):
     a = agents(pdir)
     calls = {"n": 0}
-    real = outcomes_mod._artifact.read_artifact_bytes
+    real = outcomes_mod._reader.read_artifact_bytes
 
     def flaky(path):
         calls["n"] += 1
@@ -376,7 +376,7 @@ def test_exception_in_one_poll_is_survived(pdir, agents, caplog, monkeypatch):
             raise RuntimeError("injected failure")
         return real(path)
 
-    monkeypatch.setattr(outcomes_mod._artifact, "read_artifact_bytes", flaky)
+    monkeypatch.setattr(outcomes_mod._reader, "read_artifact_bytes", flaky)
     write_artifact(pdir, "tenant.acme", DENY)
     wait_for(lambda: not a.check(*REQ))
     assert calls["n"] >= 2
@@ -473,8 +473,8 @@ def test_racy_reread_catches_rewrite_with_identical_stat(tmp_path, monkeypatch):
     monkeypatch.setattr(filestate_mod, "RACY_NS", -(10**19))
     a.reload_now()  # re-read once more (still marked racy), now trusted
     reads = []
-    real_read = outcomes_mod._artifact.read_artifact_bytes
-    monkeypatch.setattr(outcomes_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
+    real_read = outcomes_mod._reader.read_artifact_bytes
+    monkeypatch.setattr(outcomes_mod._reader, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
     a.reload_now()
     a.reload_now()
     assert reads == []
@@ -556,8 +556,8 @@ def test_racy_reread_depends_on_age_and_granularity(tmp_path, monkeypatch, age_m
     a = PolicyAgent(d, reload=False).start()
     a.reload_now()
     reads = []
-    real_read = outcomes_mod._artifact.read_artifact_bytes
-    monkeypatch.setattr(outcomes_mod._artifact, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
+    real_read = outcomes_mod._reader.read_artifact_bytes
+    monkeypatch.setattr(outcomes_mod._reader, "read_artifact_bytes", lambda p: reads.append(p) or real_read(p))
     set_age()  # the same stat as recorded, as old as the parameter says
     a._poller.files["tenant.acme.bin"].key = (state["ctime"], path.stat().st_size, path.stat().st_ino, state["ctime"])
     a._poller.files["tenant.acme.bin"].racy = True  # recorded while it was fresh

@@ -290,16 +290,18 @@ def test_trust_file_json_and_pem_inline(tmp_path):
 
 
 def test_trust_from_env(tmp_path):
+    from polc.runtime.config import trust_from_env
+
     f = tmp_path / "t.json"
     f.write_text(json.dumps({"key": [{"public_key": ACME.public_key_b64, "modules": ["tenant.acme"]}]}))
-    assert TrustConfig.from_env({"POLC_TRUST_FILE": str(f)}).get(ACME.key_id)
-    assert TrustConfig.from_env({}) is None
+    assert trust_from_env({"POLC_TRUST_FILE": str(f)}).get(ACME.key_id)
+    assert trust_from_env({}) is None
     # set but blank is never "no trust": a template that expanded to nothing
     for blank in ("", " ", "\t\n"):
         with pytest.raises(TrustConfigError, match="POLC_TRUST_FILE=.*set but empty"):
-            TrustConfig.from_env({"POLC_TRUST_FILE": blank})
+            trust_from_env({"POLC_TRUST_FILE": blank})
     with pytest.raises(TrustConfigError, match="leading or trailing whitespace"):
-        TrustConfig.from_env({"POLC_TRUST_FILE": f" {f}"})
+        trust_from_env({"POLC_TRUST_FILE": f" {f}"})
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final, NewType, Protocol
 
-from ..bytecode import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, STR_EXACT, STR_GLOB
 from ..catalog import GLOBAL_MODULE, HOST, INT, PORT, STRING
+from ..format.opcodes import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, STR_EXACT, STR_GLOB
 from .matchers import SHARE_MAX, Checks, Instr, IntRange, checks_get, checks_of
 from .memo import Memo
 from .normalize import MEMO_MAX

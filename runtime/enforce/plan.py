@@ -16,8 +16,8 @@ from types import FunctionType
 from typing import Any
 
 from .. import patterns
-from ..bytecode import ENTITLE
 from ..catalog import BUILTINS, GLOBAL_MODULE, Capability
+from ..format.opcodes import ENTITLE
 from .deciders import NAMESPACE, Decider, decider_code
 from .decision import Decision
 from .index import BUCKETS, EMPTY_MAP, SCAN, TIER_MASK, TIER_SHIFT, TIERS, Bucket, Table, int_pos, rank_obj

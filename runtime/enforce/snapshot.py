@@ -89,7 +89,7 @@ class FaultLog:
 
 FAULTS = FaultLog()
 _MAX_PLANS = 65536
-_NAME_MAX = 255  # no module or capability name is longer (runtime/bytecode.py)
+_NAME_MAX = 255  # no module or capability name is longer (runtime/format/opcodes.py)
 
 # The decision cache is bounded by entries and by an estimate of the bytes its
 # keys and decisions hold: one entry costs _CACHE_ENTRY_BASE (two tuples, a dict
