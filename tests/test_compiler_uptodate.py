@@ -175,8 +175,15 @@ def test_same_decision_as_unpacking_whole(write_tree, tmp_path, padding):
         ("a list", msgpack.packb(list(pad + list(payload.items()))), False),
         ("trailing bytes", body + b"\xc0", False),
         ("invalid UTF-8", body.replace(b"tenant.acme", b"tenant.ac\xffe"), False),
-        ("a key twice, the last one right", bytes([body[0] + 1]) + body[1:] + twice, True),
         ("a key twice, the last one wrong", bytes([body[0] + 1]) + body[1:] + twice.replace(b"acme", b"acne"), False),
         ("a key that is not a string", bytes([body[0] + 1]) + body[1:] + msgpack.packb(7) + msgpack.packb(1), False),
     ):
         assert decides(what, bad) == ok, what
+
+    # A key given twice: unpacking whole let the last one count, the runtime's
+    # reader refuses such a payload, and so does the check. Rebuilding is the
+    # conservative answer (polc never writes a key twice).
+    dup = bytes([body[0] + 1]) + body[1:] + twice
+    art.write_bytes(build_header(dup) + dup)
+    assert _reference(dup, module, source, digest, decls)
+    assert not up_to_date(str(art), module, source, digest, decls)

@@ -181,6 +181,31 @@ def test_read_fields_does_not_build_what_it_skips():
     assert peak < 2_000_000, peak
 
 
+@pytest.mark.parametrize("key", ["module", "caps"])
+def test_read_fields_does_not_build_a_value_asked_for_that_is_not_what_the_format_says(key):
+    # a 4 MB array of empty maps where a string (``module``) or at most MAX_CAPS capabilities (``caps``) belong
+    bomb = b"\xdd" + struct.pack(">I", 4_000_000) + b"\x80" * 4_000_000
+    body = b"\x82" + msgpack.packb("source") + msgpack.packb("a.pol") + msgpack.packb(key) + bomb
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.MalformedPayload, match=f"{key}: expected str, got array|{key}: 4,000,000 entries"):
+            read_fields(body, UPTODATE_KEYS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+
+
+def test_read_fields_reads_an_array_asked_for_a_window_at_a_time():
+    # a capability whose parameter list claims a million entries: refused by the element limit, not reserved
+    cap = b"\x92" + msgpack.packb("tool.call") + b"\xdd" + struct.pack(">I", 1_000_000) + b"\x90" * 100
+    body = b"\x82" + _PAD + msgpack.packb("caps") + b"\x91" + cap
+    with pytest.raises(errors.MalformedPayload, match=r"caps\[0\]"):
+        read_fields(body, UPTODATE_KEYS)
+
+
 # ---------------------------------------------------------------------------
 # one encoder, one location, one Program
 

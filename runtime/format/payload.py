@@ -156,10 +156,16 @@ def read_fields(payload: bytes | bytearray | memoryview, keys: Collection[str]) 
     For tools that need a few fields of a payload whose digest matched (the
     compiler's up-to-date check: ``module``, ``compiler``, ``source``,
     ``source_digest``, ``caps``; ``polc inspect``'s listing: ``code``). A key
-    the payload lacks is absent from the result. Nothing is verified beyond
-    the top-level map (at most ``MAX_PAYLOAD_KEYS`` string keys, each once,
-    nothing after it); memory is bounded by the values asked for. Raises
-    :class:`MalformedPayload`.
+    the payload lacks is absent from the result. The top-level map is checked
+    (at most ``MAX_PAYLOAD_KEYS`` string keys, each once, nothing after it),
+    and each value asked for must have the type the format gives it before
+    anything of it is built: a string field (``FIELD_KEYS``) a string of at
+    most ``MAX_STRING`` bytes; ``caps``, ``consts`` and ``code`` arrays within
+    the format's counts, unpacked a window at a time with the per-element
+    limits :func:`read_payload` uses. So what is built costs what such a value
+    may cost in a valid artifact, whatever the bytes hold. Values are not
+    verified further (a capability's parameter types, an instruction's
+    operands). Raises :class:`MalformedPayload`.
     """
     try:
         if len(payload) <= _FIELDS_WHOLE_MAX:
@@ -184,15 +190,24 @@ _FIELDS_WHOLE_MAX = 4 * 1024
 
 def _fields_whole(data: bytes, keys: Collection[str]) -> dict[str, Any] | None:
     """:func:`read_fields` of a small payload unpacked whole; None when the walk must decide."""
-    if _too_many_claims(data, 0, len(data)):
+    if data.count(b"\xdc") + data.count(b"\xdd") > _WHOLE_CLAIMS:  # (see _too_many_claims)
         return None
     try:
         obj = msgpack.unpackb(data, **_WHOLE_LIMITS)
     except Exception:
         return None
-    if type(obj) is not dict or len(obj) != _map_count(data, 0) or not all(type(k) is str for k in obj):
+    if type(obj) is not dict or len(obj) != _map_count(data, 0) or {*map(type, obj)} != _STR_ONLY:
         return None  # not a map, a key given twice, or a key that is not a string
-    return {k: obj[k] for k in keys if k in obj}
+    found = {}
+    for key in keys:
+        if key in obj:
+            value = obj[key]
+            # of another type than the format's: the walk words the error (no
+            # array of a payload this small can exceed the format's counts)
+            if type(value) is not _TYPES.get(key, type(value)):
+                return None
+            found[key] = value
+    return found
 
 
 def _fields(buf: memoryview, keys: Collection[str]) -> dict[str, Any]:
@@ -216,12 +231,45 @@ def _fields(buf: memoryview, keys: Collection[str]) -> dict[str, Any]:
             raise VerifyError(f"payload: key {key[:100]!r} appears twice")
         seen.add(key)
         start = at + size
-        pos = _skip(buf, start, key[:100])
         if key in keys:
-            out[key] = _value(buf[start:pos], key[:100])
+            pos, out[key] = _field(buf, start, key)
+        else:
+            pos = _skip(buf, start, key[:100])
     if pos != n:
         raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
     return out
+
+
+# The most elements read_fields builds of each array: the format's counts (an
+# instruction takes at most 1 + MAX_PARAMS entries of ``code``).
+_ARRAY_COUNTS = {
+    "caps": opcodes.MAX_CAPS,
+    "consts": opcodes.MAX_CONSTS,
+    "code": opcodes.MAX_RULES * (1 + opcodes.MAX_PARAMS),
+}
+_STR_ONLY = {str}
+_TYPES: dict[str, type] = {**dict.fromkeys(FIELD_KEYS, str), **dict.fromkeys(_ARRAY_COUNTS, tuple)}
+
+
+def _field(buf: memoryview, pos: int, key: str) -> tuple[int, Any]:
+    """``(end, value)`` of the value of ``key`` at ``pos``, checked to be of its type before it is built."""
+    if key in _FIELD_SET:
+        end = _skip(buf, pos, key)  # a value cut off is refused as any other value is
+        family, size, at = _head(buf, pos, key)
+        if family != _STR:
+            raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
+        _check_string(size, key)
+        return end, _text(buf, at, size, key)
+    limit = _ARRAY_COUNTS.get(key)
+    if limit is not None:
+        count, start = _array(buf, pos, key)
+        if count > limit:
+            raise VerifyError(f"{key}: {count:,} entries, more than the {limit:,} an artifact may hold")
+        pieces: list[tuple[Any, ...]] = []
+        end = _elements(buf, start, count, key, lambda chunk, first, final: pieces.append(chunk))
+        return end, _joined(pieces)
+    end = _skip(buf, pos, key[:100])
+    return end, _value(buf[pos:end], key[:100])
 
 
 def _value(piece: memoryview, what: str) -> Any:
