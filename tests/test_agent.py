@@ -7,11 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_agent_support import artifact_bytes, write_artifact
 
 from polc.runtime import Decision, PolicyAgent, ReloadEvent, ReloadFailure, ReloadResult
-from polc.runtime.artifact import ArtifactError
-
-from test_agent_support import artifact_bytes, write_artifact
+from polc.runtime.errors import ArtifactError
 
 ACME = [("entitle", "network.outbound", ("*.acme.com", 443)), ("deny", "process.exec", ())]
 

@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_support import write_artifact
 
 from polc.runtime import PolicyAgent
-
-from test_agent_support import write_artifact
 
 VARS = ("POLC_POLICY_DIR", "POLC_RELOAD", "POLC_RELOAD_INTERVAL", "POLC_TRUST_FILE", "POLC_LISTEN")
 BLANKS = ["", " ", "\t", "\n", "  \r\n"]

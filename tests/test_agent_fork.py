@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_support import wait_for, write_artifact
 
 from polc.runtime import PolicyAgent
 from polc.runtime.reload import fork as fork_mod
 from polc.runtime.reload import switch as switch_mod
-
-from test_agent_support import wait_for, write_artifact
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),

@@ -9,14 +9,19 @@ import threading
 
 import msgpack
 import pytest
+from artifact_fixtures import (
+    ACME_RULES,
+    NET,
+    RICH_RULES,
+    TOOL_CALL,
+    big_rules,
+    compiled_artifacts,
+    make_artifact,
+    make_payload,
+)
 
-from polc.runtime import artifact as af
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import (
-    FLAG_SIGNED,
-    HEADER_SIZE,
-    MAGIC,
-    MAX_PAYLOAD,
+from polc.runtime.catalog import BUILTINS
+from polc.runtime.errors import (
     ArtifactError,
     BadHeader,
     BadMagic,
@@ -28,24 +33,21 @@ from polc.runtime.artifact import (
     Truncated,
     UnreadableArtifact,
     UnsupportedVersion,
-    pack_artifact,
-    read_artifact,
-    read_artifact_file,
+)
+from polc.runtime.format import arguments, encode, opcodes, verify
+from polc.runtime.format.header import (
+    FLAG_SIGNED,
+    FORMAT_MINOR,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PAYLOAD,
+    MAX_TRAILER,
+    Header,
     read_header,
-    write_atomic,
 )
-from polc.runtime.catalog import BUILTINS
-
-from artifact_fixtures import (
-    ACME_RULES,
-    NET,
-    RICH_RULES,
-    TOOL_CALL,
-    big_rules,
-    compiled_artifacts,
-    make_artifact,
-    make_payload,
-)
+from polc.runtime.format.payload import pack_payload
+from polc.runtime.format.reader import read_artifact, read_artifact_file
+from polc.runtime.format.writer import pack_artifact, write_atomic
 
 HDR = struct.Struct(">8sHHIII32s")
 
@@ -74,7 +76,7 @@ def test_round_trip_fields():
     assert art.compiler == "0.1.0"
     assert art.source == "tenant.acme.pol"
     assert len(art.source_digest) == 64
-    assert art.header.major == 1 and art.header.minor == af.FORMAT_MINOR and art.header.flags == 0
+    assert art.header.major == 1 and art.header.minor == FORMAT_MINOR and art.header.flags == 0
     assert art.header.payload_len == len(data) - HEADER_SIZE
     assert art.size == len(data)
     assert art.digest_hex == hashlib.sha256(data[:12] + data[HEADER_SIZE:]).hexdigest()
@@ -89,7 +91,7 @@ def test_round_trip_fields():
     # built-in signatures are the catalog's own objects; equal args are shared
     assert art.rules[0].cap is BUILTINS["network.outbound"]
     assert art.rules[0].args[1] is art.rules[1].args[1]
-    assert art.rules[3].args[0] is bc.ANY_ARG
+    assert art.rules[3].args[0] is arguments.ANY_ARG
 
 
 def test_rule_is_frozen():
@@ -106,24 +108,24 @@ def test_reproducible_and_key_order_independent():
     assert pack_artifact(p) == pack_artifact(p) == pack_artifact(shuffled)
     # the payload's keys are written in design.md order
     body = pack_artifact(shuffled)[HEADER_SIZE:]
-    assert list(msgpack.unpackb(body)) == list(bc.PAYLOAD_KEYS)
+    assert list(msgpack.unpackb(body)) == list(opcodes.PAYLOAD_KEYS)
 
 
 def test_header_layout():
     data = make_artifact()
     magic, major, minor, flags, plen, tlen, digest = HDR.unpack_from(data)
-    assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, af.FORMAT_MINOR, 0, 0)
+    assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, FORMAT_MINOR, 0, 0)
     assert plen == len(data) - 56 and digest == hashlib.sha256(data[:12] + data[56:]).digest()
-    assert read_header(data) == af.Header(1, af.FORMAT_MINOR, 0, plen, 0, digest)
+    assert read_header(data) == Header(1, FORMAT_MINOR, 0, plen, 0, digest)
 
 
 def test_assemble_verify_round_trip():
-    caps, consts, code = bc.assemble(RICH_RULES)
-    assert consts == list(dict.fromkeys(a[1] for r in RICH_RULES for a in r[4] if a[0] in bc.CONST_OPS))
+    caps, consts, code = encode.assemble(RICH_RULES)
+    assert consts == list(dict.fromkeys(a[1] for r in RICH_RULES for a in r[4] if a[0] in opcodes.CONST_OPS))
     payload = make_payload(rules=RICH_RULES)
     obj = msgpack.unpackb(msgpack.packb(payload), use_list=False)
-    prog = bc.verify_payload(obj)
-    again = bc.assemble((r.effect, r.cap, r.line, r.col, r.args) for r in prog.rules)
+    prog = verify.verify_payload(obj)
+    again = encode.assemble((r.effect, r.cap, r.line, r.col, r.args) for r in prog.rules)
     assert again == (caps, consts, code)
 
 
@@ -168,7 +170,7 @@ def test_short_files_are_truncated():
 
 
 def test_newer_major_names_both_versions():
-    body = af.pack_payload(make_payload())
+    body = pack_payload(make_payload())
     e = pytest.raises(UnsupportedVersion, read_artifact, raw_artifact(body, major=2, minor=3)).value
     assert str(e) == "artifact format 2.3 is newer than this polc supports (1.x); upgrade polc"
     assert (e.major, e.minor, e.reason) == (2, 3, "unsupported format version")
@@ -187,14 +189,14 @@ def test_newer_minor_is_read_and_may_add_payload_keys():
 
 
 def test_unknown_flags_and_trailer_consistency():
-    body = af.pack_payload(make_payload())
+    body = pack_payload(make_payload())
     with pytest.raises(BadHeader, match="unknown flag bits 0x2"):
         read_artifact(raw_artifact(body, flags=2))
     with pytest.raises(BadHeader, match="signed flag is not set"):
         read_artifact(raw_artifact(body, trailer=b"x" * 64))
     with pytest.raises(BadHeader, match="no signature trailer"):
         read_artifact(raw_artifact(body, flags=FLAG_SIGNED))
-    big = HDR.pack(MAGIC, 1, 0, FLAG_SIGNED, len(body), af.MAX_TRAILER + 1, hashlib.sha256(body).digest())
+    big = HDR.pack(MAGIC, 1, 0, FLAG_SIGNED, len(body), MAX_TRAILER + 1, hashlib.sha256(body).digest())
     with pytest.raises(BadHeader, match="trailer"):
         read_artifact(big + body)
 
@@ -279,25 +281,25 @@ def _code(p):
         (lambda p: p["consts"].append(5), "consts[10]: expected str, got int"),
         (lambda p: p.update(code={}), "code: expected array, got map"),
         (lambda p: _code(p).__setitem__(1, [0x55, 0]), "code[1]: unknown opcode 0x55"),
-        (lambda p: _code(p).__setitem__(1, [bc.HOST_WILD, 99]), "code[1]: const index 99 out of range (10 consts)"),
-        (lambda p: _code(p).__setitem__(1, [bc.HOST_WILD, True]), "code[1]: operand 1 of HOST_WILD must be an int, got bool"),
-        (lambda p: _code(p).__setitem__(1, [bc.HOST_WILD, 0.0]), "code[1]: operand 1 of HOST_WILD must be an int, got float"),
-        (lambda p: _code(p).__setitem__(1, [bc.HOST_WILD]), "code[1]: HOST_WILD takes 1 operand, got 0"),
+        (lambda p: _code(p).__setitem__(1, [opcodes.HOST_WILD, 99]), "code[1]: const index 99 out of range (10 consts)"),
+        (lambda p: _code(p).__setitem__(1, [opcodes.HOST_WILD, True]), "code[1]: operand 1 of HOST_WILD must be an int, got bool"),
+        (lambda p: _code(p).__setitem__(1, [opcodes.HOST_WILD, 0.0]), "code[1]: operand 1 of HOST_WILD must be an int, got float"),
+        (lambda p: _code(p).__setitem__(1, [opcodes.HOST_WILD]), "code[1]: HOST_WILD takes 1 operand, got 0"),
         (lambda p: _code(p).__setitem__(1, "HOST_WILD"), "code[1]: expected an instruction array, got str"),
         (lambda p: _code(p).__setitem__(1, []), "code[1]: empty instruction"),
         (lambda p: _code(p).__setitem__(1, ["HOST_WILD", 0]), "code[1]: opcode must be an int, got str"),
-        (lambda p: _code(p).__setitem__(0, [bc.RULE, 2, 0, 2, 5]), "code[0]: rule 0: effect 2 is neither 0 (deny) nor 1 (entitle)"),
-        (lambda p: _code(p).__setitem__(0, [bc.RULE, 1, 7, 2, 5]), "code[0]: rule 0: capability index 7 out of range (7 caps)"),
-        (lambda p: _code(p).__setitem__(0, [bc.RULE, 1, 0, 0, 5]), "line and column must be >= 1"),
-        (lambda p: _code(p).__setitem__(0, [bc.RULE, 1, 0, 2, -5]), "operand 4 of RULE must be between 0 and"),
-        (lambda p: _code(p).__setitem__(0, [bc.RULE, 1, 0, 2]), "code[0]: RULE takes 4 operands, got 3"),
+        (lambda p: _code(p).__setitem__(0, [opcodes.RULE, 2, 0, 2, 5]), "code[0]: rule 0: effect 2 is neither 0 (deny) nor 1 (entitle)"),
+        (lambda p: _code(p).__setitem__(0, [opcodes.RULE, 1, 7, 2, 5]), "code[0]: rule 0: capability index 7 out of range (7 caps)"),
+        (lambda p: _code(p).__setitem__(0, [opcodes.RULE, 1, 0, 0, 5]), "line and column must be >= 1"),
+        (lambda p: _code(p).__setitem__(0, [opcodes.RULE, 1, 0, 2, -5]), "operand 4 of RULE must be between 0 and"),
+        (lambda p: _code(p).__setitem__(0, [opcodes.RULE, 1, 0, 2]), "code[0]: RULE takes 4 operands, got 3"),
         (lambda p: _code(p).pop(2), "rule 0: capability network.outbound takes 2 arguments, got 1"),
-        (lambda p: _code(p).insert(2, [bc.ANY]), "rule 0: capability network.outbound takes 2 arguments, got 3"),
-        (lambda p: _code(p).insert(0, [bc.ANY]), "code[0]: ANY outside a rule"),
-        (lambda p: _code(p).__setitem__(2, [bc.HOST_WILD, 0]), "rule 0: argument 2 of network.outbound (port: port) cannot be HOST_WILD"),
-        (lambda p: _code(p).__setitem__(2, [bc.INT_RANGE, 443, 70000]), "rule 0: INT_RANGE 443..70000 for port: port 70000 out of range"),
-        (lambda p: _code(p).__setitem__(2, [bc.INT_RANGE, 444, 443]), "lower bound is greater"),
-        (lambda p: _code(p).__setitem__(2, [bc.INT_RANGE, 0, 2**64 - 1]), "operand 2 of INT_RANGE out of the signed 64-bit range"),
+        (lambda p: _code(p).insert(2, [opcodes.ANY]), "rule 0: capability network.outbound takes 2 arguments, got 3"),
+        (lambda p: _code(p).insert(0, [opcodes.ANY]), "code[0]: ANY outside a rule"),
+        (lambda p: _code(p).__setitem__(2, [opcodes.HOST_WILD, 0]), "rule 0: argument 2 of network.outbound (port: port) cannot be HOST_WILD"),
+        (lambda p: _code(p).__setitem__(2, [opcodes.INT_RANGE, 443, 70000]), "rule 0: INT_RANGE 443..70000 for port: port 70000 out of range"),
+        (lambda p: _code(p).__setitem__(2, [opcodes.INT_RANGE, 444, 443]), "lower bound is greater"),
+        (lambda p: _code(p).__setitem__(2, [opcodes.INT_RANGE, 0, 2**64 - 1]), "operand 2 of INT_RANGE out of the signed 64-bit range"),
         (lambda p: p["consts"].__setitem__(0, "*..com"), "rule 0: HOST_WILD pattern '*..com': invalid host '*..com': empty label"),
         (lambda p: p["consts"].__setitem__(0, "*."), "rule 0: HOST_WILD pattern '*.': not in normal form (the compiler writes it as HOST_WILD '*')"),
         (lambda p: p["consts"].__setitem__(0, "*.ACME.com"), "rule 0: HOST_WILD pattern '*.ACME.com': not in normal form"),
@@ -325,7 +327,7 @@ def test_unreferenced_consts_and_caps_are_allowed():
 
 def test_longest_module_name_fits_a_file_name(tmp_path):
     name = ".".join(["a" * 49] * 5) + "bb"
-    assert len(name) == bc.MAX_MODULE_NAME_LEN == 251
+    assert len(name) == opcodes.MAX_MODULE_NAME_LEN == 251
     path = tmp_path / f"{name}.bin"
     write_atomic(path, make_artifact(name))
     assert read_artifact_file(path).module == name
@@ -533,9 +535,9 @@ def test_write_atomic_into_missing_directory_raises(tmp_path):
 
 
 def test_declared_capability_rule():
-    rules = [(bc.ENTITLE, TOOL_CALL, 1, 1, [(bc.STR_EXACT, "github"), (bc.ANY,)]), (bc.DENY, NET, 2, 1, [(bc.ANY,), (bc.ANY,)])]
+    rules = [(opcodes.ENTITLE, TOOL_CALL, 1, 1, [(opcodes.STR_EXACT, "github"), (opcodes.ANY,)]), (opcodes.DENY, NET, 2, 1, [(opcodes.ANY,), (opcodes.ANY,)])]
     art = read_artifact(make_artifact("agent.gw", rules))
-    assert art.rules[0].cap == TOOL_CALL and art.rules[0].args == ((bc.STR_EXACT, "github"), (bc.ANY,))
+    assert art.rules[0].cap == TOOL_CALL and art.rules[0].args == ((opcodes.STR_EXACT, "github"), (opcodes.ANY,))
 
 
 def test_validated_arguments_are_shared_across_artifacts_but_typed():
@@ -545,8 +547,8 @@ def test_validated_arguments_are_shared_across_artifacts_but_typed():
     b = read_artifact(make_artifact("tenant.globex", list(reversed(RICH_RULES))))
     assert a.rules[0].args[0] is b.rules[-1].args[0]  # HOST_WILD "*.acme.com"
     # a range valid for an int parameter is not thereby valid for a port
-    assert read_artifact(make_artifact("x", [(bc.DENY, COUNTER, 1, 1, [(bc.INT_RANGE, 0, 70000)])])).rules
-    payload = make_payload("x", [(bc.DENY, COUNTER, 1, 1, [(bc.INT_RANGE, 0, 70000)])])
+    assert read_artifact(make_artifact("x", [(opcodes.DENY, COUNTER, 1, 1, [(opcodes.INT_RANGE, 0, 70000)])])).rules
+    payload = make_payload("x", [(opcodes.DENY, COUNTER, 1, 1, [(opcodes.INT_RANGE, 0, 70000)])])
     payload["caps"][0] = ["network.listen", [["port", "port"]]]
     with pytest.raises(MalformedPayload, match="port 70000 out of range"):
         read_artifact(with_payload(payload))
@@ -557,11 +559,11 @@ def test_validated_arguments_are_shared_across_artifacts_but_typed():
 def test_fast_path_takes_every_valid_payload(rules):
     """The optimistic linker must not fall back on valid input, and must agree with the reference."""
     obj = msgpack.unpackb(msgpack.packb(make_payload(rules=rules)), use_list=False)
-    caps = bc._verify_caps(obj["caps"])
+    caps = verify.verify_caps(obj["caps"])
     consts = obj["consts"]
-    fast = bc._link_fast(obj["code"], caps, consts)
+    fast = verify._link_fast(obj["code"], caps, consts)
     assert fast is not None
-    assert fast == bc._link_reference(obj["code"], caps, consts)
+    assert fast == verify._link_reference(obj["code"], caps, consts)
 
 
 def test_compiled_artifacts_are_reproducible(tmp_path):

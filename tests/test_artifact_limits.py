@@ -16,28 +16,21 @@ import struct
 import threading
 import time
 import tracemalloc
-from pathlib import Path
 
 import msgpack
 import pytest
+from artifact_fixtures import ACME_RULES, RICH_RULES, big_rules, make_payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from polc.runtime.format import payload as af
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import (
-    HEADER_SIZE,
-    MAGIC,
-    MalformedPayload,
-    pack_artifact,
-    read_artifact,
-    read_artifact_file,
-    write_atomic,
-)
-from polc.runtime.catalog import BUILTINS, Capability, Param
-
-from artifact_fixtures import ACME_RULES, RICH_RULES, big_rules, make_payload
 from test_agent_support import wait_for
+
+from polc.runtime.catalog import BUILTINS, Capability, Param
+from polc.runtime.errors import MalformedPayload
+from polc.runtime.format import arguments, opcodes, verify
+from polc.runtime.format import payload as af
+from polc.runtime.format.header import HEADER_SIZE, MAGIC
+from polc.runtime.format.reader import read_artifact, read_artifact_file
+from polc.runtime.format.writer import pack_artifact, write_atomic
 
 HDR = struct.Struct(">8sHHIII32s")
 MiB = 1 << 20
@@ -56,7 +49,7 @@ def artifact_of(body: bytes, *, minor: int = 0) -> bytes:
 def payload_with(replace: dict[str, bytes], *, base: dict | None = None, extra: dict[str, bytes] | None = None) -> bytes:
     """A real payload's msgpack bytes, with some values replaced by raw msgpack bytes."""
     p = base or make_payload("tenant.acme", ACME_RULES)
-    items = [(k, replace[k] if k in replace else msgpack.packb(p[k], use_bin_type=True)) for k in bc.PAYLOAD_KEYS]
+    items = [(k, replace[k] if k in replace else msgpack.packb(p[k], use_bin_type=True)) for k in opcodes.PAYLOAD_KEYS]
     items += list((extra or {}).items())
     out = [bytes([0x80 | len(items)]) if len(items) < 16 else b"\xde" + struct.pack(">H", len(items))]
     for k, v in items:
@@ -267,7 +260,7 @@ def test_degenerate_but_valid_payloads_cost_what_real_ones_do():
     many_empty["consts"] = many_empty["consts"] + [""] * 900_000
     many_short = make_payload()
     many_short["consts"] = many_short["consts"] + [f"{i:x}" for i in range(200_000)]
-    arity0 = make_payload("many", [(bc.ENTITLE, THREADS, 1 + i, 1, []) for i in range(bc.MAX_RULES)])
+    arity0 = make_payload("many", [(opcodes.ENTITLE, THREADS, 1 + i, 1, []) for i in range(opcodes.MAX_RULES)])
     for payload in (many_empty, many_short, arity0):
         data = pack_artifact(payload, verify=False)
         keep = read_artifact(data)  # its interned constants stay interned: see test_fuzz_artifact
@@ -281,8 +274,8 @@ def test_degenerate_but_valid_payloads_cost_what_real_ones_do():
 
 
 def test_rule_limit():
-    rules = [(bc.ENTITLE, THREADS, 1 + i, 1, []) for i in range(bc.MAX_RULES + 1)]
-    assert len(read_artifact(pack_artifact(make_payload("many", rules[:-1]))).rules) == bc.MAX_RULES
+    rules = [(opcodes.ENTITLE, THREADS, 1 + i, 1, []) for i in range(opcodes.MAX_RULES + 1)]
+    assert len(read_artifact(pack_artifact(make_payload("many", rules[:-1]))).rules) == opcodes.MAX_RULES
     e = pytest.raises(MalformedPayload, pack_artifact, make_payload("many", rules)).value
     assert "code: 100,001 instructions, more than the 100,000 that 100,000 rules of at most 0 arguments take" in str(e)
 
@@ -293,22 +286,22 @@ def test_parameter_and_capability_limits():
         p["caps"] = p["caps"] + caps
         return p
 
-    params = [[f"p{i}", "string"] for i in range(bc.MAX_PARAMS)]
-    assert read_artifact(pack_artifact(caps_payload([["wide.cap", params]]))).caps[-1].arity == bc.MAX_PARAMS
+    params = [[f"p{i}", "string"] for i in range(opcodes.MAX_PARAMS)]
+    assert read_artifact(pack_artifact(caps_payload([["wide.cap", params]]))).caps[-1].arity == opcodes.MAX_PARAMS
     e = pytest.raises(MalformedPayload, pack_artifact, caps_payload([["wide.cap", params + [["px", "int"]]]])).value
     assert "(wide.cap): 65 parameters, more than the 64 a capability may have" in str(e)
-    names = [[f"c.n{i}", []] for i in range(bc.MAX_CAPS)]
+    names = [[f"c.n{i}", []] for i in range(opcodes.MAX_CAPS)]
     e = pytest.raises(MalformedPayload, pack_artifact, caps_payload(names)).value
     assert "caps: 10,003 capabilities" in str(e)
 
 
 def test_string_limit():
     """Every string of a payload is decoded in one call: none may be long."""
-    at_limit = "x" * bc.MAX_STRING
+    at_limit = "x" * opcodes.MAX_STRING
     p = make_payload()
     p["consts"].append(at_limit)
     assert read_artifact(pack_artifact(p)).consts[-1] == at_limit
-    p["consts"].append("y" * (bc.MAX_STRING + 1))
+    p["consts"].append("y" * (opcodes.MAX_STRING + 1))
     e = pytest.raises(MalformedPayload, pack_artifact, p).value
     assert "consts[5]: a string of 65,537 bytes, more than the 65,536 a payload string may have" in str(e)
     p = make_payload()
@@ -333,9 +326,9 @@ def test_compiler_refuses_what_the_reader_would(write_tree, tmp_path, monkeypatc
 
     from polc.cli import cli
 
-    monkeypatch.setattr(bc, "MAX_RULES", 3)
+    monkeypatch.setattr(opcodes, "MAX_RULES", 3)  # what the compiler checks against
     rules = "\n".join(f'    entitle module to network.outbound("h{i}.com", 443);' for i in range(4))
-    params = ", ".join(f"p{i}: string" for i in range(bc.MAX_PARAMS + 1))
+    params = ", ".join(f"p{i}: string" for i in range(opcodes.MAX_PARAMS + 1))
     src = write_tree({
         "a.pol": f"security module tenant.a {{\n{rules}\n}}\n",
         "b.pol": f'security module tenant.b {{\n    capability wide.cap({params});\n    entitle module to wide.cap("x");\n}}\n',
@@ -389,7 +382,7 @@ def _near_payloads():
         p = {k: (list(v) if isinstance(v, list) else v) for k, v in base.items()}
         p["code"] = [list(i) for i in base["code"]]
         for _ in range(draw(st.integers(0, 3))):
-            key = draw(st.sampled_from(list(bc.PAYLOAD_KEYS) + ["extra", b"bin-key"]))
+            key = draw(st.sampled_from(list(opcodes.PAYLOAD_KEYS) + ["extra", b"bin-key"]))
             action = draw(st.sampled_from(["replace", "element", "insert", "drop"]))
             if action == "drop":
                 p.pop(key, None)
@@ -432,7 +425,7 @@ def test_linking_across_windows_keeps_indices_and_messages(monkeypatch):
     art = read_artifact(pack_artifact(make_payload("big", rules)))
     assert [r.index for r in art.rules] == list(range(300))
     payload = make_payload("big", rules)
-    payload["code"].insert(500, [bc.ANY])  # inside rule 166, far from the first window
+    payload["code"].insert(500, [opcodes.ANY])  # inside rule 166, far from the first window
     e = pytest.raises(MalformedPayload, read_artifact, artifact_of(msgpack.packb(payload))).value
     assert "rule 166: capability" in str(e) and "takes 2 arguments, got 3" in str(e)
     payload = make_payload("big", rules)
@@ -447,15 +440,15 @@ def test_linking_across_windows_keeps_indices_and_messages(monkeypatch):
 
 def test_verifier_caches_do_not_keep_large_constants_or_tables():
     long_path = "data/" + "x" * 10_000 + "/**"
-    rules = [(bc.ENTITLE, BUILTINS["fs.read"], 1, 1, [(bc.STR_EXACT, "t"), (bc.PATH_GLOB, long_path)])]
+    rules = [(opcodes.ENTITLE, BUILTINS["fs.read"], 1, 1, [(opcodes.STR_EXACT, "t"), (opcodes.PATH_GLOB, long_path)])]
     read_artifact(pack_artifact(make_payload("big", rules)))
-    assert (bc.PATH_GLOB, long_path) not in bc._VALID_ARGS
-    assert (bc.STR_EXACT, "t") in bc._VALID_ARGS  # small ones are still shared
+    assert (opcodes.PATH_GLOB, long_path) not in arguments._VALID_ARGS
+    assert (opcodes.STR_EXACT, "t") in arguments._VALID_ARGS  # small ones are still shared
     wide = [Capability(f"c.n{i}", (Param("a", "string"),)) for i in range(40)]
-    payload = make_payload("wide", [(bc.DENY, c, 1, 1, [(bc.ANY,)]) for c in wide])
+    payload = make_payload("wide", [(opcodes.DENY, c, 1, 1, [(opcodes.ANY,)]) for c in wide])
     art = read_artifact(pack_artifact(payload))
     raw = msgpack.unpackb(msgpack.packb(payload["caps"]), use_list=False)
-    assert art.caps == tuple(wide) and raw not in bc._VALID_CAPS
+    assert art.caps == tuple(wide) and raw not in verify._VALID_CAPS
 
 
 # ---------------------------------------------------------------------------
@@ -463,9 +456,9 @@ def test_verifier_caches_do_not_keep_large_constants_or_tables():
 
 
 def test_agent_rejects_a_bad_drop_keeps_the_policy_and_says_why(tmp_path):
-    from polc.runtime import PolicyAgent
-
     from test_agent_support import write_artifact
+
+    from polc.runtime import PolicyAgent
 
     pdir = tmp_path / "policies"
     pdir.mkdir()

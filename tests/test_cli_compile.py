@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 
-import pytest
 from click.testing import CliRunner
 
 from polc.cli import cli

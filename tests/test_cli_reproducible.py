@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from polc.runtime.artifact import read_artifact_file
+from polc.runtime.format.reader import read_artifact_file
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from polc.compiler.driver import LOCK_NAME, STALE_TEMP_AGE, compile_paths
+from polc.compiler.build import compile_paths
+from polc.compiler.output import LOCK_NAME, STALE_TEMP_AGE
 from polc.runtime import PolicyAgent
-from polc.runtime.artifact import read_artifact_file
+from polc.runtime.format.reader import read_artifact_file
 from polc.runtime.signing import check_directory_permissions
 
 DEADLINE = 120.0

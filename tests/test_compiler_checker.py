@@ -10,8 +10,8 @@ import pytest
 from polc import __version__
 from polc.compiler import compile_source, compile_sources
 from polc.compiler.diagnostics import ERROR, NOTE, WARNING, CompileError, render
-from polc.runtime.artifact import HEADER_SIZE, read_artifact
-from polc.runtime.bytecode import (
+from polc.runtime.format.header import HEADER_SIZE
+from polc.runtime.format.opcodes import (
     ANY,
     DENY,
     ENTITLE,
@@ -24,6 +24,7 @@ from polc.runtime.bytecode import (
     STR_EXACT,
     STR_GLOB,
 )
+from polc.runtime.format.reader import read_artifact
 
 
 def module(body: str, name: str = "m") -> str:

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from polc.compiler.driver import compile_paths, default_out_dir, find_sources
-from polc.runtime.artifact import read_artifact_file
+from polc.compiler.build import compile_paths
+from polc.compiler.sources import default_out_dir, find_sources
+from polc.runtime.format.reader import read_artifact_file
 
 ACME = """security module tenant.acme {
     entitle module to network.outbound("*.acme.com", 443);
@@ -257,7 +258,9 @@ def test_strict_rechecks_up_to_date_files(write_tree, tmp_path):
 
 
 def test_recorded_names_of_a_walk_match_recorded_name(tree, chdir):
-    from polc.compiler.driver import _recorded_names, _walk_sources, recorded_name
+    from polc.compiler.sources import recorded_name
+    from polc.compiler.sources import recorded_names as _recorded_names
+    from polc.compiler.sources import walk_sources as _walk_sources
 
     os.makedirs("policies-src/globex/deeper")
     (tree / "globex" / "deeper" / "x.pol").write_text("")

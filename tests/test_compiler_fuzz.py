@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polc.compiler import compile_source
+from polc.compiler.build import compile_paths
 from polc.compiler.diagnostics import ERROR
-from polc.compiler.driver import compile_paths
 from polc.compiler.parser import get_parser
 from polc.compiler.recovery import Recovery as _Recovery
-from polc.runtime.artifact import read_artifact
-from polc.runtime.bytecode import MAX_MODULE_NAME_LEN, is_valid_module_name
+from polc.runtime.format.opcodes import MAX_MODULE_NAME_LEN, is_valid_module_name
+from polc.runtime.format.reader import read_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = [p.read_text("utf-8") for p in sorted((ROOT / "policies-src").rglob("*.pol"))]

@@ -15,8 +15,9 @@ import msgpack
 import pytest
 
 from polc import __version__
-from polc.compiler.driver import compile_paths
-from polc.runtime.artifact import HEADER_SIZE, build_header, read_header, unpack_payload
+from polc.compiler.build import compile_paths
+from polc.runtime.format.header import HEADER_SIZE, build_header, read_header
+from polc.runtime.format.payload import unpack_payload
 
 SOURCE = """security module tenant.acme {
     capability tool.call(server: string, tool: string);

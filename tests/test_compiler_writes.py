@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import polc.compiler.output as driver
-from polc.compiler.driver import compile_paths
-from polc.runtime.artifact import read_artifact_file
+from polc.compiler.build import compile_paths
+from polc.runtime.format.reader import read_artifact_file
 
 OK = "security module {name} {{ entitle module to threads.create; }}\n"
 

@@ -10,12 +10,12 @@ from types import FunctionType
 import pytest
 from test_agent_support import artifact_bytes
 
-from polc.runtime.artifact import read_artifact
 from polc.runtime.catalog import HOST, INT, PATH, PORT, STRING
 from polc.runtime.enforce import deciders, link
 from polc.runtime.enforce.deciders import NAMESPACE, CodeWriter, decider_code, source_of
 from polc.runtime.enforce.index import HOST_INDEX, KEY_INDEX, SCAN
 from polc.runtime.enforce.plan import Plan
+from polc.runtime.format.reader import read_artifact
 
 MOD = [
     ("entitle", "network.outbound", ("api.acme.com", 443)),

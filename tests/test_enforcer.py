@@ -8,15 +8,13 @@ import logging
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_agent_support import artifact_bytes
 
 from polc.runtime import patterns
-from polc.runtime.enforce import normalize
-from polc.runtime.enforce.index import HOST_INDEX
-from polc.runtime.artifact import read_artifact
 from polc.runtime.catalog import Capability, Param
-from polc.runtime.enforce import Decision, Snapshot, link
-
-from test_agent_support import artifact_bytes
+from polc.runtime.enforce import Decision, Snapshot, link, normalize
+from polc.runtime.enforce.index import HOST_INDEX
+from polc.runtime.format.reader import read_artifact
 
 
 def linked(module, rules, **kw):

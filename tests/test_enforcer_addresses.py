@@ -14,17 +14,16 @@ import socket
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from test_agent_support import artifact_bytes, payload
 
 from polc.runtime import patterns
 from polc.runtime.catalog import BUILTINS
-from polc.runtime.enforce import normalize
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import MalformedPayload, read_artifact
-from polc.runtime.enforce import Snapshot, link
+from polc.runtime.enforce import Snapshot, link, normalize
+from polc.runtime.errors import MalformedPayload
+from polc.runtime.format import encode, opcodes
+from polc.runtime.format.reader import read_artifact
+from polc.runtime.format.writer import pack_artifact
 from polc.runtime.patterns import PatternError, compile_host, normalize_host
-
-from test_agent_support import artifact_bytes, payload
-from polc.runtime.artifact import pack_artifact
 
 
 def linked(module, rules):
@@ -305,7 +304,7 @@ def test_requests_normalise_to_the_address_they_reach():
 
 
 def test_rules_written_in_mapped_form_match_like_the_ipv4_form():
-    assert compile_host("::ffff:10.0.0.0/104") == (bc.HOST_CIDR, "::ffff:a00:0/104")
+    assert compile_host("::ffff:10.0.0.0/104") == (opcodes.HOST_CIDR, "::ffff:a00:0/104")
     assert patterns.cidr_network("::ffff:a00:0/104") == ipaddress.ip_network("10.0.0.0/8")
     assert patterns.cidr_network("::ffff:1.2.3.4/128") == ipaddress.ip_network("1.2.3.4/32")
     assert patterns.cidr_network("::/0") == ipaddress.ip_network("::/0")  # wider blocks stay IPv6
@@ -339,9 +338,9 @@ def test_address_like_rule_patterns_are_refused(text, words):
 def test_the_verifier_refuses_a_host_constant_the_compiler_refuses():
     """An artifact written by hand (or by an older polc) with a legacy address
     spelling as a DNS name, or an IPv4-shaped wildcard, is refused."""
-    for op, const in [(bc.HOST_EXACT, "0x7f000001"), (bc.HOST_WILD, "192.168.*.*"), (bc.HOST_EXACT, "0xa9.0xfe.0xa9.0xfe")]:
+    for op, const in [(opcodes.HOST_EXACT, "0x7f000001"), (opcodes.HOST_WILD, "192.168.*.*"), (opcodes.HOST_EXACT, "0xa9.0xfe.0xa9.0xfe")]:
         p = payload("m", [])
-        caps, consts, code = bc.assemble([(bc.DENY, BUILTINS["network.outbound"], 2, 5, [(op, const), (bc.ANY,)])])
+        caps, consts, code = encode.assemble([(opcodes.DENY, BUILTINS["network.outbound"], 2, 5, [(op, const), (opcodes.ANY,)])])
         p.update(caps=caps, consts=consts, code=code)
         with pytest.raises(MalformedPayload):
             read_artifact(pack_artifact(p, verify=False), expected_module="m")

@@ -12,13 +12,14 @@ import struct
 import types
 
 import pytest
+from test_agent_support import artifact_bytes
 
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import HEADER_SIZE, MAGIC, pack_payload, read_artifact
 from polc.runtime.catalog import BUILTINS, Capability, Param
 from polc.runtime.enforce import Snapshot, link
-
-from test_agent_support import artifact_bytes
+from polc.runtime.format import encode, opcodes
+from polc.runtime.format.header import HEADER_SIZE, MAGIC
+from polc.runtime.format.payload import pack_payload
+from polc.runtime.format.reader import read_artifact
 
 
 def linked(module, rules):
@@ -201,7 +202,7 @@ def test_a_declared_capability_may_take_a_command(tree):
 def _artifact_1_0(module: str, rules) -> bytes:
     """An artifact as polc 0.1.0 wrote it: format 1.0, process.exec(command: string)."""
     legacy = Capability("process.exec", (Param("command", "string"),))
-    caps, consts, code = bc.assemble([(e, legacy, 2 + i, 5, args) for i, (e, args) in enumerate(rules)])
+    caps, consts, code = encode.assemble([(e, legacy, 2 + i, 5, args) for i, (e, args) in enumerate(rules)])
     payload = {
         "module": module, "mode": "enforce", "compiler": "0.1.0", "source": f"{module}.pol",
         "source_digest": hashlib.sha256(b"x").hexdigest(), "caps": caps, "consts": consts, "code": code,
@@ -214,7 +215,7 @@ def _artifact_1_0(module: str, rules) -> bytes:
 
 
 def test_format_1_0_artifacts_are_read_with_command_semantics(tree):
-    data = _artifact_1_0("_global", [(bc.DENY, [(bc.STR_EXACT, f"{tree}/bin/tool")])])
+    data = _artifact_1_0("_global", [(opcodes.DENY, [(opcodes.STR_EXACT, f"{tree}/bin/tool")])])
     art = read_artifact(data, expected_module="_global")
     assert art.header.minor == 0
     assert art.caps == (BUILTINS["process.exec"],)  # read as the current built-in

@@ -10,12 +10,12 @@ code is specialised for (inlined range checks, prefix buckets, tiers).
 
 from __future__ import annotations
 
-from polc.runtime.enforce.plan import Plan
-from polc.runtime.artifact import read_artifact
+from test_agent_support import artifact_bytes
+
 from polc.runtime.catalog import Capability, Param
 from polc.runtime.enforce import Snapshot, link
-
-from test_agent_support import artifact_bytes
+from polc.runtime.enforce.plan import Plan
+from polc.runtime.format.reader import read_artifact
 
 QUOTA = Capability("quota.set", (Param("limit", "int"),))
 PAIR = Capability("pair.set", (Param("name", "string"), Param("n", "int")))

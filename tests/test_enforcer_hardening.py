@@ -11,13 +11,11 @@ import tracemalloc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from polc.runtime.enforce import normalize
-from polc.runtime.enforce import snapshot as snapshot_mod
-from polc.runtime.artifact import read_artifact
-from polc.runtime.enforce import Decision, Snapshot, link
-
 from test_agent_support import artifact_bytes
+
+from polc.runtime.enforce import Decision, Snapshot, link, normalize
+from polc.runtime.enforce import snapshot as snapshot_mod
+from polc.runtime.format.reader import read_artifact
 
 MiB = 1 << 20
 

@@ -16,10 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from polc.compiler.memory import compile_sources
 from polc.runtime import PolicyAgent
-from polc.runtime.artifact import write_atomic
-
-compiler = pytest.importorskip("polc.compiler.driver")
+from polc.runtime.format.writer import write_atomic
 
 # ---------------------------------------------------------------------------
 # The reference evaluator
@@ -403,7 +402,7 @@ def render(policy):
 def test_agent_agrees_with_reference(policy, data):
     reqs = data.draw(st.lists(st.one_of(requests(), targeted(policy), targeted(policy)), min_size=20, max_size=40))
     sources = render(policy)
-    result = compiler.compile_sources(sources)
+    result = compile_sources(sources)
     errors = list(result.errors)
     assert not errors, (errors, sources)
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_agent_support import write_artifact
 
 from polc.cli import cli
-
-from test_agent_support import write_artifact
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from artifact_fixtures import ACME_SOURCE, RICH_RULES, big_rules, make_artifact, make_payload
 
 from polc.runtime import errors
 from polc.runtime.format import header as hdr
@@ -28,8 +29,6 @@ from polc.runtime.format.payload import read_fields, unpack_payload
 from polc.runtime.format.program import Program, Rule, location
 from polc.runtime.format.reader import Artifact, read_artifact
 from polc.runtime.format.writer import pack_artifact
-
-from artifact_fixtures import ACME_SOURCE, RICH_RULES, big_rules, make_artifact, make_payload
 
 RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
 
@@ -212,7 +211,7 @@ def test_read_fields_reads_an_array_asked_for_a_window_at_a_time():
 
 def test_the_test_helpers_build_the_compilers_bytes():
     """tests/artifact_fixtures.py says its artifacts come from the compiler's encoder: they are byte-identical."""
-    from polc.compiler.driver import compile_source
+    from polc.compiler.memory import compile_source
 
     result = compile_source(ACME_SOURCE, "tenant.acme.pol")
     assert not result.errors

@@ -16,15 +16,12 @@ import tracemalloc
 
 import msgpack
 import pytest
+from artifact_fixtures import ACME_RULES, RICH_RULES, big_rules, compiled_artifacts, make_payload
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import (
-    FLAG_SIGNED,
-    HEADER_SIZE,
-    MAGIC,
-    Artifact,
+from polc.runtime import errors
+from polc.runtime.errors import (
     ArtifactError,
     BadHeader,
     BadMagic,
@@ -34,13 +31,12 @@ from polc.runtime.artifact import (
     TrailingData,
     Truncated,
     UnsupportedVersion,
-    pack_artifact,
-    read_artifact,
-    read_artifact_file,
 )
+from polc.runtime.format import arguments, encode, opcodes, verify
+from polc.runtime.format.header import FLAG_SIGNED, HEADER_SIZE, MAGIC
+from polc.runtime.format.reader import Artifact, read_artifact, read_artifact_file
+from polc.runtime.format.writer import pack_artifact
 from polc.runtime.patterns import PatternError, compile_host
-
-from artifact_fixtures import ACME_RULES, RICH_RULES, big_rules, compiled_artifacts, make_payload
 
 HDR = struct.Struct(">8sHHIII32s")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -190,8 +186,8 @@ msgpack_values = st.recursive(
     | st.floats(allow_nan=False)
     | st.text(max_size=20)
     | st.binary(max_size=20)
-    | st.sampled_from(list(bc.OPCODE_NAMES) + ["enforce", "audit", "host", "port", "network.outbound"]),
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=10) | st.sampled_from(bc.PAYLOAD_KEYS), children, max_size=9),
+    | st.sampled_from(list(opcodes.OPCODE_NAMES) + ["enforce", "audit", "host", "port", "network.outbound"]),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=10) | st.sampled_from(opcodes.PAYLOAD_KEYS), children, max_size=9),
     max_leaves=20,
 )
 
@@ -217,7 +213,7 @@ small_values = st.recursive(
 @given(st.data())
 def test_well_formed_header_random_payload_map(data):
     """Random values under exactly the right keys get past the key check."""
-    payload = {k: data.draw(small_values, label=k) for k in bc.PAYLOAD_KEYS}
+    payload = {k: data.draw(small_values, label=k) for k in opcodes.PAYLOAD_KEYS}
     body = msgpack.packb(payload, use_bin_type=True)
     with pytest.raises(MalformedPayload):
         read(_header_for(body))
@@ -227,7 +223,7 @@ def test_well_formed_header_random_payload_map(data):
 
 _BASE = make_payload("tenant.acme", RICH_RULES)
 _NEAR = st.one_of(
-    st.sampled_from(list(bc.OPCODE_NAMES) + [0, 2, 0x14, 0x55, -1, 2**63, 2**64 - 1, 65535, 65536, 10, 11]),
+    st.sampled_from(list(opcodes.OPCODE_NAMES) + [0, 2, 0x14, 0x55, -1, 2**63, 2**64 - 1, 65535, 65536, 10, 11]),
     st.integers(-3, 20),
     st.sampled_from([True, False, None, 1.0, "", "*", "**", "*.", "a..b", "10.0.0.0/33", "::1", "/etc", "a/../b", b"x", [], {}]),
     st.sampled_from(["host", "port", "path", "string", "int", "bytes", "audit", "enforce", "_global", "tenant.globex"]),
@@ -276,16 +272,16 @@ def _mutate(payload, data):
 def _link_both(obj):
     """The fast and the reference linker on an unpacked payload: (fast, reference) outcomes."""
     try:
-        caps = bc._verify_caps(obj["caps"])
+        caps = verify.verify_caps(obj["caps"])
         consts = tuple(obj["consts"])
         assert all(type(c) is str for c in consts) and type(obj["code"]) is tuple
-    except (bc.VerifyError, AssertionError, KeyError, TypeError):
+    except (errors.VerifyError, AssertionError, KeyError, TypeError):
         return None
     code = obj["code"]
-    fast = bc._link_fast(code, caps, consts)
+    fast = verify._link_fast(code, caps, consts)
     try:
-        ref = bc._link_reference(code, caps, consts)
-    except bc.VerifyError:
+        ref = verify._link_reference(code, caps, consts)
+    except errors.VerifyError:
         ref = None
     return fast, ref
 
@@ -313,7 +309,7 @@ def test_mutated_real_payload(data):
             assert ref is not None and fast == ref
     if art is not None:
         # what was accepted re-encodes to the same instruction stream
-        caps, consts, code = bc.assemble((r.effect, r.cap, r.line, r.col, r.args) for r in art.rules)
+        caps, consts, code = encode.assemble((r.effect, r.cap, r.line, r.col, r.args) for r in art.rules)
         assert len(code) == len(mutated["code"])
 
 
@@ -334,15 +330,15 @@ def test_byte_mutations_with_a_correct_digest(data):
 @settings(max_examples=1000, deadline=None)
 @given(st.text(alphabet="abcXYZ019-_.*:/", max_size=40))
 def test_fast_host_check_is_a_subset_of_compile_host(text):
-    for op in (bc.HOST_EXACT, bc.HOST_WILD):
-        if bc._fast_host_ok(op, text):
+    for op in (opcodes.HOST_EXACT, opcodes.HOST_WILD):
+        if arguments._fast_host_ok(op, text):
             assert compile_host(text) == (op, text)
 
 
 def test_fast_host_check_edge_cases():
     for text in ["a." * 126 + "com", "1.2.3.4", "*.123", "a-.com", "-a.com", "a" * 64 + ".com", "***.com", ""]:
-        for op in (bc.HOST_EXACT, bc.HOST_WILD):
-            if bc._fast_host_ok(op, text):
+        for op in (opcodes.HOST_EXACT, opcodes.HOST_WILD):
+            if arguments._fast_host_ok(op, text):
                 assert compile_host(text) == (op, text)
             else:
                 try:

@@ -6,13 +6,13 @@ import json
 import struct
 
 import pytest
+from artifact_fixtures import RICH_RULES, compiled_artifacts, make_artifact, make_payload
 from click.testing import CliRunner
 
 from polc.cli import cli
-from polc.runtime.artifact import FORMAT_MINOR, read_artifact_file, write_atomic
-
-from artifact_fixtures import RICH_RULES, compiled_artifacts, make_artifact, make_payload
-from polc.runtime.artifact import pack_artifact
+from polc.runtime.format.header import FORMAT_MINOR
+from polc.runtime.format.reader import read_artifact_file
+from polc.runtime.format.writer import pack_artifact, write_atomic
 
 
 def run(*args):

@@ -9,7 +9,7 @@ import pytest
 
 from polc.compiler import compile_source
 from polc.compiler.diagnostics import ERROR, WARNING
-from polc.runtime.artifact import HEADER_SIZE
+from polc.runtime.format.header import HEADER_SIZE
 
 
 def module(body: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from polc.runtime import bytecode as bc
+from polc.runtime.format import opcodes
 from polc.runtime.patterns import (
     PatternError,
     check_range,
@@ -24,15 +24,15 @@ from polc.runtime.patterns import (
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("api.acme.com", (bc.HOST_EXACT, "api.acme.com")),
-        ("API.Acme.COM.", (bc.HOST_EXACT, "api.acme.com")),
-        ("*.acme.com", (bc.HOST_WILD, "*.acme.com")),
-        ("**.acme.com", (bc.HOST_WILD, "**.acme.com")),
-        ("api.*.acme.com", (bc.HOST_WILD, "api.*.acme.com")),
-        ("10.0.0.0/8", (bc.HOST_CIDR, "10.0.0.0/8")),
-        ("10.1.2.3", (bc.HOST_CIDR, "10.1.2.3/32")),
-        ("::1", (bc.HOST_CIDR, "::1/128")),
-        ("2001:DB8::/32", (bc.HOST_CIDR, "2001:db8::/32")),
+        ("api.acme.com", (opcodes.HOST_EXACT, "api.acme.com")),
+        ("API.Acme.COM.", (opcodes.HOST_EXACT, "api.acme.com")),
+        ("*.acme.com", (opcodes.HOST_WILD, "*.acme.com")),
+        ("**.acme.com", (opcodes.HOST_WILD, "**.acme.com")),
+        ("api.*.acme.com", (opcodes.HOST_WILD, "api.*.acme.com")),
+        ("10.0.0.0/8", (opcodes.HOST_CIDR, "10.0.0.0/8")),
+        ("10.1.2.3", (opcodes.HOST_CIDR, "10.1.2.3/32")),
+        ("::1", (opcodes.HOST_CIDR, "::1/128")),
+        ("2001:DB8::/32", (opcodes.HOST_CIDR, "2001:db8::/32")),
     ],
 )
 def test_host_patterns_normalise(text, expected):
@@ -140,8 +140,8 @@ def test_normalised_paths_never_climb(segments):
 
 
 def test_strings():
-    assert compile_string("ls") == (bc.STR_EXACT, "ls")
-    assert compile_string("git*") == (bc.STR_GLOB, "git*")
+    assert compile_string("ls") == (opcodes.STR_EXACT, "ls")
+    assert compile_string("git*") == (opcodes.STR_GLOB, "git*")
     m = string_matcher("g?t *")
     assert m("git log") and m("gut --x") and not m("gt log") and not m("git")
     # '.' and other regex characters are literal.

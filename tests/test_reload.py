@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_support import artifact_bytes, rewrite_in_place, wait_for, write_artifact
 
 from polc.runtime import PolicyAgent, PolicyLoadError
 from polc.runtime.reload import filestate as filestate_mod
@@ -18,9 +19,6 @@ from polc.runtime.reload import outcomes as outcomes_mod
 from polc.runtime.reload import poller as poller_mod
 from polc.runtime.reload import switch as switch_mod
 from polc.runtime.reload.outcomes import NewPolicy
-from polc.runtime.artifact import HEADER_SIZE
-
-from test_agent_support import artifact_bytes, rewrite_in_place, wait_for, write_artifact
 
 INTERVAL = 0.05
 

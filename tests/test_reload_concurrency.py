@@ -9,9 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-from polc.runtime import PolicyAgent
-
 from test_agent_support import artifact_bytes
+
+from polc.runtime import PolicyAgent
 
 SWAPS = 1000
 

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_support import wait_for
 
 from polc.runtime import PolicyAgent
-
-from test_agent_support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERVAL = 0.2

@@ -6,10 +6,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_agent_support import wait_for, write_artifact
 
 from polc.runtime import PolicyAgent
-
-from test_agent_support import wait_for, write_artifact
 
 INTERVAL = 0.05
 DEADLINE = 10.0

@@ -17,14 +17,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from test_agent_support import wait_for, write_artifact
 
 from polc.runtime import PolicyAgent, ReloadEvent
-
-from test_agent_support import artifact_bytes, wait_for, write_artifact
 
 ACME_V1 = [("entitle", "network.outbound", ("*.acme.com", 443))]
 ACME_V2 = [("entitle", "network.outbound", ("*.acme.com", 443)), ("entitle", "network.outbound", ("api.partner.com", 443))]

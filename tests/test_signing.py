@@ -23,7 +23,8 @@ import pytest
 pytest.importorskip("cryptography")
 
 from polc.runtime import signing  # noqa: E402
-from polc.runtime.artifact import FLAG_SIGNED, ArtifactError  # noqa: E402
+from polc.runtime.errors import ArtifactError  # noqa: E402
+from polc.runtime.format.header import FLAG_SIGNED  # noqa: E402
 from polc.runtime.signing import (  # noqa: E402
     BadSignatureError,
     KeyFileError,
@@ -137,7 +138,8 @@ def test_verify_rejects_unsigned(trust):
 
 
 def test_reader_checks_the_signature_before_unpacking_the_payload(trust):
-    from polc.runtime.artifact import MalformedPayload, read_artifact
+    from polc.runtime.errors import MalformedPayload
+    from polc.runtime.format.reader import read_artifact
 
     # raw_artifact's payload is structurally malformed: without trust the
     # verifier says so; with trust the missing signature is found first, so

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 pytest.importorskip("cryptography")
 
 from polc.cli import cli  # noqa: E402
-from polc.runtime.artifact import read_artifact_file  # noqa: E402
+from polc.runtime.format.reader import read_artifact_file  # noqa: E402
 from polc.runtime.signing import TrustConfig, signer_key_id  # noqa: E402
 
 SRC = """

@@ -20,9 +20,9 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from polc.compiler.driver import compile_source  # noqa: E402
+from polc.compiler.memory import compile_source  # noqa: E402
 from polc.runtime.agent import PolicyAgent, PolicyLoadError  # noqa: E402
-from polc.runtime.artifact import write_atomic  # noqa: E402
+from polc.runtime.format.writer import write_atomic  # noqa: E402
 from polc.runtime.signing import (  # noqa: E402
     SigningKey,
     SigningUnavailableError,

@@ -124,5 +124,5 @@ class LinkedModule:
 
 
 def link(artifact: Artifact) -> LinkedModule:
-    """Link one verified artifact (see runtime/artifact.py) into indexed tables."""
+    """Link one verified artifact (see runtime/format/reader.py) into indexed tables."""
     return LinkedModule(artifact)
