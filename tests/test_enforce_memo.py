@@ -1,11 +1,11 @@
-"""The bounded memo helper behind every process-wide memo of the decision engine."""
+"""The bounded memo helper (runtime/memo.py) behind every process-wide memo of the runtime."""
 
 from __future__ import annotations
 
 import importlib
 
 from polc.runtime.enforce import deciders, index, matchers, normalize, plan
-from polc.runtime.enforce.memo import Memo, put_bounded
+from polc.runtime.memo import Memo, put_bounded
 
 
 def test_a_memo_is_cleared_whole_when_full_and_its_getter_survives():
@@ -47,3 +47,29 @@ def test_the_memos_keep_their_bounds():
         assert m.limit == 1 << 13, m
     assert deciders._CODES.limit == 256
     assert plan.DECISIONS_MAX == 4096
+
+
+def test_the_verifier_and_patterns_memos_are_memos_with_their_old_bounds():
+    """The format's and the pattern module's process-wide memos are the same helper, at the sizes they had."""
+    from polc.runtime import patterns
+    from polc.runtime.format import arguments, verify
+
+    assert arguments._VALID_ARGS.limit == arguments._VALID_COMMAND_ARGS.limit == 1 << 16
+    assert verify._VALID_CAPS.limit == 1 << 10
+    assert patterns._resolved.limit == 4096 and patterns._PATH_SPLIT.limit == 64
+    for m in (arguments._VALID_ARGS, arguments._VALID_COMMAND_ARGS, verify._VALID_CAPS, patterns._resolved):
+        assert isinstance(m, Memo), m
+
+
+def test_the_memo_helper_imports_nothing_of_polc():
+    """So the format (the verifier) may use it without importing the decision engine, and the reverse."""
+    import ast
+    from pathlib import Path
+
+    import polc.runtime.memo as memo
+
+    tree = ast.parse(Path(memo.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert all(not m or not m.startswith(("polc", ".")) for m in imported), imported
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))

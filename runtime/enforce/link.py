@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import COMMAND, Capability
 from ..format.opcodes import DENY
+from ..memo import Memo
 from .index import Table
 from .matchers import SHARE_MAX, Instr, command_args
-from .memo import Memo
 
 if TYPE_CHECKING:
     from ..format.reader import Artifact

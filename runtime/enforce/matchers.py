@@ -21,7 +21,7 @@ from typing import Any
 from .. import patterns
 from ..catalog import COMMAND
 from ..format.opcodes import ANY, DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_EXACT, STR_GLOB
-from .memo import Memo
+from ..memo import Memo
 from .normalize import HostValue
 
 __all__ = [

@@ -18,12 +18,12 @@ from typing import Any
 from .. import patterns
 from ..catalog import BUILTINS, GLOBAL_MODULE, Capability
 from ..format.opcodes import ENTITLE
+from ..memo import Memo, put_bounded
 from .deciders import NAMESPACE, Decider, decider_code
 from .decision import Decision
 from .index import BUCKETS, EMPTY_MAP, SCAN, TIER_MASK, TIER_SHIFT, TIERS, Bucket, Table, int_pos, rank_obj
 from .link import LinkedModule, types_of
 from .matchers import SHARE_MAX
-from .memo import Memo, put_bounded
 from .normalize import MEMO_MAX, NORMALIZERS, normalizer_of
 
 __all__ = ["DECISIONS_MAX", "Plan", "clip"]

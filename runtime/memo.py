@@ -1,9 +1,10 @@
-"""Bounded memos: how the enforcer remembers pure answers across modules and checks.
+"""Bounded memos: how the runtime remembers pure answers across artifacts, modules and checks.
 
-Linking and deciding compute the same small things over and over: the
-matcher of a pattern constant, the index key of an argument, a normalised
-host, the parent domains of a host, one shared tuple per distinct bucket.
-Each is a pure function of its key, so it is computed once and remembered,
+Verifying, linking and deciding compute the same small things over and
+over: whether an argument or a capability table is valid, the matcher of a
+pattern constant, the index key of an argument, a normalised host, the
+parent domains of a host, one shared tuple per distinct bucket. Each is a
+pure function of its key, so it is computed once and remembered,
 process-wide, in a :class:`Memo`: a dict bounded by a number of entries and
 cleared whole when it is full (no LRU bookkeeping on the hit path; a cleared
 memo refills with what is asked next).
@@ -17,6 +18,10 @@ module-level ``dict.get`` 21 ns.
 
 :func:`put_bounded` is the same policy for a dict that must stay a plain
 dict because generated code reads it inline (a plan's Decision memo).
+
+This module imports nothing of polc, so the artifact format (the verifier's
+memos of valid arguments and capability tables) and the decision engine
+both use it without importing each other.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ class Memo(Generic[K, V]):
         """The one shared object equal to ``value`` (``value`` itself the first time)."""
         shared = self.data.get(value)
         return shared if shared is not None else self.put(value, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
 
     def clear(self) -> None:
         if self.on_clear is not None:
