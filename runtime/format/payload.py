@@ -212,32 +212,59 @@ def _fields_whole(data: bytes, keys: Collection[str]) -> dict[str, Any] | None:
 
 def _fields(buf: memoryview, keys: Collection[str]) -> dict[str, Any]:
     n = len(buf)
+    count, pos = _payload_map(buf)
+    seen: set[str] = set()
+    out: dict[str, Any] = {}
+    for _ in range(count):
+        key, pos = _key(buf, pos, seen)
+        if key in keys:
+            pos, out[key] = _field(buf, pos, key)
+        else:
+            pos = _skip(buf, pos, key[:100])
+    if pos != n:
+        raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
+    return out
+
+
+def _payload_map(buf: memoryview) -> tuple[int, int]:
+    """``(number of keys, position of the first)`` of the payload's top-level map, checked."""
+    n = len(buf)
     if n == 0:
         raise _NotMsgpack("the payload is empty")
     family, count, pos = _head(buf, 0, "the payload")
     if family != _MAP:
+        # not a payload, but say "not valid msgpack" if it is not even that
+        if family == _STR and count <= opcodes.MAX_STRING:
+            _text(buf, pos, count, "the payload")
+        end = _skip(buf, 0, "the payload")
+        if end != n:
+            raise _NotMsgpack(f"{n - end} byte{'s' if n - end != 1 else ''} after the first object")
         raise VerifyError(f"payload: expected map, got {_kind(buf, 0)}")
     if count > MAX_PAYLOAD_KEYS:
         raise VerifyError(f"payload: a map of {count:,} keys, more than the {MAX_PAYLOAD_KEYS} a payload may have")
-    seen: set[str] = set()
-    out: dict[str, Any] = {}
-    for _ in range(count):
-        family, size, at = _head(buf, pos, "a payload key")
-        if family != _STR:
-            raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
-        _check_string(size, "a payload key")
-        key = _text(buf, at, size, "a payload key")
-        if key in seen:
-            raise VerifyError(f"payload: key {key[:100]!r} appears twice")
-        seen.add(key)
-        start = at + size
-        if key in keys:
-            pos, out[key] = _field(buf, start, key)
-        else:
-            pos = _skip(buf, start, key[:100])
-    if pos != n:
-        raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
-    return out
+    return count, pos
+
+
+def _key(buf: memoryview, pos: int, seen: set[str]) -> tuple[str, int]:
+    """The payload key at ``pos`` (a string, not in ``seen``; added to it) and the position after it."""
+    family, size, at = _head(buf, pos, "a payload key")
+    if family != _STR:
+        raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
+    _check_string(size, "a payload key")
+    key = _text(buf, at, size, "a payload key")
+    if key in seen:
+        raise VerifyError(f"payload: key {key[:100]!r} appears twice")
+    seen.add(key)
+    return key, at + size
+
+
+def _string(buf: memoryview, pos: int, key: str) -> tuple[str, int]:
+    """The string field ``key`` at ``pos`` (at most MAX_STRING bytes) and the position after it."""
+    family, size, at = _head(buf, pos, key)
+    if family != _STR:
+        raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
+    _check_string(size, key)
+    return _text(buf, at, size, key), at + size
 
 
 # The most elements read_fields builds of each array: the format's counts (an
@@ -254,12 +281,9 @@ _TYPES: dict[str, type] = {**dict.fromkeys(FIELD_KEYS, str), **dict.fromkeys(_AR
 def _field(buf: memoryview, pos: int, key: str) -> tuple[int, Any]:
     """``(end, value)`` of the value of ``key`` at ``pos``, checked to be of its type before it is built."""
     if key in _FIELD_SET:
-        end = _skip(buf, pos, key)  # a value cut off is refused as any other value is
-        family, size, at = _head(buf, pos, key)
-        if family != _STR:
-            raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
-        _check_string(size, key)
-        return end, _text(buf, at, size, key)
+        _skip(buf, pos, key)  # a value cut off is refused as any other value is
+        text, end = _string(buf, pos, key)
+        return end, text
     limit = _ARRAY_COUNTS.get(key)
     if limit is not None:
         count, start = _array(buf, pos, key)
@@ -409,19 +433,7 @@ def _map_count(data: bytes | bytearray, pos: int) -> int:
 
 def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
     n = len(buf)
-    if n == 0:
-        raise _NotMsgpack("the payload is empty")
-    family, count, pos = _head(buf, 0, "the payload")
-    if family != _MAP:
-        # not a payload, but say "not valid msgpack" if it is not even that
-        if family == _STR and count <= opcodes.MAX_STRING:
-            _text(buf, pos, count, "the payload")
-        end = _skip(buf, 0, "the payload")
-        if end != n:
-            raise _NotMsgpack(f"{n - end} byte{'s' if n - end != 1 else ''} after the first object")
-        raise VerifyError(f"payload: expected map, got {_kind(buf, 0)}")
-    if count > MAX_PAYLOAD_KEYS:
-        raise VerifyError(f"payload: a map of {count:,} keys, more than the {MAX_PAYLOAD_KEYS} a payload may have")
+    count, pos = _payload_map(buf)
     seen: set[str] = set()
     fields: dict[str, str] = {}
     caps: tuple[Capability, ...] = ()
@@ -429,22 +441,10 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
     rules: list[Rule] | None = None
     code_at = -1  # where ``code`` is, when it came before caps or consts
     for _ in range(count):
-        family, size, at = _head(buf, pos, "a payload key")
-        if family != _STR:
-            raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
-        _check_string(size, "a payload key")
-        key = _text(buf, at, size, "a payload key")
-        pos = at + size
-        if key in seen:
-            raise VerifyError(f"payload: key {key[:100]!r} appears twice")
-        seen.add(key)
+        key, pos = _key(buf, pos, seen)
         if key in _FIELD_SET:
-            family, size, at = _head(buf, pos, key)
-            if family != _STR:
-                raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
-            _check_string(size, key)
-            fields[key] = verify.verify_field(key, _text(buf, at, size, key))
-            pos = at + size
+            text, pos = _string(buf, pos, key)
+            fields[key] = verify.verify_field(key, text)
         elif key == "caps":
             pos, caps = _read_caps(buf, pos)
         elif key == "consts":
