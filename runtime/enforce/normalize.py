@@ -2,7 +2,7 @@
 
 Each normaliser returns the value as the matchers compare it, or raises
 ValueError with a reason. The fast paths accept only input that
-``patterns.normalize_*`` would return unchanged (tests/test_enforcer.py
+``patterns.normalize_*`` would return unchanged (tests/runtime/enforce/test_enforcer.py
 checks the equivalence with hypothesis) and fall back to those functions
 otherwise. ``int`` and ``str`` subclasses are decided as the plain values
 they hold: their methods never run.

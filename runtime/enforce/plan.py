@@ -6,7 +6,7 @@ else the built-in one), the tables of its four tiers (denies of
 decider: the fused one (:mod:`~polc.runtime.enforce.deciders`) when the
 tables index compatibly, else :meth:`Plan.decide`, the sequential
 evaluation table by table, which the fused deciders are tested against
-(tests/test_enforcer_fused.py).
+(tests/runtime/enforce/test_enforcer_fused.py).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ ANY_ARG: tuple[int] = (ANY,)
 
 # A fast accept for the common host constant: a lower-case DNS name or
 # pattern in normal form. Anything it accepts, patterns.compile_host returns
-# unchanged (tests/test_artifact.py checks that with hypothesis); anything
+# unchanged (tests/runtime/format/test_artifact.py checks that with hypothesis); anything
 # else goes to compile_host, which decides. It exists because compile_host
 # first tries ipaddress (an exception per DNS name, ~4 us).
 _DNS_LABEL = r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?|\*\*?)"
