@@ -121,7 +121,7 @@ def test_check_latency_while_hostile_drops_are_rejected(bench_root):
         reasons = set()
         window[0] = True
         for _ in range(DROPS):
-            for name, data in drops.items():
+            for data in drops.values():
                 write_atomic(live / "tenant.acme.bin", data)
                 wait(module_error)
                 reasons.add(module_error())

@@ -18,18 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from support.sidecar import (  # noqa: F401 - fixtures
+from support.sidecar import (
     ACME_OK,
     ACME_V2,
     GLOBAL,
     PARTNER,
     START_DEADLINE,
     _compile,
-    artifacts,
     corrupt,
     drop,
-    policy_dir,
-    sidecar,
     until,
 )
 

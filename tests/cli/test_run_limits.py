@@ -21,11 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from support.sidecar import (  # noqa: F401 - fixtures
+from support.sidecar import (
     ACME_OK,
-    artifacts,
-    policy_dir,
-    sidecar,
     until,
 )
 
@@ -55,7 +52,7 @@ def _read_until_closed(sock: socket.socket, deadline: float = CLOSE_DEADLINE) ->
             data += chunk
     except ConnectionResetError:
         return data
-    except socket.timeout:
+    except TimeoutError:
         pytest.fail(f"connection still open after {deadline}s; received {data[:200]!r}")
 
 

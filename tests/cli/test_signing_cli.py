@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 pytest.importorskip("cryptography")
 
-from polc.cli import cli  # noqa: E402
-from polc.runtime.format.reader import read_artifact_file  # noqa: E402
-from polc.runtime.signing import TrustConfig, signer_key_id  # noqa: E402
+from polc.cli import cli
+from polc.runtime.format.reader import read_artifact_file
+from polc.runtime.signing import TrustConfig, signer_key_id
 
 SRC = """
 security module tenant.acme {

@@ -109,7 +109,7 @@ def held_lock(tmp_path):
 
 def test_a_compile_waits_for_the_lock_and_no_wait_fails(tmp_path, held_lock):
     out, release = held_lock
-    src = _write_tree(tmp_path / "src", 5)
+    _write_tree(tmp_path / "src", 5)
     # what a running compile is staging: nobody but its owner may touch it
     running_tmp = out / ".polc-compile-abcd1234.tmp"
     running_tmp.write_bytes(b"half an artifact")
@@ -141,11 +141,11 @@ def test_a_compile_waits_for_the_lock_and_no_wait_fails(tmp_path, held_lock):
 
 
 def test_kill_9_while_staging_then_the_next_compile_cleans_up(tmp_path):
-    src = _write_tree(tmp_path / "src", 300, per_file=2)
+    _write_tree(tmp_path / "src", 300, per_file=2)
     out = tmp_path / "out"
     out.mkdir()
     debris: list[str] = []
-    for attempt in range(5):
+    for _attempt in range(5):
         # -j 2: the parent stages each artifact as soon as its file comes back and
         # renames only at the end, so temporary files exist for most of the run
         p = _polc("compile", "src", "-o", str(out), "-j", "2", "--force", cwd=tmp_path)
@@ -208,7 +208,7 @@ def test_old_temporary_files_of_other_writers_and_symlinks(tmp_path):
 
 
 def test_a_symlinked_lock_file_is_refused(tmp_path):
-    src = _write_tree(tmp_path / "src", 1)
+    _write_tree(tmp_path / "src", 1)
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).symlink_to(tmp_path / "elsewhere")

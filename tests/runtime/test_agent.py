@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -160,7 +161,7 @@ def test_events_and_reload_result(pdir):
 
 def test_trust_is_passed_to_the_reader(pdir):
     class Refuse:
-        calls: list[str] = []
+        calls: ClassVar[list[str]] = []
 
         def verify(self, header, signed_bytes, trailer, module):
             self.calls.append(module)

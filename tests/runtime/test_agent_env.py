@@ -201,7 +201,7 @@ def test_polc_run_reads_listen_and_policy_dir_from_the_environment(pdir, tmp_pat
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("POLC_")}
     base.update({"POLC_POLICY_DIR": str(pdir), "POLC_LISTEN": f"127.0.0.1:{port}", "POLC_RELOAD": "off"})
-    err = open(tmp_path / "stderr.txt", "wb")
+    err = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 - the subprocess writes it until the test ends
     proc = subprocess.Popen([sys.executable, "-m", "polc", "run"], stdout=subprocess.DEVNULL, stderr=err, env=base)
     try:
         end = time.monotonic() + START_DEADLINE

@@ -8,6 +8,7 @@ test runs a real pre-fork server whose app creates its agent at import.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -69,10 +70,8 @@ def fork_child(body) -> tuple[int, int]:
 
             body(write)
         except BaseException as exc:  # report anything, then leave without running pytest's teardown
-            try:
+            with contextlib.suppress(BaseException):
                 os.write(w, (json.dumps({"error": repr(exc)}) + "\n").encode())
-            except BaseException:
-                pass
             code = 1
         finally:
             os._exit(code)
@@ -303,7 +302,7 @@ def test_gunicorn_preload_workers_reload(pdir, tmp_path):
            "--chdir", str(tmp_path), "--graceful-timeout", "5"]
     if hasattr(gunicorn.config, "ControlSocketDisable"):  # 25.1+: no socket in $HOME shared by runs
         cmd.append("--no-control-socket")
-    log = open(tmp_path / "gunicorn.log", "wb")
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - gunicorn writes it until the test ends
     proc = subprocess.Popen([*cmd, "polc_fork_app:app"], stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def output() -> str:

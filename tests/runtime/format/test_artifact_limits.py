@@ -140,7 +140,7 @@ def test_nested_length_claims_reserve_nothing(tmp_path):
             body = payload_with({where: nest + b"\xc0" * (size - len(nest))})
             data = artifact_of(body)
 
-            def read():
+            def read(data=data):
                 with pytest.raises(MalformedPayload):
                     read_artifact(data)
 
@@ -256,7 +256,7 @@ def test_degenerate_but_valid_payloads_cost_what_real_ones_do():
     for payload in (many_empty, many_short, arity0):
         data = pack_artifact(payload, verify=False)
         keep = read_artifact(data)  # its interned constants stay interned: see test_fuzz_artifact
-        peak = peak_of(lambda: read_artifact(data))
+        peak = peak_of(lambda data=data: read_artifact(data))
         assert peak < 20 * len(data) + ALLOWANCE, (len(data), peak)
         del keep
 

@@ -251,7 +251,7 @@ def test_sidecar_status_and_metrics_agree_through_recovery(pdir, tmp_path):
     good = (pdir / "tenant.acme.bin").read_bytes()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLC_")}
-    err = open(tmp_path / "stderr.txt", "wb")
+    err = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 - the subprocess writes it until the test ends
     proc = subprocess.Popen(
         [sys.executable, "-m", "polc", "run", str(pdir), "--listen", f"127.0.0.1:{port}", "--reload-interval", "0.05"],
         stdout=subprocess.DEVNULL,

@@ -22,10 +22,10 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from polc.runtime import signing  # noqa: E402
-from polc.runtime.errors import ArtifactError  # noqa: E402
-from polc.runtime.format.header import FLAG_SIGNED  # noqa: E402
-from polc.runtime.signing import (  # noqa: E402
+from polc.runtime import signing
+from polc.runtime.errors import ArtifactError
+from polc.runtime.format.header import FLAG_SIGNED
+from polc.runtime.signing import (
     BadSignatureError,
     KeyFileError,
     KeyScopeError,

@@ -20,10 +20,10 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from polc.compiler.memory import compile_source  # noqa: E402
-from polc.runtime.agent import PolicyAgent, PolicyLoadError  # noqa: E402
-from polc.runtime.format.writer import write_atomic  # noqa: E402
-from polc.runtime.signing import (  # noqa: E402
+from polc.compiler.memory import compile_source
+from polc.runtime.agent import PolicyAgent, PolicyLoadError
+from polc.runtime.format.writer import write_atomic
+from polc.runtime.signing import (
     SigningKey,
     SigningUnavailableError,
     TrustConfig,
@@ -330,9 +330,8 @@ def test_permission_warnings_at_start(pdir, caplog):
     drop(pdir, "tenant.acme", artifact("tenant.acme", "api.acme.com"))
     os.chmod(pdir / "tenant.acme.bin", 0o666)
     os.chmod(pdir, 0o777)
-    with caplog.at_level(logging.WARNING, logger="polc"):
-        with PolicyAgent(pdir, reload=False) as agent:
-            assert allowed(agent, "tenant.acme", "api.acme.com")  # a warning, not a refusal
+    with caplog.at_level(logging.WARNING, logger="polc"), PolicyAgent(pdir, reload=False) as agent:
+        assert allowed(agent, "tenant.acme", "api.acme.com")  # a warning, not a refusal
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "polc")
     assert "policy directory" in text and "writable by group and others" in text
     assert "tenant.acme.bin" in text
@@ -352,9 +351,8 @@ def test_strict_refuses_to_start_on_an_unguarded_directory(pdir):
 def test_guarded_directory_logs_no_warning(pdir, caplog):
     drop(pdir, "tenant.acme", artifact("tenant.acme", "api.acme.com"))
     os.chmod(pdir / "tenant.acme.bin", 0o644)
-    with caplog.at_level(logging.WARNING, logger="polc"):
-        with PolicyAgent(pdir, reload=False):
-            pass
+    with caplog.at_level(logging.WARNING, logger="polc"), PolicyAgent(pdir, reload=False):
+        pass
     assert not [r for r in caplog.records if r.name == "polc" and r.levelno >= logging.WARNING]
 
 
