@@ -45,7 +45,7 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 class HashTrust:
-    """A stand-in for runtime/signing.py: the trailer is sha256(header + payload)."""
+    """A stand-in for runtime/signing/trust.py: the trailer is sha256(header + payload)."""
 
     def verify(self, header, signed_bytes, trailer, module):
         if header.signed and hashlib.sha256(signed_bytes).digest() != trailer:

@@ -1,7 +1,7 @@
 """Signing in a running agent: trusted signatures gate every load, and in every
 rejected case the previous policy keeps deciding while the poller runs.
 
-Artifacts come from the real compiler and are signed with runtime/signing.py;
+Artifacts come from the real compiler and are signed with runtime/signing/;
 each test runs a PolicyAgent with a 0.05 s poller and waits on deadlines for
 the poller's own reload events, never on bare sleeps.
 """
