@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-import polc.compiler.output as driver
+import polc.compiler.output as output
 from polc.compiler.build import compile_paths
 from polc.runtime.format.reader import read_artifact_file
 
@@ -46,7 +46,7 @@ def test_a_failed_write_is_reported_and_leaves_no_temporary_file(write_tree, tmp
             raise OSError(28, "No space left on device")
         return real_replace(a, b)
 
-    monkeypatch.setattr(driver.os, "replace", replace)
+    monkeypatch.setattr(output.os, "replace", replace)
     report = compile_paths([str(src)], str(out))
     assert report.exit_code == 2
     assert "cannot write" in report.fatal and "b.bin" in report.fatal and "No space left" in report.fatal
@@ -71,7 +71,7 @@ def test_unwritable_temporary_file_is_reported(write_tree, tmp_path, monkeypatch
     def fail(directory, data, **kw):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(driver, "stage_file", fail)
+    monkeypatch.setattr(output, "stage_file", fail)
     report = compile_paths([str(src)], str(out))
     assert report.exit_code == 2 and "cannot write" in report.fatal
     assert os.listdir(out) == [".polc-compile.lock"]
