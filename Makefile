@@ -25,9 +25,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Lint and strict type checks of the product code (what .ci/run runs before the tests).
+# Lint (product code, tests and benchmarks; the tests' idioms are configured in
+# pyproject.toml) and strict type checks of the product code: what .ci/run runs
+# before the tests.
 lint: $(STAMP)
-	$(BIN)/ruff check runtime compiler cli grammar
+	$(BIN)/ruff check runtime compiler cli grammar tests benchmarks
 	PYTHON=$(BIN)/python .ci/typecheck
 
 # Benchmarks and peers (docs/benchmarks.md); BENCH_DOC=docs/benchmarks.md also rewrites its table.

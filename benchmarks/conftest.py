@@ -28,6 +28,7 @@ if str(HERE) not in sys.path:
 import report  # noqa: E402
 from common import BIG_N, RESULTS, SCALE, SMALL, _figures, _meta, record, workload  # noqa: E402,F401
 
+
 @pytest.fixture(scope="session")
 def bench_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("polc-bench")

@@ -207,7 +207,7 @@ def _casbin_unpattern(text: str) -> tuple:
     return (kind, body)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(pattern: str):
     return arg_matcher(_casbin_unpattern(pattern))
 

@@ -3,7 +3,7 @@
 Artifacts are produced by the real compiler (``python -m polc compile``)
 whenever it is installed. Until it is, a bench-side code generator packs the
 neutral rule list straight into artifact v1.0 payloads (docs/design.md) with
-``polc.runtime.artifact.pack_artifact``, so the runtime can be measured on
+``polc.runtime.format.writer.pack_artifact``, so the runtime can be measured on
 its own; figures that need the compiler are skipped then. Which one made a
 tree is recorded in the results (``artifacts_from``).
 """
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from workload import GLOBAL, SIGNATURES, Module, Workload, render_module
+from workload import SIGNATURES, Module, Workload, render_module
 
 # opcodes of artifact format 1 (docs/design.md)
 RULE, ANY, HOST_EXACT, HOST_WILD = 0x01, 0x10, 0x11, 0x12
@@ -95,7 +95,7 @@ def payload_for(mod: Module, source_name: str) -> dict:
 
 
 def pack_module(mod: Module, source_name: str) -> bytes:
-    from polc.runtime.artifact import pack_artifact
+    from polc.runtime.format.writer import pack_artifact
 
     return pack_artifact(payload_for(mod, source_name))
 
@@ -195,7 +195,7 @@ def artifact_bytes(mod: Module, staging: Path) -> bytes:
 
 def load_and_link(path: Path):
     """What the agent does per artifact: read, check header and digest, unpack, verify, link."""
-    from polc.runtime.artifact import read_artifact_file
-    from polc.runtime.enforcer import link
+    from polc.runtime.enforce import link
+    from polc.runtime.format.reader import read_artifact_file
 
     return link(read_artifact_file(path))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from workload import GLOBAL, SIGNATURES, Rule, Workload
+from workload import GLOBAL, SIGNATURES, Workload
 
 # --------------------------------------------------------------------------
 # request typing and normalisation (shared with the peers' drivers)

@@ -10,7 +10,7 @@ from common import SMALL, record
 
 def test_load_verify_link_1000_rules(benchmark, tree):
     if not _runtime_linkable():
-        pytest.skip("polc.runtime.enforcer.link not available yet")
+        pytest.skip("polc.runtime.enforce.link not available yet")
     wl, _src, out, _how = tree(10, 1000)
     path = out / "tenant.m0.bin"
     n_rules = len(wl.modules["tenant.m0"].rules)
@@ -25,8 +25,8 @@ def test_load_verify_link_1000_rules(benchmark, tree):
 
 def _runtime_linkable() -> bool:
     try:
-        from polc.runtime.artifact import read_artifact_file  # noqa: F401
-        from polc.runtime.enforcer import link  # noqa: F401
+        from polc.runtime.enforce import link  # noqa: F401
+        from polc.runtime.format.reader import read_artifact_file  # noqa: F401
     except ImportError:
         return False
     return True

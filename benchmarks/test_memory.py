@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent(
             return int(f.read().split()[1]) * page
     import polc.runtime
     from polc.runtime.agent import PolicyAgent
-    from polc.runtime import enforcer, artifact  # noqa
+    from polc.runtime import enforce  # noqa: F401 - its code counts in the baseline
+    from polc.runtime.format import reader  # noqa: F401
     with open(sys.argv[2]) as f:
         pairs = [(m, c, tuple(a)) for m, c, a in json.load(f)]
     r0 = rss()

@@ -40,8 +40,8 @@ def _hostile(element: bytes, count: int) -> bytes:
 
     import msgpack
 
-    from polc.runtime.artifact import MAGIC
-    from polc.runtime.bytecode import PAYLOAD_KEYS
+    from polc.runtime.format.header import MAGIC
+    from polc.runtime.format.opcodes import PAYLOAD_KEYS
 
     good = {
         "module": "tenant.acme", "mode": "enforce", "compiler": "bench", "source": "tenant.acme.pol",
@@ -72,7 +72,7 @@ def _max_rss_mb() -> float:
 
 
 def test_check_latency_while_hostile_drops_are_rejected(bench_root):
-    from polc.runtime.artifact import write_atomic
+    from polc.runtime.format.writer import write_atomic
 
     live = bench_root / "reject"
     live.mkdir(exist_ok=True)
@@ -121,7 +121,7 @@ def test_check_latency_while_hostile_drops_are_rejected(bench_root):
         reasons = set()
         window[0] = True
         for _ in range(DROPS):
-            for name, data in drops.items():
+            for data in drops.values():
                 write_atomic(live / "tenant.acme.bin", data)
                 wait(module_error)
                 reasons.add(module_error())

@@ -44,7 +44,7 @@ def _saturate(agent, stop):
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_drop_to_enforce(tree, bench_root, busy):
-    from polc.runtime.artifact import write_atomic
+    from polc.runtime.format.writer import write_atomic
 
     wl, _src, out, _how = tree(10, 20)
     live = bench_root / f"live-{'busy' if busy else 'idle'}"

@@ -47,8 +47,8 @@ def _run(
     stdin_name: str | None = None,
     wait: bool = True,
 ) -> None:
+    from polc.compiler.build import compile_paths
     from polc.compiler.diagnostics import visible
-    from polc.compiler.driver import compile_paths
 
     key = None
     if sign is not None:

@@ -23,19 +23,12 @@ import click
 
 from polc.errors import EXIT_FAILED, failure
 from polc.options import format_option
-from polc.runtime import bytecode as bc
-from polc.runtime.artifact import (
-    FLAG_SIGNED,
-    HEADER_SIZE,
-    MAGIC,
-    Artifact,
-    ArtifactError,
-    UnreadableArtifact,
-    module_for_path,
-    read_artifact,
-    read_artifact_bytes,
-    unpack_payload,
-)
+from polc.runtime.errors import ArtifactError, UnreadableArtifact
+from polc.runtime.format.disasm import disassemble, format_rule, printable, quote
+from polc.runtime.format.header import FLAG_SIGNED, HEADER_SIZE, MAGIC, payload_view
+from polc.runtime.format.opcodes import ANY, INT_RANGE, OPCODE_NAMES
+from polc.runtime.format.payload import read_fields
+from polc.runtime.format.reader import Artifact, module_for_path, read_artifact, read_artifact_bytes
 
 
 def _signature_info(art: Artifact) -> dict[str, Any]:
@@ -72,7 +65,7 @@ def _flag_names(flags: int) -> list[str]:
 
 def build_report(path: str, data: bytes, art: Artifact) -> dict[str, Any]:
     """Everything ``polc inspect`` shows, as plain JSON-able data."""
-    payload = unpack_payload(data[HEADER_SIZE : HEADER_SIZE + art.header.payload_len])
+    code = read_fields(payload_view(data, art.header), ("code",))["code"]
     h = art.header
     return {
         "file": path,
@@ -116,11 +109,11 @@ def build_report(path: str, data: bytes, art: Artifact) -> dict[str, Any]:
                 "line": r.line,
                 "col": r.col,
                 "args": [_arg_json(p.name, a) for p, a in zip(r.cap.params, r.args, strict=False)],
-                "text": bc.format_rule(r, art.source),
+                "text": format_rule(r, art.source),
             }
             for r in art.rules
         ],
-        "code": bc.disassemble(payload["code"], art.caps, art.consts),
+        "code": disassemble(code, art.caps, art.consts),
     }
 
 
@@ -132,16 +125,16 @@ def _builtin(name: str) -> object:
 
 def _arg_json(param: str, arg: tuple[Any, ...]) -> dict[str, Any]:
     op = arg[0]
-    out: dict[str, Any] = {"param": param, "op": bc.OPCODE_NAMES[op]}
-    if op == bc.INT_RANGE:
+    out: dict[str, Any] = {"param": param, "op": OPCODE_NAMES[op]}
+    if op == INT_RANGE:
         out["lo"], out["hi"] = arg[1], arg[2]
-    elif op != bc.ANY:
+    elif op != ANY:
         out["value"] = arg[1]
     return out
 
 
 def render_text(report: dict[str, Any]) -> str:
-    p = bc.printable
+    p = printable
     h = report["header"]
     sig = report["signature"]
     lines = [
@@ -179,7 +172,7 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"constants ({len(report['consts'])}):")
     for k, c in enumerate(report["consts"]):
-        lines.append(f"  [{k}] {bc.quote(c)}")
+        lines.append(f"  [{k}] {quote(c)}")
     lines.append("")
     lines.append(f"rules ({len(report['rules'])}):")
     for r in report["rules"]:
@@ -206,7 +199,7 @@ def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> N
     its module name matches its file name. Exits 1 for a bad artifact and
     2 when the file cannot be read.
     """
-    shown = bc.printable(file)
+    shown = printable(file)
     trust = None
     if trust_file is not None:
         from polc.runtime.signing import SigningUnavailableError, TrustConfig, TrustConfigError
@@ -223,7 +216,7 @@ def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> N
     except UnreadableArtifact as exc:
         raise failure(exc, prefix=f"{shown}: error: ") from None
     except ArtifactError as exc:
-        raise failure(exc, default=EXIT_FAILED, message=bc.printable(str(exc)), prefix=f"{shown}: error: ") from None
+        raise failure(exc, default=EXIT_FAILED, message=printable(str(exc)), prefix=f"{shown}: error: ") from None
     report = build_report(os.fspath(file), data, art)
     if trust is not None:  # read_artifact verified it
         signer = trust.get(report["signature"].get("key_id") or "")

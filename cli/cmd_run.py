@@ -261,7 +261,7 @@ def run_cmd(
       GET  /v1/status[?module=NAME], /healthz, /metrics
     Every POST needs 'Content-Type: application/json'. SIGTERM or SIGINT stops cleanly.
     """
-    from polc.runtime._env import env_path, env_text
+    from polc.runtime.config import env_path, env_text
 
     listen_from = "--listen"
     try:  # set but blank or malformed: an error naming the variable, never the default

@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from polc.runtime import bytecode, patterns
-from polc.runtime.bytecode import (
+from polc.runtime import patterns
+from polc.runtime.catalog import BUILTINS, COMMAND, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
+from polc.runtime.format import opcodes
+from polc.runtime.format.opcodes import (
     ANY,
     DENY,
     ENTITLE,
@@ -31,7 +33,6 @@ from polc.runtime.bytecode import (
     PATH_GLOB,
     is_valid_module_name,
 )
-from polc.runtime.catalog import BUILTINS, COMMAND, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
 
 from .ast import AnyArg, CapabilityDecl, IntArg, ModeStmt, Module, Node, RangeArg, Rule, SourceFile, StrArg
 from .diagnostics import ERROR, NOTE, WARNING, Diagnostic, did_you_mean
@@ -228,13 +229,13 @@ def _declare(st: CapabilityDecl, mod: str, decls: Declarations, diags: list[Diag
             diags.append(_diag(ERROR, p.type, f"unknown type '{ptype}'{hint}", mod))
             ok = False
         params.append(Param(pname, ptype))
-    if len(params) > bytecode.MAX_PARAMS:
+    if len(params) > opcodes.MAX_PARAMS:
         # the runtime's limit (docs/artifact-format.md, "Limits")
         diags.append(
             _diag(
                 ERROR, st.name,
                 f"capability '{_clip(name)}' declares {len(params)} parameters, "
-                f"more than the {bytecode.MAX_PARAMS} a capability may have",
+                f"more than the {opcodes.MAX_PARAMS} a capability may have",
                 mod,
             )
         )
@@ -305,13 +306,13 @@ def check_module(
             else:
                 mode, mode_at = value, st
         # capability declarations were checked tree-wide by collect_declarations
-    if len(rules) > bytecode.MAX_RULES:
+    if len(rules) > opcodes.MAX_RULES:
         # the runtime's limit (docs/artifact-format.md, "Limits")
         diags.append(
             _diag(
                 ERROR, module.name,
                 f"module '{_clip(mod)}' has {len(rules):,} rules, more than the "
-                f"{bytecode.MAX_RULES:,} an artifact may hold; split it into several modules",
+                f"{opcodes.MAX_RULES:,} an artifact may hold; split it into several modules",
                 mod,
             )
         )

@@ -24,7 +24,7 @@ IRArg = tuple[Any, ...]  # (opcode,) | (opcode, const: str) | (INT_RANGE, lo: in
 @dataclass(frozen=True, slots=True)
 class IRRule:
     effect: int
-    """``bytecode.DENY`` or ``bytecode.ENTITLE``."""
+    """``opcodes.DENY`` or ``opcodes.ENTITLE`` (polc.runtime.format.opcodes)."""
     cap: Capability
     line: int
     col: int

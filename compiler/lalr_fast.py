@@ -19,7 +19,7 @@ this loop ``polc compile -j 1`` of that tree (1.45 s end to end) would take
 about a fifth longer.
 
 It returns ``None`` at the first problem of any kind, and the source then
-goes to the recovering parser, which is the reference: tests/test_compiler_fuzz.py
+goes to the recovering parser, which is the reference: tests/compiler/test_compiler_fuzz.py
 checks that the two agree on random and mutated sources.
 """
 

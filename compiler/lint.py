@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable, Sequence
 
-from polc.runtime.bytecode import ANY, DENY, ENTITLE, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_GLOB
+from polc.runtime.format.opcodes import ANY, DENY, ENTITLE, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_GLOB
 
 from .ast import Rule
 from .diagnostics import NOTE, WARNING, Diagnostic

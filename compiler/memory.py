@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from polc.runtime.artifact import write_atomic
+from polc.runtime.format.writer import write_atomic
 
 from .diagnostics import ERROR, WARNING, CompileError, Diagnostic, render_all
 from .pipeline import FileOutcome, Pipeline, Unit, decode, digest_of

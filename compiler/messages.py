@@ -1,7 +1,7 @@
 """Syntax errors in words: what the error-recovering parser (compiler/recovery.py) reports.
 
 lark's terminal names and exception types never reach the user: every
-terminal has its words here (``TERMINAL_WORDS``; tests/test_compiler_syntax.py
+terminal has its words here (``TERMINAL_WORDS``; tests/compiler/test_compiler_syntax.py
 checks that it covers every terminal the parser knows), and a syntax error is
 worded by what was being written when it happened: nothing yet (a statement
 boundary, at the top level or in a module body), a module header, a rule, a

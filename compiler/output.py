@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from polc.runtime.artifact import fsync_dir, process_umask, stage_file
+from polc.runtime.format.writer import fsync_dir, process_umask, stage_file
 
 from .errors import UsageError
 from .report import ModuleOutcome
@@ -134,7 +134,7 @@ def remove_debris(out: str, *, now: float | None = None) -> int:
 class Writer:
     """Atomic artifact writes: ``stage`` (write + fsync a temporary file, in a thread), ``commit``, ``finish``.
 
-    Like ``polc.runtime.artifact.write_atomic`` for each file -- a temporary
+    Like ``polc.runtime.format.writer.write_atomic`` for each file -- a temporary
     file in the same directory, written and fsynced, then renamed over the
     artifact; on failure removed and the artifact unchanged -- except that the
     writes and fsyncs run in a few threads (fsync releases the GIL), and the

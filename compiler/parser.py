@@ -125,7 +125,7 @@ class Parser:
     def __init__(self) -> None:
         self.builder = Builder()
         # The grammar's freedom from terminal collisions (strict=True) is checked
-        # when the tables are generated and by tests/test_compiler_syntax.py, not
+        # when the tables are generated and by tests/compiler/test_compiler_syntax.py, not
         # at every start.
         lk = load_tables(self.builder)
         self.from_tables = lk is not None

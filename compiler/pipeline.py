@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from polc.runtime.artifact import ArtifactError
+from polc.runtime.errors import ArtifactError
 
 from .ast import Module, SourceFile
 from .checker import Declarations, check_module, collect_declarations

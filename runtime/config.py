@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, TrustConfigError
 
 if TYPE_CHECKING:
-    from .artifact import Trust
+    from .format.reader import Trust
+    from .signing import TrustConfig
 
 __all__ = [
     "DEFAULT_RELOAD_INTERVAL",
@@ -37,6 +38,7 @@ __all__ = [
     "env_text",
     "parse_seconds",
     "resolve_trust",
+    "trust_from_env",
 ]
 
 DEFAULT_RELOAD_INTERVAL = 5.0
@@ -133,11 +135,7 @@ def resolve_trust(trust: Any) -> Trust | None:
     cryptography is imported only when trust is configured.
     """
     if trust is None:
-        if "POLC_TRUST_FILE" not in os.environ:
-            return None
-        from .signing import TrustConfig
-
-        return TrustConfig.from_env()
+        return trust_from_env()
     if isinstance(trust, (str, os.PathLike)):
         path = os.fspath(trust)
         if not path.strip():
@@ -149,6 +147,26 @@ def resolve_trust(trust: Any) -> Trust | None:
         raise TypeError(f"trust={trust!r}: expected a TrustConfig, a trust file's path, or None (POLC_TRUST_FILE)")
     trusted: Trust = trust
     return trusted
+
+
+def trust_from_env(environ: Mapping[str, str] | None = None) -> TrustConfig | None:
+    """The trust file named by ``POLC_TRUST_FILE``, loaded; None when the variable is unset.
+
+    Set, it must name a trust file: a blank value (a template that expanded
+    to nothing) raises :class:`~polc.runtime.errors.TrustConfigError` instead
+    of silently turning signature checks off. The signing package (and with
+    it cryptography) is imported only when the variable is set; it never
+    imports this module, so the environment is read here and only here.
+    """
+    try:
+        path = env_path("POLC_TRUST_FILE", environ, what="the trust file (unset it to run without signature checks)")
+    except ConfigError as exc:
+        raise TrustConfigError(str(exc)) from None
+    if path is None:
+        return None
+    from .signing import TrustConfig
+
+    return TrustConfig.from_file(path)
 
 
 @dataclass(frozen=True, slots=True)

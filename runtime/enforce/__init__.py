@@ -15,7 +15,7 @@ Three layers, each immutable once built:
 
 Around them: request normalisers (:mod:`.normalize`), argument matchers
 (:mod:`.matchers`), and the bounded memos every process-wide cache of the
-engine is made of (:mod:`.memo`).
+engine is made of (:mod:`polc.runtime.memo`, shared with the verifier).
 """
 
 from __future__ import annotations

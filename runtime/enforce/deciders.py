@@ -39,8 +39,8 @@ from types import CodeType, FunctionType
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import COMMAND, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
+from ..memo import Memo
 from .index import BIG, HOST_INDEX, INDEX_KIND_NAMES, KEY_INDEX, IndexKind, int_pos, suffixes, suffixes_get
-from .memo import Memo
 from .normalize import HOST_MEMO, PATH_MEMO, norm_command, norm_host, norm_int, norm_path, norm_port, norm_string
 
 if TYPE_CHECKING:

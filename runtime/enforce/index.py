@@ -23,7 +23,7 @@ with the tier the table has in every plan (denies of ``_global``,
 denies of the module, entitles of the module, entitles of ``_global``): the
 smallest matching rank over every table of a plan is the deciding rule.
 Ranks, checks, entries and identical buckets are shared between modules
-(:class:`~polc.runtime.enforce.memo.Memo`), so 10,000 tenants with rules of
+(:class:`~polc.runtime.memo.Memo`), so 10,000 tenants with rules of
 the same shapes hold one copy of each.
 """
 
@@ -33,10 +33,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final, NewType, Protocol
 
-from ..bytecode import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, STR_EXACT, STR_GLOB
 from ..catalog import GLOBAL_MODULE, HOST, INT, PORT, STRING
+from ..format.opcodes import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, STR_EXACT, STR_GLOB
+from ..memo import Memo
 from .matchers import SHARE_MAX, Checks, Instr, IntRange, checks_get, checks_of
-from .memo import Memo
 from .normalize import MEMO_MAX
 
 __all__ = [

@@ -13,14 +13,14 @@ from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from ..bytecode import DENY
 from ..catalog import COMMAND, Capability
+from ..format.opcodes import DENY
+from ..memo import Memo
 from .index import Table
 from .matchers import SHARE_MAX, Instr, command_args
-from .memo import Memo
 
 if TYPE_CHECKING:
-    from ..artifact import Artifact
+    from ..format.reader import Artifact
 
 __all__ = ["LinkedModule", "link", "types_of"]
 
@@ -124,5 +124,5 @@ class LinkedModule:
 
 
 def link(artifact: Artifact) -> LinkedModule:
-    """Link one verified artifact (see runtime/artifact.py) into indexed tables."""
+    """Link one verified artifact (see runtime/format/reader.py) into indexed tables."""
     return LinkedModule(artifact)

@@ -19,9 +19,9 @@ from functools import lru_cache
 from typing import Any
 
 from .. import patterns
-from ..bytecode import ANY, DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_EXACT, STR_GLOB
 from ..catalog import COMMAND
-from .memo import Memo
+from ..format.opcodes import ANY, DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_EXACT, STR_GLOB
+from ..memo import Memo
 from .normalize import HostValue
 
 __all__ = [

@@ -2,14 +2,14 @@
 
 Each normaliser returns the value as the matchers compare it, or raises
 ValueError with a reason. The fast paths accept only input that
-``patterns.normalize_*`` would return unchanged (tests/test_enforcer.py
+``patterns.normalize_*`` would return unchanged (tests/runtime/enforce/test_enforcer.py
 checks the equivalence with hypothesis) and fall back to those functions
 otherwise. ``int`` and ``str`` subclasses are decided as the plain values
 they hold: their methods never run.
 
 Normalising a host or a path is a pure function of the string, and services
 ask about the same few hosts and paths over and over, so both are memoised
-(:class:`~polc.runtime.enforce.memo.Memo`, 65,536 entries each, refusals
+(:class:`~polc.runtime.memo.Memo`, 65,536 entries each, refusals
 apart): only exact ``str`` keys, so no equal-but-different value can hit,
 and only keys of at most 1,024 characters, so the memos hold a bounded
 number of characters whatever callers send. The generated deciders read
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from .. import patterns
 from ..catalog import COMMAND, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING, Capability
-from .memo import Memo
+from ..memo import Memo
 
 __all__ = [
     "HOST_BAD",

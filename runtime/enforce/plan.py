@@ -6,7 +6,7 @@ else the built-in one), the tables of its four tiers (denies of
 decider: the fused one (:mod:`~polc.runtime.enforce.deciders`) when the
 tables index compatibly, else :meth:`Plan.decide`, the sequential
 evaluation table by table, which the fused deciders are tested against
-(tests/test_enforcer_fused.py).
+(tests/runtime/enforce/test_enforcer_fused.py).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from types import FunctionType
 from typing import Any
 
 from .. import patterns
-from ..bytecode import ENTITLE
 from ..catalog import BUILTINS, GLOBAL_MODULE, Capability
+from ..format.opcodes import ENTITLE
+from ..memo import Memo, put_bounded
 from .deciders import NAMESPACE, Decider, decider_code
 from .decision import Decision
 from .index import BUCKETS, EMPTY_MAP, SCAN, TIER_MASK, TIER_SHIFT, TIERS, Bucket, Table, int_pos, rank_obj
 from .link import LinkedModule, types_of
 from .matchers import SHARE_MAX
-from .memo import Memo, put_bounded
 from .normalize import MEMO_MAX, NORMALIZERS, normalizer_of
 
 __all__ = ["DECISIONS_MAX", "Plan", "clip"]

@@ -89,12 +89,12 @@ class FaultLog:
 
 FAULTS = FaultLog()
 _MAX_PLANS = 65536
-_NAME_MAX = 255  # no module or capability name is longer (runtime/bytecode.py)
+_NAME_MAX = 255  # no module or capability name is longer (runtime/format/opcodes.py)
 
 # The decision cache is bounded by entries and by an estimate of the bytes its
 # keys and decisions hold: one entry costs _CACHE_ENTRY_BASE (two tuples, a dict
 # slot, the str and Decision objects' headers; measured with tracemalloc in
-# tests/test_enforcer_hardening.py) plus the characters of its strings. An entry
+# tests/runtime/enforce/test_enforcer_hardening.py) plus the characters of its strings. An entry
 # that would cost more than _CACHE_ENTRY_MAX is not cached at all.
 CACHE_BYTES = 32 << 20
 _CACHE_ENTRY_BASE = 300

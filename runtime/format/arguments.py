@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import patterns
 from ..catalog import COMMAND
+from ..memo import Memo
 from .opcodes import (
     ALLOWED_OPS,
     ANY,
@@ -37,7 +38,7 @@ ANY_ARG: tuple[int] = (ANY,)
 
 # A fast accept for the common host constant: a lower-case DNS name or
 # pattern in normal form. Anything it accepts, patterns.compile_host returns
-# unchanged (tests/test_artifact.py checks that with hypothesis); anything
+# unchanged (tests/runtime/format/test_artifact.py checks that with hypothesis); anything
 # else goes to compile_host, which decides. It exists because compile_host
 # first tries ipaddress (an exception per DNS name, ~4 us).
 _DNS_LABEL = r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?|\*\*?)"
@@ -97,21 +98,14 @@ def range_problem(ptype: str, lo: int, hi: int) -> str | None:
 # than _VALID_ARG_CHARS are checked again each time rather than kept, so what
 # the cache holds does not grow with the files it has seen (a file that is
 # rejected later still passes through here).
-_VALID_ARGS: dict[Arg, Arg] = {}
 _VALID_ARGS_MAX = 1 << 16
 _VALID_ARG_CHARS = 256
-
-
-_VALID_COMMAND_ARGS: dict[Arg, Arg] = {}
-
-
-def _remember(key: Arg, value: Arg, memo: dict[Arg, Arg] | None = None) -> Arg:
-    if memo is None:
-        memo = _VALID_ARGS
-    if len(memo) >= _VALID_ARGS_MAX:
-        memo.clear()
-    memo[key] = value
-    return value
+_VALID_ARGS: Memo[Arg, Arg] = Memo("valid arguments", _VALID_ARGS_MAX)
+# a command constant has its own normal form: remembered apart
+_VALID_COMMAND_ARGS: Memo[Arg, Arg] = Memo("valid command arguments", _VALID_ARGS_MAX)
+# the getters bound once: a module-level getter is what a plain dict's .get cost
+_valid_args_get = _VALID_ARGS.get
+_valid_command_args_get = _VALID_COMMAND_ARGS.get
 
 
 _CONST_OPS_FOR: dict[str, frozenset[int]] = {t: ops & CONST_OPS for t, ops in ALLOWED_OPS.items()}
@@ -130,14 +124,14 @@ def decode_arg(ptype: str, a: Arg, consts: tuple[str, ...]) -> Arg | None:
             key = (op, consts[c])
         except IndexError:
             return None
-        # a command constant has its own normal form: remembered apart
-        memo = _VALID_COMMAND_ARGS if ptype == COMMAND else _VALID_ARGS
-        known = memo.get(key)
+        known = (_valid_command_args_get if ptype == COMMAND else _valid_args_get)(key)
         if known is not None:
             return known
         if const_problem(op, key[1], ptype) is not None:
             return None
-        return _remember(key, key, memo) if len(key[1]) <= _VALID_ARG_CHARS else key
+        if len(key[1]) > _VALID_ARG_CHARS:
+            return key
+        return (_VALID_COMMAND_ARGS if ptype == COMMAND else _VALID_ARGS).put(key, key)
     if op == ANY:
         return ANY_ARG if len(a) == 1 else None
     if op == INT_RANGE and len(a) == 3 and op in ALLOWED_OPS[ptype]:
@@ -145,10 +139,10 @@ def decode_arg(ptype: str, a: Arg, consts: tuple[str, ...]) -> Arg | None:
         if type(lo) is not int or type(hi) is not int:
             return None
         rkey = (ptype, lo, hi)
-        known = _VALID_ARGS.get(rkey)
+        known = _valid_args_get(rkey)
         if known is not None:
             return known
         if range_problem(ptype, lo, hi) is not None:
             return None
-        return _remember(rkey, (INT_RANGE, lo, hi))
+        return _VALID_ARGS.put(rkey, (INT_RANGE, lo, hi))
     return None

@@ -3,7 +3,7 @@
 :func:`link_fast_part` only answers "valid, here are the rules" or "not
 sure" (None); ``verify.Linker`` then runs the reference check
 (``verify.link_reference_part``), which decides and words the error. Tests
-(tests/test_artifact.py, tests/test_fuzz_artifact.py) assert that this path
+(tests/runtime/format/test_artifact.py, tests/runtime/format/test_fuzz_artifact.py) assert that this path
 accepts every valid payload and never accepts what the reference rejects.
 
 Why it exists: linking the 1,000 rules of the load benchmark's artifact

@@ -156,10 +156,16 @@ def read_fields(payload: bytes | bytearray | memoryview, keys: Collection[str]) 
     For tools that need a few fields of a payload whose digest matched (the
     compiler's up-to-date check: ``module``, ``compiler``, ``source``,
     ``source_digest``, ``caps``; ``polc inspect``'s listing: ``code``). A key
-    the payload lacks is absent from the result. Nothing is verified beyond
-    the top-level map (at most ``MAX_PAYLOAD_KEYS`` string keys, each once,
-    nothing after it); memory is bounded by the values asked for. Raises
-    :class:`MalformedPayload`.
+    the payload lacks is absent from the result. The top-level map is checked
+    (at most ``MAX_PAYLOAD_KEYS`` string keys, each once, nothing after it),
+    and each value asked for must have the type the format gives it before
+    anything of it is built: a string field (``FIELD_KEYS``) a string of at
+    most ``MAX_STRING`` bytes; ``caps``, ``consts`` and ``code`` arrays within
+    the format's counts, unpacked a window at a time with the per-element
+    limits :func:`read_payload` uses. So what is built costs what such a value
+    may cost in a valid artifact, whatever the bytes hold. Values are not
+    verified further (a capability's parameter types, an instruction's
+    operands). Raises :class:`MalformedPayload`.
     """
     try:
         if len(payload) <= _FIELDS_WHOLE_MAX:
@@ -184,44 +190,110 @@ _FIELDS_WHOLE_MAX = 4 * 1024
 
 def _fields_whole(data: bytes, keys: Collection[str]) -> dict[str, Any] | None:
     """:func:`read_fields` of a small payload unpacked whole; None when the walk must decide."""
-    if _too_many_claims(data, 0, len(data)):
+    if data.count(b"\xdc") + data.count(b"\xdd") > _WHOLE_CLAIMS:  # (see _too_many_claims)
         return None
     try:
         obj = msgpack.unpackb(data, **_WHOLE_LIMITS)
     except Exception:
         return None
-    if type(obj) is not dict or len(obj) != _map_count(data, 0) or not all(type(k) is str for k in obj):
+    if type(obj) is not dict or len(obj) != _map_count(data, 0) or {*map(type, obj)} != _STR_ONLY:
         return None  # not a map, a key given twice, or a key that is not a string
-    return {k: obj[k] for k in keys if k in obj}
+    found = {}
+    for key in keys:
+        if key in obj:
+            value = obj[key]
+            # of another type than the format's: the walk words the error (no
+            # array of a payload this small can exceed the format's counts)
+            if type(value) is not _TYPES.get(key, type(value)):
+                return None
+            found[key] = value
+    return found
 
 
 def _fields(buf: memoryview, keys: Collection[str]) -> dict[str, Any]:
+    n = len(buf)
+    count, pos = _payload_map(buf)
+    seen: set[str] = set()
+    out: dict[str, Any] = {}
+    for _ in range(count):
+        key, pos = _key(buf, pos, seen)
+        if key in keys:
+            pos, out[key] = _field(buf, pos, key)
+        else:
+            pos = _skip(buf, pos, key[:100])
+    if pos != n:
+        raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
+    return out
+
+
+def _payload_map(buf: memoryview) -> tuple[int, int]:
+    """``(number of keys, position of the first)`` of the payload's top-level map, checked."""
     n = len(buf)
     if n == 0:
         raise _NotMsgpack("the payload is empty")
     family, count, pos = _head(buf, 0, "the payload")
     if family != _MAP:
+        # not a payload, but say "not valid msgpack" if it is not even that
+        if family == _STR and count <= opcodes.MAX_STRING:
+            _text(buf, pos, count, "the payload")
+        end = _skip(buf, 0, "the payload")
+        if end != n:
+            raise _NotMsgpack(f"{n - end} byte{'s' if n - end != 1 else ''} after the first object")
         raise VerifyError(f"payload: expected map, got {_kind(buf, 0)}")
     if count > MAX_PAYLOAD_KEYS:
         raise VerifyError(f"payload: a map of {count:,} keys, more than the {MAX_PAYLOAD_KEYS} a payload may have")
-    seen: set[str] = set()
-    out: dict[str, Any] = {}
-    for _ in range(count):
-        family, size, at = _head(buf, pos, "a payload key")
-        if family != _STR:
-            raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
-        _check_string(size, "a payload key")
-        key = _text(buf, at, size, "a payload key")
-        if key in seen:
-            raise VerifyError(f"payload: key {key[:100]!r} appears twice")
-        seen.add(key)
-        start = at + size
-        pos = _skip(buf, start, key[:100])
-        if key in keys:
-            out[key] = _value(buf[start:pos], key[:100])
-    if pos != n:
-        raise _NotMsgpack(f"{n - pos} byte{'s' if n - pos != 1 else ''} after the payload map")
-    return out
+    return count, pos
+
+
+def _key(buf: memoryview, pos: int, seen: set[str]) -> tuple[str, int]:
+    """The payload key at ``pos`` (a string, not in ``seen``; added to it) and the position after it."""
+    family, size, at = _head(buf, pos, "a payload key")
+    if family != _STR:
+        raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
+    _check_string(size, "a payload key")
+    key = _text(buf, at, size, "a payload key")
+    if key in seen:
+        raise VerifyError(f"payload: key {key[:100]!r} appears twice")
+    seen.add(key)
+    return key, at + size
+
+
+def _string(buf: memoryview, pos: int, key: str) -> tuple[str, int]:
+    """The string field ``key`` at ``pos`` (at most MAX_STRING bytes) and the position after it."""
+    family, size, at = _head(buf, pos, key)
+    if family != _STR:
+        raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
+    _check_string(size, key)
+    return _text(buf, at, size, key), at + size
+
+
+# The most elements read_fields builds of each array: the format's counts (an
+# instruction takes at most 1 + MAX_PARAMS entries of ``code``).
+_ARRAY_COUNTS = {
+    "caps": opcodes.MAX_CAPS,
+    "consts": opcodes.MAX_CONSTS,
+    "code": opcodes.MAX_RULES * (1 + opcodes.MAX_PARAMS),
+}
+_STR_ONLY = {str}
+_TYPES: dict[str, type] = {**dict.fromkeys(FIELD_KEYS, str), **dict.fromkeys(_ARRAY_COUNTS, tuple)}
+
+
+def _field(buf: memoryview, pos: int, key: str) -> tuple[int, Any]:
+    """``(end, value)`` of the value of ``key`` at ``pos``, checked to be of its type before it is built."""
+    if key in _FIELD_SET:
+        _skip(buf, pos, key)  # a value cut off is refused as any other value is
+        text, end = _string(buf, pos, key)
+        return end, text
+    limit = _ARRAY_COUNTS.get(key)
+    if limit is not None:
+        count, start = _array(buf, pos, key)
+        if count > limit:
+            raise VerifyError(f"{key}: {count:,} entries, more than the {limit:,} an artifact may hold")
+        pieces: list[tuple[Any, ...]] = []
+        end = _elements(buf, start, count, key, lambda chunk, first, final: pieces.append(chunk))
+        return end, _joined(pieces)
+    end = _skip(buf, pos, key[:100])
+    return end, _value(buf[pos:end], key[:100])
 
 
 def _value(piece: memoryview, what: str) -> Any:
@@ -361,19 +433,7 @@ def _map_count(data: bytes | bytearray, pos: int) -> int:
 
 def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
     n = len(buf)
-    if n == 0:
-        raise _NotMsgpack("the payload is empty")
-    family, count, pos = _head(buf, 0, "the payload")
-    if family != _MAP:
-        # not a payload, but say "not valid msgpack" if it is not even that
-        if family == _STR and count <= opcodes.MAX_STRING:
-            _text(buf, pos, count, "the payload")
-        end = _skip(buf, 0, "the payload")
-        if end != n:
-            raise _NotMsgpack(f"{n - end} byte{'s' if n - end != 1 else ''} after the first object")
-        raise VerifyError(f"payload: expected map, got {_kind(buf, 0)}")
-    if count > MAX_PAYLOAD_KEYS:
-        raise VerifyError(f"payload: a map of {count:,} keys, more than the {MAX_PAYLOAD_KEYS} a payload may have")
+    count, pos = _payload_map(buf)
     seen: set[str] = set()
     fields: dict[str, str] = {}
     caps: tuple[Capability, ...] = ()
@@ -381,22 +441,10 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
     rules: list[Rule] | None = None
     code_at = -1  # where ``code`` is, when it came before caps or consts
     for _ in range(count):
-        family, size, at = _head(buf, pos, "a payload key")
-        if family != _STR:
-            raise _NotMsgpack(f"a key of the payload map is {_kind(buf, pos)}, not a string")
-        _check_string(size, "a payload key")
-        key = _text(buf, at, size, "a payload key")
-        pos = at + size
-        if key in seen:
-            raise VerifyError(f"payload: key {key[:100]!r} appears twice")
-        seen.add(key)
+        key, pos = _key(buf, pos, seen)
         if key in _FIELD_SET:
-            family, size, at = _head(buf, pos, key)
-            if family != _STR:
-                raise VerifyError(f"{key}: expected str, got {_kind(buf, pos)}")
-            _check_string(size, key)
-            fields[key] = verify.verify_field(key, _text(buf, at, size, key))
-            pos = at + size
+            text, pos = _string(buf, pos, key)
+            fields[key] = verify.verify_field(key, text)
         elif key == "caps":
             pos, caps = _read_caps(buf, pos)
         elif key == "consts":

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..catalog import BUILTINS, INT_MAX, INT_MIN, LEGACY_SIGNATURES, TYPES, Capability, Param
 from ..errors import VerifyError
+from ..memo import Memo
 from .arguments import ANY_ARG, Arg, const_problem, range_problem
 from .link_fast import CapInfo, cap_table, link_fast_part
 from .opcodes import (
@@ -190,8 +191,9 @@ def verify_consts(chunk: tuple[Any, ...], start: int = 0) -> tuple[str, ...]:
 # hit must be equal element by element with the same types: see _plain), and
 # only small ones: what the cache holds is bounded (1,024 tables of at most
 # 4,096 characters), whatever the files it has seen.
-_VALID_CAPS: dict[tuple[Any, ...], tuple[Capability, ...]] = {}
 _VALID_CAPS_MAX = 1 << 10
+_VALID_CAPS: Memo[tuple[Any, ...], tuple[Capability, ...]] = Memo("verified capability tables", _VALID_CAPS_MAX)
+_valid_caps_get = _VALID_CAPS.get  # bound once: as cheap as a plain dict's .get
 _VALID_CAPS_ENTRIES = 32
 _VALID_CAPS_CHARS = 4096
 
@@ -201,16 +203,14 @@ def verify_caps(raw: object) -> tuple[Capability, ...]:
     if type(raw) is not tuple:
         raise VerifyError(f"caps: expected array, got {_tname(raw)}")
     try:
-        known = _VALID_CAPS.get(raw)
+        known = _valid_caps_get(raw)
     except TypeError:  # unhashable (a map inside): the full check says what is wrong
         known = None
     if known is not None and _plain(raw):
         return known
     caps = _verify_caps_full(raw)
     if _plain(raw) and _small(raw):
-        if len(_VALID_CAPS) >= _VALID_CAPS_MAX:
-            _VALID_CAPS.clear()
-        _VALID_CAPS[raw] = caps
+        _VALID_CAPS.put(raw, caps)
     return caps
 
 

@@ -12,12 +12,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import artifact as _artifact
 from ..enforce import LinkedModule, link
+from ..errors import ArtifactError
+from ..format import reader as _reader
 from .filestate import FileKey, FileState, is_racy, stat_key
 
 if TYPE_CHECKING:
-    from ..artifact import Trust
+    from ..format.reader import Trust
 
 __all__ = ["Failed", "NewPolicy", "Outcome", "SamePolicy", "Touched", "examine"]
 
@@ -86,8 +87,8 @@ def examine(
         return None
     racy = is_racy(st, now_ns)
     try:
-        data = _artifact.read_artifact_bytes(path)
-    except _artifact.ArtifactError as exc:
+        data = _reader.read_artifact_bytes(path)
+    except ArtifactError as exc:
         reason = str(exc)
         if state is not None and state.key == key and state.error == reason:
             return Touched(name, module, key, racy, state.content)  # re-read, same failure
@@ -96,8 +97,8 @@ def examine(
     if state is not None and state.content == content:
         return Touched(name, module, key, racy, content)
     try:
-        art = _artifact.read_artifact(data, expected_module=module, trust=trust)
-    except _artifact.ArtifactError as exc:
+        art = _reader.read_artifact(data, expected_module=module, trust=trust)
+    except ArtifactError as exc:
         return Failed(name, module, key, racy, content, str(exc))
     if in_force is not None and in_force.digest == art.digest_hex:
         return SamePolicy(name, module, key, racy, content)

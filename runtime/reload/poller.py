@@ -52,7 +52,7 @@ from .filestate import FileState, SweepEntry, is_racy
 from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
 
 if TYPE_CHECKING:
-    from ..artifact import Trust
+    from ..format.reader import Trust
 
 __all__ = ["SUFFIX", "SWEEP_CHUNK", "SWEEP_DIR_CHECK_S", "InForce", "Poller"]
 

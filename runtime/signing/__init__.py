@@ -31,7 +31,6 @@ from ..errors import (
     UnknownKeyError,
     UnsignedArtifactError,
 )
-from ..format.header import HEADER_SIZE
 from .block import (
     BLOCK_VERSION,
     MAX_KEY_ID_LEN,
@@ -57,13 +56,8 @@ from .keys import (
 from .permissions import check_directory_permissions, check_file_permissions
 from .trust import TrustConfig, TrustedKey, module_pattern_matches
 
-# TEMPORARY alias, removed when the restructure lands: the header size is
-# format.header.HEADER_SIZE.
-HEADER_LEN = HEADER_SIZE
-
 __all__ = [
     "BLOCK_VERSION",
-    "HEADER_LEN",
     "KEY_ID_LEN",
     "MAX_KEY_ID_LEN",
     "PUBLIC_KEY_LEN",

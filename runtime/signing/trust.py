@@ -257,24 +257,6 @@ class TrustConfig:
             raise TrustConfigError(f"{p}: not a valid trust file: {exc}") from exc
         return cls.from_data(data, source=str(p), base=p.parent)
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TrustConfig | None:
-        """The trust file named by ``POLC_TRUST_FILE``, or None when it is unset.
-
-        Set, it must name a trust file: a blank value (a template that
-        expanded to nothing) raises :class:`TrustConfigError` instead of
-        silently turning signature checks off.
-        """
-        from .._env import env_path
-
-        try:
-            path = env_path(
-                "POLC_TRUST_FILE", environ, what="the trust file (unset it to run without signature checks)"
-            )
-        except ValueError as exc:
-            raise TrustConfigError(str(exc)) from None
-        return None if path is None else cls.from_file(path)
-
     # -- queries -------------------------------------------------------------
 
     @property
