@@ -13,6 +13,7 @@ Exit status: 0 nothing to do (or everything rewritten); 1 a file would change
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import stat
@@ -31,7 +32,7 @@ def find_files(paths: tuple[str, ...]) -> list[str]:
     seen: set[str] = set()
     for p in paths:
         if os.path.isdir(p):
-            found = []
+            found: list[str] = []
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(os.path.join(root, f) for f in files if f.endswith(_SUFFIX) and not f.startswith("."))
@@ -60,10 +61,8 @@ def write_keeping_mode(path: str, data: bytes) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     fsync_dir(directory)
 

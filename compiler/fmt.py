@@ -101,7 +101,7 @@ def _scanner(terminals: list[Any]) -> tuple[re.Pattern[str], frozenset[str]]:
     """One regex over ``terminals`` in lark's order; a NAME-like terminal swallows the keywords it matches."""
     terms = sorted(terminals, key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name))
     regex_terms = [t for t in terms if t.pattern.type == "re"]
-    names = set()
+    names: set[str] = set()
     alts = []
     for t in terms:
         if t.pattern.type == "str":
@@ -295,7 +295,7 @@ class _Grouper:
 
     def _comments(self) -> list[_Comment]:
         """The comments on their own lines from here on (a block comment followed on its line by code is code's)."""
-        out = []
+        out: list[_Comment] = []
         while True:
             it = self.items[self.i]
             if not it.comment or not (it.newlines or self.i == 0):
@@ -308,7 +308,7 @@ class _Grouper:
 
     def _trailing(self) -> str | None:
         """The comments at the end of the current line, joined by a space."""
-        found = []
+        found: list[str] = []
         while True:
             it = self.items[self.i]
             if not (it.comment and it.newlines == 0):
@@ -512,7 +512,8 @@ def format_source(text: str, path: str = "<memory>") -> Formatted:
     out = printer.text()
     after, again = syntax.check(out, path)
     if again or after != before:
-        raise FormatError(f"{path}: formatting would change the syntax tree (a formatter bug); the file is left as it is")
+        raise FormatError(f"{path}: formatting would change the syntax tree (a formatter bug); "
+                          "the file is left as it is")
     if _comment_texts(_scan(out, syntax, path)) != _comment_texts(items):
         raise FormatError(f"{path}: formatting would lose or change a comment (a formatter bug); "
                           "the file is left as it is")
