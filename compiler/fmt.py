@@ -294,17 +294,30 @@ class _Grouper:
         self.i = 0
 
     def _comments(self) -> list[_Comment]:
-        """The comments on their own lines from here on (a block comment followed on its line by code is code's)."""
+        """The comments on their own lines from here on (block comments followed on their line by code are code's).
+
+        Comments that share a line are kept together, as one.
+        """
         out: list[_Comment] = []
         while True:
             it = self.items[self.i]
-            if not it.comment or not (it.newlines or self.i == 0):
+            if not it.comment or not (it.newlines or self.i == 0) or self._glued(self.i):
                 return out
-            nxt = self.items[self.i + 1]
-            if not it.line_comment and nxt.newlines == 0 and nxt.kind != "$END":
-                return out
-            out.append(_Comment(it.text, it.newlines > 1))
+            texts = [it.text]
             self.i += 1
+            while not self.items[self.i - 1].line_comment and self.items[self.i].comment \
+                    and self.items[self.i].newlines == 0:
+                texts.append(self.items[self.i].text)
+                self.i += 1
+            out.append(_Comment(" ".join(texts), it.newlines > 1))
+
+    def _glued(self, i: int) -> bool:
+        """Is the comment at ``i`` (with any comments after it on its line) followed on its line by code?"""
+        k = i
+        while self.items[k].comment and not self.items[k].line_comment and self.items[k + 1].newlines == 0:
+            k += 1
+        end = self.items[k]
+        return k > i and not end.comment and end.kind != "$END" and end.text != "}"
 
     def _trailing(self) -> str | None:
         """The comments at the end of the current line, joined by a space."""

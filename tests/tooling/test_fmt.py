@@ -189,8 +189,27 @@ def _source(draw: st.DrawFn) -> str:
     return "".join(out)
 
 
+_GAPS = [" ", "\n", "\n\n", "\t", " /* c */ ", "/*x*/", " // c\n", "\n// own line\n", "\n\n/* a\n b */\n"]
+
+
+@st.composite
+def _sprinkled(draw: st.DrawFn) -> str:
+    """A generated source with white space and comments between random pairs of its tokens."""
+    tokens = [t for t in _TOKEN.findall(draw(_source())) if not t.isspace()]
+    out = []
+    for tok in tokens:
+        out.append(tok)
+        if tok.startswith("//"):
+            out.append("\n")
+        elif draw(st.integers(0, 3)) == 0:
+            out.append(draw(st.sampled_from(_GAPS)))
+        else:
+            out.append(" ")
+    return "".join(out)
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
-@given(_source())
+@given(st.one_of(_source(), _sprinkled()))
 def test_generated_sources_format_idempotently_and_keep_their_meaning(src: str) -> None:
     once = format_source(src, "gen.pol")
     assert once.text is not None, once.diagnostics
