@@ -160,7 +160,7 @@ def _ast_section(stmt: Any) -> int:
     return _ORDERED
 
 
-def tests_grammar_text() -> str | None:
+def grammar_text_of_tests() -> str | None:
     """grammar/tests.lark, when this installation has the test language."""
     res = importlib.resources.files("polc.grammar").joinpath("tests.lark")
     return res.read_text("utf-8") if res.is_file() else None
@@ -177,7 +177,7 @@ def _tree(node: Any) -> Any:
 
 
 def _test_syntax() -> _Syntax | None:
-    text = tests_grammar_text()
+    text = grammar_text_of_tests()
     if text is None:
         return None
     import os

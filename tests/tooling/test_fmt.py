@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from polc.cli import cli
 from polc.compiler import compile_source
-from polc.compiler.fmt import format_source, tests_grammar_text
+from polc.compiler.fmt import format_source, grammar_text_of_tests
 from polc.runtime.format.header import HEADER_SIZE, read_envelope
 from polc.runtime.format.opcodes import RULE
 
@@ -316,7 +316,7 @@ def test_standard_input_to_standard_output() -> None:
     assert r.exit_code == 1 and r.stdout == ""
 
 
-@pytest.mark.skipif(tests_grammar_text() is None, reason="the test-file grammar (grammar/tests.lark) is not here")
+@pytest.mark.skipif(grammar_text_of_tests() is None, reason="the test-file grammar (grammar/tests.lark) is not here")
 def test_test_files_are_formatted_too(tmp_path: Path) -> None:
     src = ('test "acme"{expect allow tenant.acme to network.outbound( "api.acme.com",443 );\n\n\n'
            '  // the shell\n expect deny tenant.acme to process.exec("/bin/sh") by "tenant.acme.pol:6:5" ;}\n')

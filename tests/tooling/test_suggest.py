@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from polc.cli import cli
-from polc.compiler.fmt import format_source, tests_grammar_text
+from polc.compiler.fmt import format_source, grammar_text_of_tests
 from polc.compiler.suggest import has_governs, registrable_domain
 from polc.runtime import PolicyAgent
 
@@ -57,8 +58,8 @@ def _guarded_run(tmp_path: Path) -> Path:
     app = tmp_path / "app"
     (app / "vendorlib").mkdir(parents=True)
     (app / "vendorlib" / "__init__.py").write_text(textwrap.dedent("""
-        import os, threading
-        def work(root):
+        import os, socket, subprocess, threading
+        def work(root, port, true):
             with open(os.path.join(root, "app", "a.yaml")) as fh:
                 fh.read()
             with open(os.path.join(root, "app", "b.yaml")) as fh:
@@ -66,11 +67,22 @@ def _guarded_run(tmp_path: Path) -> Path:
             t = threading.Thread(target=lambda: None)
             t.start()
             t.join()
+            socket.create_connection(("127.0.0.1", port), timeout=30).close()
+            os.environ.get("HOME")
+            subprocess.run([true], check=True)
     """))
     (app / "config" / "app").mkdir(parents=True)
     for name in ("a.yaml", "b.yaml"):
         (app / "config" / "app" / name).write_text("x: 1\n")
-    (app / "service.py").write_text("import sys, vendorlib\nvendorlib.work(sys.argv[1])\n")
+    (app / "service.py").write_text(textwrap.dedent("""
+        import socket, sys, vendorlib
+        server = socket.create_server(("127.0.0.1", 0))  # the service's own code: not governed
+        vendorlib.work(sys.argv[1], server.getsockname()[1], sys.argv[2])
+        conn, _ = server.accept()
+        conn.close()
+    """))
+    true = shutil.which("true")
+    assert true is not None
     policies = tmp_path / "policies"
     src = tmp_path / "src"
     src.mkdir()
@@ -82,10 +94,11 @@ def _guarded_run(tmp_path: Path) -> Path:
     log = tmp_path / "observed.jsonl"
     r = subprocess.run(
         [sys.executable, "-m", "polc", "guard", str(policies), "--mode", "audit", "--observe", str(log),
-         "--root", f"config={app / 'config'}", "--", sys.executable, str(app / "service.py"), str(app / "config")],
+         "--root", f"config={app / 'config'}", "--", sys.executable, str(app / "service.py"), str(app / "config"), true],
         cwd=app, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
-    assert log.stat().st_size > 0
+    seen = {e["capability"] for e in _read_log(log)}
+    assert {"fs.read", "threads.create", "network.outbound", "process.exec"} <= seen, seen
     return log
 
 
@@ -265,7 +278,7 @@ def test_write_to_a_directory_and_refuse_to_overwrite(tmp_path: Path) -> None:
     assert 'expect allow com.vendor.library to network.outbound("cdn.acme.com", 443);' in test
     assert 'expect deny com.vendor.library to process.exec("/bin/sh");' in test
     assert test.count("expect ") == 9
-    if tests_grammar_text() is not None:
+    if grammar_text_of_tests() is not None:
         assert format_source(test, "x.test.pol").text == test
     before = (out / "helperlib.pol").stat().st_mtime_ns
     r = CliRunner().invoke(cli, ["suggest", str(log), "-o", str(out)])
