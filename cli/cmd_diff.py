@@ -21,18 +21,16 @@ from polc.options import format_option
 
 def _render(diff: object, only_widening: bool) -> str:
     from polc.compiler.diagnostics import visible
-    from polc.compiler.diff import ModuleDiff, TreeDiff, summary
+    from polc.compiler.diff import TreeDiff, summary
 
     assert isinstance(diff, TreeDiff)
     lines: list[str] = []
-    shown: list[ModuleDiff] = []
     for m in diff.modules:
         witnesses = [w for w in m.witnesses if w.widening or not only_widening]
         if only_widening and not witnesses:
             continue
         if m.status == "unchanged" and not witnesses:
             continue
-        shown.append(m)
         where = m.new_source or m.old_source
         head = f"{m.module} ({where}): {m.status}"
         if m.module == "_global":
@@ -42,6 +40,8 @@ def _render(diff: object, only_widening: bool) -> str:
         lines.append(head)
         if m.mode is not None:
             lines.append(f"  mode: {m.mode[0]} \u2192 {m.mode[1]}")
+        if m.governs is not None:
+            lines.append(f"  governs: {', '.join(m.governs[0]) or '-'} \u2192 {', '.join(m.governs[1]) or '-'}")
         for r in m.added:
             lines.append(f"  + {r.text}  ({r.location})")
         for r in m.removed:
@@ -54,7 +54,11 @@ def _render(diff: object, only_widening: bool) -> str:
                 lines.append(f"    {w.text()}")
                 lines.append(f"      old: {w.old.reason}" + (f" ({w.old.rule})" if w.old.rule else ""))
                 lines.append(f"      new: {w.new.reason}" + (f" ({w.new.rule})" if w.new.rule else ""))
-    s = summary(diff.modules)
+    governance = [g for g in diff.governance if g.widening or not only_widening]
+    if governance:
+        lines.append("governed packages that change:")
+        lines.extend(f"  {g.text()}" for g in governance)
+    s = summary(diff.modules, diff.governance)
     lines.append(
         f"{s['changed']} changed, {s['added']} added, {s['removed']} removed, {s['unchanged']} unchanged; "
         f"{s['decision_changes']} decision change(s): {s['widening']} widening (deny \u2192 allow), "
@@ -85,14 +89,15 @@ def diff_cmd(old: str, new: str, only_widening: bool, fmt: str) -> None:
         result = diff_sets(load_set(old), load_set(new))
     except DiffInputError as exc:
         raise failure(exc) from None
-    witnesses = [w for w in result.witnesses if w.widening or not only_widening]
+    changes = [c for c in result.changes if c.widening or not only_widening]
     if fmt == "json":
         doc = result.as_dict()
         if only_widening:
             doc["only_widening"] = True
             for m in doc["modules"]:
                 m["witnesses"] = [w for w in m["witnesses"] if w["widening"]]
+            doc["governance"] = [g for g in doc["governance"] if g["widening"]]
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(_render(result, only_widening))
-    sys.exit(EXIT_FAILED if witnesses else EXIT_OK)
+    sys.exit(EXIT_FAILED if changes else EXIT_OK)

@@ -51,6 +51,7 @@ from polc.runtime.format.reader import read_artifact
 
 __all__ = [
     "DiffInputError",
+    "GovernanceChange",
     "ModuleDiff",
     "PolicySet",
     "RuleChange",
@@ -256,6 +257,28 @@ def label(d: Decision) -> str:
 
 
 @dataclass(slots=True)
+class GovernanceChange:
+    """A Python package whose governing module differs (``None``: no module governs it, the guard checks nothing)."""
+
+    package: str
+    old: str | None
+    new: str | None
+
+    @property
+    def widening(self) -> bool:
+        return self.new is None
+
+    def text(self) -> str:
+        def name(m: str | None) -> str:
+            return "(ungoverned: not checked)" if m is None else m
+
+        return f"package {self.package}: governed by {name(self.old)} \u2192 {name(self.new)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"package": self.package, "old": self.old, "new": self.new, "widening": self.widening}
+
+
+@dataclass(slots=True)
 class ModuleDiff:
     module: str
     status: str
@@ -264,6 +287,8 @@ class ModuleDiff:
     new_source: str | None = None
     mode: tuple[str | None, str | None] | None = None
     """``(old, new)`` when the mode changed (``None``: no artifact on that side)."""
+    governs: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    """``(old, new)`` package names of its ``governs`` statement, when they changed."""
     added: list[RuleRef] = field(default_factory=list)
     removed: list[RuleRef] = field(default_factory=list)
     changed: list[RuleChange] = field(default_factory=list)
@@ -278,6 +303,7 @@ class ModuleDiff:
             "old_source": self.old_source,
             "new_source": self.new_source,
             "mode": None if self.mode is None else {"old": self.mode[0], "new": self.mode[1]},
+            "governs": None if self.governs is None else {"old": list(self.governs[0]), "new": list(self.governs[1])},
             "rules": {
                 "added": [r.as_dict() for r in self.added],
                 "removed": [r.as_dict() for r in self.removed],
@@ -293,36 +319,45 @@ class TreeDiff:
     old: PolicySet
     new: PolicySet
     modules: list[ModuleDiff]
+    governance: list[GovernanceChange] = field(default_factory=list)
+    """Packages whose governing module changes (what the guard decides their code by)."""
 
     @property
     def witnesses(self) -> list[Witness]:
         return [w for m in self.modules for w in m.witnesses]
 
+    @property
+    def changes(self) -> list[Witness | GovernanceChange]:
+        """Everything that changes a decision: the witnesses and the governance changes."""
+        return [*self.witnesses, *self.governance]
+
     def as_dict(self) -> dict[str, Any]:
-        ws = self.witnesses
+        s = summary(self.modules, self.governance)
         return {
             "version": 1,
             "old": {"path": self.old.label, "kind": self.old.kind},
             "new": {"path": self.new.label, "kind": self.new.kind},
             "modules": [m.as_dict() for m in self.modules],
-            "summary": summary(self.modules),
-            "decision_changes": len(ws),
-            "widening": sum(1 for w in ws if w.widening),
+            "governance": [g.as_dict() for g in self.governance],
+            "summary": s,
+            "decision_changes": s["decision_changes"],
+            "widening": s["widening"],
         }
 
 
-def summary(modules: Iterable[ModuleDiff]) -> dict[str, int]:
+def summary(modules: Iterable[ModuleDiff], governance: Iterable[GovernanceChange] = ()) -> dict[str, int]:
     mods = list(modules)
-    ws = [w for m in mods for w in m.witnesses]
+    changes: list[Witness | GovernanceChange] = [w for m in mods for w in m.witnesses]
+    changes.extend(governance)
     counts = Counter(m.status for m in mods)
     return {
         "added": counts["added"],
         "removed": counts["removed"],
         "changed": counts["changed"],
         "unchanged": counts["unchanged"],
-        "decision_changes": len(ws),
-        "widening": sum(1 for w in ws if w.widening),
-        "narrowing": sum(1 for w in ws if not w.widening),
+        "decision_changes": len(changes),
+        "widening": sum(1 for c in changes if c.widening),
+        "narrowing": sum(1 for c in changes if not c.widening),
     }
 
 
@@ -464,10 +499,36 @@ def _witnesses(module: str, old: PolicySet, new: PolicySet) -> tuple[list[Witnes
 # the diff
 
 
+def _governs(p: Program | None) -> tuple[str, ...]:
+    """The package names of a program's ``governs`` statement (none in artifacts before format 1.2)."""
+    return tuple(getattr(p, "governs", ())) if p is not None else ()
+
+
 def _same(a: Program | None, b: Program | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a.mode == b.mode and Counter(map(_meaning, a.rules)) == Counter(map(_meaning, b.rules))
+    return (a.mode == b.mode and _governs(a) == _governs(b)
+            and Counter(map(_meaning, a.rules)) == Counter(map(_meaning, b.rules)))
+
+
+def _governance(old: PolicySet, new: PolicySet) -> list[GovernanceChange]:
+    """Packages named by a module or a ``governs`` statement on either side whose governor differs."""
+    ask_old = getattr(old.snapshot, "governor", None)
+    ask_new = getattr(new.snapshot, "governor", None)
+    if ask_old is None or ask_new is None:
+        return []  # a runtime without governed packages
+    names: set[str] = set()
+    for side in (old, new):
+        for name, prog in side.programs.items():
+            if name != GLOBAL_MODULE:
+                names.add(name)
+            names.update(_governs(prog))
+    out = []
+    for pkg in sorted(names):
+        a, b = ask_old(pkg), ask_new(pkg)
+        if a != b:
+            out.append(GovernanceChange(pkg, a, b))
+    return out
 
 
 def diff_sets(old: PolicySet, new: PolicySet) -> TreeDiff:
@@ -479,11 +540,10 @@ def diff_sets(old: PolicySet, new: PolicySet) -> TreeDiff:
         a, b = old.programs.get(name), new.programs.get(name)
         status = "added" if a is None else "removed" if b is None else "unchanged" if _same(a, b) else "changed"
         md = ModuleDiff(name, status, a.source if a else None, b.source if b else None)
-        if a is None or b is None or a.mode != b.mode:
-            if a is None or b is None:
-                md.mode = None
-            else:
-                md.mode = (a.mode, b.mode)
+        if a is not None and b is not None and a.mode != b.mode:
+            md.mode = (a.mode, b.mode)
+        if _governs(a) != _governs(b):
+            md.governs = (_governs(a), _governs(b))
         ma = Counter(map(_meaning, a.rules)) if a else Counter()
         mb = Counter(map(_meaning, b.rules)) if b else Counter()
         removed = _refs(a, ma - mb) if a else []
@@ -494,4 +554,4 @@ def diff_sets(old: PolicySet, new: PolicySet) -> TreeDiff:
         if status != "unchanged" or not global_same:
             md.witnesses, md.tried = _witnesses(name, old, new)
         out.append(md)
-    return TreeDiff(old, new, out)
+    return TreeDiff(old, new, out, _governance(old, new))

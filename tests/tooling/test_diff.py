@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from polc.cli import cli
 from polc.compiler.diff import diff_sets, load_set
 from polc.compiler.fmt import format_source
+from polc.compiler.suggest import has_governs
 from polc.runtime import PolicyAgent
 
 from support import REPO
@@ -210,3 +211,26 @@ def test_subprocess_diff(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "polc", "diff", "old/policies-src", "old/policies-src"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not has_governs(), reason="this language has no governs statement")
+def test_a_package_no_longer_governed_is_a_widening_change(tmp_path: Path) -> None:
+    governed = ('security module com.vendor.library {\n    governs "vendorlib";\n\n'
+                '    entitle module to network.outbound("api.vendor.com", 443);\n}\n')
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old" / "v.pol").write_text(governed, "utf-8")
+    (tmp_path / "new" / "v.pol").write_text(governed.replace('    governs "vendorlib";\n\n', ""), "utf-8")
+    code, out, _ = _run("diff", str(tmp_path / "old"), str(tmp_path / "new"))
+    assert code == 1, out
+    assert "  governs: vendorlib \u2192 -" in out
+    assert "package vendorlib: governed by com.vendor.library \u2192 (ungoverned: not checked)" in out
+    assert out.rstrip().endswith("1 decision change(s): 1 widening (deny \u2192 allow), 0 narrowing")
+    code, out, _ = _run("diff", "--only-widening", "--format", "json", str(tmp_path / "old"), str(tmp_path / "new"))
+    assert code == 1
+    assert json.loads(out)["governance"] == [
+        {"package": "vendorlib", "old": "com.vendor.library", "new": None, "widening": True}]
+    code, out, _ = _run("diff", "--only-widening", str(tmp_path / "new"), str(tmp_path / "old"))
+    assert code == 0, out
+    code, out, _ = _run("diff", str(tmp_path / "new"), str(tmp_path / "old"))
+    assert code == 1 and "package vendorlib: governed by (ungoverned: not checked) \u2192 com.vendor.library" in out
