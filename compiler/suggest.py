@@ -141,7 +141,30 @@ def _time(value: object) -> None:
         raise _Bad("'time' must be in UTC")
 
 
-def _arg(ptype: str, value: object, name: str) -> Any:
+def _rooted_at_slash(capability: str) -> bool:
+    """Is this built-in's path rooted at '/' (given absolute, as ``native.load``'s library is)?"""
+    from polc.runtime import catalog
+
+    return capability in getattr(catalog, "ROOTED_AT_SLASH", frozenset())
+
+
+def _absolute(text: str) -> str:
+    """An absolute path, normalised lexically (``..`` at the top stays at the root, as in the file system)."""
+    out: list[str] = []
+    for seg in text.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(seg)
+    if not out:
+        raise _Bad("the path is the root itself, which a path rule cannot name")
+    return "/" + "/".join(out)
+
+
+def _arg(ptype: str, value: object, name: str, capability: str = "") -> Any:
     from polc.runtime.patterns import PatternError, compile_command, compile_host, normalize_path
 
     what = f"argument '{name}'"
@@ -161,6 +184,10 @@ def _arg(ptype: str, value: object, name: str) -> Any:
                 return str(ipaddress.ip_address(text))
             _, norm = compile_host(text.lower().rstrip("."))
             return norm
+        if ptype == PATH and text.startswith("/") and _rooted_at_slash(capability):
+            if "\0" in text:
+                raise _Bad(f"{what} contains a NUL byte")
+            return _absolute(text)
         if ptype == PATH:
             norm = normalize_path(text)
             if not norm:
@@ -227,7 +254,7 @@ def _observation(raw: bytes, line: int) -> Observation:
         raise _Bad("'args' must be an array")
     if len(args) != cap.arity:
         raise _Bad(f"{cap_name} takes {cap.arity} argument(s) ({cap.signature}), the observation has {len(args)}")
-    typed = tuple(_arg(p.type, a, p.name) for p, a in zip(cap.params, args, strict=True))
+    typed = tuple(_arg(p.type, a, p.name, cap_name) for p, a in zip(cap.params, args, strict=True))
     return Observation(line, package, module, cap_name, typed, decision)
 
 
@@ -365,7 +392,7 @@ def _group_key(sig: Capability, args: tuple[Any, ...], kind: str) -> tuple[Any, 
                 return None
         else:
             where = posixpath.dirname(value)
-            if not where:
+            if where in ("", "/"):
                 return None
         return (i, where, args[:i], args[i + 1:])
     return None

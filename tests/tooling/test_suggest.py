@@ -19,6 +19,7 @@ from polc.cli import cli
 from polc.compiler.fmt import format_source, grammar_text_of_tests
 from polc.compiler.suggest import has_governs, registrable_domain
 from polc.runtime import PolicyAgent
+from polc.runtime.catalog import BUILTINS
 
 TIME = "2026-01-02T03:04:05Z"
 
@@ -311,3 +312,24 @@ def test_subprocess_suggest_to_stdout(tmp_path: Path) -> None:
                        timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert os.path.getsize(src) > 0
+
+
+@pytest.mark.skipif("native.load" not in BUILTINS, reason="this runtime has no native.load")
+def test_native_libraries_are_absolute_paths_grouped_by_directory(tmp_path: Path) -> None:
+    lines = [obs("vendorlib", "vendorlib", "native.load", [p]) for p in
+             ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/opt/v/lib.so")]
+    lines.append(obs("vendorlib", "vendorlib", "native.load", ["/usr/lib/libevil.so"], "deny"))
+    log = _write_log(tmp_path / "o.jsonl", lines)
+    out = tmp_path / "drafts"
+    r = CliRunner().invoke(cli, ["suggest", str(log), "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    text = (out / "vendorlib.pol").read_text("utf-8")
+    assert 'entitle module to native.load("/usr/lib/x86_64-linux-gnu/**");  // seen 2 times' in text
+    assert 'entitle module to native.load("/opt/v/lib.so");' in text
+    assert '//   native.load("/usr/lib/libevil.so"): once' in text
+    policies = tmp_path / "policies"
+    r = CliRunner().invoke(cli, ["compile", str(out / "vendorlib.pol"), "-o", str(policies), "-q"])
+    assert r.exit_code == 0, r.output
+    with PolicyAgent(str(policies), reload=False) as agent:
+        assert agent.check("vendorlib", "native.load", "/usr/lib/x86_64-linux-gnu/libssl.so.3").allowed
+        assert not agent.check("vendorlib", "native.load", "/usr/lib/libevil.so").allowed
