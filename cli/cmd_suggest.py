@@ -52,7 +52,7 @@ def suggest_cmd(observations: str, only: str | None, out: str | None, force: boo
         raise UsageOrIOError(f"{observations}: cannot read: {exc.strerror or exc}") from None
     with fh:
         try:
-            obs, diags, lines = read_observations(fh, observations)
+            obs, diags, lines, bad = read_observations(fh, observations)
         except OSError as exc:
             raise UsageOrIOError(f"{observations}: cannot read: {exc.strerror or exc}") from None
     if diags:
@@ -70,8 +70,8 @@ def suggest_cmd(observations: str, only: str | None, out: str | None, force: boo
     else:
         _write(out, drafts, force)
     click.echo(f"drafted {len(drafts)} module(s) from {sum(len(d.observations) for d in drafts)} distinct "
-               f"observation(s); {lines} line(s) read, {len(diags)} bad", err=True)
-    sys.exit(EXIT_FAILED if diags else EXIT_OK)
+               f"observation(s); {lines} line(s) read, {bad} bad", err=True)
+    sys.exit(EXIT_FAILED if bad else EXIT_OK)
 
 
 def _write(out: str, drafts: list[Draft], force: bool) -> None:

@@ -70,6 +70,10 @@ MAX_VALUE = 1024
 """The longest string argument kept."""
 MAX_DISTINCT = 100_000
 """Distinct (module, package, capability, arguments) kept; further ones are errors."""
+MAX_KEPT_BYTES = 32 << 20
+"""About how much the distinct observations kept may take; further ones are errors."""
+MAX_DIAGNOSTICS = 100
+"""Bad lines reported one by one; the rest are counted in one last diagnostic."""
 DECISIONS = ("allow", "audit", "deny")
 _PACKAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _GLOB = frozenset("*?")
@@ -274,36 +278,52 @@ def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
         yield n, chunk.rstrip(b"\n").rstrip(b"\r")
 
 
-def read_observations(fh: IO[bytes], path: str) -> tuple[list[Observation], list[Diagnostic], int]:
-    """Every good observation (one per distinct request and decision), the bad lines' errors, lines read."""
+def _cost(o: Observation) -> int:
+    return 64 + len(o.package) + len(o.module) + sum(len(a) if isinstance(a, str) else 8 for a in o.args)
+
+
+def read_observations(fh: IO[bytes], path: str) -> tuple[list[Observation], list[Diagnostic], int, int]:
+    """The good observations (one per distinct request and decision, counted), the first
+    :data:`MAX_DIAGNOSTICS` errors (then one saying how many more), lines read, bad lines."""
     seen: dict[tuple[Any, ...], Observation] = {}
     counts: Counter[tuple[Any, ...]] = Counter()
     diags: list[Diagnostic] = []
-    lines = 0
+    lines = bad = kept_bytes = 0
+
+    def problem(n: int, message: str) -> None:
+        nonlocal bad
+        bad += 1
+        if len(diags) < MAX_DIAGNOSTICS:
+            diags.append(Diagnostic(ERROR, path, n, 1, message))
+
     for n, raw in _lines(fh):
         lines = n
         if raw is None:
-            diags.append(Diagnostic(ERROR, path, n, 1, f"line longer than {MAX_LINE} bytes; skipped"))
+            problem(n, f"line longer than {MAX_LINE} bytes; skipped")
             continue
         if not raw.strip():
             continue
         try:
             o = _observation(raw, n)
         except _Bad as exc:
-            diags.append(Diagnostic(ERROR, path, n, 1, str(exc)))
+            problem(n, str(exc))
             continue
         key = (o.draft_module, o.package, o.capability, o.args, o.decision)
         if key not in seen:
-            if len(seen) >= MAX_DISTINCT:
-                diags.append(Diagnostic(ERROR, path, n, 1, f"more than {MAX_DISTINCT} distinct observations; "
-                                                            "skipped"))
+            cost = _cost(o)
+            if len(seen) >= MAX_DISTINCT or kept_bytes + cost > MAX_KEPT_BYTES:
+                problem(n, f"more than {MAX_DISTINCT} distinct observations or {MAX_KEPT_BYTES >> 20} MiB of them; "
+                           "skipped")
                 continue
+            kept_bytes += cost
             seen[key] = o
         counts[key] += 1
+    if bad > len(diags):
+        diags.append(Diagnostic(ERROR, path, lines, 1, f"{bad - len(diags)} more bad line(s) not shown"))
     out: list[Observation] = []
     for key, o in seen.items():
         out.append(_Counted(o.line, o.package, o.module, o.capability, o.args, o.decision, counts[key]))
-    return out, diags, lines
+    return out, diags, lines, bad
 
 
 @dataclass(frozen=True, slots=True)

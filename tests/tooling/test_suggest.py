@@ -333,3 +333,16 @@ def test_native_libraries_are_absolute_paths_grouped_by_directory(tmp_path: Path
     with PolicyAgent(str(policies), reload=False) as agent:
         assert agent.check("vendorlib", "native.load", "/usr/lib/x86_64-linux-gnu/libssl.so.3").allowed
         assert not agent.check("vendorlib", "native.load", "/usr/lib/libevil.so").allowed
+
+
+def test_a_flood_of_bad_lines_is_reported_in_bounded_space(tmp_path: Path) -> None:
+    log = tmp_path / "flood.jsonl"
+    good = obs("vendorlib", "vendorlib", "threads.create", [])
+    log.write_bytes(b"x\n" * 50_000 + good.encode() + b"\n")
+    r = CliRunner().invoke(cli, ["suggest", str(log)])
+    assert r.exit_code == 1
+    errors = [line for line in r.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 101
+    assert errors[-1] == f"{log}:50001:1: error: 49900 more bad line(s) not shown"
+    assert "50001 line(s) read, 50000 bad" in r.stderr
+    assert "entitle module to threads.create;" in r.stdout
