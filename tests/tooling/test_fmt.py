@@ -126,6 +126,16 @@ def scramble(text: str) -> str:
     return "".join(out)
 
 
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.name.endswith(".test.pol")], ids=lambda p: p.name)
+def test_every_example_test_file_is_formatted_and_idempotent(path: Path) -> None:
+    text = path.read_text("utf-8")
+    once = format_source(text, path.name)
+    assert once.text is not None, once.diagnostics
+    assert once.text == text, "policies-src/ is kept formatted (polc fmt --check policies-src)"
+    scrambled = format_source(scramble(text), path.name).text
+    assert scrambled is not None and format_source(scrambled, path.name).text == scrambled
+
+
 def test_the_stripped_payload_comparison_can_fail() -> None:
     a = "security module t { entitle module to network.outbound(\"a.com\", 443); }"
     b = "security module t { entitle module to network.outbound(\"a.com\", 444); }"
