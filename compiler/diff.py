@@ -60,6 +60,7 @@ __all__ = [
     "diff_sets",
     "load_set",
     "rule_text",
+    "set_from_sources",
 ]
 
 MAX_CANDIDATES = 4096
@@ -133,7 +134,6 @@ def _load_artifacts(path: str, bins: list[str]) -> PolicySet:
 
 def _load_sources(path: str) -> PolicySet:
     from .errors import UsageError
-    from .memory import compile_sources
     from .sources import recorded_names, walk_sources
 
     try:
@@ -150,11 +150,18 @@ def _load_sources(path: str) -> PolicySet:
                 sources.append((names[f], fh.read()))
         except OSError as exc:
             raise DiffInputError(f"{f}: cannot read: {exc.strerror or exc}") from None
+    return set_from_sources(path, sources)
+
+
+def set_from_sources(label: str, sources: Sequence[tuple[str, str | bytes]]) -> PolicySet:
+    """A policy set compiled in memory from ``(recorded path, text)`` pairs."""
+    from .memory import compile_sources
+
     result = compile_sources(sources)
     if not result.ok:
-        raise DiffInputError(f"{path}: the sources have errors, so there is nothing to compare:\n{result.render()}")
+        raise DiffInputError(f"{label}: the sources have errors, so there is nothing to compare:\n{result.render()}")
     programs: dict[str, Any] = {name: read_artifact(data, expected_module=name) for name, data in result.artifacts}
-    return PolicySet(path, "sources", programs, _programs_snapshot(programs))
+    return PolicySet(label, "sources", programs, _programs_snapshot(programs))
 
 
 # --------------------------------------------------------------------------
@@ -480,7 +487,11 @@ def _witnesses(module: str, old: PolicySet, new: PolicySet) -> tuple[list[Witnes
     rules = [r for p in progs if p is not None for r in p.rules]
     found: dict[tuple[Any, ...], Witness] = {}
     tried = 0
-    for cap_name in sorted({r.cap.name for r in rules}):
+    # every capability a rule names, and every other one too: a mode switched, or a module added or
+    # removed, changes the decisions of capabilities no rule names (the "no entitlement" default)
+    cap_names = {r.cap.name for r in rules} | set(BUILTINS)
+    cap_names.update(c.name for p in progs if p is not None for c in p.caps)
+    for cap_name in sorted(cap_names):
         cap_rules = [r for r in rules if r.cap.name == cap_name]
         for sig in _signatures(cap_name, progs):
             for args in _candidates(sig, cap_rules):

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from polc.cli import cli
-from polc.compiler.diff import diff_sets, load_set
+from polc.compiler.diff import diff_sets, label, load_set, set_from_sources
 from polc.compiler.fmt import format_source
 from polc.compiler.suggest import has_governs
 from polc.runtime import PolicyAgent
@@ -234,3 +236,54 @@ def test_a_package_no_longer_governed_is_a_widening_change(tmp_path: Path) -> No
     assert code == 0, out
     code, out, _ = _run("diff", str(tmp_path / "new"), str(tmp_path / "old"))
     assert code == 1 and "package vendorlib: governed by (ungoverned: not checked) \u2192 com.vendor.library" in out
+
+
+# --------------------------------------------------------------------------
+# completeness on a small universe: whenever some request of the universe is decided
+# differently, diff finds a witness (and every witness it finds is decided differently)
+
+_HOST_PATTERNS = ['"a.com"', '"*.a.com"', '"**.a.com"', '"b.com"', '"10.0.0.0/8"', '"10.1.0.0/16"', "*"]
+_PORT_PATTERNS = ["443", "80..90", "*", "1..1000"]
+_PATH_PATTERNS = ['"cfg/*.yaml"', '"cfg/**"', '"**"', '"cfg/a.yaml"', '"x/*/y"']
+_UNIVERSE_HOSTS = ["a.com", "x.a.com", "x.y.a.com", "b.com", "10.1.2.3", "10.2.0.1", "11.0.0.1", "c.org"]
+_UNIVERSE_PORTS = [1, 79, 80, 85, 90, 91, 443, 999, 1000, 1001, 8080]
+_UNIVERSE_PATHS = ["cfg/a.yaml", "cfg/b.yaml", "cfg/a.json", "cfg/d/e", "x/q/y", "x/y", "other"]
+
+
+@st.composite
+def _policy(draw: st.DrawFn, name: str = "m") -> str:
+    rules = []
+    for _ in range(draw(st.integers(0, 4))):
+        effect = draw(st.sampled_from(["entitle", "entitle", "deny"]))
+        if draw(st.booleans()):
+            rules.append(f"{effect} module to network.outbound({draw(st.sampled_from(_HOST_PATTERNS))}, "
+                         f"{draw(st.sampled_from(_PORT_PATTERNS))});")
+        else:
+            rules.append(f'{effect} module to fs.read("r", {draw(st.sampled_from(_PATH_PATTERNS))});')
+    mode = draw(st.sampled_from(["", "mode audit;"]))
+    return f"security module {name} {{\n" + "\n".join([mode, *rules]) + "\n}\n"
+
+
+_maybe_global = st.one_of(st.just(""), _policy("_global"))
+
+
+@settings(max_examples=120)
+@given(_policy(), _policy(), _maybe_global, _maybe_global)
+def test_diff_finds_a_witness_whenever_some_request_changes(old: str, new: str, old_g: str, new_g: str) -> None:
+    a = set_from_sources("old", [("m.pol", old), ("g.pol", old_g)])
+    b = set_from_sources("new", [("m.pol", new), ("g.pol", new_g)])
+    result = diff_sets(a, b)
+    for w in result.witnesses:
+        assert label(a.snapshot.check(w.module, w.capability, *w.args)) != label(
+            b.snapshot.check(w.module, w.capability, *w.args))
+    requests = [("network.outbound", (h, p)) for h in _UNIVERSE_HOSTS for p in _UNIVERSE_PORTS]
+    requests += [("fs.read", ("r", p)) for p in _UNIVERSE_PATHS]
+    for module in ("m", "_global"):  # "_global": what a module without an artifact gets
+        differs = [(cap, args) for cap, args in requests
+                   if label(a.snapshot.check(module, cap, *args)) != label(b.snapshot.check(module, cap, *args))]
+        found = [w for w in result.witnesses if w.module == module]
+        if differs:
+            for cap in {c for c, _ in differs}:
+                assert any(w.capability == cap for w in found), (old, old_g, new, new_g, module, cap, differs[:3])
+        else:
+            assert not found
