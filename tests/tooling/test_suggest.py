@@ -8,12 +8,15 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from polc.cli import cli
 from polc.compiler.fmt import format_source, grammar_text_of_tests
@@ -111,6 +114,11 @@ def observation_log(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return _write_log(tmp_path / "observed.jsonl", HANDWRITTEN)
 
 
+def _drafted(e: dict[str, Any]) -> str:
+    """The module an observation is drafted into: its governing module, or for _global its package."""
+    return str(e["package"] if e["module"] == "_global" else e["module"])
+
+
 def _read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
@@ -132,12 +140,11 @@ def test_suggest_from_an_observation_log(observation_log: Path, tmp_path: Path) 
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     entries = _read_log(observation_log)
-    allowed = {(e["package"], e["capability"], json.dumps(e["args"])) for e in entries if e["decision"] != "deny"}
+    allowed = {(_drafted(e), e["capability"], json.dumps(e["args"])) for e in entries if e["decision"] != "deny"}
     with PolicyAgent(str(policies), reload=False) as agent:
         for e in entries:
-            module = e["package"] if e["module"] == "_global" else e["module"]
-            want = (e["package"], e["capability"], json.dumps(e["args"])) in allowed
-            d = agent.check(module, e["capability"], *e["args"])
+            want = (_drafted(e), e["capability"], json.dumps(e["args"])) in allowed
+            d = agent.check(_drafted(e), e["capability"], *e["args"])
             assert d.allowed is want, (e, d)
     for p in sources:
         assert format_source(p.read_text("utf-8"), p.name).text == p.read_text("utf-8"), "drafts are formatted"
@@ -346,3 +353,44 @@ def test_a_flood_of_bad_lines_is_reported_in_bounded_space(tmp_path: Path) -> No
     assert errors[-1] == f"{log}:50001:1: error: 49900 more bad line(s) not shown"
     assert "50001 line(s) read, 50000 bad" in r.stderr
     assert "entitle module to threads.create;" in r.stdout
+
+
+_P_HOSTS = ["a.acme.com", "b.acme.com", "x.y.acme.com", "acme.com", "a.b.co.uk", "c.b.co.uk", "10.0.0.1", "::1",
+            "api.other.io"]
+_P_PATHS = ["app/a.yaml", "app/b.yaml", "app/sub/c.yaml", "top.txt", "other/x"]
+
+
+@st.composite
+def _observations(draw: st.DrawFn) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(1, 12))):
+        decision = draw(st.sampled_from(["allow", "audit", "deny"]))
+        package = draw(st.sampled_from(["vendorlib", "helperlib"]))
+        module = draw(st.sampled_from([VENDOR, "_global", package]))
+        if draw(st.booleans()):
+            args: list[Any] = [draw(st.sampled_from(_P_HOSTS)), draw(st.sampled_from([443, 80, 8443]))]
+            cap = "network.outbound"
+        else:
+            args, cap = ["config", draw(st.sampled_from(_P_PATHS))], draw(st.sampled_from(["fs.read", "fs.write"]))
+        out.append(obs(package, module, cap, args, decision))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(_observations())
+def test_any_log_gives_drafts_that_decide_it_as_observed(lines: list[str]) -> None:
+    from polc.compiler.diff import set_from_sources
+
+    with tempfile.TemporaryDirectory() as d:
+        log = _write_log(Path(d) / "o.jsonl", lines)
+        out = Path(d) / "drafts"
+        r = CliRunner().invoke(cli, ["suggest", str(log), "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        sources = [(p.name, p.read_text("utf-8")) for p in sorted(out.glob("*.pol"))
+                   if not p.name.endswith(".test.pol")]
+    snap = set_from_sources("drafts", sources).snapshot
+    entries = [json.loads(line) for line in lines]
+    allowed = {(_drafted(e), e["capability"], json.dumps(e["args"])) for e in entries if e["decision"] != "deny"}
+    for e in entries:
+        want = (_drafted(e), e["capability"], json.dumps(e["args"])) in allowed
+        assert snap.check(_drafted(e), e["capability"], *e["args"]).allowed is want, (e, sources)
