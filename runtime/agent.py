@@ -226,8 +226,9 @@ class PolicyAgent:
             async def fetch(tenant, url): ...
 
         Capability arguments are strings and integers, so a callable is
-        never a value. Coroutine functions are checked when called, before
-        the coroutine runs (the awaiting code gets the PolicyDenied). A
+        never a value. A coroutine function stays one; it is checked when
+        its coroutine starts, before its body (the awaiting code gets the
+        PolicyDenied). A
         callable that raises propagates its exception and the function does
         not run.
         """
