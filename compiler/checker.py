@@ -28,6 +28,7 @@ from polc.runtime.catalog import (
     INT,
     PATH,
     PORT,
+    ROOTED_AT_SLASH,
     STRING,
     TYPES,
     Capability,
@@ -95,6 +96,9 @@ CAPABILITY_SYNONYMS = {
     "spawn_thread": "create",
     "get_env": "read",
     "getenv": "read",
+    "dlopen": "load",
+    "loadlibrary": "load",
+    "cdll": "load",
 }
 TYPE_SYNONYMS = {
     "str": "string",
@@ -509,7 +513,12 @@ def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[D
                     )
                 return lowered
             if t == PATH:
-                return (PATH_GLOB, patterns.compile_path(arg.value))
+                value = arg.value
+                if cap.name in ROOTED_AT_SLASH and value.startswith("/"):
+                    value = value.lstrip("/")  # an absolute path: relative to '/', as the rule stores it
+                    if not value:
+                        raise patterns.PatternError('invalid path pattern "/": empty; use "**" for any path')
+                return (PATH_GLOB, patterns.compile_path(value))
             if t == STRING:
                 if arg.value == "":
                     raise patterns.PatternError(
