@@ -117,35 +117,26 @@ def _claims(modules: Mapping[str, LinkedModule]) -> tuple[dict[str, str], dict[s
     Each module claims its own name and every ``governs`` name; a name claimed
     by two different modules maps to ``CONFLICT_PREFIX + name``.
     """
-    owners: dict[str, list[str]] = {}
+    claims = dict(zip(modules, modules))  # own names: unique, as the keys of ``modules`` are
+    multiple: dict[str, set[str]] = {}
+    get = claims.get
     for name, mod in modules.items():
-        for claim in (name, *mod.governs):
-            found = owners.get(claim)
-            if found is None:
-                owners[claim] = [name]
-            elif name not in found:
-                found.append(name)
-    claims: dict[str, str] = {}
-    conflicts: dict[str, tuple[str, ...]] = {}
-    for claim, names in owners.items():
-        if len(names) == 1:
-            claims[claim] = names[0]
-        else:
-            claims[claim] = CONFLICT_PREFIX + claim
-            conflicts[claim] = tuple(sorted(names))
-    return claims, conflicts
+        for claim in mod.governs:
+            owner = get(claim)
+            if owner is None:
+                claims[claim] = name
+            elif owner != name:
+                found = multiple.get(claim)
+                if found is None:
+                    multiple[claim] = {owner, name}
+                    claims[claim] = CONFLICT_PREFIX + claim
+                else:
+                    found.add(name)
+    return claims, {claim: tuple(sorted(names)) for claim, names in multiple.items()}
 
 
-def _text_cost(s: str) -> int:
-    return len(s) if s.isascii() else 4 * len(s)
-
-
-def _module_text(module: object) -> str:
-    """``Decision.module`` for a request whose module may not be a usable string."""
-    if issubclass(type(module), str):  # the real type: a (hostile) __class__ is never consulted
-        text = str.__str__(module)
-        return text if len(text) <= patterns.SHOWN_MAX else text[: patterns.SHOWN_MAX] + "..."
-    return f"<{patterns.type_name(module)}>"
+def _listed(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class Snapshot:
@@ -305,7 +296,7 @@ class Snapshot:
             FAULTS.report(
                 "claim:" + package,
                 logging.WARNING,
-                f"package {package} is claimed by {' and '.join(names)}; "
+                f"package {package} is claimed by {_listed(names)}; "
                 f"every operation governed by it is denied until one claim is removed",
             )
         return claims
@@ -413,7 +404,7 @@ class Snapshot:
     def _conflict_plan(self, module: str) -> Decider:
         package = module[len(CONFLICT_PREFIX) :]
         names = self.conflicts.get(package)
-        claimed = " and ".join(names) if names else "more than one module"
+        claimed = _listed(names) if names else "more than one module"
         d = Decision(False, "deny", f"package {package} is claimed by {claimed}", None, module)
         return lambda args: d
 

@@ -208,3 +208,22 @@ def test_a_package_claimed_twice_at_run_time_is_denied_whole(tmp_path, caplog, s
         agent.reload_now()
         assert agent.snapshot.governor("vendorlib.client") == expected
         assert agent.snapshot.conflicts == {}
+
+
+def test_three_claimants_and_an_own_name_all_conflict(tmp_path):
+    from support.agent import artifact_bytes
+
+    def gov(name, governs):
+        return link(read_artifact(artifact_bytes(name, [], governs=governs), expected_module=name))
+
+    s = Snapshot({
+        "a": gov("a", ["pkg", "solo"]),
+        "b": gov("b", ["pkg"]),
+        "c": gov("c", ["pkg", "d"]),
+        "d": gov("d", []),
+    })
+    assert s.governor("pkg.x") == CONFLICT_PREFIX + "pkg"
+    assert s.governor("d.y") == CONFLICT_PREFIX + "d"
+    assert s.governor("solo") == "a"
+    assert s.conflicts == {"pkg": ("a", "b", "c"), "d": ("c", "d")}
+    assert s.check(s.governor("pkg"), "threads.create").reason == "package pkg is claimed by a, b and c"
