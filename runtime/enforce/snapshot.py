@@ -117,7 +117,7 @@ def _claims(modules: Mapping[str, LinkedModule]) -> tuple[dict[str, str], dict[s
     Each module claims its own name and every ``governs`` name; a name claimed
     by two different modules maps to ``CONFLICT_PREFIX + name``.
     """
-    claims = dict(zip(modules, modules))  # own names: unique, as the keys of ``modules`` are
+    claims = {name: name for name in modules}  # own names: unique, as the keys of ``modules`` are
     multiple: dict[str, set[str]] = {}
     get = claims.get
     for name, mod in modules.items():
@@ -133,6 +133,18 @@ def _claims(modules: Mapping[str, LinkedModule]) -> tuple[dict[str, str], dict[s
                 else:
                     found.add(name)
     return claims, {claim: tuple(sorted(names)) for claim, names in multiple.items()}
+
+
+def _text_cost(s: str) -> int:
+    return len(s) if s.isascii() else 4 * len(s)
+
+
+def _module_text(module: object) -> str:
+    """``Decision.module`` for a request whose module may not be a usable string."""
+    if issubclass(type(module), str):  # the real type: a (hostile) __class__ is never consulted
+        text = str.__str__(module)
+        return text if len(text) <= patterns.SHOWN_MAX else text[: patterns.SHOWN_MAX] + "..."
+    return f"<{patterns.type_name(module)}>"
 
 
 def _listed(names: tuple[str, ...]) -> str:
