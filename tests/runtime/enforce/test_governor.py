@@ -227,3 +227,23 @@ def test_three_claimants_and_an_own_name_all_conflict(tmp_path):
     assert s.governor("solo") == "a"
     assert s.conflicts == {"pkg": ("a", "b", "c"), "d": ("c", "d")}
     assert s.check(s.governor("pkg"), "threads.create").reason == "package pkg is claimed by a, b and c"
+
+
+def test_status_lists_claim_conflicts(tmp_path):
+    import json
+
+    from polc.runtime import PolicyAgent
+
+    from support.agent import write_artifact
+
+    d = tmp_path / "p"
+    d.mkdir()
+    write_artifact(d, "com.vendor.library", NET, governs=["vendorlib"])
+    write_artifact(d, "_global", [])
+    with PolicyAgent(d, reload=False) as agent:
+        assert agent.status()["claim_conflicts"] == {}
+    write_artifact(d, "tenant.evil", [], governs=["vendorlib", "x"])
+    with PolicyAgent(d, reload=False) as agent:
+        st = agent.status()
+        assert st["claim_conflicts"] == {"vendorlib": ["com.vendor.library", "tenant.evil"]}
+        json.dumps(st)
