@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from .. import patterns
-from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE
+from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, ROOTED_AT_SLASH
 from .deciders import Decider
 from .decision import Decision
 from .link import LinkedModule
@@ -145,6 +145,23 @@ def _module_text(module: object) -> str:
         text = str.__str__(module)
         return text if len(text) <= patterns.SHOWN_MAX else text[: patterns.SHOWN_MAX] + "..."
     return f"<{patterns.type_name(module)}>"
+
+
+def _rooted(decide: Decider) -> Decider:
+    """``decide`` for a built-in whose path is rooted at '/' (catalog.ROOTED_AT_SLASH): an absolute
+    path argument is taken as the path below '/' it names (``patterns.root_relative``), so
+    ``native.load("/usr/lib/libssl.so.3")`` and ``native.load("usr/lib/libssl.so.3")`` are one request.
+    (Built-in names cannot be redeclared, so the signature is always the built-in's: one path.)"""
+
+    def rooted(args: tuple[object, ...]) -> Decision:
+        if len(args) == 1:
+            a = args[0]
+            if type(a) is str and a.startswith("/"):
+                with contextlib.suppress(ValueError):  # (a NUL byte) the path normaliser refuses it, saying why
+                    args = (patterns.root_relative(a),)
+        return decide(args)
+
+    return rooted
 
 
 def _listed(names: tuple[str, ...]) -> str:
@@ -410,7 +427,10 @@ class Snapshot:
         if memo is None:
             memo = self._decisions[module] = {}
         plan = Plan(module, capability, self.modules.get(module), self.glob, memo)
-        fn = plans[(module, capability)] = plan.fn
+        fn = plan.fn
+        if capability in ROOTED_AT_SLASH:
+            fn = _rooted(fn)
+        plans[(module, capability)] = fn
         return fn
 
     def _conflict_plan(self, module: str) -> Decider:

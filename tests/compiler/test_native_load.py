@@ -126,8 +126,17 @@ def test_end_to_end_compile_load_decide(write_tree, tmp_path, polc_cmd):
         d = agent.check("vendorlib", "native.load", root_relative("/tmp/evil/libx.so"))
         assert not d.allowed and d.reason == "denied by _global"
         assert agent.check("vendorlib", "native.load", "home/u/libx.so").reason == "no entitlement"
-        # an absolute path is not a request argument of a path parameter: refused, never matched
-        d = agent.check("vendorlib", "native.load", "/usr/lib/x86_64-linux-gnu/libssl.so.3")
+        # an absolute path is the path below '/' it names: the same request, the same decision
+        for absolute in ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/libcrypt.so.1", "/tmp/evil/libx.so"):
+            assert agent.check("vendorlib", "native.load", absolute) == agent.check(
+                "vendorlib", "native.load", root_relative(absolute))
+            assert agent.snapshot.decide_uncached("vendorlib", "native.load", absolute) == agent.check(
+                "vendorlib", "native.load", absolute)
+        assert agent.check("vendorlib", "native.load", "/usr/lib/../lib/ssl/libssl.so.3").allowed
+        d = agent.check("vendorlib", "native.load", "/usr/lib/a\0libssl.so")
+        assert not d.allowed and "NUL" in d.reason
+        # other path parameters keep refusing absolute paths
+        d = agent.check("vendorlib", "fs.read", "config", "/etc/passwd")
         assert not d.allowed and "absolute path" in d.reason
         if libc is not None:
             want = libc.startswith("/usr/lib/") and "libssl" in libc
