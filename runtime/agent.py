@@ -219,6 +219,8 @@ class PolicyAgent:
         self._stop.set()
         if self._pull_loop is not None:
             self._pull_loop.stop(timeout)
+        if self._puller is not None:
+            self._puller.close()
         thread = self._thread
         self._thread = None
         if thread is not None and thread is not threading.current_thread():

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import ArtifactError, FleetError, OriginError, RollbackError
+from ..errors import ArtifactError, FleetError, OriginError, RollbackError, SignatureError
 from ..format.reader import read_artifact
 from ..signing.block import signer_key_id
 from .manifest import Manifest, ManifestTrust, verify_manifest
@@ -107,6 +107,12 @@ class Puller:
         self.last_error_reason: str | None = None
         self.consecutive_failures = 0
         self.counts = {"switched": 0, "unchanged": 0, "failed": 0}
+
+    def close(self) -> None:
+        """Close the origin's kept-alive connection (reopened by the next cycle)."""
+        close = getattr(self.origin, "close", None)
+        if callable(close):
+            close()
 
     # -- status ----------------------------------------------------------------
 
@@ -234,6 +240,8 @@ class Puller:
                                reason="wrong digest")  # fmt: skip
             try:
                 read_artifact(data, expected_module=module, trust=trust)
+            except SignatureError as exc:
+                raise _Refused(f"module {module}: {exc}", reason="bad artifact signature") from None
             except ArtifactError as exc:
                 raise _Refused(f"module {module}: {exc}", reason=exc.reason) from None
             if signer_key_id(data) != entry.signer:
