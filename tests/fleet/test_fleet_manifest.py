@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.fleet import ACME, PLATFORM, PUBLISHER, STRANGER, Site, art, make_trust, write_trust_file
 
 from polc.runtime.errors import FleetError, ManifestError, TrustConfigError
 from polc.runtime.fleet.manifest import Manifest, ModuleEntry, parse_manifest, sign_manifest, verify_manifest
 from polc.runtime.fleet.origin import FileStore, object_name, open_store
 from polc.runtime.fleet.publish import publish
 from polc.runtime.signing import TrustConfig
+
+from support.fleet import ACME, PLATFORM, PUBLISHER, STRANGER, Site, art, make_trust, write_trust_file
 
 DIGEST = "ab" * 32
 
@@ -94,9 +95,18 @@ def _doc(**over):
         (_doc(set="../x"), "bad set name"),
         (_doc(issued="yesterday"), "issued must be"),
         (_doc(modules={"../evil": {}}), "bad module name"),
-        (_doc(modules={"m": {"object": "objects/x.bin", "sha256": DIGEST, "size": 1, "signer": None}}), "object must be"),
-        (_doc(modules={"m": {"object": object_name(DIGEST), "sha256": DIGEST, "size": 0, "signer": None}}), "size must be"),
-        (_doc(modules={"m": {"object": object_name(DIGEST), "sha256": "AB" * 32, "size": 1, "signer": None}}), "sha256 must be"),
+        (
+            _doc(modules={"m": {"object": "objects/x.bin", "sha256": DIGEST, "size": 1, "signer": None}}),
+            "object must be",
+        ),
+        (
+            _doc(modules={"m": {"object": object_name(DIGEST), "sha256": DIGEST, "size": 0, "signer": None}}),
+            "size must be",
+        ),
+        (
+            _doc(modules={"m": {"object": object_name(DIGEST), "sha256": "AB" * 32, "size": 1, "signer": None}}),
+            "sha256 must be",
+        ),
     ],
 )
 def test_parse_rejects_bad_fields(data, message):

@@ -12,13 +12,13 @@ import json
 import os
 
 import pytest
-from support.fleet import closing
-from support.fleet import ACME, PLATFORM, PUBLISHER, STRANGER, OriginServer, Site, art
 
 from polc.runtime.agent import PolicyAgent
 from polc.runtime.fleet.mirror import STATE_DIR, Mirror
 from polc.runtime.fleet.origin import HttpOrigin
 from polc.runtime.fleet.puller import Puller
+
+from support.fleet import ACME, PLATFORM, PUBLISHER, STRANGER, OriginServer, Site, art, closing
 
 V1 = {"_global": art("_global", "g.example"), "tenant.acme": art("tenant.acme", "a1.example"),
       "tenant.globex": art("tenant.globex", "x.example")}  # fmt: skip
@@ -46,9 +46,7 @@ def pulled(site: Site, origin: OriginServer, trust, mirror_dir):
     puller = Puller(origin.url, str(mirror_dir), trust=trust)
     result = puller.cycle()
     assert result.outcome == "switched" and result.revision == 1, result
-    assert objects_fetched(origin.take()) == sorted(
-        hashlib.sha256(d).hexdigest() + ".bin" for d in V1.values()
-    )
+    assert objects_fetched(origin.take()) == sorted(hashlib.sha256(d).hexdigest() + ".bin" for d in V1.values())
     yield puller
     puller.close()
 

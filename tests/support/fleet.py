@@ -9,6 +9,7 @@ cut a body short, or answer 304 without an ETag.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import socket
@@ -16,11 +17,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.agent import artifact_bytes
-
 from polc.runtime.fleet.origin import file_url, open_store
 from polc.runtime.fleet.publish import PublishResult, publish
 from polc.runtime.signing import SigningKey, TrustConfig, sign_artifact
+
+from support.agent import artifact_bytes
 
 PUBLISHER = SigningKey.from_seed(b"\x51" * 32, "publisher")  # manifest = true, no modules
 PLATFORM = SigningKey.from_seed(b"\x11" * 32, "platform")  # _global, tenant.*
@@ -58,7 +59,9 @@ modules = ["tenant.acme"]
 
 def write_trust_file(path: Path) -> Path:
     path.write_text(
-        TRUST_TOML.format(publisher=PUBLISHER.public_key_b64, platform=PLATFORM.public_key_b64, acme=ACME.public_key_b64)
+        TRUST_TOML.format(
+            publisher=PUBLISHER.public_key_b64, platform=PLATFORM.public_key_b64, acme=ACME.public_key_b64
+        )
     )
     return path
 
@@ -222,7 +225,7 @@ class OriginServer:
         self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="test-origin", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), name="test-origin", daemon=True)
         self.thread.start()
 
     @property
@@ -249,10 +252,6 @@ class OriginServer:
         with self.lock:
             conns = list(self.connections)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.thread.join(5)
-
-
