@@ -119,9 +119,7 @@ class PolicyAgent:
             self._puller = Puller(config.source, self.policy_dir, trust=config.trust, endpoint=config.endpoint)
 
         self._publish(EMPTY_SNAPSHOT)
-        self._poller = Poller(
-            self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish
-        )
+        self._poller = Poller(self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish)
         self._lock = threading.Lock()  # serialises reload steps; checks never take it
         self._lock_owner: int | None = None  # ident of the thread running a step
         self._stop = threading.Event()  # the running poller's own stop flag

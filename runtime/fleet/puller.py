@@ -107,6 +107,8 @@ class Puller:
         self.last_error_reason: str | None = None
         self.consecutive_failures = 0
         self.counts = {"switched": 0, "unchanged": 0, "failed": 0}
+        # what status() reports as in force: replaced once a switch (and the reload around it) returned
+        self._shown: Manifest | None = self.mirror.in_force
 
     def close(self) -> None:
         """Close the origin's kept-alive connection (reopened by the next cycle)."""
@@ -118,7 +120,7 @@ class Puller:
 
     def status(self) -> dict[str, Any]:
         m = self.mirror
-        in_force = m.in_force
+        in_force = self._shown
         return {
             "url": self.url,
             "set": in_force.set if in_force is not None else (m.floor.set if m.floor else None),
@@ -170,7 +172,7 @@ class Puller:
         return CycleResult("failed", self._revision(), error=message, reason=reason)
 
     def _revision(self) -> int | None:
-        m = self.mirror.in_force
+        m = self._shown
         return m.revision if m is not None else None
 
     def _cycle(self, around: Callable[[Callable[[], None]], None] | None) -> CycleResult:
@@ -179,6 +181,7 @@ class Puller:
         if got.status == 304:
             if got.etag is not None and got.etag != mirror.etag and len(got.etag) <= MAX_ETAG_LEN:
                 mirror.record_etag(got.etag)  # a 304 without an ETag keeps the previous one
+            self._shown = mirror.in_force
             return CycleResult("unchanged", self._revision())
         body = got.body if got.body is not None else b""
         etag = got.etag if got.etag is not None and len(got.etag) <= MAX_ETAG_LEN else None
@@ -186,11 +189,13 @@ class Puller:
         if mirror.in_force is not None and sha == mirror.manifest_sha256:
             if etag != mirror.etag:
                 mirror.record_etag(etag)  # the set in force, under a new ETag
+            self._shown = mirror.in_force
             return CycleResult("unchanged", self._revision())
         manifest = verify_manifest(body, self.trust)
         self._check_set_and_revision(manifest, sha)
         fetched = self._fetch_objects(manifest)
         mirror.switch(manifest, body, etag, fetched, around=around)
+        self._shown = manifest
         logger.info(
             "pulled revision %d of set %r from %s (%d object(s) fetched)",
             manifest.revision, manifest.set, self.url, len(fetched),

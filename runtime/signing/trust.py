@@ -143,8 +143,7 @@ class TrustConfig:
                 raise TrustConfigError(f"{where}: public key must be {PUBLIC_KEY_LEN} raw bytes")
             if k.key_id != key_id_for(k.public_key):
                 raise TrustConfigError(
-                    f"{where}: id {k.key_id!r} does not match its public key "
-                    f"(whose id is {key_id_for(k.public_key)})"
+                    f"{where}: id {k.key_id!r} does not match its public key (whose id is {key_id_for(k.public_key)})"
                 )
             if not k.modules and not k.manifest:
                 raise TrustConfigError(f"{where}: no modules; a key must be allowed to sign something")
@@ -208,8 +207,7 @@ class TrustConfig:
             unknown = set(entry) - _KEY_FIELDS
             if unknown:
                 raise TrustConfigError(
-                    f"{where}: unknown field(s): {', '.join(sorted(unknown))} "
-                    f"(known: {', '.join(sorted(_KEY_FIELDS))})"
+                    f"{where}: unknown field(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(_KEY_FIELDS))})"
                 )
             name = entry.get("name")
             if name is not None and not isinstance(name, str):
@@ -234,16 +232,16 @@ class TrustConfig:
             if not isinstance(manifest, bool):
                 raise TrustConfigError(f"{where}: 'manifest' must be true or false")
             modules = entry.get("modules", [] if manifest else None)
-            if isinstance(modules, str) or not isinstance(modules, (list, tuple)) or not all(
-                isinstance(m, str) for m in modules
+            if (
+                isinstance(modules, str)
+                or not isinstance(modules, (list, tuple))
+                or not all(isinstance(m, str) for m in modules)
             ):
                 raise TrustConfigError(f"{where}: 'modules' must be a list of module patterns")
             kid = key_id_for(raw)
             declared = entry.get("id")
             if declared is not None and declared != kid:
-                raise TrustConfigError(
-                    f"{where}: id {declared!r} does not match its public key (whose id is {kid})"
-                )
+                raise TrustConfigError(f"{where}: id {declared!r} does not match its public key (whose id is {kid})")
             keys.append(TrustedKey(kid, raw, tuple(modules), name, manifest))
         return cls(keys, source=source)
 
@@ -318,9 +316,7 @@ class TrustConfig:
         try:
             self._verifiers[block.key_id].verify(block.signature, msg)
         except self._invalid:
-            raise BadSignatureError(
-                f"signature does not verify (claims key {trusted.label})"
-            ) from None
+            raise BadSignatureError(f"signature does not verify (claims key {trusted.label})") from None
         if not trusted.allows(module):
             raise KeyScopeError(f"key {trusted.label} may not sign module {module!r}")
         return trusted
