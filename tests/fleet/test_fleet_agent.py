@@ -7,13 +7,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.agent import wait_for
-from support.fleet import PLATFORM, PUBLISHER, OriginServer, Site, art
 
 from polc.runtime.agent import PolicyAgent
 from polc.runtime.errors import ConfigError
 from polc.runtime.fleet.puller import PullLoop
 from polc.runtime.signing import TrustConfig
+
+from support.agent import wait_for
+from support.fleet import PLATFORM, OriginServer, Site, art
 
 PULL = 1.0
 

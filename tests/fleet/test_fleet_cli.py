@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from support.fleet import PLATFORM, PUBLISHER, Site, art, write_trust_file
 from support.sidecar import Output, sidecar, until  # noqa: F401 - the sidecar fixture
 
