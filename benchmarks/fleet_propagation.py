@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.fleet import OriginServer, Site, art, make_trust  # noqa: E402
+from polc.runtime.agent import PolicyAgent
+from polc.runtime.fleet.puller import Puller
 
-from polc.runtime.agent import PolicyAgent  # noqa: E402
-from polc.runtime.fleet.puller import Puller  # noqa: E402
+from support.fleet import OriginServer, Site, art, make_trust
 
 
 def main() -> None:
@@ -61,14 +61,21 @@ def main() -> None:
     puller.close()
     origin.stop()
     delays.sort()
-    print(json.dumps({
-        "rounds": rounds, "pull_interval_s": interval,
-        "propagation_s": {"p50": round(statistics.median(delays), 3),
-                          "p90": round(delays[int(0.9 * (len(delays) - 1))], 3),
-                          "max": round(delays[-1], 3)},
-        "idle_pull_wall_us": round(wall * 1e6, 1),
-        "idle_pull_cpu_us_client_and_server": round(cpu * 1e6, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "rounds": rounds,
+                "pull_interval_s": interval,
+                "propagation_s": {
+                    "p50": round(statistics.median(delays), 3),
+                    "p90": round(delays[int(0.9 * (len(delays) - 1))], 3),
+                    "max": round(delays[-1], 3),
+                },
+                "idle_pull_wall_us": round(wall * 1e6, 1),
+                "idle_pull_cpu_us_client_and_server": round(cpu * 1e6, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
