@@ -335,3 +335,15 @@ def test_published_objects_are_immutable_and_named_by_digest(site: Site):
         assert data == V1[module] and entry.sha256 == hashlib.sha256(data).hexdigest()
         assert entry.signer == PLATFORM.key_id and entry.size == len(data)
     assert result.manifest.key_id == PUBLISHER.key_id
+
+
+def test_opening_a_mirror_sweeps_what_a_crashed_switch_left(pulled: Puller, origin, mirror_dir, trust):
+    current = os.readlink(mirror_dir / "..data")
+    (mirror_dir / "..set-9-dead").mkdir()
+    (mirror_dir / "..set-9-dead" / "tenant.acme.bin").write_bytes(b"half")
+    os.symlink("..set-9-dead", mirror_dir / "..data.tmp-123")
+    (mirror_dir / ".tenant.acme.bin.new-123").write_bytes(b"half")
+    closing(Puller(origin.url, str(mirror_dir), trust=trust))
+    left = sorted(p.name for p in mirror_dir.iterdir() if p.name.startswith("."))
+    assert left == sorted(["..data", current, ".polc-fleet"])
+    assert allowed(mirror_dir, trust, "tenant.acme", "a1.example")
