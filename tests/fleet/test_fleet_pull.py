@@ -347,3 +347,28 @@ def test_opening_a_mirror_sweeps_what_a_crashed_switch_left(pulled: Puller, orig
     left = sorted(p.name for p in mirror_dir.iterdir() if p.name.startswith("."))
     assert left == sorted(["..data", current, ".polc-fleet"])
     assert allowed(mirror_dir, trust, "tenant.acme", "a1.example")
+
+
+def test_an_origin_that_never_answers_times_out():
+    import socket
+
+    from polc.runtime.errors import OriginError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts the connection (the backlog), never answers
+        origin = HttpOrigin(f"http://127.0.0.1:{listener.getsockname()[1]}/p", timeout=0.3)
+        with pytest.raises(OriginError, match="unreachable: timed out") as info:
+            origin.fetch("manifest.json")
+        origin.close()
+    assert info.value.reason == "unreachable"
+
+
+def test_a_body_above_the_limit_is_refused_before_it_is_read(pulled: Puller, site, origin):
+    (site.www / "big.json").write_bytes(b"x" * 100_000)
+    client = closing(HttpOrigin(origin.url))
+    from polc.runtime.errors import OriginError
+
+    with pytest.raises(OriginError, match="100000 bytes is more than the limit of 1000") as info:
+        client.fetch("big.json", limit=1000)
+    assert info.value.reason == "too large"
