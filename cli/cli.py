@@ -25,6 +25,8 @@ _COMMANDS = {
     "fmt": "polc.cmd_fmt:fmt_cmd",
     "diff": "polc.cmd_diff:diff_cmd",
     "suggest": "polc.cmd_suggest:suggest_cmd",
+    "publish": "polc.cmd_fleet:publish_cmd",
+    "pull": "polc.cmd_fleet:pull_cmd",
 }
 
 

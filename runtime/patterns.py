@@ -65,6 +65,7 @@ __all__ = [
     "normalize_host",
     "normalize_path",
     "path_matcher",
+    "root_relative",
     "string_matcher",
 ]
 
@@ -118,9 +119,7 @@ def _check_label(label: str, text: str) -> None:
         raise PatternError(f"invalid host {shown(text)}: label longer than {MAX_LABEL_LEN} characters")
     if not _LABEL.match(label):
         if "*" in label:
-            raise PatternError(
-                f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')"
-            )
+            raise PatternError(f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')")
         raise PatternError(f"invalid host {shown(text)}: bad label {shown(label, 60)}")
 
 
@@ -193,9 +192,7 @@ def compile_host(text: str) -> tuple[int, str]:
     else:
         return HOST_CIDR, str(ipaddress.ip_network(addr))
     if ":" in text:
-        raise PatternError(
-            f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument"
-        )
+        raise PatternError(f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument")
     labels = _split_dns(text)
     if "*" in text:
         _ipv4_wildcard(labels, text)
@@ -292,9 +289,7 @@ def normalize_host(value: object) -> str | IPAddress | HostAddresses:
     except PatternError:
         raise ValueError(f"malformed host {shown(value)}") from None
     if _looks_numeric(labels):
-        raise ValueError(
-            f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)"
-        )
+        raise ValueError(f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)")
     return ".".join(labels)
 
 
@@ -331,8 +326,7 @@ def compile_path(text: str) -> str:
         raise PatternError("invalid path pattern: contains a NUL byte")
     if text.startswith("/"):
         raise PatternError(
-            f"invalid path pattern {shown(text)}: paths are relative to the root argument; "
-            f"drop the leading '/'"
+            f"invalid path pattern {shown(text)}: paths are relative to the root argument; drop the leading '/'"
         )
     segments: list[str] = []
     for seg in text.split("/"):
@@ -341,15 +335,38 @@ def compile_path(text: str) -> str:
         if seg == "..":
             raise PatternError(f"invalid path pattern {shown(text)}: '..' is not allowed")
         if "**" in seg and seg != "**":
-            raise PatternError(
-                f"invalid path pattern {shown(text)}: '**' must be a whole path segment"
-            )
+            raise PatternError(f"invalid path pattern {shown(text)}: '**' must be a whole path segment")
         if seg == "**" and segments and segments[-1] == "**":
             continue  # '**/**' is '**'
         segments.append(seg)
     if not segments:
-        raise PatternError(f"invalid path pattern {shown(text)}: empty; use \"**\" for any path")
+        raise PatternError(f'invalid path pattern {shown(text)}: empty; use "**" for any path')
     return "/".join(segments)
+
+
+def root_relative(path: str) -> str:
+    """An absolute file path as the argument of a path parameter rooted at '/' (``native.load``):
+    normalised, without the leading '/' (``/usr/lib/../lib/libc.so.6`` -> ``usr/lib/libc.so.6``).
+
+    Lexical only (resolve symlinks first: ``os.path.realpath``). Raises ValueError for a
+    non-string, a relative path, or a NUL byte; ``..`` at the top stays at the root, as in
+    the file system.
+    """
+    value = _exact_str(path, "a path")
+    if "\0" in value:
+        raise ValueError("path contains a NUL byte")
+    if not value.startswith("/"):
+        raise ValueError(f"relative path {shown(value)}: a path rooted at '/' must be absolute")
+    out: list[str] = []
+    for seg in value.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(seg)
+    return "/".join(out)
 
 
 def normalize_path(value: object) -> str:
