@@ -56,6 +56,7 @@ __all__ = [
     "Draft",
     "Observation",
     "draft_modules",
+    "owners",
     "read_observations",
     "registrable_domain",
     "verify_drafts",
@@ -470,14 +471,40 @@ def _rules_for(sig: Capability, allowed: list[_Counted], denied: list[_Counted])
     return sorted(rules, key=lambda r: r.args)
 
 
+def owners(observations: Iterable[Observation]) -> dict[str, str]:
+    """The one module each observed package is drafted into.
+
+    A package is governed by one module. Its module is the one the log names
+    for it (the most observations, then the first name, should the policy
+    have changed during the run), else -- only ``_global`` seen -- a module
+    of the package's own name. A package that is the name of a drafted module
+    is that module's, by name.
+    """
+    seen: dict[str, Counter[str]] = {}
+    for o in observations:
+        c = seen.setdefault(o.package, Counter())
+        if o.module != GLOBAL_MODULE:
+            c[o.module] += o.count if isinstance(o, _Counted) else 1
+    owner = {}
+    for pkg, c in seen.items():
+        owner[pkg] = min(c, key=lambda m: (-c[m], m)) if c else pkg
+    drafted = set(owner.values())
+    for pkg in owner:
+        if pkg in drafted:
+            owner[pkg] = pkg
+    return owner
+
+
 def draft_modules(observations: list[Observation], source_name: str, only: str | None = None) -> list[Draft]:
     """The drafts, one per module, in name order (``only``: just that module)."""
+    owner = owners(observations)
     by_module: dict[str, list[_Counted]] = {}
     for o in observations:
         assert isinstance(o, _Counted)
-        if only is not None and o.draft_module != only:
+        module = owner[o.package]
+        if only is not None and module != only:
             continue
-        by_module.setdefault(o.draft_module, []).append(o)
+        by_module.setdefault(module, []).append(o)
     governs = has_governs()
     drafts = []
     for module in sorted(by_module):

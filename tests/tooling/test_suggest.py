@@ -140,11 +140,15 @@ def test_suggest_from_an_observation_log(observation_log: Path, tmp_path: Path) 
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     entries = _read_log(observation_log)
-    allowed = {(_drafted(e), e["capability"], json.dumps(e["args"])) for e in entries if e["decision"] != "deny"}
     with PolicyAgent(str(policies), reload=False) as agent:
+        governor = getattr(agent.snapshot, "governor", None)
+        module_of = {e["package"]: governor(e["package"]) if governor is not None else _drafted(e) for e in entries}
+        allowed = {(module_of[e["package"]], e["capability"], json.dumps(e["args"])) for e in entries
+                   if e["decision"] != "deny"}
         for e in entries:
-            want = (_drafted(e), e["capability"], json.dumps(e["args"])) in allowed
-            d = agent.check(_drafted(e), e["capability"], *e["args"])
+            module = module_of[e["package"]]
+            want = (module, e["capability"], json.dumps(e["args"])) in allowed
+            d = agent.check(module, e["capability"], *e["args"])
             assert d.allowed is want, (e, d)
     for p in sources:
         assert format_source(p.read_text("utf-8"), p.name).text == p.read_text("utf-8"), "drafts are formatted"
@@ -390,7 +394,28 @@ def test_any_log_gives_drafts_that_decide_it_as_observed(lines: list[str]) -> No
                    if not p.name.endswith(".test.pol")]
     snap = set_from_sources("drafts", sources).snapshot
     entries = [json.loads(line) for line in lines]
-    allowed = {(_drafted(e), e["capability"], json.dumps(e["args"])) for e in entries if e["decision"] != "deny"}
+    governor = getattr(snap, "governor", None)
+    if governor is not None:  # what the guard would do: the package's governing module decides
+        module_of = {e["package"]: governor(e["package"]) for e in entries}
+        assert None not in module_of.values(), (module_of, sources)
+    else:
+        module_of = {e["package"]: _drafted(e) for e in entries}
+    # a module's rules decide for every package it governs: allowed for one of them is allowed for all
+    allowed = {(module_of[e["package"]], e["capability"], json.dumps(e["args"])) for e in entries
+               if e["decision"] != "deny"}
     for e in entries:
-        want = (_drafted(e), e["capability"], json.dumps(e["args"])) in allowed
-        assert snap.check(_drafted(e), e["capability"], *e["args"]).allowed is want, (e, sources)
+        module = module_of[e["package"]]
+        want = (module, e["capability"], json.dumps(e["args"])) in allowed
+        assert snap.check(module, e["capability"], *e["args"]).allowed is want, (e, sources)
+
+
+def test_a_package_seen_under_two_modules_is_drafted_into_one(tmp_path: Path) -> None:
+    """A package is governed by one module: _global observations of a package the log binds go to its module."""
+    lines = [obs("vendorlib", VENDOR, "network.outbound", ["api.vendor.com", 443]),
+             obs("vendorlib", "_global", "fs.read", ["config", "a.yaml"]),
+             obs("vendorlib", "other.module", "env.read", ["HOME"])]
+    r = CliRunner().invoke(cli, ["suggest", str(_write_log(tmp_path / "o.jsonl", lines))])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("security module ") == 1 and f"security module {VENDOR} {{" in r.stdout
+    for rule in ('network.outbound("api.vendor.com", 443)', 'fs.read("config", "a.yaml")', 'env.read("HOME")'):
+        assert f"entitle module to {rule};" in r.stdout
