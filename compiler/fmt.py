@@ -14,8 +14,9 @@ language ends with (``;``, or a ``{ ... }`` block), and printed again:
   rules;
 - in a ``security module`` body the declarations, whose order has no meaning,
   come first in a fixed order (``mode``, ``governs``, ``capability``, each
-  kind in its source order); rules and every other statement keep their order,
-  because the first matching rule is the one a decision names;
+  kind in its source order), and the package names of ``governs`` are sorted;
+  rules and every other statement keep their order, because the first
+  matching rule is the one a decision names;
 - comments stay with the token they were written beside: a comment on its
   own line before a statement is printed on its own line before it, a comment
   at the end of a line stays at the end of that line (two spaces before it),
@@ -50,6 +51,7 @@ from .diagnostics import ERROR, Diagnostic
 
 __all__ = [
     "SECTIONS",
+    "SORTED_LISTS",
     "TEST_SUFFIX",
     "FormatError",
     "Formatted",
@@ -65,6 +67,8 @@ SECTIONS: dict[str, int] = {"mode": 0, "governs": 1, "capability": 2}
 
 Every other statement (rules, and any statement not listed) comes after them in source order.
 """
+SORTED_LISTS = frozenset({"governs"})
+"""Statements (by first word) whose comma-separated strings have no order: printed sorted."""
 _ORDERED = len(SECTIONS)
 _ORDERED_BLOCKS = frozenset({"security"})
 """Blocks (by first word) whose bodies get the declaration sections; test blocks keep their order."""
@@ -147,10 +151,19 @@ def _policy_syntax() -> _Syntax:
         modules = []
         for m in sf.modules:
             body = sorted(m.body, key=_ast_section)  # stable: the formatter's order
-            modules.append((_strip(m.name), _strip(tuple(body))))
+            modules.append((_strip(m.name), _strip(tuple(_sorted_list(st) for st in body))))
         return tuple(modules), []
 
     return _Syntax(scanner, ws, comments, names, check)
+
+
+def _sorted_list(stmt: Any) -> Any:
+    """A statement whose list has no order (:data:`SORTED_LISTS`) with its list sorted, as the formatter prints it."""
+    from dataclasses import replace
+
+    if type(stmt).__name__.lower().startswith(tuple(SORTED_LISTS)) and hasattr(stmt, "names"):
+        return replace(stmt, names=tuple(sorted(stmt.names, key=lambda a: a.value)))
+    return stmt
 
 
 def _ast_section(stmt: Any) -> int:
@@ -434,7 +447,27 @@ class _Printer:
         out.extend(ranked)
         return out
 
+    @staticmethod
+    def _sort_list(stmt: _Stmt) -> None:
+        """``governs "b", "a";`` -> ``governs "a", "b";`` (only a plain list: no comments inside)."""
+        toks = stmt.tokens
+        if stmt.first_word not in SORTED_LISTS or any(t.comment for t in toks) or len(toks) < 3:
+            return
+        items = toks[1:-1:2]
+        seps = toks[2:-1:2]
+        if toks[-1].text != ";" or len(items) != len(seps) + 1 or any(t.text != "," for t in seps):
+            return
+        if not all(t.text.startswith('"') for t in items):
+            return
+
+        def value(t: _Item) -> str:
+            return t.text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+
+        ordered = sorted(items, key=value)
+        toks[1:-1:2] = ordered
+
     def statement(self, stmt: _Stmt, depth: int) -> None:
+        self._sort_list(stmt)
         line = INDENT * depth
         cont = INDENT * (depth + 1)
         prev: _Item | None = None

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from polc.cli import cli
 from polc.compiler import compile_source
 from polc.compiler.fmt import format_source, grammar_text_of_tests
+from polc.compiler.suggest import has_governs
 from polc.runtime.format.header import HEADER_SIZE, read_envelope
 from polc.runtime.format.opcodes import RULE
 
@@ -136,6 +137,17 @@ def test_every_example_test_file_is_formatted_and_idempotent(path: Path) -> None
     assert scrambled is not None and format_source(scrambled, path.name).text == scrambled
 
 
+@pytest.mark.skipif(not has_governs(), reason="this language has no governs statement")
+def test_governs_comes_first_with_its_packages_sorted() -> None:
+    src = ('security module com.vendor.library {\n    entitle module to threads.create;  // one\n'
+           '    governs "vendorlib_ext", "vendorlib";  // its packages\n}\n')
+    out = format_source(src, "v.pol").text
+    assert out == ('security module com.vendor.library {\n    governs "vendorlib", "vendorlib_ext";  // its packages\n\n'
+                   '    entitle module to threads.create;  // one\n}\n')
+    assert format_source(out, "v.pol").text == out
+    assert stripped_payloads(src, "v.pol") == stripped_payloads(out, "v.pol")
+
+
 def test_the_stripped_payload_comparison_can_fail() -> None:
     a = "security module t { entitle module to network.outbound(\"a.com\", 443); }"
     b = "security module t { entitle module to network.outbound(\"a.com\", 444); }"
@@ -174,6 +186,9 @@ def _module(draw: st.DrawFn, index: int) -> list[str]:
     stmts = draw(st.lists(_rule(), min_size=0, max_size=6))
     if draw(st.booleans()):
         stmts.insert(draw(st.integers(0, len(stmts))), f"mode {draw(st.sampled_from(['audit', 'enforce']))};")
+    if has_governs() and draw(st.booleans()):
+        names = draw(st.permutations([f'"gen{index}pkg_b"', f'"gen{index}pkg_a"', f'"gen{index}pkg_c.x"']))
+        stmts.insert(draw(st.integers(0, len(stmts))), f"governs {', '.join(names[:draw(st.integers(1, 3))])};")
     if draw(st.booleans()):
         stmts.insert(draw(st.integers(0, len(stmts))), f"capability gen{index}.call(a: string, b: int);")
         stmts.append(f'entitle module to gen{index}.call("x", 1..5);')
