@@ -101,6 +101,8 @@ def fmt_cmd(paths: tuple[str, ...], check: bool, show_diff: bool, quiet: bool) -
     changed = unchanged = failed = 0
     for path in files:
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device cannot be rewritten (nor read safely)
+                raise UsageOrIOError(f"{path}: not a regular file")
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:

@@ -333,6 +333,15 @@ def test_missing_path_is_a_usage_error() -> None:
     assert "no such file or directory: /nonexistent/x.pol" in r.stderr
 
 
+def test_a_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    d = _tree(tmp_path)
+    os.mkfifo(d / "pipe.pol")
+    r = subprocess.run([sys.executable, "-m", "polc", "fmt", "--check", str(d)], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2, r.stderr
+    assert f"{(d / 'pipe.pol').as_posix()}: not a regular file" in r.stderr
+
+
 def test_standard_input_to_standard_output() -> None:
     r = CliRunner().invoke(cli, ["fmt", "-"], input=MESSY)
     assert r.exit_code == 0
