@@ -434,18 +434,17 @@ class _Printer:
 
     @staticmethod
     def _ordered(stmts: list[_Stmt]) -> list[_Stmt]:
+        """The declarations first (stable), one blank line between them and the rules."""
         ranked = sorted(stmts, key=lambda s: SECTIONS.get(s.first_word, _ORDERED))
-        out = []
-        prev = None
+        prev: int | None = None
         for s in ranked:
             rank = SECTIONS.get(s.first_word, _ORDERED)
             if prev is not None and prev < _ORDERED <= rank:
-                s.blank_before = True  # one blank line between the declarations and the rules
+                s.blank_before = True
                 if s.leading:
                     s.leading[0].blank_before = True
             prev = rank
-        out.extend(ranked)
-        return out
+        return ranked
 
     @staticmethod
     def _sort_list(stmt: _Stmt) -> None:
