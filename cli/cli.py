@@ -22,6 +22,7 @@ _COMMANDS = {
     "eval": "polc.cmd_eval:eval_cmd",
     "run": "polc.cmd_run:run_cmd",
     "keygen": "polc.cmd_keygen:keygen_cmd",
+    "test": "polc.cmd_test:test_cmd",
 }
 
 
