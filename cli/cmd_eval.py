@@ -145,10 +145,7 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
         click.echo(f"polc eval: warning: {status['unavailable']}", err=True)
 
     typed = _typed(_signature(agent, module, capability), args)
-    if explain:
-        d = _explain(agent, module, capability, typed, fmt)
-    else:
-        d = agent.check(module, capability, *typed)
+    d = _explain(agent, module, capability, typed, fmt) if explain else agent.check(module, capability, *typed)
     if fmt == "json":
         if not explain:
             out = d.to_dict()

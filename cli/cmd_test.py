@@ -23,7 +23,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -86,12 +86,15 @@ def test_cmd(
     from polc.compiler.testfile import parse_tests
     from polc.compiler.testrun import PolicySet, check_tests, coverage, run_tests
 
-    select = None
+    select: Callable[[str], bool] | None = None
     if run_pattern is not None:
         try:
-            select = re.compile(run_pattern).search
+            pattern = re.compile(run_pattern)
         except re.error as exc:
             raise UsageOrIOError(f"--run {run_pattern!r} is not a regular expression: {exc}", prefix=_PREFIX) from None
+
+        def select(name: str) -> bool:
+            return pattern.search(name) is not None
     try:
         test_files = find_tests(srcs)
     except UsageError as exc:
@@ -157,7 +160,7 @@ def test_cmd(
                                     passed, len(failures)), indent=2))
         click.echo(summary, err=True)
     elif fmt == "junit":
-        click.echo(_junit(results, len(failures)))
+        click.echo(_junit(results))
         click.echo(summary, err=True)
     else:
         if show_coverage:
@@ -200,7 +203,8 @@ def _compile(sources: list[str], source_root: str | None) -> tuple[dict[str, Pro
         try:
             arts[m.module] = read_artifact(m.data, expected_module=m.module)
         except PolcError as exc:  # the compiler verifies what it writes: this would be a bug
-            raise VerificationFailed(f"module {m.module}: its artifact does not verify: {exc}", prefix=_PREFIX) from None
+            raise VerificationFailed(f"module {m.module}: its artifact does not verify: {exc}",
+                                     prefix=_PREFIX) from None
     return arts, _snapshot(arts)
 
 
@@ -268,7 +272,7 @@ def _got(d: Any) -> str:
     return outcome_of(d)
 
 
-def _junit(results: list[Any], failed: int) -> str:
+def _junit(results: list[Any]) -> str:
     suites = ET.Element("testsuites", name="polc test", tests=str(len(results)),
                         failures=str(sum(1 for t in results if not t.passed)), errors="0")
     by_file: dict[str, list[Any]] = {}

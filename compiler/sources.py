@@ -116,7 +116,7 @@ def find_tests(srcs: Sequence[str]) -> list[str]:
 
     for src in srcs:
         if os.path.isdir(src):
-            found = []
+            found: list[str] = []
             for root, dirs, files in os.walk(src):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(os.path.join(root, f) for f in files if f.endswith(TEST_SUFFIX) and not f.startswith("."))
