@@ -130,7 +130,7 @@ def test_cmd(
         tf, syntax = parse_tests(text, path)
         diags.extend(syntax)
         parsed.append(tf)
-    tests, checks = check_tests(parsed, policies)
+    tests, checks = check_tests(parsed, policies, {d.file for d in diags if d.severity == ERROR})
     diags.extend(checks)
     diags.sort(key=lambda d: (d.file, d.line, d.col))
     if diags:

@@ -12,7 +12,7 @@ one expectation that ran.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from polc.runtime.catalog import BUILTINS, COMMAND, GLOBAL_MODULE, HOST, INT, PATH, PORT, STRING, Capability
@@ -151,8 +151,14 @@ def _diag(sev: str, node: Node, msg: str) -> Diagnostic:
 # checks
 
 
-def check_tests(files: Iterable[TestFile], policies: PolicySet) -> tuple[list[CheckedTest], list[Diagnostic]]:
-    """Check every test of ``files`` against ``policies``; the tests are meaningful only without errors."""
+def check_tests(
+    files: Iterable[TestFile], policies: PolicySet, broken: Collection[str] = ()
+) -> tuple[list[CheckedTest], list[Diagnostic]]:
+    """Check every test of ``files`` against ``policies``; the tests are meaningful only without errors.
+
+    ``broken``: the paths of files with syntax errors (a test there may have
+    lost its expectations to them: it is not also warned about as empty).
+    """
     tests: list[CheckedTest] = []
     diags: list[Diagnostic] = []
     sources = policies.rule_locations()
@@ -171,7 +177,7 @@ def check_tests(files: Iterable[TestFile], policies: PolicySet) -> tuple[list[Ch
                                                   f"(first at line {seen[name]})"))
             else:
                 seen[name] = t.line
-            if not t.expects:
+            if not t.expects and tf.path not in broken:
                 diags.append(_diag(WARNING, t, f"test {name!r} has no expectations"))
             checked = [c for c in (_check_expect(e, policies, modules, sources, diags) for e in t.expects) if c]
             tests.append(CheckedTest(name, tf.path, t.line, t.col, tuple(checked)))
