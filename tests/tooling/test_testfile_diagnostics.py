@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from click.testing import CliRunner
 
 from polc.cli import cli
@@ -174,3 +176,24 @@ def test_parse_positions_and_values(tmp_path: Path):
     assert (e.line, e.col) == (2, 3)
     assert [a.value for a in e.args] == ["a\\b", -5]  # type: ignore[union-attr]
     assert e.by is not None and e.by.value == "f.pol:3:5"
+
+
+REAL_TESTS = sorted((Path(__file__).resolve().parent.parent.parent / "policies-src").glob("*.test.pol"))
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_the_parser_never_raises_and_locates_every_error(data):
+    base = data.draw(st.sampled_from([p.read_text("utf-8") for p in REAL_TESTS]))
+    cut = data.draw(st.integers(0, len(base)))
+    pieces = st.sampled_from([*'(){};,"*.:\n xyz09/', "expect", "test", "by", "to", "allow", "\\"])
+    junk = "".join(data.draw(st.lists(pieces, max_size=12)))
+    text = base[:cut] + junk + base[cut + data.draw(st.integers(0, 20)):]
+    tf, diags = parse_tests(text, "f.test.pol")
+    lines = text.split("\n")
+    for d in diags:
+        assert d.severity == "error" and d.file == "f.test.pol"
+        assert 1 <= d.line <= len(lines) and d.col >= 1
+        assert "$END" not in d.message and "_SEMI" not in d.message and "Token" not in d.message
+    if not diags:
+        assert all(isinstance(e.cap.text, str) for t in tf.tests for e in t.expects)
