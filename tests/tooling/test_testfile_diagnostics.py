@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from click.testing import CliRunner
 
 from polc.cli import cli
 from polc.compiler.testfile import parse_tests
