@@ -280,10 +280,11 @@ def _junit(results: list[Any]) -> str:
         by_file.setdefault(t.test.file, []).append(t)
     for file, tests in by_file.items():
         suite = ET.SubElement(suites, "testsuite", name=file, tests=str(len(tests)),
-                              failures=str(sum(1 for t in tests if not t.passed)), errors="0", skipped="0")
+                              failures=str(sum(1 for t in tests if not t.passed)), errors="0", skipped="0",
+                              time=f"{sum(t.seconds for t in tests):.6f}")
         for t in tests:
             case = ET.SubElement(suite, "testcase", name=t.test.name, classname=file, file=file,
-                                 line=str(t.test.line))
+                                 line=str(t.test.line), time=f"{t.seconds:.6f}")
             bad = [r for r in t.results if not r.passed]
             if bad:
                 first = bad[0]

@@ -12,6 +12,7 @@ one expectation that ran.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -354,6 +355,8 @@ class ExpectResult:
 class TestResult:
     test: CheckedTest
     results: tuple[ExpectResult, ...]
+    seconds: float = 0.0
+    """How long deciding its expectations took (JUnit's ``time``)."""
 
     @property
     def passed(self) -> bool:
@@ -378,8 +381,9 @@ def run_tests(
     for t in tests:
         if select is not None and not select(t.name):
             continue
+        start = time.perf_counter()
         results = tuple(_judge(e, check(e.module, e.capability, *e.args)) for e in t.expects)
-        out.append(TestResult(t, results))
+        out.append(TestResult(t, results, time.perf_counter() - start))
     return out
 
 

@@ -199,6 +199,7 @@ def test_junit_parses_with_one_testcase_per_test(tree, polc_cmd):
     cases = {c.get("name"): c for c in root.iter("testcase")}
     assert set(cases) == {"acme reaches its own API", "acme reaches evil.com", "acme is denied its own API"}
     assert cases["acme reaches its own API"].find("failure") is None
+    assert all(float(c.get("time")) >= 0 for c in cases.values())
     failure = cases["acme is denied its own API"].find("failure")
     assert failure is not None
     assert failure.get("message") == "expected deny, got allow (entitled by policies-src/tenant.acme.pol:2:5)"
@@ -272,3 +273,20 @@ def test_source_discovery_skips_test_files(tree, polc_cmd, tmp_path):
     out = tmp_path / "out"
     subprocess.run([*polc_cmd, "compile", str(tree), "-o", str(out), "-q"], check=True, timeout=120)
     assert sorted(x.name for x in out.glob("*.bin")) == ["_global.bin", "tenant.acme.bin"]
+
+
+def test_source_root_names_the_sources_and_by_follows(tree):
+    (tree / "bad.test.pol").write_text(FAILING)
+    r = invoke(str(tree), "--source-root", str(tree))
+    assert r.exit_code == 1
+    assert "expected deny, got allow (entitled by tenant.acme.pol:2:5)" in r.stderr
+    assert r.stdout.splitlines()[-1] == "2 passed, 2 failed"  # by "tenant.acme.pol:2:5" still names its rule
+    r = invoke(str(tree), "--source-root", str(tree / "missing"))
+    assert r.exit_code == 2
+
+
+def test_listed_in_polc_help():
+    r = CliRunner().invoke(cli, ["--help"])
+    assert "test" in r.stdout.split()
+    r = invoke("--help")
+    assert r.exit_code == 0 and "--fail-under PCT" in r.stdout
