@@ -164,6 +164,7 @@ def _explain(agent: PolicyAgent, module: str, capability: str, typed: tuple[obje
     """Print the explanation (text, or the whole JSON document); return the enforcer's decision."""
     from polc.loaded import programs_of
     from polc.runtime.enforce.explain import explain
+    from polc.runtime.format.disasm import printable
 
     programs = programs_of(agent, (module, GLOBAL_MODULE), prefix=_PREFIX)
     ex = explain(programs, agent.snapshot, module, capability, *typed)
@@ -185,11 +186,11 @@ def _explain(agent: PolicyAgent, module: str, capability: str, typed: tuple[obje
     elif not ex.rules:
         click.echo(f"  no rule of {GLOBAL_MODULE} or {module} names {capability}")
     for n, r in enumerate(ex.rules, 1):
-        click.echo(f"  {n}. {r.location}  [{r.tier}]  {r.text}")
+        click.echo(printable(f"  {n}. {r.location}  [{r.tier}]  {r.text}"))
         if r.matched:
             click.echo("       matched" + (": decides" if r.decides else " (an earlier rule decides)"))
         else:
-            click.echo(f"       not matched: {r.why}")
+            click.echo(printable(f"       not matched: {r.why}"))
     if ex.refused is None and ex.expected_rule is None:
         click.echo("  no rule matched: no entitlement")
     return ex.decision

@@ -35,6 +35,7 @@ from polc.runtime.catalog import GLOBAL_MODULE
 from polc.runtime.enforce.link import link
 from polc.runtime.enforce.snapshot import Snapshot
 from polc.runtime.errors import PolcError
+from polc.runtime.format.disasm import printable
 from polc.runtime.format.program import Program
 from polc.runtime.format.reader import read_artifact
 
@@ -239,7 +240,7 @@ def _coverage_text(cov: Any) -> str:
             lines.append(f"  {m.module:<{width}}      -  (no rules)")
             continue
         lines.append(f"  {m.module:<{width}}  {m.percent:5.1f}%  ({m.covered}/{m.rules} rules)")
-        lines.extend(f"    not reached: {loc}" for loc in m.missed)
+        lines.extend(f"    not reached: {printable(loc)}" for loc in m.missed)
     lines.append(f"  {'total':<{width}}  {cov.percent:5.1f}%  ({cov.covered}/{cov.rules} rules)")
     return "\n".join(lines)
 
@@ -272,6 +273,15 @@ def _got(d: Any) -> str:
     return outcome_of(d)
 
 
+# Characters XML 1.0 cannot hold at all (not even as references): escaped as text.
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
 def _junit(results: list[Any]) -> str:
     suites = ET.Element("testsuites", name="polc test", tests=str(len(results)),
                         failures=str(sum(1 for t in results if not t.passed)), errors="0")
@@ -279,17 +289,17 @@ def _junit(results: list[Any]) -> str:
     for t in results:
         by_file.setdefault(t.test.file, []).append(t)
     for file, tests in by_file.items():
-        suite = ET.SubElement(suites, "testsuite", name=file, tests=str(len(tests)),
+        suite = ET.SubElement(suites, "testsuite", name=_xml(file), tests=str(len(tests)),
                               failures=str(sum(1 for t in tests if not t.passed)), errors="0", skipped="0",
                               time=f"{sum(t.seconds for t in tests):.6f}")
         for t in tests:
-            case = ET.SubElement(suite, "testcase", name=t.test.name, classname=file, file=file,
+            case = ET.SubElement(suite, "testcase", name=_xml(t.test.name), classname=_xml(file), file=_xml(file),
                                  line=str(t.test.line), time=f"{t.seconds:.6f}")
             bad = [r for r in t.results if not r.passed]
             if bad:
                 first = bad[0]
-                fail = ET.SubElement(case, "failure", message=first.message or "failed", type="expectation")
-                fail.text = "\n".join(f"{r.expect.location}: {r.message}\n    expect {r.expect.verdict} "
-                                      f"{r.expect.request()}" for r in bad)
+                fail = ET.SubElement(case, "failure", message=_xml(first.message or "failed"), type="expectation")
+                fail.text = _xml("\n".join(f"{r.expect.location}: {r.message}\n    expect {r.expect.verdict} "
+                                      f"{r.expect.request()}" for r in bad))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")

@@ -204,3 +204,15 @@ def test_rule_text_is_the_language():
         'entitle module to network.outbound("*.acme.com", 8443);',
         "deny module to process.exec;",
     ]
+
+
+def test_control_characters_in_rules_and_requests_are_escaped(write_tree, tmp_path, polc_cmd):
+    src = write_tree({"_global.pol": GLOBAL, "t.pol": (
+        'security module t {\n    entitle module to fs.read("tenants/\x1b[2J", "a\x07/**");\n}\n'
+    )})
+    out = tmp_path / "policies"
+    subprocess.run([*polc_cmd, "compile", str(src), "-o", str(out), "-q"], check=True, timeout=120)
+    r = invoke(str(out), "t", "fs.read", "tenants/\x1b[2J", "b\x1b]0;x", "--explain")
+    assert r.exit_code == 1
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "not matched: path 'b\\x1b]0;x' does not match 'a\\u0007/**'" in r.stdout

@@ -290,3 +290,19 @@ def test_listed_in_polc_help():
     assert "test" in r.stdout.split()
     r = invoke("--help")
     assert r.exit_code == 0 and "--fail-under PCT" in r.stdout
+
+
+def test_control_characters_never_reach_the_terminal_or_break_the_xml(write_tree, polc_cmd):
+    tree = write_tree({"_global.pol": GLOBAL, "tenant.acme.pol": ACME, "c.test.pol": (
+        'test "bell \x07 escape \x1b[31m" {\n'
+        '    expect allow tenant.acme to fs.read("tenants/acme", "a\x1b[2J");\n'
+        '    expect deny tenant.acme to fs.read("tenants/acme", "b\x01");\n'
+        "}\n"
+    )})
+    p = run(polc_cmd, str(tree), "--format", "junit")
+    assert p.returncode == 1
+    case = ET.fromstring(p.stdout).find(".//testcase")
+    assert case is not None and case.get("name") == "bell \\x07 escape \\x1b[31m"
+    assert "\x1b" not in p.stdout and "\x01" not in p.stdout
+    assert "\x1b" not in p.stderr and "\x01" not in p.stderr
+    assert "c.test.pol:3:5: error: expected deny, got allow" in p.stderr
