@@ -29,6 +29,21 @@ from xml.etree import ElementTree as ET
 
 import click
 
+from polc.compiler.build import compile_paths
+from polc.compiler.diagnostics import ERROR, Diagnostic, render_all
+from polc.compiler.errors import UsageError
+from polc.compiler.pipeline import decode
+from polc.compiler.sources import TEST_SUFFIX, find_tests
+from polc.compiler.testfile import parse_tests
+from polc.compiler.testrun import (
+    Coverage,
+    PolicySet,
+    TestResult,
+    check_tests,
+    coverage,
+    outcome_of,
+    run_tests,
+)
 from polc.errors import EXIT_FAILED, EXIT_OK, UsageOrIOError, VerificationFailed
 from polc.runtime import PolicyAgent
 from polc.runtime.catalog import GLOBAL_MODULE
@@ -37,7 +52,7 @@ from polc.runtime.enforce.snapshot import Snapshot
 from polc.runtime.errors import PolcError
 from polc.runtime.format.disasm import printable
 from polc.runtime.format.program import Program
-from polc.runtime.format.reader import read_artifact
+from polc.runtime.format.reader import Artifact, read_artifact
 
 _PREFIX = "polc test: error: "
 FORMATS = ("text", "json", "junit")
@@ -80,13 +95,6 @@ def test_cmd(
 
     Exit status: 0 all passed, 1 a failure or an error in a test file or a source, 2 usage or I/O error.
     """
-    from polc.compiler.diagnostics import ERROR, render_all
-    from polc.compiler.errors import UsageError
-    from polc.compiler.pipeline import decode
-    from polc.compiler.sources import TEST_SUFFIX, find_tests
-    from polc.compiler.testfile import parse_tests
-    from polc.compiler.testrun import PolicySet, check_tests, coverage, run_tests
-
     select: Callable[[str], bool] | None = None
     if run_pattern is not None:
         try:
@@ -145,8 +153,6 @@ def test_cmd(
     if select is not None and not results:
         raise UsageOrIOError(f"no test name matches --run {run_pattern!r}", prefix=_PREFIX)
     failures = [r for t in results for r in t.results if not r.passed]
-    from polc.compiler.diagnostics import Diagnostic
-
     shown = [Diagnostic(ERROR, r.expect.file, r.expect.line, r.expect.col, r.message or "failed", 6)
              for r in failures]
     if shown:
@@ -176,29 +182,25 @@ def test_cmd(
 # -- the policy set ----------------------------------------------------------------
 
 
-def _snapshot(programs: Mapping[str, Any]) -> Snapshot:
+def _snapshot(programs: Mapping[str, Artifact]) -> Snapshot:
     linked = {name: link(a) for name, a in programs.items()}
     glob = linked.pop(GLOBAL_MODULE, None)
     return Snapshot(linked, glob)
 
 
 def _compile(sources: list[str], source_root: str | None) -> tuple[dict[str, Program], Snapshot]:
-    from polc.compiler.build import compile_paths
-
     if not sources:
         raise UsageOrIOError("no policy sources among the arguments (give the sources, or --artifacts DIR)",
                              prefix=_PREFIX)
     report = compile_paths(sources, write=False, keep_artifacts=True, source_root=source_root)
     if report.fatal:
         raise UsageOrIOError(report.fatal, prefix=_PREFIX)
-    errors = [d for d in report.diagnostics if d.severity == "error"]
+    errors = [d for d in report.diagnostics if d.severity == ERROR]
     if errors:
-        from polc.compiler.diagnostics import render_all
-
         click.echo(render_all(errors, report.source_text), err=True)
         raise VerificationFailed(f"the policy sources have {len(errors)} error{'s' if len(errors) != 1 else ''}; "
                                  "no test was run (polc check shows them all)", prefix=_PREFIX)
-    arts: dict[str, Program] = {}
+    arts: dict[str, Artifact] = {}
     for m in report.modules:
         assert m.data is not None  # a compiled module of a run without errors
         try:
@@ -206,7 +208,7 @@ def _compile(sources: list[str], source_root: str | None) -> tuple[dict[str, Pro
         except PolcError as exc:  # the compiler verifies what it writes: this would be a bug
             raise VerificationFailed(f"module {m.module}: its artifact does not verify: {exc}",
                                      prefix=_PREFIX) from None
-    return arts, _snapshot(arts)
+    return dict(arts), _snapshot(arts)
 
 
 def _load_artifacts(directory: str) -> tuple[dict[str, Program], Snapshot]:
@@ -232,7 +234,7 @@ def _load_artifacts(directory: str) -> tuple[dict[str, Program], Snapshot]:
 # -- output ------------------------------------------------------------------------
 
 
-def _coverage_text(cov: Any) -> str:
+def _coverage_text(cov: Coverage) -> str:
     lines = ["coverage (rules that decided an expectation):"]
     width = max([len(m.module) for m in cov.modules] + [5])
     for m in cov.modules:
@@ -245,7 +247,7 @@ def _coverage_text(cov: Any) -> str:
     return "\n".join(lines)
 
 
-def _json(results: list[Any], cov: Any, passed: int, failed: int) -> dict[str, Any]:
+def _json(results: list[TestResult], cov: Coverage | None, passed: int, failed: int) -> dict[str, Any]:
     tests = []
     for t in results:
         tests.append({
@@ -254,7 +256,7 @@ def _json(results: list[Any], cov: Any, passed: int, failed: int) -> dict[str, A
                 "file": r.expect.file, "line": r.expect.line, "col": r.expect.col,
                 "expect": r.expect.verdict, "module": r.expect.module, "capability": r.expect.capability,
                 "args": list(r.expect.args), "by": r.expect.by,
-                "got": _got(r.decision), "rule": r.decision.rule, "reason": r.decision.reason,
+                "got": outcome_of(r.decision), "rule": r.decision.rule, "reason": r.decision.reason,
                 "passed": r.passed, "message": r.message,
             } for r in t.results],
         })
@@ -267,12 +269,6 @@ def _json(results: list[Any], cov: Any, passed: int, failed: int) -> dict[str, A
     return out
 
 
-def _got(d: Any) -> str:
-    from polc.compiler.testrun import outcome_of
-
-    return outcome_of(d)
-
-
 # Characters XML 1.0 cannot hold at all (not even as references): escaped as text.
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -282,10 +278,10 @@ def _xml(text: str) -> str:
                         else f"\\u{ord(m.group()):04x}", text)
 
 
-def _junit(results: list[Any]) -> str:
+def _junit(results: list[TestResult]) -> str:
     suites = ET.Element("testsuites", name="polc test", tests=str(len(results)),
                         failures=str(sum(1 for t in results if not t.passed)), errors="0")
-    by_file: dict[str, list[Any]] = {}
+    by_file: dict[str, list[TestResult]] = {}
     for t in results:
         by_file.setdefault(t.test.file, []).append(t)
     for file, tests in by_file.items():
