@@ -24,7 +24,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from xml.etree import ElementTree as ET
 
 import click
@@ -33,6 +33,7 @@ from polc.compiler.build import compile_paths
 from polc.compiler.diagnostics import ERROR, Diagnostic, render_all
 from polc.compiler.errors import UsageError
 from polc.compiler.pipeline import decode
+from polc.compiler.report import diagnostic_dict
 from polc.compiler.sources import TEST_SUFFIX, find_tests
 from polc.compiler.testfile import parse_tests
 from polc.compiler.testrun import (
@@ -118,7 +119,7 @@ def test_cmd(
         programs, snapshot = _load_artifacts(artifacts)
     else:
         sources = [s for s in srcs if os.path.isdir(s) or not s.endswith(TEST_SUFFIX)]
-        programs, snapshot = _compile(sources, source_root)
+        programs, snapshot = _compile(sources, source_root, fmt)
     policies = PolicySet(programs)
 
     texts: dict[str, str] = {}
@@ -146,8 +147,7 @@ def test_cmd(
         click.echo(render_all(diags, texts), err=True)
     if any(d.severity == ERROR for d in diags):
         n = sum(1 for d in diags if d.severity == ERROR)
-        raise VerificationFailed(f"{n} error{'s' if n != 1 else ''} in the test files; no test was run",
-                                 prefix=_PREFIX)
+        _not_run(fmt, diags, texts.get, f"{n} error{'s' if n != 1 else ''} in the test files; no test was run")
 
     results = run_tests(tests, snapshot.check, select)
     if select is not None and not results:
@@ -163,8 +163,9 @@ def test_cmd(
     below = fail_under is not None and cov.percent < fail_under
 
     if fmt == "json":
-        click.echo(json.dumps(_json(results, cov if show_coverage or fail_under is not None else None,
-                                    passed, len(failures)), indent=2))
+        doc = _json(results, cov if show_coverage or fail_under is not None else None, passed, len(failures))
+        doc["diagnostics"] = [diagnostic_dict(d) for d in diags]
+        click.echo(json.dumps(doc, indent=2))
         click.echo(summary, err=True)
     elif fmt == "junit":
         click.echo(_junit(results))
@@ -188,7 +189,30 @@ def _snapshot(programs: Mapping[str, Artifact]) -> Snapshot:
     return Snapshot(linked, glob)
 
 
-def _compile(sources: list[str], source_root: str | None) -> tuple[dict[str, Program], Snapshot]:
+def _not_run(fmt: str, diags: list[Diagnostic], source: Callable[[str], str | None], message: str) -> NoReturn:
+    """Errors before any test ran: the diagnostics are on stderr already; a JSON or JUnit document says so too."""
+    if fmt == "json":
+        doc = {"summary": None, "tests": [], "coverage": None, "error": message,
+               "diagnostics": [diagnostic_dict(d) for d in diags]}
+        click.echo(json.dumps(doc, indent=2))
+    elif fmt == "junit":
+        errors = [d for d in diags if d.severity == ERROR]
+        files = sorted({d.file for d in errors})
+        suites = ET.Element("testsuites", name="polc test", tests=str(len(files)), failures="0",
+                            errors=str(len(files)))
+        for f in files:
+            mine = [d for d in errors if d.file == f]
+            suite = ET.SubElement(suites, "testsuite", name=_xml(f), tests="1", failures="0", errors="1",
+                                  skipped="0", time="0")
+            case = ET.SubElement(suite, "testcase", name=_xml(f), classname=_xml(f), file=_xml(f), time="0")
+            err = ET.SubElement(case, "error", message=_xml(mine[0].header()), type="diagnostics")
+            err.text = _xml(render_all(mine, source))
+        ET.indent(suites)
+        click.echo('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode"))
+    raise VerificationFailed(message, prefix=_PREFIX)
+
+
+def _compile(sources: list[str], source_root: str | None, fmt: str) -> tuple[dict[str, Program], Snapshot]:
     if not sources:
         raise UsageOrIOError("no policy sources among the arguments (give the sources, or --artifacts DIR)",
                              prefix=_PREFIX)
@@ -198,8 +222,8 @@ def _compile(sources: list[str], source_root: str | None) -> tuple[dict[str, Pro
     errors = [d for d in report.diagnostics if d.severity == ERROR]
     if errors:
         click.echo(render_all(errors, report.source_text), err=True)
-        raise VerificationFailed(f"the policy sources have {len(errors)} error{'s' if len(errors) != 1 else ''}; "
-                                 "no test was run (polc check shows them all)", prefix=_PREFIX)
+        _not_run(fmt, errors, report.source_text, f"the policy sources have {len(errors)} "
+                 f"error{'s' if len(errors) != 1 else ''}; no test was run (polc check shows them all)")
     arts: dict[str, Artifact] = {}
     for m in report.modules:
         assert m.data is not None  # a compiled module of a run without errors

@@ -306,3 +306,26 @@ def test_control_characters_never_reach_the_terminal_or_break_the_xml(write_tree
     assert "\x1b" not in p.stdout and "\x01" not in p.stdout
     assert "\x1b" not in p.stderr and "\x01" not in p.stderr
     assert "c.test.pol:3:5: error: expected deny, got allow" in p.stderr
+
+
+def test_errors_before_any_test_still_give_a_document(tree, polc_cmd):
+    (tree / "bad.test.pol").write_text('test "x" {\n    expect allow tenant.acm to threads.create;\n}\n')
+    p = run(polc_cmd, str(tree), "--format", "junit")
+    assert p.returncode == 1
+    root = ET.fromstring(p.stdout)
+    assert root.get("errors") == "1" and root.get("failures") == "0"
+    err = root.find(".//testcase/error")
+    assert err is not None
+    assert "unknown module 'tenant.acm'; did you mean 'tenant.acme'?" in (err.get("message") or "")
+    assert "no test was run" in p.stderr
+    r = invoke(str(tree), "--format", "json")
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert doc["summary"] is None and doc["tests"] == []
+    assert [(d["line"], d["col"], d["severity"]) for d in doc["diagnostics"]] == [(2, 18, "error")]
+    (tree / "bad.test.pol").unlink()
+    (tree / "tenant.acme.pol").write_text(ACME.replace("fs.read", "fs.raed"))
+    p = run(polc_cmd, str(tree), "--format", "junit")
+    assert p.returncode == 1
+    err = ET.fromstring(p.stdout).find(".//testcase/error")
+    assert err is not None and "fs.raed" in (err.get("message") or "")
