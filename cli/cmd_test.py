@@ -160,7 +160,7 @@ def test_cmd(
     passed = sum(1 for t in results for r in t.results if r.passed)
     summary = f"{passed} passed, {len(failures)} failed"
     cov = coverage(policies, results)
-    below = fail_under is not None and cov.percent < fail_under
+    below = fail_under is not None and cov.covered * 100 < fail_under * cov.rules
 
     if fmt == "json":
         doc = _json(results, cov if show_coverage or fail_under is not None else None, passed, len(failures))
@@ -175,8 +175,8 @@ def test_cmd(
             click.echo(_coverage_text(cov))
         click.echo(summary)
     if below:
-        click.echo(f"polc test: error: {cov.percent:.1f}% of the rules reached, below --fail-under {fail_under:g}",
-                   err=True)
+        reached = _pct(cov.covered, cov.rules)
+        click.echo(f"polc test: error: {reached} of the rules reached, below --fail-under {fail_under:g}", err=True)
     sys.exit(EXIT_FAILED if failures or below else EXIT_OK)
 
 
@@ -258,6 +258,13 @@ def _load_artifacts(directory: str) -> tuple[dict[str, Program], Snapshot]:
 # -- output ------------------------------------------------------------------------
 
 
+def _pct(covered: int, rules: int) -> str:
+    """``covered / rules`` as a percentage rounded down to a tenth, so a bar not reached never shows as
+    reached (9,997 of 10,000: 99.9%, not 100.0%)."""
+    tenths = 1000 if not rules else 1000 * covered // rules
+    return f"{tenths // 10}.{tenths % 10}%"
+
+
 def _coverage_text(cov: Coverage) -> str:
     lines = ["coverage (rules that decided an expectation):"]
     width = max([len(m.module) for m in cov.modules] + [5])
@@ -265,9 +272,9 @@ def _coverage_text(cov: Coverage) -> str:
         if not m.rules:
             lines.append(f"  {m.module:<{width}}      -  (no rules)")
             continue
-        lines.append(f"  {m.module:<{width}}  {m.percent:5.1f}%  ({m.covered}/{m.rules} rules)")
+        lines.append(f"  {m.module:<{width}}  {_pct(m.covered, m.rules):>6}  ({m.covered}/{m.rules} rules)")
         lines.extend(f"    not reached: {printable(loc)}" for loc in m.missed)
-    lines.append(f"  {'total':<{width}}  {cov.percent:5.1f}%  ({cov.covered}/{cov.rules} rules)")
+    lines.append(f"  {'total':<{width}}  {_pct(cov.covered, cov.rules):>6}  ({cov.covered}/{cov.rules} rules)")
     return "\n".join(lines)
 
 

@@ -329,3 +329,18 @@ def test_errors_before_any_test_still_give_a_document(tree, polc_cmd):
     assert p.returncode == 1
     err = ET.fromstring(p.stdout).find(".//testcase/error")
     assert err is not None and "fs.raed" in (err.get("message") or "")
+
+
+def test_a_bar_just_missed_never_shows_as_reached(write_tree):
+    rules = "".join(f'    entitle module to env.read("V{i}");\n' for i in range(1000))
+    expects = "".join(f'    expect allow m to env.read("V{i}");\n' for i in range(999))
+    tree = write_tree({"_global.pol": "security module _global {\n}\n",
+                       "m.pol": "security module m {\n" + rules + "}\n",
+                       "m.test.pol": 'test "all but one" {\n' + expects + "}\n"})
+    r = invoke(str(tree), "--coverage", "--fail-under", "100")
+    assert r.exit_code == 1
+    assert "  m         99.9%  (999/1000 rules)" in r.stdout
+    assert "not reached: policies-src/m.pol:1001:5" in r.stdout
+    assert "99.9% of the rules reached, below --fail-under 100" in r.stderr
+    r = invoke(str(tree), "--coverage", "--fail-under", "99.9")
+    assert r.exit_code == 0, r.output
