@@ -24,6 +24,7 @@ _COMMANDS = {
     "keygen": "polc.cmd_keygen:keygen_cmd",
     "publish": "polc.cmd_fleet:publish_cmd",
     "pull": "polc.cmd_fleet:pull_cmd",
+    "test": "polc.cmd_test:test_cmd",
 }
 
 
