@@ -134,6 +134,7 @@ class Seaweed:
     reader: Credentials = field(default_factory=lambda: Credentials("AGT" + secrets.token_hex(8).upper(), secrets.token_hex(20)))
     bucket: str = BUCKET
     proc: subprocess.Popen[bytes] | None = None
+    _clients: dict[tuple[str, Credentials], Any] = field(default_factory=dict, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -151,7 +152,11 @@ class Seaweed:
             return ""
 
     def client(self, creds: Credentials | None = None, endpoint: str | None = None) -> Any:
-        return s3_client(endpoint or self.endpoint, creds or self.publisher)
+        """A boto3 client signed as ``creds`` (default: the publisher); made once per pair."""
+        key = (endpoint or self.endpoint, creds or self.publisher)
+        if key not in self._clients:
+            self._clients[key] = s3_client(*key)
+        return self._clients[key]
 
     def env(self, creds: Credentials | None = None, endpoint: str | None = None, home: Path | None = None) -> dict[str, str]:
         """Environment for a ``polc`` subprocess signed as ``creds`` (default: the reader)."""
@@ -341,7 +346,7 @@ class RecordingProxy:
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="s3-proxy", daemon=True)
         self._thread.start()
 
     @property
