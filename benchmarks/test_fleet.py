@@ -48,8 +48,8 @@ INTERVAL = 5.0
 JITTER = 0.2
 CONCURRENCY = 200
 WARMUP = INTERVAL * (1 + JITTER) + 0.3  # every agent has made its first (200) request
-WINDOW = 5.0  # the steady window: conditional GETs answered 304
-IDLE = 2.0  # the origin's CPU with no agent at all, measured first
+WINDOW = 4.0  # the steady window: conditional GETs answered 304
+IDLE = 1.5  # the origin's CPU with no agent at all, measured first
 PROPAGATION_DEADLINE = INTERVAL * (1 + JITTER) * 2
 REPO = Path(__file__).resolve().parent.parent
 
