@@ -167,6 +167,8 @@ class TrustConfigError(PolcError, ValueError):
 
 class KeyFileError(PolcError, ValueError):
     """A key file cannot be read or written."""
+
+
 # --------------------------------------------------------------------------
 # Configuration and loading of the agent (runtime/config.py, runtime/agent.py)
 

@@ -255,10 +255,15 @@ class HttpOrigin:
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
     def close(self) -> None:
-        with self._lock:
+        """Close the kept-alive connection; a fetch under way keeps its own (and closes it after)."""
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        finally:
+            self._lock.release()
 
     def fetch(self, name: str, etag: str | None = None, *, limit: int = MAX_OBJECT_SIZE) -> Fetched:
         check_name(name)

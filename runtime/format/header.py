@@ -117,9 +117,7 @@ def build_header(payload_bytes: bytes, *, flags: int = 0, trailer_len: int = 0) 
     if trailer_len > MAX_TRAILER:
         raise BadHeader(f"trailer of {trailer_len} bytes exceeds the {MAX_TRAILER}-byte limit")
     if len(payload_bytes) > MAX_PAYLOAD:
-        raise PayloadTooLarge(
-            f"payload of {len(payload_bytes)} bytes exceeds the {MAX_PAYLOAD}-byte limit"
-        )
+        raise PayloadTooLarge(f"payload of {len(payload_bytes)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
     return _HEADER.pack(
         MAGIC,
         FORMAT_MAJOR,
@@ -146,8 +144,7 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
     if major != FORMAT_MAJOR:
         if major > FORMAT_MAJOR:
             raise UnsupportedVersion(
-                f"artifact format {major}.{minor} is newer than this polc supports "
-                f"({FORMAT_MAJOR}.x); upgrade polc",
+                f"artifact format {major}.{minor} is newer than this polc supports ({FORMAT_MAJOR}.x); upgrade polc",
                 major=major,
                 minor=minor,
             )
@@ -159,22 +156,17 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
         )
     if flags & ~KNOWN_FLAGS:
         raise BadHeader(
-            f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} in the header (flags {flags:#x}); "
-            f"written by a newer polc?"
+            f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} in the header (flags {flags:#x}); written by a newer polc?"
         )
     if payload_len > MAX_PAYLOAD:
         raise PayloadTooLarge(
-            f"header declares a payload of {payload_len} bytes, more than the "
-            f"{MAX_PAYLOAD}-byte limit"
+            f"header declares a payload of {payload_len} bytes, more than the {MAX_PAYLOAD}-byte limit"
         )
     if flags & FLAG_SIGNED:
         if trailer_len == 0:
             raise BadHeader("header says signed but declares no signature trailer")
         if trailer_len > MAX_TRAILER:
-            raise BadHeader(
-                f"header declares a trailer of {trailer_len} bytes, more than the "
-                f"{MAX_TRAILER}-byte limit"
-            )
+            raise BadHeader(f"header declares a trailer of {trailer_len} bytes, more than the {MAX_TRAILER}-byte limit")
     elif trailer_len != 0:
         raise BadHeader(f"header declares a {trailer_len}-byte trailer but the signed flag is not set")
     return Header(major, minor, flags, payload_len, trailer_len, digest)
