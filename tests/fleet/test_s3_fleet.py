@@ -1,0 +1,220 @@
+"""Publish -> pull -> enforce on a real S3 store (SeaweedFS), through the real command line.
+
+``polc publish`` writes with the publisher's key; agents (``polc run --source``,
+``polc pull``, ``PolicyAgent(source=...)``) read with the read-only reader's key
+through a recording proxy, so every request they make is counted by key and
+status; SeaweedFS's own counters confirm the idle cycles are 304s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from polc.runtime.agent import PolicyAgent
+
+from support.agent import wait_for
+from support.fleet import PLATFORM, PUBLISHER, art, make_trust, write_trust_file
+from support.seaweed import RecordingProxy
+from support.sidecar import sidecar, until  # noqa: F401 - the sidecar fixture
+
+pytestmark = pytest.mark.seaweedfs
+
+PULL = 0.5
+V1 = {"_global": art("_global", "g.example"), "tenant.acme": art("tenant.acme", "a1.example"),
+      "tenant.globex": art("tenant.globex", "x1.example")}  # fmt: skip
+V2 = dict(V1, **{"tenant.acme": art("tenant.acme", "a2.example")})
+ACME_A1 = {"module": "tenant.acme", "capability": "network.outbound", "args": ["a1.example", 443]}
+ACME_A2 = dict(ACME_A1, args=["a2.example", 443])
+
+
+def polc(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "polc", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)  # fmt: skip
+
+
+def write_set(directory, artifacts: dict[str, bytes]):
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.bin"):
+        old.unlink()
+    for module, data in artifacts.items():
+        (directory / f"{module}.bin").write_bytes(data)
+    return directory
+
+
+@pytest.fixture
+def prefix(request) -> str:
+    return "e2e-" + request.node.name.removeprefix("test_").replace("_", "-")[:50]
+
+
+@pytest.fixture
+def proxy(seaweedfs):
+    p = RecordingProxy(seaweedfs.endpoint, seaweedfs.bucket)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    (tmp_path / "publisher.key").write_bytes(PUBLISHER.private_pem())
+    return tmp_path / "publisher.key"
+
+
+def publish(seaweedfs, src, url: str, key, tmp_path, *extra: str) -> dict:
+    env = {k: v for k, v in seaweedfs.env(seaweedfs.publisher, home=tmp_path).items() if not k.startswith("POLC_")}
+    r = polc("publish", str(src), "--to", url, "--sign", str(key), "--format", "json", *extra, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def objects_fetched(proxy: RecordingProxy) -> list[str]:
+    return [s.key for s in proxy.requests("GET") if "/objects/" in s.key]
+
+
+def test_publish_pull_enforce_through_the_cli_and_a_running_agent(seaweedfs, proxy, sidecar, keys, prefix, tmp_path):  # noqa: F811
+    url = seaweedfs.url(prefix)
+    src = write_set(tmp_path / "artifacts", V1)
+    first = publish(seaweedfs, src, url, keys, tmp_path, "--set", "prod")
+    assert first["revision"] == 1 and sorted(first["uploaded"]) == sorted(V1)
+    listed = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix=prefix + "/")["Contents"]
+    assert {o["Key"] for o in listed} == {f"{prefix}/manifest.json"} | {
+        f"{prefix}/objects/{d}.bin" for d in _digests(V1).values()}
+
+    trust = write_trust_file(tmp_path / "trust.toml")
+    env = seaweedfs.env(seaweedfs.reader, home=tmp_path)  # the agent's read-only key; endpoint: the proxy
+    sc = sidecar().start(tmp_path / "mirror", "--source", url, "--endpoint", proxy.endpoint, "--pull-interval",
+                         str(PULL), "--trust", str(trust), env=env)  # fmt: skip
+    assert sc.check(ACME_A1)["allowed"] is True and sc.check(ACME_A2)["allowed"] is False
+    assert sorted(objects_fetched(proxy)) == sorted(f"{prefix}/objects/{d}.bin" for d in _digests(V1).values())
+
+    # idle: only conditional GETs of the manifest, answered 304 by the store itself
+    until(lambda: len([s for s in proxy.requests() if s.status == 304]) >= 2, deadline=15, what="idle cycles")
+    proxy.clear()
+    before = seaweedfs.request_counts()
+    until(lambda: len(proxy.requests()) >= 3, deadline=15, what="three idle cycles")
+    idle = proxy.requests()
+    after = seaweedfs.request_counts()
+    assert all((s.method, s.key, s.status, s.conditional) == ("GET", f"{prefix}/manifest.json", 304, True) for s in idle)
+    assert after[("GET", "304")] - before[("GET", "304")] >= 3
+    assert after[("GET", "200")] == before[("GET", "200")]
+
+    # a change: published by the CLI, enforced within the pull interval + 1 s, one object fetched
+    write_set(src, V2)
+    proxy.clear()
+    second = publish(seaweedfs, src, url, keys, tmp_path)
+    published = time.monotonic()
+    assert second["revision"] == 2 and second["uploaded"] == ["tenant.acme"]
+    until(lambda: sc.check(ACME_A2)["allowed"], deadline=PULL * 1.2 + 1.0, what="the change enforced")
+    assert time.monotonic() - published <= PULL * 1.2 + 1.0
+    assert sc.check(ACME_A1)["allowed"] is False
+    assert objects_fetched(proxy) == [f"{prefix}/objects/{_digests(V2)['tenant.acme']}.bin"]
+    status, body = sc.json("GET", "/v1/status")
+    assert status == 200 and body["source"]["revision"] == 2 and body["source"]["url"] == url
+
+    # polc pull --once into another mirror (through a proxy of its own): the same set, then an
+    # unchanged cycle is one conditional GET answered 304
+    mirror = tmp_path / "pulled"
+    own = RecordingProxy(seaweedfs.endpoint, seaweedfs.bucket)
+    try:
+        pull = ("pull", url, "-o", str(mirror), "--trust", str(trust), "--once", "--endpoint", own.endpoint)
+        r = polc(*pull, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "revision 2 of set 'prod' in force" in r.stdout
+        assert {p.name for p in mirror.glob("*.bin")} == {f"{m}.bin" for m in V2}
+        assert all((mirror / f"{m}.bin").read_bytes() == data for m, data in V2.items())
+        assert len(objects_fetched(own)) == len(V2)
+        own.clear()
+        r = polc(*pull, env=env)
+        assert r.returncode == 0, r.stderr
+        assert [(s.key, s.status, s.conditional) for s in own.requests()] == [(f"{prefix}/manifest.json", 304, True)]
+    finally:
+        own.close()
+
+
+def _digests(artifacts: dict[str, bytes]) -> dict[str, str]:
+    import hashlib
+
+    return {m: hashlib.sha256(data).hexdigest() for m, data in artifacts.items()}
+
+
+def test_a_wrong_key_keeps_the_last_good_set_with_the_reason(seaweedfs, sidecar, keys, prefix, tmp_path):  # noqa: F811
+    url = seaweedfs.url(prefix)
+    publish(seaweedfs, write_set(tmp_path / "artifacts", V1), url, keys, tmp_path)
+    trust = write_trust_file(tmp_path / "trust.toml")
+    mirror = tmp_path / "mirror"
+    args = ("--source", url, "--pull-interval", str(PULL), "--trust", str(trust))
+    good = sidecar().start(mirror, *args, env=seaweedfs.env(seaweedfs.reader, home=tmp_path))
+    assert good.check(ACME_A1)["allowed"] is True
+    good.signal(signal.SIGTERM)
+    assert good.wait_exit(30) == 0
+
+    # the store no longer accepts the agent's key (rotated or revoked there): a restart enforces what is on disk
+    wrong = dict(seaweedfs.env(seaweedfs.reader, home=tmp_path), AWS_SECRET_ACCESS_KEY="revoked-secret")
+    sc = sidecar().start(mirror, *args, env=wrong)
+    assert sc.check(ACME_A1)["allowed"] is True
+    until(lambda: sc.json("GET", "/v1/status")[1]["source"]["consecutive_failures"] >= 2, deadline=20, what="failures")
+    src = sc.json("GET", "/v1/status")[1]["source"]
+    assert src["revision"] == 1 and src["last_error_reason"] == "forbidden"
+    assert "SignatureDoesNotMatch" in src["last_error"] and f"{url}/manifest.json" in src["last_error"]
+    m = sc.metrics()
+    assert m['polc_source_last_error{reason="forbidden"}'] == 1 and m["polc_source_revision"] == 1
+    assert sc.check(ACME_A1)["allowed"] is True
+
+
+def test_store_failures_keep_the_set_in_a_running_agent(seaweedfs, proxy, monkeypatch, keys, prefix, tmp_path):
+    """In process: NoSuchKey for a changed object, a 503 from the endpoint, a body cut short."""
+    url = seaweedfs.url(prefix)
+    src = write_set(tmp_path / "artifacts", V1)
+    publish(seaweedfs, src, url, keys, tmp_path)
+    for name, value in seaweedfs.env(seaweedfs.reader, home=tmp_path).items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith("AWS_") and n not in seaweedfs.env(seaweedfs.reader)]:
+        monkeypatch.delenv(name)
+    agent = PolicyAgent(str(tmp_path / "mirror"), trust=make_trust(), source=url, endpoint=proxy.endpoint,
+                        pull_interval=60, reload=False).start()  # fmt: skip
+    try:
+        ok = lambda host: agent.check("tenant.acme", "network.outbound", host, 443).allowed  # noqa: E731
+        assert ok("a1.example")
+
+        write_set(src, V2)
+        publish(seaweedfs, src, url, keys, tmp_path)
+        changed = f"{prefix}/objects/{_digests(V2)['tenant.acme']}.bin"
+        seaweedfs.client().delete_object(Bucket=seaweedfs.bucket, Key=changed)
+        result = agent.pull_now()
+        assert result.outcome == "failed" and result.reason == "object missing", result
+        assert "NoSuchKey" in result.error and changed in result.error
+        assert ok("a1.example") and not ok("a2.example") and agent.status()["source"]["revision"] == 1
+
+        seaweedfs.client().put_object(Bucket=seaweedfs.bucket, Key=changed, Body=V2["tenant.acme"])
+        for fault, reason in ((503, "server error"), ("truncate", "partial download"), ("close", "unreachable")):
+            proxy.fault = fault
+            result = agent.pull_now()
+            assert result.outcome == "failed" and result.reason == reason, result
+            assert ok("a1.example") and agent.status()["source"]["revision"] == 1
+        assert agent.status()["source"]["consecutive_failures"] == 4
+        proxy.fault = None
+        result = agent.pull_now()
+        assert result.outcome != "failed", result
+        assert ok("a2.example") and not ok("a1.example") and agent.status()["source"]["revision"] == 2
+        wait_for(lambda: agent.status()["source"]["consecutive_failures"] == 0, timeout=5)
+    finally:
+        agent.stop()
+
+
+def test_a_manifest_signed_without_manifest_scope_is_refused_from_s3(seaweedfs, monkeypatch, prefix, tmp_path):
+    url = seaweedfs.url(prefix)
+    (tmp_path / "platform.key").write_bytes(PLATFORM.private_pem())
+    publish(seaweedfs, write_set(tmp_path / "artifacts", V1), url, tmp_path / "platform.key", tmp_path)
+    trust = write_trust_file(tmp_path / "trust.toml")
+    env = seaweedfs.env(seaweedfs.reader, home=tmp_path)
+    r = polc("pull", url, "-o", str(tmp_path / "mirror"), "--trust", str(trust), "--once", env=env)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "may not sign manifests" in r.stderr
+    assert not list((tmp_path / "mirror").glob("*.bin"))
