@@ -163,6 +163,69 @@ class NginxOrigin:
         stop(self.proc, signal.SIGQUIT)
 
 
+CACHE_CONF = """\
+{user}
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp-body;
+    proxy_temp_path {root}/tmp-proxy;
+    fastcgi_temp_path {root}/tmp-fastcgi;
+    uwsgi_temp_path {root}/tmp-uwsgi;
+    scgi_temp_path {root}/tmp-scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 100000;
+    proxy_cache_path {root}/cache levels=1:2 keys_zone=polc:1m max_size=256m inactive=1h use_temp_path=off;
+    upstream store {{ server 127.0.0.1:{upstream}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://store;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache polc;
+            proxy_cache_key $uri;
+            proxy_cache_lock on;
+            proxy_cache_revalidate on;
+            proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;
+            # the manifest: revalidated with the store at most once a second (the store's
+            # "Cache-Control: no-cache" is for caches that would keep it longer)
+            proxy_ignore_headers Cache-Control Expires;
+            proxy_cache_valid 200 1s;
+        }}
+    }}
+}}
+"""
+
+
+class NginxCache:
+    """nginx as a caching tier in front of an S3 endpoint (docs/fleet-operations.md)."""
+
+    name = "nginx-cache"
+
+    def __init__(self, root: Path, binary: str, upstream: int, probe: str) -> None:
+        self.port = free_port()
+        for d in ("tmp-body", "tmp-proxy", "tmp-fastcgi", "tmp-uwsgi", "tmp-scgi", "cache"):
+            (root / d).mkdir(exist_ok=True)
+        conf = root / "nginx.conf"
+        user = "user root root;" if os.geteuid() == 0 else ""
+        conf.write_text(CACHE_CONF.format(user=user, root=root, port=self.port, upstream=upstream))
+        with open(root / "stderr.log", "wb") as err:
+            self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(root)], stdin=subprocess.DEVNULL,
+                                         stderr=err, start_new_session=True)  # fmt: skip
+        wait_answering(self.port, probe, self.proc, self.name)
+
+    def pids(self) -> list[int]:
+        return children(self.proc.pid)
+
+    def close(self) -> None:
+        stop(self.proc, signal.SIGQUIT)
+
+
 # --------------------------------------------------------------------------- the script: http.server with ETags
 
 

@@ -10,13 +10,15 @@ of its own:
     http.server  Python's threading HTTP server with ETags (the baseline)
     nginx        Debian's nginx-light, one worker, when installed
     seaweedfs    SeaweedFS's S3 API, every request signed (SigV4) as an agent's is
+    nginx-cache  nginx with proxy_cache in front of SeaweedFS (the caching tier of
+                 docs/fleet-operations.md): what reaches the store behind it, too
 
 Measured per origin, in a steady window after every agent has its first copy:
 origin requests/s, the origin's CPU (utime + stime from /proc/PID/stat before
 and after the window; % of one core, and per request), then a changed manifest
 is published and the time until each agent has it: p50 / p99 propagation.
 
-Opt-in (it takes about 50 s and loads both cores): ``POLC_BENCH_FLEET=1``::
+Opt-in (it takes about 75 s and loads both cores): ``POLC_BENCH_FLEET=1``::
 
     POLC_BENCH_FLEET=1 .venv/bin/python -m pytest benchmarks/test_fleet.py -q -s
 """
@@ -36,18 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_origins import NginxOrigin, PythonOrigin, cpu_seconds, nginx_binary
+from fleet_origins import NginxCache, NginxOrigin, PythonOrigin, cpu_seconds, nginx_binary
 
 from common import record
 
 pytestmark = pytest.mark.skipif(not os.environ.get("POLC_BENCH_FLEET"),
-                                reason="opt-in: POLC_BENCH_FLEET=1 (about 50 s, 1,000 simulated agents)")  # fmt: skip
+                                reason="opt-in: POLC_BENCH_FLEET=1 (about 75 s, 1,000 simulated agents)")  # fmt: skip
 
 AGENTS = int(os.environ.get("POLC_BENCH_FLEET_AGENTS", "1000"))
 INTERVAL = 5.0
 JITTER = 0.2
 CONCURRENCY = 200
-WARMUP = INTERVAL * (1 + JITTER) + 0.3  # every agent has made its first (200) request
+WARMUP = INTERVAL + 0.5  # every agent has made its first (200) request (its start offset is within one interval)
 WINDOW = 4.0  # the steady window: conditional GETs answered 304
 IDLE = 1.5  # the origin's CPU with no agent at all, measured first
 PROPAGATION_DEADLINE = INTERVAL * (1 + JITTER) * 2
@@ -147,7 +149,11 @@ async def agent(i: int, target: Target, stats: Stats, sem: asyncio.Semaphore, st
         conn[1].close()
 
 
-async def simulate(target: Target, pids: list[int], publish: Any, current_etag: Any) -> dict[str, float]:
+async def simulate(target: Target, pids: list[int], publish: Any, current_etag: Any,
+                   behind: dict[str, Any] | None = None) -> dict[str, float]:  # fmt: skip
+    """Run the fleet against ``target`` (served by ``pids``). ``behind``: name -> probe (a
+    cumulative count, read before and after the window) for what sits behind a cache."""
+    behind = behind or {}
     # the origin's own background work (SeaweedFS heartbeats between its parts), subtracted below
     idle0, i0 = cpu_seconds(pids), time.monotonic()
     await asyncio.sleep(IDLE)
@@ -161,8 +167,10 @@ async def simulate(target: Target, pids: list[int], publish: Any, current_etag: 
     tasks = [asyncio.create_task(agent(i, target, stats, sem, stop, change, rng)) for i in range(AGENTS)]
     await asyncio.sleep(WARMUP)
     cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    behind0 = {k: probe() for k, probe in behind.items()}
     await asyncio.sleep(WINDOW)
     cpu1, t1 = cpu_seconds(pids), time.monotonic()
+    behind1 = {k: probe() for k, probe in behind.items()}
     change["old"] = await asyncio.to_thread(current_etag)
     published = time.monotonic()
     change["at"] = published
@@ -188,6 +196,7 @@ async def simulate(target: Target, pids: list[int], publish: Any, current_etag: 
         "errors": len(stats.errors),
         "first_error": stats.errors[0] if stats.errors else "",
         "seconds": time.monotonic() - start,
+        **{f"{k}_per_s": (behind1[k] - behind0[k]) / (t1 - t0) for k in behind},
     }
 
 
@@ -293,3 +302,56 @@ def test_fleet_seaweedfs(tmp_path):
         server.stop()
     _report("seaweedfs", got)
     _check(got)
+
+
+def test_fleet_nginx_cache_in_front_of_seaweedfs(tmp_path):
+    """The caching tier of docs/fleet-operations.md: agents -> nginx (proxy_cache, the manifest
+    revalidated at most once a second) -> SeaweedFS. The cache answers the agents' If-None-Match
+    itself; the store sees about one conditional GET a second, whatever the fleet's size."""
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx not installed (Debian: apt-get install nginx-light)")
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from support.seaweed import start_seaweed
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    server = start_seaweed(tmp_path / "s3", anonymous_read=True)  # the cache reads unsigned; agents never reach it
+    root = tmp_path / "nginx"
+    root.mkdir()
+    try:
+        client = server.client()
+        key = "prod/manifest.json"
+        client.put_object(Bucket=server.bucket, Key=key, Body=manifest_bytes(1))
+        cache = NginxCache(root, binary, server.ports["s3.port"], f"/{server.bucket}/{key}")
+        try:
+
+            def publish() -> None:
+                client.put_object(Bucket=server.bucket, Key=key, Body=manifest_bytes(2))
+
+            def current_etag() -> str:
+                return str(client.head_object(Bucket=server.bucket, Key=key)["ETag"])
+
+            def store_gets() -> float:
+                counts = server.request_counts()
+                return float(sum(n for (kind, _), n in counts.items() if kind == "GET"))
+
+            def store_cpu() -> float:
+                return server.cpu_seconds()
+
+            target = Target("127.0.0.1", cache.port, f"/{server.bucket}/{key}")
+            got = asyncio.run(simulate(target, cache.pids(), publish, current_etag,
+                                       {"store_requests": store_gets, "store_cpu": store_cpu}))  # fmt: skip
+        finally:
+            cache.close()
+    finally:
+        server.stop()
+    got["store_cpu_pct"] = 100 * got.pop("store_cpu_per_s")
+    _report("nginx-cache", got)
+    note = f"{AGENTS} agents at the cache; the store behind it"
+    record("fleet.nginx-cache.store_requests_per_s", "fleet: SeaweedFS behind the nginx cache, requests/s",
+           got["store_requests_per_s"], "req/s", note=note)  # fmt: skip
+    record("fleet.nginx-cache.store_cpu_pct", "fleet: SeaweedFS behind the nginx cache, CPU",
+           got["store_cpu_pct"], "% of a core", note=note)  # fmt: skip
+    _check(got)
+    assert got["store_requests_per_s"] < 5, got  # the cache, not the store, answered the fleet

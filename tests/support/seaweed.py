@@ -133,6 +133,7 @@ class Seaweed:
     publisher: Credentials = field(default_factory=lambda: Credentials("PUB" + secrets.token_hex(8).upper(), secrets.token_hex(20)))
     reader: Credentials = field(default_factory=lambda: Credentials("AGT" + secrets.token_hex(8).upper(), secrets.token_hex(20)))
     bucket: str = BUCKET
+    anonymous_read: bool = False  # an unsigned GET may read the bucket (a cache in front, the benchmark)
     proc: subprocess.Popen[bytes] | None = None
     _clients: dict[tuple[str, Credentials], Any] = field(default_factory=dict, repr=False)
 
@@ -172,10 +173,13 @@ class Seaweed:
             return {"name": name, "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
                     "actions": actions}
 
-        return {"identities": [
+        identities = [
             ident("publisher", self.publisher, ["Admin", "Read", "Write", "List", "Tagging"]),
             ident("reader", self.reader, [f"Read:{self.bucket}", f"List:{self.bucket}"]),
-        ]}
+        ]
+        if self.anonymous_read:
+            identities.append({"name": "anonymous", "actions": [f"Read:{self.bucket}"]})
+        return {"identities": identities}
 
     def command(self) -> list[str]:
         data = self.root / "data"
@@ -279,7 +283,7 @@ def proc_cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
-def start_seaweed(root: Path) -> Seaweed:
+def start_seaweed(root: Path, *, anonymous_read: bool = False) -> Seaweed:
     """Start ``weed mini`` under ``root``; skip (with the reason) when it cannot run here."""
     binary = weed_binary()
     if binary is None:
@@ -296,7 +300,7 @@ def start_seaweed(root: Path) -> Seaweed:
         pytest.skip(f"SeaweedFS cannot run here: {binary} version exited {probe.returncode}: {probe.stderr[-500:]!r}")
     why = ""
     for attempt in range(3):  # a port taken between choosing and binding makes it exit: choose again
-        server = Seaweed(root=root / f"weed-{attempt}", binary=binary)
+        server = Seaweed(root=root / f"weed-{attempt}", binary=binary, anonymous_read=anonymous_read)
         server.start()
         exited = server.wait_ready()
         if exited is None:
