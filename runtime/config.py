@@ -242,6 +242,12 @@ class AgentConfig:
                 f"source={src!r}: pulling a set needs a trust configuration with a key allowed to sign "
                 "manifests (manifest = true): pass trust= or set POLC_TRUST_FILE"
             )
+        keys = getattr(resolved_trust, "keys", ())
+        if src is not None and not callable(keys) and not any(getattr(k, "manifest", False) for k in keys):
+            raise ConfigError(
+                f"source={src!r}: the trust configuration lists no key with manifest = true; "
+                "no manifest could verify"
+            )
         return cls(
             policy_dir=directory,
             reload_interval=interval,

@@ -33,6 +33,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
@@ -198,6 +199,7 @@ class FileStore:
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.chmod(tmp, 0o644)  # served by an HTTP server running as another user
+                _later_than(path, tmp)
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -210,6 +212,22 @@ class FileStore:
                 os.close(dfd)
         except OSError as exc:
             raise OriginError(f"{where}: cannot write: {exc.strerror or exc}", reason="unavailable") from None
+
+
+def _later_than(old: Path, new: str) -> None:
+    """Give ``new`` an mtime a whole second past ``old``'s when ``old`` was written this second.
+
+    Servers that derive ETags from mtime seconds and size (nginx) would give a
+    same-size rewrite within one second the old ETag, and agents holding it
+    would be answered 304 and miss the new manifest.
+    """
+    try:
+        before = os.stat(old).st_mtime_ns // 1_000_000_000
+    except OSError:
+        return
+    now = time.time_ns() // 1_000_000_000
+    if before >= now:
+        os.utime(new, ns=((before + 1) * 1_000_000_000, (before + 1) * 1_000_000_000))
 
 
 # --------------------------------------------------------------------------- http(s)://

@@ -64,6 +64,14 @@ class CycleResult:
         return self.outcome != "failed"
 
 
+def has_manifest_key(trust: Any) -> bool:
+    """Whether a trust configuration can verify some manifest (True when it does not list its keys)."""
+    keys = getattr(trust, "keys", None)
+    if keys is None or callable(keys):
+        return True
+    return any(getattr(k, "manifest", False) for k in keys)
+
+
 class _Refused(FleetError):
     """A check of this cycle failed: the message says which, ``reason`` is for status."""
 
@@ -91,6 +99,11 @@ class Puller:
             raise FleetError(
                 f"{url}: pulling a set needs a trust configuration with a key allowed to sign manifests "
                 "(manifest = true); give --trust FILE or set POLC_TRUST_FILE",
+                reason="no trust",
+            )
+        if not has_manifest_key(trust):
+            raise FleetError(
+                f"{url}: the trust configuration lists no key with manifest = true; no manifest could verify",
                 reason="no trust",
             )
         self.url = url

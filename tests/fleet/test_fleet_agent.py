@@ -135,10 +135,8 @@ def test_source_needs_a_trust_with_a_manifest_key(site, tmp_path):
     with pytest.raises(ConfigError, match="needs a trust configuration"):
         PolicyAgent(str(tmp_path / "m"), source=site.url)
     no_manifest_key = TrustConfig([TrustConfig.key(PLATFORM, ["**"])])
-    agent = PolicyAgent(str(tmp_path / "m"), source=site.url, trust=no_manifest_key)  # a TrustConfig can verify
-    site.publish(V1)
-    result = agent.pull_now()
-    assert result.outcome == "failed" and "signed by unknown key" in result.error
+    with pytest.raises(ConfigError, match="lists no key with manifest = true"):
+        PolicyAgent(str(tmp_path / "m"), source=site.url, trust=no_manifest_key)
 
 
 @pytest.mark.parametrize(
@@ -228,3 +226,17 @@ def test_pull_loop_starts_at_a_random_offset():
     for measured, expected in offsets:
         assert measured >= expected - 0.01  # never earlier than drawn
     assert len({round(e, 3) for _, e in offsets}) == 3  # a different offset per agent
+
+
+def test_the_runtime_does_not_import_the_fleet_package(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom polc.runtime import PolicyAgent\n"
+        f"PolicyAgent({str(tmp_path)!r}, reload=False).start().check('m', 'threads.create')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('polc.runtime.fleet') or m in ('http.client', 'boto3')))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
