@@ -6,7 +6,7 @@ one request answered 304 with no body. ``S3Store`` is what ``polc publish``
 writes to: ``HeadObject`` (is this digest-named object there already?),
 ``PutObject`` (atomic per key in S3) and ``GetObject``.
 
-Where to connect: ``endpoint`` (``--endpoint``), else ``AWS_ENDPOINT_URL_S3``,
+Where to connect: ``endpoint`` (``--endpoint``, ``POLC_SOURCE_ENDPOINT``, ``endpoint=``), else ``AWS_ENDPOINT_URL_S3``,
 else ``AWS_ENDPOINT_URL``, else what boto3 resolves from its configuration
 (AWS itself by default). Every one of them is checked before it is used: an
 ``http``/``https`` URL naming a host, and nothing else (no credentials, path,
@@ -178,7 +178,7 @@ def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str] | None = N
     ``(None, "the AWS configuration")`` (boto3 resolves it; the result is checked after)."""
     env = os.environ if environ is None else environ
     if endpoint is not None:
-        return check_endpoint(endpoint, "--endpoint"), "--endpoint"
+        return check_endpoint(endpoint, "endpoint"), "endpoint"  # --endpoint, POLC_SOURCE_ENDPOINT, endpoint=
     for name in ENDPOINT_VARIABLES:
         value = env.get(name)
         if value:  # set and not empty (boto3 also ignores an empty one)

@@ -103,7 +103,7 @@ def test_hostile_endpoints_are_refused_with_the_reason(value, says):
 
 def test_endpoint_comes_from_the_argument_then_the_variables():
     env = {"AWS_ENDPOINT_URL": "http://general:1", "AWS_ENDPOINT_URL_S3": "http://s3only:2"}
-    assert resolve_endpoint("http://given:3", env) == ("http://given:3", "--endpoint")
+    assert resolve_endpoint("http://given:3", env) == ("http://given:3", "endpoint")
     assert resolve_endpoint(None, env) == ("http://s3only:2", "AWS_ENDPOINT_URL_S3")
     assert resolve_endpoint(None, {"AWS_ENDPOINT_URL": "http://general:1"}) == ("http://general:1", "AWS_ENDPOINT_URL")
     assert resolve_endpoint(None, {"AWS_ENDPOINT_URL": ""}) == (None, "the AWS configuration")
