@@ -62,6 +62,7 @@ _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?\Z")
 _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+_CONTROL_ANY = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _FORBIDDEN_CODES = frozenset({
     "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -244,6 +245,13 @@ def _client(url: str, endpoint: str | None, *, timeout: float, attempts: int) ->
     return client, errors
 
 
+def _said(value: object, limit: int) -> str:
+    """What the store said (an error code or message), as one printable line of at most ``limit``
+    characters: it ends up in logs and status, and the store is not trusted to keep it short or clean."""
+    text = _CONTROL_ANY.sub("?", str(value)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _error_of(exc: BaseException, errs: _Errors, where: str) -> OriginError:
     """One botocore failure as an OriginError with a fixed reason and a precise message."""
     errors = errs.mod
@@ -251,8 +259,8 @@ def _error_of(exc: BaseException, errs: _Errors, where: str) -> OriginError:
         response = _response_of(exc)
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         error = response.get("Error", {})
-        code = str(error.get("Code") or status or "?")
-        message = str(error.get("Message") or "").strip()
+        code = _said(error.get("Code") or status or "?", 64)
+        message = _said(error.get("Message") or "", 200)
         said = f"HTTP {status} {code}" + (f": {message}" if message and message != code else "")
         if code in _FORBIDDEN_CODES or status in (401, 403):
             return OriginError(f"{where}: forbidden ({said})", reason="forbidden", status=status)

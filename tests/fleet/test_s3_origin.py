@@ -318,3 +318,29 @@ def test_origin_failures_through_the_proxy(seaweedfs, monkeypatch, tmp_path, pre
         assert origin.fetch("manifest.json").status == 200
     finally:
         proxy.close()
+
+
+@pytest.mark.seaweedfs
+def test_what_the_store_says_is_kept_to_one_short_line(seaweedfs, proxy_factory, monkeypatch, tmp_path, prefix):
+    proxy = proxy_factory()
+    use_aws(monkeypatch, tmp_path, proxy.endpoint, seaweedfs.reader)
+    proxy.fault = 500
+    proxy.fault_message = "first\nFORGED 2026-01-01 polc: revision 99 in force\r\n" + "x" * 5000
+    with pytest.raises(OriginError) as info:
+        S3Origin(seaweedfs.url(prefix)).fetch("manifest.json")
+    text = str(info.value)
+    assert info.value.reason == "server error" and "\n" not in text and "\r" not in text
+    assert "first?FORGED" in text and len(text) < 400 and text.endswith("...)")
+
+
+@pytest.fixture
+def proxy_factory(seaweedfs):
+    made = []
+
+    def make() -> RecordingProxy:
+        made.append(RecordingProxy(seaweedfs.endpoint, seaweedfs.bucket))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()

@@ -347,6 +347,7 @@ class RecordingProxy:
         self.bucket = bucket
         self.seen: list[Seen] = []
         self.fault: int | str | None = None
+        self.fault_message = ""  # the <Message> of an injected error (default: "status N")
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -400,10 +401,11 @@ class RecordingProxy:
                     return
                 if isinstance(fault, int):
                     proxy._record(Seen(self.command, key, fault, conditional))
-                    err = f"<?xml version=\"1.0\"?><Error><Code>Injected</Code><Message>status {fault}</Message></Error>"
+                    said = proxy.fault_message or f"status {fault}"
+                    err = f"<?xml version=\"1.0\"?><Error><Code>Injected</Code><Message>{said}</Message></Error>"
                     self.send_response(fault)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(err)))
+                    self.send_header("Content-Length", str(len(err.encode())))
                     self.end_headers()
                     self.wfile.write(err.encode())
                     return
