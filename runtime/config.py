@@ -245,8 +245,7 @@ class AgentConfig:
         keys = getattr(resolved_trust, "keys", ())
         if src is not None and not callable(keys) and not any(getattr(k, "manifest", False) for k in keys):
             raise ConfigError(
-                f"source={src!r}: the trust configuration lists no key with manifest = true; "
-                "no manifest could verify"
+                f"source={src!r}: the trust configuration lists no key with manifest = true; no manifest could verify"
             )
         return cls(
             policy_dir=directory,

@@ -120,6 +120,7 @@ class Mirror:
         self.etag: str | None = None
         self.floor: Floor | None = None
         self.problem: str | None = None  # why the files on disk do not match the manifest
+        self._sweep_debris()
         self._load()
 
     # -- opening -------------------------------------------------------------
@@ -139,6 +140,24 @@ class Mirror:
             return "files"
         os.unlink(probe)
         return "symlink"
+
+    def _sweep_debris(self) -> None:
+        """What a switch that crashed left: sets nothing points at, temporary links and files."""
+        data = self.root / DATA_LINK
+        current = os.readlink(data) if data.is_symlink() else None
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            path = self.root / name
+            if name.startswith(SET_PREFIX) and name != current:
+                shutil.rmtree(path, ignore_errors=True)
+            elif name.startswith(f"{DATA_LINK}.tmp-") or (
+                name.startswith(".") and (".bin.link-" in name or ".bin.new-" in name or ".tmp-" in name)
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def _module_paths(self) -> list[Path]:
         try:

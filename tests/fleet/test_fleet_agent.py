@@ -240,3 +240,16 @@ def test_the_runtime_does_not_import_the_fleet_package(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_a_module_dropped_from_the_set_keeps_its_policy_in_a_running_agent(site, origin, trust, tmp_path, agents):
+    site.publish(dict(V1, **{"tenant.globex": art("tenant.globex", "x.example")}))
+    agent = agents(str(tmp_path / "mirror"), trust=trust, source=origin.url, pull_interval=0.1).start()
+    assert agent.check("tenant.globex", "network.outbound", "x.example", 443).allowed
+    site.publish(V1)
+    wait_for(lambda: agent.status()["source"]["revision"] == 2, timeout=10)
+    assert not (tmp_path / "mirror" / "tenant.globex.bin").exists()
+    assert agent.check("tenant.globex", "network.outbound", "x.example", 443).allowed  # as for any deleted artifact
+    assert agent.status()["modules"]["tenant.globex"]["last_error"]
+    fresh = PolicyAgent(str(tmp_path / "mirror"), trust=trust, reload=False).start()
+    assert not fresh.check("tenant.globex", "network.outbound", "x.example", 443).allowed

@@ -335,3 +335,40 @@ def test_published_objects_are_immutable_and_named_by_digest(site: Site):
         assert data == V1[module] and entry.sha256 == hashlib.sha256(data).hexdigest()
         assert entry.signer == PLATFORM.key_id and entry.size == len(data)
     assert result.manifest.key_id == PUBLISHER.key_id
+
+
+def test_opening_a_mirror_sweeps_what_a_crashed_switch_left(pulled: Puller, origin, mirror_dir, trust):
+    current = os.readlink(mirror_dir / "..data")
+    (mirror_dir / "..set-9-dead").mkdir()
+    (mirror_dir / "..set-9-dead" / "tenant.acme.bin").write_bytes(b"half")
+    os.symlink("..set-9-dead", mirror_dir / "..data.tmp-123")
+    (mirror_dir / ".tenant.acme.bin.new-123").write_bytes(b"half")
+    closing(Puller(origin.url, str(mirror_dir), trust=trust))
+    left = sorted(p.name for p in mirror_dir.iterdir() if p.name.startswith("."))
+    assert left == sorted(["..data", current, ".polc-fleet"])
+    assert allowed(mirror_dir, trust, "tenant.acme", "a1.example")
+
+
+def test_an_origin_that_never_answers_times_out():
+    import socket
+
+    from polc.runtime.errors import OriginError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts the connection (the backlog), never answers
+        origin = HttpOrigin(f"http://127.0.0.1:{listener.getsockname()[1]}/p", timeout=0.3)
+        with pytest.raises(OriginError, match="unreachable: timed out") as info:
+            origin.fetch("manifest.json")
+        origin.close()
+    assert info.value.reason == "unreachable"
+
+
+def test_a_body_above_the_limit_is_refused_before_it_is_read(pulled: Puller, site, origin):
+    (site.www / "big.json").write_bytes(b"x" * 100_000)
+    client = closing(HttpOrigin(origin.url))
+    from polc.runtime.errors import OriginError
+
+    with pytest.raises(OriginError, match="100000 bytes is more than the limit of 1000") as info:
+        client.fetch("big.json", limit=1000)
+    assert info.value.reason == "too large"
