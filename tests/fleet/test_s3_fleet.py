@@ -167,16 +167,45 @@ def test_a_wrong_key_keeps_the_last_good_set_with_the_reason(seaweedfs, sidecar,
     assert sc.check(ACME_A1)["allowed"] is True
 
 
+def test_a_key_revoked_at_the_store_keeps_a_running_agent_on_its_set(seaweedfs, monkeypatch, keys, prefix, tmp_path):
+    url = seaweedfs.url(prefix)
+    src = write_set(tmp_path / "artifacts", V1)
+    publish(seaweedfs, src, url, keys, tmp_path)
+    use_reader(monkeypatch, seaweedfs, tmp_path)
+    agent = PolicyAgent(str(tmp_path / "mirror"), trust=make_trust(), source=url, pull_interval=0.2).start()
+    try:
+        ok = lambda host: agent.check("tenant.acme", "network.outbound", host, 443).allowed  # noqa: E731
+        assert ok("a1.example")
+        with seaweedfs.revoked(seaweedfs.reader):  # the store rotates the agent's secret
+            write_set(src, V2)
+            publish(seaweedfs, src, url, keys, tmp_path)  # a change the agent cannot read
+            wait_for(lambda: agent.status()["source"]["consecutive_failures"] >= 2, timeout=20)
+            src_status = agent.status()["source"]
+            assert src_status["last_error_reason"] == "forbidden" and src_status["revision"] == 1
+            assert "SignatureDoesNotMatch" in src_status["last_error"]
+            assert ok("a1.example") and not ok("a2.example")
+        wait_for(lambda: ok("a2.example"), timeout=20)  # the key works again: the agent converges
+        assert agent.status()["source"]["consecutive_failures"] == 0 and not ok("a1.example")
+    finally:
+        agent.stop()
+
+
+def use_reader(monkeypatch, seaweedfs, tmp_path) -> None:
+    """This process signs as the read-only reader, with no other AWS setting."""
+    env = seaweedfs.env(seaweedfs.reader, home=tmp_path)
+    for name in [n for n in os.environ if n.startswith("AWS_") and n not in env]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+
+
 def test_store_failures_keep_the_set_in_a_running_agent(seaweedfs, proxy, monkeypatch, keys, prefix, tmp_path):
     """In process: NoSuchKey for a changed object, a 503 from the endpoint, a body cut short."""
     url = seaweedfs.url(prefix)
     src = write_set(tmp_path / "artifacts", V1)
     publish(seaweedfs, src, url, keys, tmp_path)
-    for name, value in seaweedfs.env(seaweedfs.reader, home=tmp_path).items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    for name in [n for n in os.environ if n.startswith("AWS_") and n not in seaweedfs.env(seaweedfs.reader)]:
-        monkeypatch.delenv(name)
+    use_reader(monkeypatch, seaweedfs, tmp_path)
     agent = PolicyAgent(str(tmp_path / "mirror"), trust=make_trust(), source=url, endpoint=proxy.endpoint,
                         pull_interval=60, reload=False).start()  # fmt: skip
     try:

@@ -27,6 +27,7 @@ metrics) count requests by type and status, independent of any client.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -136,6 +137,7 @@ class Seaweed:
     anonymous_read: bool = False  # an unsigned GET may read the bucket (a cache in front, the benchmark)
     proc: subprocess.Popen[bytes] | None = None
     _clients: dict[tuple[str, Credentials], Any] = field(default_factory=dict, repr=False)
+    _replaced: dict[str, str] = field(default_factory=dict, repr=False)  # access key -> the secret in force
 
     @property
     def endpoint(self) -> str:
@@ -170,7 +172,8 @@ class Seaweed:
 
     def _identities(self) -> dict[str, Any]:
         def ident(name: str, creds: Credentials, actions: list[str]) -> dict[str, Any]:
-            return {"name": name, "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
+            secret = self._replaced.get(creds.access_key, creds.secret_key)
+            return {"name": name, "credentials": [{"accessKey": creds.access_key, "secretKey": secret}],
                     "actions": actions}
 
         identities = [
@@ -240,6 +243,37 @@ class Seaweed:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(STOP_DEADLINE)
+
+    @contextlib.contextmanager
+    def revoked(self, creds: Credentials, deadline: float = 30.0) -> Iterator[None]:
+        """The store stops accepting ``creds`` (its secret is rotated there: a rewritten S3
+        configuration, reloaded on SIGHUP) until the block ends; then it accepts them again."""
+        import botocore.exceptions
+
+        def accepted() -> bool:
+            try:
+                s3_client(self.endpoint, creds).head_bucket(Bucket=self.bucket)
+                return True
+            except botocore.exceptions.ClientError:
+                return False
+
+        def reload(want: bool) -> None:
+            (self.root / "s3.json").write_text(json.dumps(self._identities()))
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGHUP)
+            end = time.monotonic() + deadline
+            while accepted() != want:
+                if time.monotonic() > end:
+                    raise AssertionError(f"SeaweedFS did not {'accept' if want else 'refuse'} the key within {deadline}s")
+                time.sleep(0.05)
+
+        self._replaced[creds.access_key] = "rotated-" + secrets.token_hex(8)
+        reload(False)
+        try:
+            yield
+        finally:
+            del self._replaced[creds.access_key]
+            reload(True)
 
     # ------------------------------------------------------------------ the server's own counters
 
