@@ -339,17 +339,40 @@ class S3Origin:
     """A published set read from ``s3://bucket/prefix`` (see the module's docstring).
 
     One attempt per fetch (the pull loop has its own backoff with jitter), so
-    what the store served is exactly what was asked. ``requests`` counts GETs by
-    name (tests). Safe to share between threads: boto3 clients are.
+    what the store served is exactly what was asked. After a ``forbidden``
+    answer the next fetch makes a new client, which reads the credentials again
+    (a key rotated in a credentials file takes effect without a restart). ``requests`` counts GETs by name (tests).
+    Safe to share between threads: boto3 clients are.
     """
 
     def __init__(self, url: str, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = url
         self.location = parse_s3_url(url)
+        self._endpoint_arg = endpoint
+        self._timeout = timeout
         self._client, self._errors = _client(url, endpoint, timeout=timeout, attempts=1)
         self.endpoint: str = self._client.meta.endpoint_url
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._renew = False  # the last answer was "forbidden": read the credentials again first
+
+    def _current(self, where: str) -> Any:
+        with self._lock:
+            if self._renew:
+                try:
+                    self._client, self._errors = _client(self.url, self._endpoint_arg, timeout=self._timeout,
+                                                         attempts=1)  # fmt: skip
+                except ConfigError as exc:  # the configuration changed under us: say so, keep the old client
+                    raise OriginError(f"{where}: forbidden: cannot make a new S3 client: {exc}",
+                                      reason="forbidden") from None  # fmt: skip
+                self._renew = False
+            return self._client
+
+    def _failed(self, error: OriginError) -> OriginError:
+        if error.reason == "forbidden":
+            with self._lock:
+                self._renew = True
+        return error
 
     def fetch(self, name: str, etag: str | None = None, *, limit: int = MAX_OBJECT_SIZE) -> Fetched:
         loc = self.location
@@ -361,7 +384,7 @@ class S3Origin:
         if etag is not None:
             params["IfNoneMatch"] = etag
         try:
-            response = self._client.get_object(**params)
+            response = self._current(where).get_object(**params)
         except self._errors.ClientError as exc:
             answer = _response_of(exc)
             meta = answer.get("ResponseMetadata", {})
@@ -369,9 +392,9 @@ class S3Origin:
             if etag is not None and (meta.get("HTTPStatusCode") == 304 or code in _NOT_MODIFIED_CODES):
                 headers = {str(k).lower(): str(v) for k, v in (meta.get("HTTPHeaders") or {}).items()}
                 return Fetched(304, None, headers.get("etag"), headers)
-            raise _error_of(exc, self._errors, where) from None
+            raise self._failed(_error_of(exc, self._errors, where)) from None
         except self._errors.transport as exc:
-            raise _error_of(exc, self._errors, where) from None
+            raise self._failed(_error_of(exc, self._errors, where)) from None
         data = _read_body(response, self._errors, where, limit)
         headers = _headers(response)
         return Fetched(200, data, response.get("ETag") or headers.get("etag"), headers)

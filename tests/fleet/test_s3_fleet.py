@@ -190,6 +190,40 @@ def test_a_key_revoked_at_the_store_keeps_a_running_agent_on_its_set(seaweedfs, 
         agent.stop()
 
 
+def test_a_key_rotated_in_the_credentials_file_is_used_without_a_restart(seaweedfs, monkeypatch, keys, prefix,
+                                                                         tmp_path):  # fmt: skip
+    url = seaweedfs.url(prefix)
+    src = write_set(tmp_path / "artifacts", V1)
+    publish(seaweedfs, src, url, keys, tmp_path)
+    use_reader(monkeypatch, seaweedfs, tmp_path)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    credentials = tmp_path / "credentials"
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+
+    def write_credentials(secret: str) -> None:
+        tmp = credentials.with_name(".credentials.tmp")
+        tmp.write_text(f"[default]\naws_access_key_id = {seaweedfs.reader.access_key}\naws_secret_access_key = {secret}\n")
+        os.replace(tmp, credentials)
+
+    write_credentials(seaweedfs.reader.secret_key)
+    agent = PolicyAgent(str(tmp_path / "mirror"), trust=make_trust(), source=url, pull_interval=0.2).start()
+    try:
+        ok = lambda host: agent.check("tenant.acme", "network.outbound", host, 443).allowed  # noqa: E731
+        assert ok("a1.example")
+        new_secret = "rotated-" + seaweedfs.reader.secret_key[::-1]
+        with seaweedfs.revoked(seaweedfs.reader, secret=new_secret):  # the store has the new secret
+            write_set(src, V2)
+            publish(seaweedfs, src, url, keys, tmp_path)
+            wait_for(lambda: agent.status()["source"]["last_error_reason"] == "forbidden", timeout=20)
+            assert ok("a1.example") and not ok("a2.example")
+            write_credentials(new_secret)  # and now the agent's credentials file has it too
+            wait_for(lambda: ok("a2.example"), timeout=20)
+            assert agent.status()["source"]["consecutive_failures"] == 0
+    finally:
+        agent.stop()
+
+
 def use_reader(monkeypatch, seaweedfs, tmp_path) -> None:
     """This process signs as the read-only reader, with no other AWS setting."""
     env = seaweedfs.env(seaweedfs.reader, home=tmp_path)

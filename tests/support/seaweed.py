@@ -245,9 +245,10 @@ class Seaweed:
             proc.wait(STOP_DEADLINE)
 
     @contextlib.contextmanager
-    def revoked(self, creds: Credentials, deadline: float = 30.0) -> Iterator[None]:
-        """The store stops accepting ``creds`` (its secret is rotated there: a rewritten S3
-        configuration, reloaded on SIGHUP) until the block ends; then it accepts them again."""
+    def revoked(self, creds: Credentials, secret: str | None = None, deadline: float = 30.0) -> Iterator[None]:
+        """The store stops accepting ``creds`` (its secret is rotated there, to ``secret`` or a
+        random one: a rewritten S3 configuration, reloaded on SIGHUP) until the block ends; then
+        it accepts them again."""
         import botocore.exceptions
 
         def accepted() -> bool:
@@ -267,7 +268,7 @@ class Seaweed:
                     raise AssertionError(f"SeaweedFS did not {'accept' if want else 'refuse'} the key within {deadline}s")
                 time.sleep(0.05)
 
-        self._replaced[creds.access_key] = "rotated-" + secrets.token_hex(8)
+        self._replaced[creds.access_key] = secret or "rotated-" + secrets.token_hex(8)
         reload(False)
         try:
             yield
