@@ -18,6 +18,8 @@ import time
 import pytest
 
 from polc.runtime.agent import PolicyAgent
+from polc.runtime.fleet.publish import publish as fleet_publish
+from polc.runtime.fleet.s3 import S3Store
 
 from support.agent import wait_for
 from support.fleet import PLATFORM, PUBLISHER, art, make_trust, write_trust_file
@@ -71,6 +73,28 @@ def publish(seaweedfs, src, url: str, key, tmp_path, *extra: str) -> dict:
     r = polc("publish", str(src), "--to", url, "--sign", str(key), "--format", "json", *extra, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def set_aws(mp, env: dict[str, str]) -> None:
+    """Only these AWS settings in this process (no ~/.aws, nothing inherited)."""
+    for name in [n for n in os.environ if n.startswith("AWS_") and n not in env]:
+        mp.delenv(name)
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            mp.setenv(name, value)
+
+
+def publisher(seaweedfs, url: str, tmp_path):
+    """Publish in this process through an S3Store made with the publisher's key (its client keeps
+    that key, whatever this process signs with afterwards): ``publish(src[, signer])``."""
+    with pytest.MonkeyPatch.context() as mp:
+        set_aws(mp, seaweedfs.env(seaweedfs.publisher, home=tmp_path))
+        store = S3Store(url)
+
+    def run(src, signer=PUBLISHER):
+        return fleet_publish(src, store, signer=signer)
+
+    return run
 
 
 def objects_fetched(proxy: RecordingProxy) -> list[str]:
@@ -143,9 +167,9 @@ def _digests(artifacts: dict[str, bytes]) -> dict[str, str]:
     return {m: hashlib.sha256(data).hexdigest() for m, data in artifacts.items()}
 
 
-def test_a_wrong_key_keeps_the_last_good_set_with_the_reason(seaweedfs, sidecar, keys, prefix, tmp_path):  # noqa: F811
+def test_a_wrong_key_keeps_the_last_good_set_with_the_reason(seaweedfs, sidecar, prefix, tmp_path):  # noqa: F811
     url = seaweedfs.url(prefix)
-    publish(seaweedfs, write_set(tmp_path / "artifacts", V1), url, keys, tmp_path)
+    publisher(seaweedfs, url, tmp_path)(write_set(tmp_path / "artifacts", V1))
     trust = write_trust_file(tmp_path / "trust.toml")
     mirror = tmp_path / "mirror"
     args = ("--source", url, "--pull-interval", str(PULL), "--trust", str(trust))
@@ -167,10 +191,11 @@ def test_a_wrong_key_keeps_the_last_good_set_with_the_reason(seaweedfs, sidecar,
     assert sc.check(ACME_A1)["allowed"] is True
 
 
-def test_a_key_revoked_at_the_store_keeps_a_running_agent_on_its_set(seaweedfs, monkeypatch, keys, prefix, tmp_path):
+def test_a_key_revoked_at_the_store_keeps_a_running_agent_on_its_set(seaweedfs, monkeypatch, prefix, tmp_path):
     url = seaweedfs.url(prefix)
     src = write_set(tmp_path / "artifacts", V1)
-    publish(seaweedfs, src, url, keys, tmp_path)
+    publish = publisher(seaweedfs, url, tmp_path)
+    publish(src)
     use_reader(monkeypatch, seaweedfs, tmp_path)
     agent = PolicyAgent(str(tmp_path / "mirror"), trust=make_trust(), source=url, pull_interval=0.2).start()
     try:
@@ -178,7 +203,7 @@ def test_a_key_revoked_at_the_store_keeps_a_running_agent_on_its_set(seaweedfs, 
         assert ok("a1.example")
         with seaweedfs.revoked(seaweedfs.reader):  # the store rotates the agent's secret
             write_set(src, V2)
-            publish(seaweedfs, src, url, keys, tmp_path)  # a change the agent cannot read
+            publish(src)  # a change the agent cannot read
             wait_for(lambda: agent.status()["source"]["consecutive_failures"] >= 2, timeout=20)
             src_status = agent.status()["source"]
             assert src_status["last_error_reason"] == "forbidden" and src_status["revision"] == 1
@@ -190,11 +215,11 @@ def test_a_key_revoked_at_the_store_keeps_a_running_agent_on_its_set(seaweedfs, 
         agent.stop()
 
 
-def test_a_key_rotated_in_the_credentials_file_is_used_without_a_restart(seaweedfs, monkeypatch, keys, prefix,
-                                                                         tmp_path):  # fmt: skip
+def test_a_key_rotated_in_the_credentials_file_is_used_without_a_restart(seaweedfs, monkeypatch, prefix, tmp_path):
     url = seaweedfs.url(prefix)
     src = write_set(tmp_path / "artifacts", V1)
-    publish(seaweedfs, src, url, keys, tmp_path)
+    publish = publisher(seaweedfs, url, tmp_path)
+    publish(src)
     use_reader(monkeypatch, seaweedfs, tmp_path)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -214,7 +239,7 @@ def test_a_key_rotated_in_the_credentials_file_is_used_without_a_restart(seaweed
         new_secret = "rotated-" + seaweedfs.reader.secret_key[::-1]
         with seaweedfs.revoked(seaweedfs.reader, secret=new_secret):  # the store has the new secret
             write_set(src, V2)
-            publish(seaweedfs, src, url, keys, tmp_path)
+            publish(src)
             wait_for(lambda: agent.status()["source"]["last_error_reason"] == "forbidden", timeout=20)
             assert ok("a1.example") and not ok("a2.example")
             write_credentials(new_secret)  # and now the agent's credentials file has it too
@@ -226,19 +251,15 @@ def test_a_key_rotated_in_the_credentials_file_is_used_without_a_restart(seaweed
 
 def use_reader(monkeypatch, seaweedfs, tmp_path) -> None:
     """This process signs as the read-only reader, with no other AWS setting."""
-    env = seaweedfs.env(seaweedfs.reader, home=tmp_path)
-    for name in [n for n in os.environ if n.startswith("AWS_") and n not in env]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
+    set_aws(monkeypatch, seaweedfs.env(seaweedfs.reader, home=tmp_path))
 
 
-def test_store_failures_keep_the_set_in_a_running_agent(seaweedfs, proxy, monkeypatch, keys, prefix, tmp_path):
+def test_store_failures_keep_the_set_in_a_running_agent(seaweedfs, proxy, monkeypatch, prefix, tmp_path):
     """In process: NoSuchKey for a changed object, a 503 from the endpoint, a body cut short."""
     url = seaweedfs.url(prefix)
     src = write_set(tmp_path / "artifacts", V1)
-    publish(seaweedfs, src, url, keys, tmp_path)
+    publish = publisher(seaweedfs, url, tmp_path)
+    publish(src)
     use_reader(monkeypatch, seaweedfs, tmp_path)
     agent = PolicyAgent(str(tmp_path / "mirror"), trust=make_trust(), source=url, endpoint=proxy.endpoint,
                         pull_interval=60, reload=False).start()  # fmt: skip
@@ -247,7 +268,7 @@ def test_store_failures_keep_the_set_in_a_running_agent(seaweedfs, proxy, monkey
         assert ok("a1.example")
 
         write_set(src, V2)
-        publish(seaweedfs, src, url, keys, tmp_path)
+        publish(src)
         changed = f"{prefix}/objects/{_digests(V2)['tenant.acme']}.bin"
         seaweedfs.client().delete_object(Bucket=seaweedfs.bucket, Key=changed)
         result = agent.pull_now()
@@ -273,8 +294,7 @@ def test_store_failures_keep_the_set_in_a_running_agent(seaweedfs, proxy, monkey
 
 def test_a_manifest_signed_without_manifest_scope_is_refused_from_s3(seaweedfs, monkeypatch, prefix, tmp_path):
     url = seaweedfs.url(prefix)
-    (tmp_path / "platform.key").write_bytes(PLATFORM.private_pem())
-    publish(seaweedfs, write_set(tmp_path / "artifacts", V1), url, tmp_path / "platform.key", tmp_path)
+    publisher(seaweedfs, url, tmp_path)(write_set(tmp_path / "artifacts", V1), signer=PLATFORM)
     trust = write_trust_file(tmp_path / "trust.toml")
     env = seaweedfs.env(seaweedfs.reader, home=tmp_path)
     r = polc("pull", url, "-o", str(tmp_path / "mirror"), "--trust", str(trust), "--once", env=env)
