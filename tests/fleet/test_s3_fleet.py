@@ -1,9 +1,11 @@
 """Publish -> pull -> enforce on a real S3 store (SeaweedFS), through the real command line.
 
-``polc publish`` writes with the publisher's key; agents (``polc run --source``,
-``polc pull``, ``PolicyAgent(source=...)``) read with the read-only reader's key
-through a recording proxy, so every request they make is counted by key and
-status; SeaweedFS's own counters confirm the idle cycles are 304s.
+The publisher's key writes (``polc publish`` in the end-to-end test, ``publish()`` through a
+real ``S3Store`` elsewhere); agents (``polc run --source``, ``polc pull``,
+``PolicyAgent(source=...)``) read with the read-only reader's key, through a recording proxy
+where requests are counted by key and status; SeaweedFS's own counters confirm the idle cycles
+are 304s. Keys are revoked and rotated at the store itself (its S3 configuration, reloaded on
+SIGHUP).
 """
 
 from __future__ import annotations
