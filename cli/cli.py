@@ -27,6 +27,7 @@ _COMMANDS = {
     "suggest": "polc.cmd_suggest:suggest_cmd",
     "publish": "polc.cmd_fleet:publish_cmd",
     "pull": "polc.cmd_fleet:pull_cmd",
+    "test": "polc.cmd_test:test_cmd",
 }
 
 
