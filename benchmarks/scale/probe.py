@@ -138,12 +138,13 @@ def _saturate(agent, stop: threading.Event, reqs: list) -> None:
 
 
 def probe_drop(a: argparse.Namespace) -> dict:
+    from tree import denying_module
+
     from polc.compiler import compile_source
     from polc.runtime.agent import PolicyAgent
     from polc.runtime.format.writer import write_atomic
 
     import workload
-    from tree import denying_module
 
     n = int(a.n)
     name = "tenant.m1"
@@ -248,9 +249,10 @@ def _agree(agent, wl, limit: int) -> None:
 
 
 def probe_check(a: argparse.Namespace) -> dict:
+    import tree as trees
+
     from polc.runtime.agent import PolicyAgent
 
-    import tree as trees
     import workload
 
     out: dict = {}
