@@ -260,7 +260,7 @@ class _Build:
         manifest = self.manifest
         for i, unit in enumerate(units):
             names = [n for n, _ in scans[i]]
-            if unit.may_declare or not names or any(scan_count[n] > 1 for n in names):
+            if unit.parsed_first or not names or any(scan_count[n] > 1 for n in names):
                 continue
             if i in self.hits:
                 skipped.add(i)
@@ -341,7 +341,7 @@ class _Build:
             i: self.hits[i] if i in self.hits else [(name, *line_col(units[i].data, off)) for name, off in scans[i]]
             for i in skipped
         }
-        dups = pipe.duplicates(places)
+        dups = pipe.duplicates(places) + pipe.claims(places)
         for i, unit in enumerate(units):
             o = pipe.outcomes[i]
             if o is None:  # skipped: up to date

@@ -19,15 +19,16 @@ The facade over the parts, in the manner of werkzeug's reloader:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
 from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
-from .errors import PolicyLoadError
+from .errors import PolicyDenied, PolicyLoadError
 from .events import ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
 from .reload.delivery import EventDelivery
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("polc")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class PolicyAgent:
@@ -195,6 +198,77 @@ class PolicyAgent:
         """
         return self._snapshot.check(module, capability, *args)
 
+    def require(self, module: str, capability: str, *args: object) -> Decision:
+        """:meth:`check`, raising :class:`~polc.runtime.PolicyDenied` on a deny.
+
+        Returns the Decision when the request is allowed, including a deny
+        of a module in audit mode (allowed, ``audit=True``, logged as "would
+        deny"): audit mode never raises. The exception's ``package`` and
+        ``site`` are None (an explicit check names no Python package).
+        """
+        d = self.check(module, capability, *args)
+        if d.allowed:
+            return d
+        raise PolicyDenied(d, module, capability, args)
+
+    def requires(self, module: str | Callable[..., str], capability: str, *args: object) -> Callable[[_F], _F]:
+        """Decorator: :meth:`require` before every call of the decorated function.
+
+        ``module`` and each of ``args`` is either a value or a callable that
+        computes it from the call: it is called with the function's
+        arguments bound by name (defaults applied), so it can take what it
+        needs and ignore the rest::
+
+            @agent.requires("tenant.acme", "fs.read", "config", lambda path, **_: path)
+            def load(path, *, encoding="utf-8"): ...
+
+            @agent.requires(lambda tenant, **_: tenant, "network.outbound", lambda url, **_: host(url), 443)
+            async def fetch(tenant, url): ...
+
+        Capability arguments are strings and integers, so a callable is
+        never a value. A coroutine function stays one; it is checked when
+        its coroutine starts, before its body (the awaiting code gets the
+        PolicyDenied). A
+        callable that raises propagates its exception and the function does
+        not run.
+        """
+        if not isinstance(capability, str):
+            raise TypeError(f"requires(): the capability must be a string, not {type(capability).__name__}")
+        computed = callable(module) or any(callable(a) for a in args)
+        import inspect  # only decorating needs it; `import polc.runtime.agent` stays light
+
+        def decorate(fn: _F) -> _F:
+            signature = inspect.signature(fn) if computed else None
+
+            def request(call_args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> None:
+                if signature is None:
+                    self.require(cast(str, module), capability, *args)
+                    return
+                bound = signature.bind(*call_args, **call_kwargs)
+                bound.apply_defaults()
+                named = bound.arguments
+                mod = module(**named) if callable(module) else module
+                values = tuple(a(**named) if callable(a) else a for a in args)
+                self.require(mod, capability, *values)
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def checked_async(*a: Any, **kw: Any) -> Any:
+                    request(a, kw)
+                    return await fn(*a, **kw)
+
+                return cast(_F, checked_async)
+
+            @functools.wraps(fn)
+            def checked(*a: Any, **kw: Any) -> Any:
+                request(a, kw)
+                return fn(*a, **kw)
+
+            return cast(_F, checked)
+
+        return decorate
+
     @property
     def snapshot(self) -> Snapshot:
         """The policy set in force now (immutable)."""
@@ -247,6 +321,8 @@ class PolicyAgent:
             "reloads": {"ok": poller.reloads_ok, "failed": poller.reloads_failed},
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
+            # packages two modules in force claim: everything they do is denied (docs/runtime.md)
+            "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()},
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
         }
 

@@ -438,12 +438,19 @@ class Poller:
         else:
             self.global_error = None
 
-        if changed or initial or self.snapshot.unavailable != self.global_error:
-            self.publish(self._snapshot_with(changed, initial=initial))
-        self._record_listing()
-        self._refile([o.name for o in found] + gone)
+        # The status first, then the snapshot: whoever sees a decision of the
+        # new policy (check() reads the published snapshot) then also sees its
+        # status, an error cleared included. The other order left a window in
+        # which check() already decided by the restored file while status()
+        # still reported the old error.
+        publish = changed or initial or self.snapshot.unavailable != self.global_error
+        snapshot = self._snapshot_with(changed, initial=initial) if publish else None
         self.status_modules = status
         self.last_reload = now
+        if snapshot is not None:
+            self.publish(snapshot)
+        self._record_listing()
+        self._refile([o.name for o in found] + gone)
         for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result
