@@ -67,6 +67,26 @@ def loading(agent) -> tuple[int, int] | None:
     return None
 
 
+def wait_linked(agent) -> int:
+    """Wait until every artifact is linked (the agent's own wait when it has one); polls made."""
+    wait = getattr(agent, "wait_loaded", None)
+    if callable(wait):
+        wait(600.0)
+        return 0
+    polls = 0
+    while loading(agent) is not None:
+        polls += 1
+        time.sleep(0.05)
+    return polls
+
+
+def watch_mode(agent) -> str:
+    """How the agent learns of changes: "inotify", or "poll" (the stat sweep alone)."""
+    watch = agent.status().get("watch")
+    mode = watch.get("mode") if isinstance(watch, dict) else None
+    return "inotify" if mode == "inotify" else "poll"
+
+
 def bare_stat(paths: list[str]) -> None:
     stat = os.stat
     for p in paths:
@@ -94,10 +114,7 @@ def probe_agent(a: argparse.Namespace) -> dict:
     d = agent.check(probe_mod, "process.exec", "git-1")
     w1, c1 = time.perf_counter(), cpu()
     assert d.allowed, d
-    polls = 0
-    while loading(agent) is not None:
-        polls += 1
-        time.sleep(0.05)
+    polls = wait_linked(agent)
     w2, c2 = time.perf_counter(), cpu()
     r1 = rss()
     allowed = 0
@@ -154,10 +171,17 @@ def probe_drop(a: argparse.Namespace) -> dict:
     res = compile_source(workload.render_module(denying_module(mod)), f"{name}.pol")
     ((_n, deny_bytes),) = res.artifacts
     interval = float(a.interval)
-    agent = PolicyAgent(a.dir, reload_interval=interval)
+    kw = {}
+    if a.no_inotify:
+        import inspect
+
+        if "inotify" not in inspect.signature(PolicyAgent).parameters:
+            raise SystemExit("this PolicyAgent has no inotify= parameter")
+        kw["inotify"] = False
+    agent = PolicyAgent(a.dir, reload_interval=interval, **kw)
     agent.start()
-    while loading(agent) is not None:
-        time.sleep(0.05)
+    wait_linked(agent)
+    mode = watch_mode(agent)
     assert agent.check(name, "process.exec", "git-1").allowed
     # idle CPU of the agent's own thread(s): the main thread sleeps meanwhile
     time.sleep(interval)
@@ -188,7 +212,7 @@ def probe_drop(a: argparse.Namespace) -> dict:
         worker.join()
         write_atomic(target, allow_bytes)
         agent.stop()
-    return {"n": n, "interval": interval, "idle_cpu_per_s": idle_cpu_per_s, "latencies": lat}
+    return {"n": n, "interval": interval, "idle_cpu_per_s": idle_cpu_per_s, "latencies": lat, "mode": mode}
 
 
 def _module_of(n: int, name: str):
@@ -266,8 +290,7 @@ def probe_check(a: argparse.Namespace) -> dict:
         unc = PolicyAgent(d, reload=False, cache_size=0).start()
         cached = PolicyAgent(d, reload=False).start()
         for ag in (unc, cached):
-            while loading(ag) is not None:
-                time.sleep(0.05)
+            wait_linked(ag)
         _agree(unc, wl, 200 if label == "globs" else len(reqs))
         _agree(cached, wl, 200 if label == "globs" else len(reqs))
         fig = {}
@@ -315,6 +338,7 @@ def main() -> None:
     p.add_argument("--t1000")
     p.add_argument("--globs")
     p.add_argument("--peers", action="store_true")
+    p.add_argument("--no-inotify", action="store_true")
     a = p.parse_args()
     fn = {"agent": probe_agent, "drop": probe_drop, "check": probe_check}[a.kind]
     print(json.dumps(fn(a)))
