@@ -22,6 +22,8 @@ _COMMANDS = {
     "eval": "polc.cmd_eval:eval_cmd",
     "run": "polc.cmd_run:run_cmd",
     "keygen": "polc.cmd_keygen:keygen_cmd",
+    "publish": "polc.cmd_fleet:publish_cmd",
+    "pull": "polc.cmd_fleet:pull_cmd",
 }
 
 

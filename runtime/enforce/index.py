@@ -615,5 +615,3 @@ class Table:
         if self.rest:
             buckets.append(self.rest)
         return buckets
-
-

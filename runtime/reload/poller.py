@@ -315,9 +315,7 @@ class Poller:
 
     # -- commit --------------------------------------------------------------
 
-    def commit(
-        self, found: list[Outcome], gone: list[str], initial: bool
-    ) -> tuple[list[ReloadEvent], ReloadResult]:
+    def commit(self, found: list[Outcome], gone: list[str], initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
         """Apply a phase's outcomes and the names gone at once: file states, status,
         one snapshot published, then log lines. Returns the events and what changed."""
         now = time.time()
@@ -340,9 +338,7 @@ class Poller:
                 events.append(ReloadEvent(RECOVERED, module, name))
                 return
             linked_ = entry.linked
-            logs.append(
-                (logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision)
-            )
+            logs.append((logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision))
             events.append(ReloadEvent(RECOVERED, module, name, None, linked_.revision, linked_.rule_count))
 
         for o in found:
@@ -426,9 +422,7 @@ class Poller:
             result.removed.append(module)
             logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", name, module))
             events.append(
-                ReloadEvent(
-                    REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count
-                )
+                ReloadEvent(REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count)
             )
 
         # _global that never loaded but failed: deny everything (fail closed)
