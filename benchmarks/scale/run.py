@@ -259,6 +259,17 @@ def run_check(run: Run) -> None:
         first = False
 
 
+def render(data: dict) -> str:
+    """The Markdown table of a results file (what docs/benchmarks.md shows)."""
+    run = Run(data["pythons"])
+    for f in data["figures"]:
+        fig = run.fig(f["key"], f["title"], f["unit"], f["target"], f["op"])
+        fig.values.update(f["values"])
+        fig.notes.update(f["notes"])
+    head = f"Measured {data['started']} to {data['finished']}, {data['nproc']} CPUs; command: `{data['command']}`"
+    return head + "\n\n" + run.table()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000,10000,100000")
@@ -269,7 +280,11 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=1.0, help="poll interval of the drop figure")
     p.add_argument("--drops", type=int, default=6)
     p.add_argument("--json", default=str(HERE.parent / "results" / "scale.json"))
+    p.add_argument("--render", metavar="JSON", help="print the table of an earlier run's results and exit")
     a = p.parse_args()
+    if a.render:
+        print(render(json.loads(Path(a.render).read_text())))
+        return
     sizes = [int(s) for s in a.sizes.split(",") if s]
     only = set(a.only.split(","))
     pythons = {}
