@@ -5,6 +5,9 @@ import pytest
 pytest.importorskip("cryptography")
 
 from support.fleet import OriginServer, Site, close_all, make_trust
+from support.seaweed import seaweedfs  # the real S3 store (session-scoped), for the seaweedfs-marked tests
+
+__all__ = ["seaweedfs"]
 
 
 @pytest.fixture
