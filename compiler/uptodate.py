@@ -137,7 +137,8 @@ class Manifest:
     call sets back; files changed within :data:`RACY_NS` of their stat are not recorded.
     ``--force`` and ``--strict`` never read it. The manifest is as hostile as the artifacts
     beside it: it is read bounded, any malformed part is a miss, and a miss means the full
-    check (:func:`up_to_date`).
+    check (:func:`up_to_date`). It is read only when it is a regular file owned by this user
+    and writable by no one else.
     """
 
     def __init__(self, header: list[Any], decls: str, files: dict[str, Any]) -> None:
@@ -160,7 +161,9 @@ class Manifest:
             return cls(header, decls, files)
         try:
             with open(fd, "rb") as fh:
-                if stat_mod.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                st = os.fstat(fh.fileno())
+                # a regular file of ours that no one else may write (else it is not read at all)
+                if stat_mod.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
                     data = fh.read(_MANIFEST_MAX + 1)
                     if len(data) <= _MANIFEST_MAX:
                         got = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, max_bin_len=1 << 20)
@@ -213,11 +216,12 @@ class Manifest:
         decls, files = self._loaded
         if self.new == files and (decls == self.decls or not files):
             return
-        from polc.runtime.format.writer import stage_file
+        from polc.runtime.format.writer import process_umask, stage_file
 
         data = msgpack.packb([self.header, self.decls, self.new], use_bin_type=True)
         tmp = stage_file(out, data, prefix=".polc-compile-")
         try:
+            os.chmod(tmp, 0o644 & ~process_umask())  # never group-writable, whatever the umask: else unread
             os.replace(tmp, os.path.join(out, MANIFEST_NAME))
         except OSError:
             with contextlib.suppress(OSError):

@@ -217,3 +217,35 @@ def test_a_module_name_defined_again_elsewhere_is_reported(write_tree, tmp_path,
     assert r.exit_code == 1
     dups = [d for d in r.diagnostics if "duplicate module 'tenant.acme'" in d.message]
     assert sorted(d.file for d in dups) == [f"{src}/copy.pol", f"{src}/tenant.acme.pol"]
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o664])
+def test_a_manifest_others_may_write_is_not_read(write_tree, tmp_path, no_racy_window, reads, mode):
+    src = write_tree({"tenant.acme.pol": ACME})
+    out = tmp_path / "out"
+    _compile(src, out)
+    _compile(src, out)
+    manifest = out / uptodate.MANIFEST_NAME
+    manifest.chmod(mode)
+    reads.clear()
+    assert _statuses(_compile(src, out)) == {"tenant.acme": "up to date"}
+    assert reads == [f"{src}/tenant.acme.pol"]
+
+
+def test_the_manifest_is_written_for_no_one_else_to_write_under_a_group_umask(write_tree, tmp_path, no_racy_window,
+                                                                             reads, monkeypatch):
+    from polc.runtime.format import writer
+
+    monkeypatch.setattr(writer, "_UMASK", None)  # read again, under the umask set here
+    old = os.umask(0o002)
+    try:
+        src = write_tree({"tenant.acme.pol": ACME})
+        out = tmp_path / "out"
+        _compile(src, out)
+        _compile(src, out)
+        assert (out / uptodate.MANIFEST_NAME).stat().st_mode & 0o777 == 0o644
+        reads.clear()
+        _compile(src, out)
+        assert reads == []
+    finally:
+        os.umask(old)
