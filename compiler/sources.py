@@ -70,8 +70,9 @@ def walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[Walked]:
     out: list[Walked] = []
     seen: set[str] = set(skip)
 
-    def add(p: str, i: int, below: str | None) -> None:
-        key = os.path.realpath(p)
+    def add(p: str, i: int, below: str | None, key: str | None = None) -> None:
+        if key is None:
+            key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
             out.append((p.replace(os.sep, "/"), i, below))
@@ -89,8 +90,12 @@ def walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[Walked]:
                     if f.endswith(".pol") and not f.endswith(TEST_SUFFIX) and not f.startswith("."):
                         rel = (f if rel_root == "." else os.path.join(rel_root, f)).replace(os.sep, "/")
                         found.append((posixpath.join(top, rel), rel))
+            # os.walk does not descend into symlinked directories, so below the directory's
+            # real path only a symlinked file has a real path other than its place
+            real_top = os.path.realpath(src)
+            islink = os.path.islink
             for p, rel in sorted(found):
-                add(p, i, rel)
+                add(p, i, rel, None if islink(p) else posixpath.join(real_top, rel))
         elif os.path.exists(src):
             add(src, i, None)
         else:

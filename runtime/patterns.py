@@ -586,6 +586,7 @@ def _path_token() -> object:
 def forget_resolutions() -> None:
     """Drop every remembered file-system answer (the next check looks again)."""
     _resolved.clear()
+    _COMMANDS.clear()
 
 
 def _file_id(path: str) -> FileId | None:
@@ -700,12 +701,29 @@ def normalize_command(value: object, *, resolve: bool = True) -> Command:
     return Command(text, bare, tuple(paths), tuple(names), file)
 
 
+# command_of's own memo, keyed by the command alone: (Command, token, expiry), where the
+# token is PATH's raw value (the very object) for a bare name, _ABSOLUTE for an absolute
+# path, and the expiry the one of the Command's entry in _resolved (never later). A bare
+# name under a PATH with relative entries, or a relative path, depends on the working
+# directory too and is not kept here.
+_COMMANDS: Memo[str, tuple[Command, object, float]] = Memo("commands", _RESOLVED_MAX)
+_commands_get = _COMMANDS.get
+_ABSOLUTE = object()
+
+
 def command_of(value: object) -> Command:
     """``normalize_command(value)``, remembered for RESOLVE_TTL seconds like the lookups it makes."""
     if type(value) is not str or len(value) > MAX_COMMAND_LEN:
         return normalize_command(value)
+    fast = _commands_get(value)
+    if fast is not None and fast[2] > time.monotonic() and fast[1] is (
+        _ABSOLUTE if value.startswith("/") else _path_token()
+    ):
+        return fast[0]
+    token: object = None
     if value.startswith("/"):
         key: tuple[Any, ...] = ("cmd", value)
+        token = _ABSOLUTE
     elif "/" in value:
         try:
             key = ("cmd", value, os.getcwd())
@@ -716,10 +734,19 @@ def command_of(value: object) -> Command:
         if where is None:
             return normalize_command(value)
         key = ("cmd", value, where)
-    hit = _remembered(key)
-    if hit is not _UNSET:
-        return hit  # type: ignore[return-value]  # the memo holds object: no cast() call on the check path
-    return _remember(key, normalize_command(value))
+        if type(where) is not tuple:  # PATH alone decides (no relative entries)
+            token = where
+    entry = _resolved_get(key)
+    if entry is None or entry[1] <= time.monotonic():
+        _remember(key, normalize_command(value))
+        entry = _resolved_get(key)
+        if entry is None:  # pragma: no cover - _remember keeps every command of at most MAX_COMMAND_LEN
+            return normalize_command(value)
+    cmd = entry[0]
+    assert isinstance(cmd, Command)
+    if token is not None:
+        _COMMANDS.put(value, (cmd, token, entry[1]))
+    return cmd
 
 
 def _glob_dirs(const: str) -> tuple[str, str]:
