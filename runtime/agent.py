@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
@@ -102,6 +102,7 @@ class PolicyAgent:
         self._thread: threading.Thread | None = None
         self._delivery = EventDelivery()
         self._ready = False
+        self._guard: Any = None  # the guard installed for this agent (runtime/guard/), if any
         self._started = False
         fork.register(self)
 
@@ -322,7 +323,38 @@ class PolicyAgent:
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
+            **({"guard": self._guard.status()} if self._guard is not None else {}),
         }
+
+    # -- the guard -----------------------------------------------------------
+
+    def guard(
+        self,
+        *,
+        roots: Mapping[str, str] | None = None,
+        mode: str = "enforce",
+        observe: str | os.PathLike[str] | None = None,
+        unlisted: str = "allow",
+        base: str | os.PathLike[str] | None = None,
+        log_interval: float = 60.0,
+    ) -> Any:
+        """Enforce this agent's policies on the operations of governed Python packages (docs/guard.md).
+
+        Installs the process's one guard (a second call, or a call on
+        another agent, raises ``GuardError``); the agent must be started.
+        ``roots`` names directories for ``fs.*`` rules (``{"config":
+        "/etc/myapp"}``); other roots are directories relative to ``base``
+        (default: the working directory now). ``mode="audit"`` logs "would
+        deny" instead of denying; ``observe`` appends every distinct
+        operation to a JSONL file; ``unlisted="global"`` governs third-party
+        packages no module names by ``_global`` alone. Returns the
+        :class:`polc.runtime.guard.Guard`.
+        """
+        from .guard import install
+
+        return install(
+            self, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base, log_interval=log_interval
+        )
 
     def _poll(self, initial: bool = False) -> ReloadResult:
         """One step under the step lock, then the delivery of its events."""
