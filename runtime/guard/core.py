@@ -140,7 +140,11 @@ class Guard:
                 return
             busy.add(tid)
             try:
-                handler(guard, args, getframe(1), tid)
+                try:
+                    frame = getframe(1)
+                except ValueError:  # no Python caller: the interpreter itself (running the main script)
+                    frame = None
+                handler(guard, args, frame, tid)  # type: ignore[arg-type]  # handlers accept None
             except PolicyDenied:
                 raise
             except Exception as exc:  # a fault in the guard: denied (enforce), never a crash
