@@ -37,7 +37,7 @@ from ..enforce.snapshot import Snapshot
 from ..errors import PolicyDenied
 from .attribution import INHERITED, POLC, Classifier, Inherited, Owner, frame_site
 from .effects import ALLOWED, DENIED, WOULD_DENY, Counters, Limiter, Observer, shown_request
-from .paths import PathResolver, RootMap
+from .paths import PathResolver, RootMap, Undecidable
 
 __all__ = ["Guard", "GuardError"]
 
@@ -85,7 +85,7 @@ class Guard:
             raise GuardError(f"unlisted must be 'allow' or 'global', not {unlisted!r}")
         root_map: dict[str, str] = {}
         for name, directory in dict(roots or {}).items():
-            if type(name) is not str or not name or type(directory) not in (str,) and not isinstance(directory, os.PathLike):
+            if type(name) is not str or not name or (type(directory) not in (str,) and not isinstance(directory, os.PathLike)):
                 raise GuardError(f"root {name!r}: give a name and a directory")
             path = os.fspath(directory)
             if not isinstance(path, str) or not os.path.isabs(path):
@@ -147,6 +147,8 @@ class Guard:
                 handler(guard, args, frame, tid)  # type: ignore[arg-type]  # handlers accept None
             except PolicyDenied:
                 raise
+            except Undecidable as exc:  # a request the guard cannot put to the policy: denied, saying why
+                guard.undecided(event, exc)
             except Exception as exc:  # a fault in the guard: denied (enforce), never a crash
                 guard.fault(event, exc)
             finally:
@@ -168,6 +170,8 @@ class Guard:
             fn(*args, tid)
         except PolicyDenied:
             raise
+        except Undecidable as exc:
+            self.undecided(getattr(fn, "__name__", "wrapper"), exc)
         except Exception as exc:
             self.fault(getattr(fn, "__name__", "wrapper"), exc)
         finally:
@@ -185,6 +189,15 @@ class Guard:
         if not self._audit:
             d = Decision(False, "deny", f"guard fault: {type(exc).__name__}: {exc}", None, "<guard>")
             raise PolicyDenied(d, "<guard>", what, ()) from exc
+
+    def undecided(self, what: str, exc: Undecidable) -> None:
+        """A governed package's request that cannot be put to the policy (a path of an unknown
+        type, a malformed address): denied with the reason (audit mode: would deny)."""
+        self.limiter.log(("undecided", what, str(exc)), logging.WARNING if not self._audit else logging.INFO,
+                         f"{'would deny' if self._audit else 'denied'} {what}: cannot decide: {exc}")  # fmt: skip
+        if not self._audit:
+            d = Decision(False, "deny", f"cannot decide: {exc}", None, "<guard>")
+            raise PolicyDenied(d, "<guard>", what, ()) from None
 
     # -- attribution --------------------------------------------------------
 

@@ -120,7 +120,7 @@ class Observer:
         package, capability, args = key
         line: dict[str, Any] = {
             "v": 1,
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
             "package": package,
             "module": module,
             "capability": capability,

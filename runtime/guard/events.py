@@ -100,6 +100,8 @@ def _fs_two(guard: Guard, f: FrameType, tid: int, requests: tuple[tuple[str, obj
     for capability, path, dir_fd, follow in requests:
         if type(path) is int or path is None:
             continue
+        if type(dir_fd) is int and dir_fd < 0:
+            dir_fd = None
         real = guard.paths.resolve(guard.paths.absolute(as_text(path), dir_fd), follow=follow)
         if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
             continue
@@ -112,14 +114,14 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         return
     if _on_behalf_of_interpreter(f, path):
         return
+    found, polc_inner = guard.attribute(f, tid)
+    if not found:
+        return
     if type(flags) is not int:
         raise Undecidable("open flags are not an integer")
     access = flags & _ACCMODE
     write = access != os.O_RDONLY or bool(flags & _WRITE_FLAGS)
     read = access != os.O_WRONLY
-    found, polc_inner = guard.attribute(f, tid)
-    if not found:
-        return
     real = guard.paths.resolve(guard.paths.absolute(as_text(path)), follow=True)
     if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
         return
@@ -141,6 +143,8 @@ def _writes(position: int, dir_fd: int | None, follow: bool) -> Handler:
         if _module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
             return  # importlib writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
+        if type(fd) is int and fd < 0:
+            fd = None  # no dir_fd given (the event carries AT_FDCWD's stand-in)
         _fs(guard, f, tid, "fs.write", args[position], fd, follow)
 
     return handler
@@ -161,6 +165,8 @@ def _link(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
 
 def _symlink(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     _src, dst, dir_fd = args
+    if type(dir_fd) is int and dir_fd < 0:
+        dir_fd = None
     _fs(guard, f, tid, "fs.write", dst, dir_fd, False)
 
 
@@ -218,12 +224,12 @@ def _port_number(port: object) -> int:
 def _lookup(guard: Guard, host: object, port: object, f: FrameType, tid: int) -> None:
     if host is None or host in ("", b""):
         return  # the local host's wildcard: a listening socket's lookup
-    name = _host_text(host)
-    if _is_ip(name):
-        return  # no name is resolved; the connect is checked
     found, _ = guard.attribute(f, tid)
     if not found:
         return
+    name = _host_text(host)
+    if _is_ip(name):
+        return  # no name is resolved; the connect is checked
     guard.decide(found, _NET_OUT, (name, _port_number(port)))
     guard.pending_lookups[tid] = (host, name, tuple(found))
 
@@ -253,16 +259,16 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
     try:
         family = _family_of(sock)
     except TypeError:
-        raise Undecidable("not a socket") from None
+        return  # not a socket object: the operation fails by itself
     if family in _INET:
+        found, _ = guard.attribute(f, tid)
+        if not found:
+            return
         if type(address) is not tuple or len(address) < 2:
             raise Undecidable("a malformed socket address")
         host, port = address[0], address[1]
         if type(port) is not int:
             raise Undecidable("a socket address whose port is not an integer")
-        found, _ = guard.attribute(f, tid)
-        if not found:
-            return
         if listen:
             guard.decide(found, "network.listen", (int.__index__(port),))
             return
@@ -377,17 +383,43 @@ def _pty_spawn(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> N
 # -- native code and self-protection ---------------------------------------------------
 
 
+def _importing_ctypes(f: FrameType | None) -> bool:
+    """Is this ``import ctypes`` itself (its module body opens the program: ``pythonapi``)?"""
+    while f is not None and _module_name(f) == "ctypes":
+        if f.f_code.co_name == "<module>":  # audited attribute: ignored inside the hook
+            return True
+        f = f.f_back
+    return False
+
+
+def _library(guard: Guard, name: object) -> str:
+    """The library a load or a symbol lookup reaches: a resolved path, a bare name as given,
+    or, for ``dlopen(NULL)`` (``CDLL(None)``, ``ctypes.pythonapi``), the program itself."""
+    if name is None:
+        return os.path.realpath(sys.executable)
+    text = as_text(name)
+    return guard.paths.resolve(guard.paths.absolute(text)) if "/" in text else text
+
+
 def _dlopen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     name = args[0]
+    if name is None and _importing_ctypes(f):
+        return  # import ctypes; using ctypes.pythonapi is checked at its symbol lookups
+    found, _ = guard.attribute(f, tid)
+    if found:
+        guard.decide(found, "native.load", (_library(guard, name),))
+
+
+def _dlsym(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    # the first lookup of each symbol of a library object: the library must be loadable here
     found, _ = guard.attribute(f, tid)
     if not found:
         return
-    if name is None:
-        library = os.path.realpath(sys.executable)  # dlopen(NULL): the program itself
-    else:
-        text = as_text(name)
-        library = guard.paths.resolve(guard.paths.absolute(text)) if "/" in text else text
-    guard.decide(found, "native.load", (library,))
+    try:
+        name = object.__getattribute__(args[0], "__dict__").get("_name")
+    except Exception:
+        raise Undecidable("a symbol lookup on an unknown kind of library") from None
+    guard.decide(found, "native.load", (_library(guard, name),))
 
 
 _SELF = "a governed package may not add audit hooks, tracers or profilers (the guard's self-protection)"
@@ -437,6 +469,7 @@ HANDLERS: dict[str, Handler] = {
     "os.posix_spawn": _posix_spawn,
     "pty.spawn": _pty_spawn,
     "ctypes.dlopen": _dlopen,
+    "ctypes.dlsym": _dlsym,
     "sys.addaudithook": _self_protection("sys.addaudithook"),
     "sys.settrace": _self_protection("sys.settrace"),
     "sys.setprofile": _self_protection("sys.setprofile"),

@@ -1,0 +1,102 @@
+"""The service's own code: installs the guard in code, then exercises vendorlib, helperlib and itself.
+
+argv[1]: JSON {"policies", "a" (port of a server on 127.0.0.1), "b" (port of a server on 127.0.0.2),
+"s" (the service's own server), "libm" (a shared library path), "unlisted"}. Prints one JSON object:
+each scenario -> {"ok": result} or {"denied": {...}} or {"error": "..."}.
+"""
+
+import json
+import os
+import sys
+import urllib.error
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(here), "site-packages"))
+
+from polc.runtime import PolicyAgent, PolicyDenied  # noqa: E402
+
+cfg = json.loads(sys.argv[1])
+agent = PolicyAgent(cfg["policies"], reload_interval=0).start()
+agent.guard(base=os.getcwd(), unlisted=cfg.get("unlisted", "allow"))
+
+import helperlib  # noqa: E402
+import unlistedlib  # noqa: E402
+import vendorlib  # noqa: E402
+
+A = f"http://localhost:{cfg['a']}/"
+B_IP = "127.0.0.2"
+B = f"http://{B_IP}:{cfg['b']}/"
+S = f"http://127.0.0.1:{cfg['s']}/"
+
+
+def denial(exc):
+    """The PolicyDenied in an exception or its cause chain (URLError keeps it as .reason)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, PolicyDenied):
+            return {"package": exc.package, "module": exc.module, "capability": exc.capability,
+                    "args": list(exc.args), "site": exc.site, "message": str(exc)}
+        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+            exc = exc.reason
+        else:
+            exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+results = {}
+
+
+def scenario(name, fn, *args):
+    try:
+        value = fn(*args)
+    except BaseException as exc:
+        d = denial(exc)
+        results[name] = {"denied": d} if d else {"error": f"{type(exc).__name__}: {exc}"}
+        return
+    d = denial(value) if isinstance(value, BaseException) else None
+    if d:
+        results[name] = {"denied": d}
+    elif isinstance(value, BaseException):
+        results[name] = {"error": f"{type(value).__name__}: {value}"}
+    else:
+        results[name] = {"ok": value}
+
+
+# entitled operations of the governed package
+scenario("urllib", vendorlib.fetch, A)
+scenario("asyncio", vendorlib.afetch, "localhost", cfg["a"])
+scenario("read", vendorlib.read, "data/allowed.txt")
+scenario("write", vendorlib.write, "data/out/made.txt", "made")
+scenario("exec", vendorlib.run, ["true"])
+scenario("thread", vendorlib.in_thread, lambda: "from a thread")
+scenario("env", vendorlib.env, "HOME")
+# denied operations: each must not happen
+scenario("urllib_ip", vendorlib.fetch, B)
+scenario("asyncio_ip", vendorlib.afetch, B_IP, cfg["b"])
+scenario("resolve_then_connect", vendorlib.resolve_then_connect, "localhost", B_IP, cfg["b"])
+scenario("unentitled_name", vendorlib.fetch, f"http://polc-guard-test.invalid:{cfg['b']}/")
+scenario("read_secret", vendorlib.read, "secret.txt")
+scenario("read_symlink", vendorlib.read, "data/link-to-secret")
+scenario("write_outside", vendorlib.write, "data/forbidden.txt", "x")
+scenario("exec_touch", vendorlib.run, ["touch", "process-started"])
+scenario("env_secret", vendorlib.env, "POLC_TEST_SECRET")
+scenario("native", vendorlib.load, cfg["libm"])
+scenario("addaudithook", vendorlib.add_hook)
+scenario("settrace", vendorlib.trace)
+# laundering: through an ungoverned helper, a thread with a stdlib target, a task, an executor
+scenario("via_helper", vendorlib.via_helper, B)
+scenario("read_via_helper", vendorlib.read_via_helper, "secret.txt")
+scenario("thread_launder", vendorlib.in_thread, helperlib.fetch, B)
+scenario("stdlib_thread_target", vendorlib.stdlib_thread, os.mkdir, "data/made-by-thread")
+scenario("task_launder", vendorlib.launder_task, B_IP, cfg["b"])
+scenario("executor_launder", vendorlib.via_executor, helperlib.read, "secret.txt")
+# the service's own code and the ungoverned helper, called by the service: untouched
+scenario("service_fetch", helperlib.fetch, S)
+scenario("service_read", lambda: open("secret.txt").read())
+scenario("service_exec", lambda: __import__("subprocess").run(["touch", "service-ran"]).returncode)
+scenario("service_env", lambda: os.environ.get("POLC_TEST_SECRET"))
+scenario("unlisted_public", unlistedlib.read, "data/public/note.txt")
+scenario("unlisted_private", unlistedlib.read, "secret.txt")
+results["status"] = agent.status()["guard"]
+print(json.dumps(results))
