@@ -85,7 +85,7 @@ class Guard:
             raise GuardError(f"unlisted must be 'allow' or 'global', not {unlisted!r}")
         root_map: dict[str, str] = {}
         for name, directory in dict(roots or {}).items():
-            if type(name) is not str or not name or (type(directory) not in (str,) and not isinstance(directory, os.PathLike)):
+            if type(name) is not str or not name or not isinstance(directory, (str, os.PathLike)):
                 raise GuardError(f"root {name!r}: give a name and a directory")
             path = os.fspath(directory)
             if not isinstance(path, str) or not os.path.isabs(path):
@@ -343,23 +343,30 @@ class Guard:
         site = self.site(package, where)
         request = shown_request(capability, args)
         why = f"denied by {d.rule}" if d.rule else d.reason
-        key = (package, capability, args)
         if d.audit or self._audit:
             self.counters.add(package, capability, WOULD_DENY)
             if observer is not None:
                 self._observe(package, module, capability, args if shown is None else shown, "audit", site)
-            self.limiter.log(key, logging.INFO, f"would deny: {package} may not {request}: {why} ({site}) (audit mode)")
+            message = f"would deny: {package} may not {request}: {why} ({site}) (audit mode)"
+            self.limiter.log(("audit", package, capability, args), logging.INFO, message)
             return
         self.counters.add(package, capability, DENIED)
         if observer is not None:
             self._observe(package, module, capability, args if shown is None else shown, "deny", site)
-        self.limiter.log(key, logging.WARNING, f"{package} may not {request}: {why} ({site})")
+        message = f"{package} may not {request}: {why} ({site})"
+        self.limiter.log(("deny", package, capability, args), logging.WARNING, message)
         if d.allowed:  # an audit decision that reaches here cannot happen; fail closed anyway
             d = Decision(False, "deny", d.reason, d.rule, d.module, d.revision)
         raise PolicyDenied(d, module, capability, args, package=package, site=site)
 
     def _observe(
-        self, package: str, module: str, capability: str, args: tuple[object, ...], decision: str, where: FrameType | str
+        self,
+        package: str,
+        module: str,
+        capability: str,
+        args: tuple[object, ...],
+        decision: str,
+        where: FrameType | str,
     ) -> None:
         observer = self.observer
         assert observer is not None

@@ -22,7 +22,7 @@ _NAMES = ("allowed", "denied", "would_deny")
 def _shown(value: object) -> str:
     t = type(value)
     if t is str:
-        text = str.__str__(value)  # type: ignore[arg-type]
+        text = str.__str__(value)
         return repr(text[:200]) + ("..." if len(text) > 200 else "")
     if t is int:
         return str(int.__index__(value))  # type: ignore[arg-type]
@@ -135,7 +135,9 @@ class Observer:
             if len(self._seen) >= self._limit:
                 if not self._full:
                     self._full = True
-                    logger.warning("observation log %s: %d distinct operations; not recording more", self.path, self._limit)
+                    logger.warning(
+                        "observation log %s: %d distinct operations; not recording more", self.path, self._limit
+                    )
                 return
             self._seen.add(key)
             try:

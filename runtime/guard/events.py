@@ -195,10 +195,10 @@ def _is_ip(host: str) -> bool:
 
 def _host_text(host: object) -> str:
     if type(host) is str:
-        return str.__str__(host).lower().rstrip(".")  # type: ignore[arg-type]
+        return str.__str__(host).lower().rstrip(".")
     if type(host) is bytes:
         try:
-            return bytes.decode(host, "ascii").lower().rstrip(".")  # type: ignore[arg-type]
+            return bytes.decode(host, "ascii").lower().rstrip(".")
         except UnicodeDecodeError:
             raise Undecidable("a host name that is not ASCII") from None
     raise Undecidable(f"a host of type {type(host).__name__}")
@@ -209,9 +209,9 @@ def _port_number(port: object) -> int:
     if port is None:
         return 0
     if type(port) is int:
-        return int.__index__(port)  # type: ignore[arg-type]
+        return int.__index__(port)
     if type(port) in (str, bytes):
-        text = port.decode("ascii", "replace") if type(port) is bytes else str.__str__(port)  # type: ignore[attr-defined, arg-type]
+        text = port.decode("ascii", "replace") if type(port) is bytes else str.__str__(port)
         if text.isdigit():
             return int(text)
         try:
@@ -305,7 +305,7 @@ def _search_path(env: object) -> str:
         if type(env) is not dict:
             raise Undecidable(f"an environment of type {type(env).__name__}")
         for key in ("PATH", b"PATH"):
-            value = _dict_get(env, key)  # type: ignore[call-overload]
+            value = _dict_get(env, key)
             if value is not None:
                 if type(value) not in (str, bytes):
                     raise Undecidable("a PATH that is not a string")
@@ -346,10 +346,7 @@ def _exec(guard: Guard, f: FrameType, tid: int, program: str) -> None:
 def _popen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     executable, argv, cwd, env = args
     if executable is None:
-        if type(argv) in (list, tuple) and argv:
-            executable = argv[0]
-        else:
-            executable = argv
+        executable = argv[0] if type(argv) in (list, tuple) and argv else argv
     found, _ = guard.attribute(f, tid)
     if found:
         guard.decide(found, "process.exec", (executable_of(executable, cwd, env),))

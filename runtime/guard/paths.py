@@ -42,7 +42,7 @@ def as_text(path: object) -> str:
     """The path an audit event carries, as text; no method of a hostile object runs."""
     t = type(path)
     if t is str:
-        return str.__str__(path)  # type: ignore[arg-type]
+        return str.__str__(path)
     if t is bytes:
         return os.fsdecode(path)  # type: ignore[arg-type]
     from pathlib import PurePath

@@ -15,7 +15,7 @@ import helperlib  # noqa: E402
 import vendorlib  # noqa: E402
 
 port = int(sys.argv[1])
-for line in sys.stdin:
+for _line in sys.stdin:
     round_ = {"pid": os.getpid()}
     try:
         round_["vendor"] = vendorlib.fetch(f"http://localhost:{port}/")

@@ -20,6 +20,7 @@ agent = PolicyAgent(cfg["policies"], reload_interval=0).start()
 agent.guard(base=os.getcwd(), unlisted=cfg.get("unlisted", "allow"))
 
 import helperlib  # noqa: E402
+import svcutil  # noqa: E402
 import unlistedlib  # noqa: E402
 import vendorlib  # noqa: E402
 
@@ -93,7 +94,7 @@ scenario("task_launder", vendorlib.launder_task, B_IP, cfg["b"])
 scenario("executor_launder", vendorlib.via_executor, helperlib.read, "secret.txt")
 # the service's own code and the ungoverned helper, called by the service: untouched
 scenario("service_fetch", helperlib.fetch, S)
-scenario("service_read", lambda: open("secret.txt").read())
+scenario("service_read", svcutil.read, "secret.txt")
 scenario("service_exec", lambda: __import__("subprocess").run(["touch", "service-ran"]).returncode)
 scenario("service_env", lambda: os.environ.get("POLC_TEST_SECRET"))
 scenario("unlisted_public", unlistedlib.read, "data/public/note.txt")
