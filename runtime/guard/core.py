@@ -116,7 +116,7 @@ class Guard:
         self._resolved_lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
-        self._anchors: dict[int, FrameType] = {}
+        self._anchors: dict[int, tuple[FrameType, int]] = {}  # thread -> (anchor frame, its distance)
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
         self._classifier: Classifier | None = None
         self.handlers: dict[str, Callable[[Guard, tuple[Any, ...], FrameType, int], None]] = {}
@@ -237,12 +237,15 @@ class Guard:
         """
         self.snapshot()
         names_get = self._names.get
-        anchor = self._anchors.get(tid)
+        state = self._anchors.get(tid)
+        anchor = state[0] if state is not None else None
         found: Found | None = None
         polc_inner = False
-        outer_governed: FrameType | None = None
+        outer = 0  # distance of the outermost governed frame from the first one (+1), 0: none
         first = f
         last = None
+        governed = False  # is the module of `last` governed?
+        n = 0
         while f is not None:
             if f is anchor:
                 break
@@ -253,20 +256,24 @@ class Guard:
                 o = names_get(name, _MISS) if type(name) is str else None
                 if o is _MISS:
                     o = self._classify(name, g)
+                governed = False
                 if o is not None:
                     if o is POLC:
                         if found is None:
                             polc_inner = True
                     else:
+                        governed = True
                         module = o[0]  # type: ignore[index]
                         if found is None:
                             found = {module: (o[1], f)}  # type: ignore[index]
                         elif module not in found:
                             found[module] = (o[1], f)  # type: ignore[index]
-                        outer_governed = f
+            n += 1
+            if governed:
+                outer = n  # every frame of a governed run counts: the outermost one is what matters
             f = f.f_back
-        if first is not None:
-            self._anchor(tid, anchor, first if outer_governed is None else outer_governed, f)
+        if f is None and first is not None:  # the anchor was not on this stack: choose another
+            self._anchor(tid, first, state[1] if state is not None else 0, outer, n)
         inherited = INHERITED.get()
         if inherited:
             if found is None:
@@ -276,15 +283,20 @@ class Guard:
                     found[module] = (package, site)
         return found, polc_inner
 
-    def _anchor(self, tid: int, old: FrameType | None, inner: FrameType, stop: FrameType | None) -> None:
-        """Anchor this thread's walks at the first non-generator frame outward of ``inner``.
-
-        Every frame between ``inner`` and ``stop`` (the old anchor, or None:
-        the stack's end) was just found ungoverned, and so were the callers
-        of the old anchor: so are the callers of the new one.
+    def _anchor(self, tid: int, first: FrameType, distance: int, outer: int, depth: int) -> None:
+        """Anchor this thread's walks at a frame of this stack: twice as far out as the last
+        anchor (which this stack did not reach), outward of every governed frame, and not a
+        generator's or a coroutine's. Every frame walked was just classified, and the walk went
+        to the stack's end: the callers of the new anchor are all ungoverned. A few misses
+        settle the anchor on the innermost frame that stays while operations come and go.
         """
-        cand = inner.f_back
-        while cand is not None and cand is not stop:
+        target = min(max(2 * distance, 1, outer), depth - 1)
+        if target < outer:
+            return  # a governed frame is the outermost one: nothing to anchor at
+        cand: FrameType | None = first
+        for _ in range(target):
+            cand = cand.f_back if cand is not None else None
+        while cand is not None:
             try:
                 flags = cand.f_code.co_flags  # audited attribute: ignored, we are inside the hook
             except Exception:
@@ -292,14 +304,13 @@ class Guard:
             if not flags & _GENERATOR_FLAGS:
                 break
             cand = cand.f_back
-        if cand is None or cand is old:
+            target += 1
+        if cand is None:
             return
-        if cand is stop:
-            return  # the old anchor is already the first usable frame
         anchors = self._anchors
         if len(anchors) >= _MAX_ANCHORS:
             anchors.clear()
-        anchors[tid] = cand
+        anchors[tid] = (cand, target)
 
     def inherit(self, f: FrameType | None, tid: int) -> Inherited | None:
         """What a hand-off started from ``f`` carries: the attributed packages and their sites."""

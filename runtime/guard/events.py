@@ -138,8 +138,12 @@ def _listing(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> Non
     _fs(guard, f, tid, "fs.read", "." if path is None else path, None, True)
 
 
-def _writes(position: int, dir_fd: int | None, follow: bool) -> Handler:
+def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = False) -> Handler:
+    """A handler for an operation on one path; ``changes``: it can change how paths resolve."""
+
     def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+        if changes:
+            guard.paths.changed()
         if _module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
             return  # importlib writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
@@ -152,6 +156,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool) -> Handler:
 
 def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
+    guard.paths.changed()
     if _module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
         return
     _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
@@ -165,6 +170,7 @@ def _link(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
 
 def _symlink(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     _src, dst, dir_fd = args
+    guard.paths.changed()
     if type(dir_fd) is int and dir_fd < 0:
         dir_fd = None
     _fs(guard, f, tid, "fs.write", dst, dir_fd, False)
@@ -439,8 +445,8 @@ HANDLERS: dict[str, Handler] = {
     "open": _open,
     "os.listdir": _listing,
     "os.scandir": _listing,
-    "os.remove": _writes(0, 1, False),
-    "os.rmdir": _writes(0, 1, False),
+    "os.remove": _writes(0, 1, False, True),
+    "os.rmdir": _writes(0, 1, False, True),
     "os.mkdir": _writes(0, 2, False),
     "os.truncate": _writes(0, None, True),
     "os.chmod": _writes(0, 2, True),

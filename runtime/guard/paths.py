@@ -8,11 +8,13 @@ rename, link, mkdir, ...) resolve the directory holding it and keep its last
 component, so removing a symlink is a write where the link is, not where it
 points.
 
-Resolving costs an ``lstat`` per path component. A resolution is remembered
-and reused only while ``os.stat`` of the path as given still reaches the
-same file (device and inode) that the resolved path reached when it was
-computed: a symlink repointed elsewhere reaches another file and is
-resolved again. (The check and the operation remain two steps; see
+Resolving costs an ``lstat`` per path component, so a resolution is
+reused, by the rule the runtime already applies to command lookups
+(``patterns.RESOLVE_TTL``): for at most one second, and never after a
+rename, removal or symlink creation anywhere in this process (every one
+raises an audit event the guard sees, governed or not). A symlink repointed
+by code in this process is seen at once; one repointed by another process,
+within a second. (The check and the operation remain two steps; see
 docs/guard.md, "Limits".)
 
 Roots: a configured root (``roots={"config": "/etc/myapp"}``) matches the
@@ -27,11 +29,15 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 from collections.abc import Mapping
+
+from ..patterns import RESOLVE_TTL
 
 __all__ = ["PathResolver", "RootMap", "Undecidable"]
 
 _MAX_REMEMBERED = 8192
+_monotonic = time.monotonic
 
 
 class Undecidable(Exception):
@@ -57,7 +63,7 @@ class PathResolver:
 
     def __init__(self) -> None:
         self._cwd: str | None = None
-        self._real: dict[str, tuple[str, tuple[int, int]]] = {}
+        self._real: dict[str, tuple[str, float]] = {}  # path -> (real path, reusable until)
 
     def chdir(self) -> None:
         """The working directory may have changed: read it again when next needed."""
@@ -88,25 +94,21 @@ class PathResolver:
         return base + "/" + path
 
     def real(self, path: str) -> str:
-        """``os.path.realpath(path)`` of an absolute path, reused while the path reaches the same file."""
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return posixpath.realpath(path)  # no file there (yet): resolve what exists, every time
-        ident = (st.st_dev, st.st_ino)
+        """``os.path.realpath(path)`` of an absolute path, reused as the module docstring says."""
         hit = self._real.get(path)
-        if hit is not None and hit[1] == ident:
+        now = _monotonic()
+        if hit is not None and hit[1] > now:
             return hit[0]
         real = posixpath.realpath(path)
-        try:
-            st2 = os.stat(real)
-        except (OSError, ValueError):
-            return real
-        if (st2.st_dev, st2.st_ino) == ident:  # nothing moved while resolving: remember it
-            if len(self._real) >= _MAX_REMEMBERED:
-                self._real.clear()
-            self._real[path] = (real, ident)
+        remembered = self._real
+        if len(remembered) >= _MAX_REMEMBERED:
+            remembered.clear()
+        remembered[path] = (real, now + RESOLVE_TTL)
         return real
+
+    def changed(self) -> None:
+        """Something in this process renamed, removed or linked a file: resolve everything again."""
+        self._real = {}
 
     def resolve(self, path: str, *, follow: bool = True) -> str:
         """The real location an operation on the absolute ``path`` reaches.

@@ -74,6 +74,7 @@ def test_governed_package_entitled_denied_and_laundered(tree, libm, server_facto
     assert "may not fs.write('.', 'data/made-by-thread')" in stderr
     denied("task_launder", "network.outbound", ["127.0.0.2", b.server_address[1]])
     denied("executor_launder", "fs.read")
+    denied("launder_after_read", "fs.read")  # a frame that just did an entitled operation is still governed
 
     # ... before they happened
     assert b.connections == 0
