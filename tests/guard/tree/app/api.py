@@ -1,0 +1,76 @@
+"""agent.guard() in code: errors, audit mode, a fault, hand-offs to executors, and the status counters.
+
+argv[1]: JSON {"policies", "mode"}. Prints one JSON object of findings.
+"""
+
+import json
+import logging
+import os
+import sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(here), "site-packages"))
+
+from polc.runtime import PolicyAgent, PolicyDenied  # noqa: E402
+from polc.runtime.guard import GuardError  # noqa: E402
+
+cfg = json.loads(sys.argv[1])
+out = {}
+records = []
+
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+
+
+logging.getLogger("polc").addHandler(Keep())
+logging.getLogger("polc").setLevel(logging.INFO)
+
+agent = PolicyAgent(cfg["policies"], reload_interval=0)
+try:
+    agent.guard()
+except GuardError as exc:
+    out["not_started"] = str(exc)
+agent.start()
+guard = agent.guard(base=os.getcwd(), mode=cfg["mode"])
+for who, other in (("same", agent), ("other", PolicyAgent(cfg["policies"], reload_interval=0).start())):
+    try:
+        other.guard()
+    except GuardError as exc:
+        out[f"second_{who}"] = str(exc)
+
+import vendorlib  # noqa: E402
+
+
+def attempt(fn, *args):
+    try:
+        return {"ok": fn(*args)}
+    except PolicyDenied as exc:
+        return {"denied": str(exc), "capability": exc.capability, "package": exc.package}
+
+
+out["read_secret"] = attempt(vendorlib.read, "secret.txt")
+out["swing"] = attempt(vendorlib.swing, "data/out", "../allowed.txt", "../../secret.txt")
+out["getenv"] = attempt(vendorlib.getenv, "POLC_TEST_SECRET")
+pool = vendorlib.own_executor_later(None)
+out["creator_executor"] = attempt(lambda: pool.submit(vendorlib.helperlib.read, "secret.txt").result())
+pool.shutdown()
+
+# a fault inside the guard: denied with the reason, counted, logged once
+real = guard.roots.candidates
+
+
+def broken(path):
+    raise RuntimeError("injected")
+
+
+guard.roots.candidates = broken
+guard._fs.clear()
+out["fault1"] = attempt(vendorlib.read, "data/allowed.txt")
+out["fault2"] = attempt(vendorlib.read, "data/allowed.txt")
+guard.roots.candidates = real
+out["after_fault"] = attempt(vendorlib.read, "data/allowed.txt")
+out["status"] = agent.status()["guard"]
+out["log"] = records
+print(json.dumps(out))
