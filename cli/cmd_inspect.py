@@ -88,6 +88,7 @@ def build_report(path: str, data: bytes, art: Artifact) -> dict[str, Any]:
         "compiler": art.compiler,
         "source": art.source,
         "source_digest": art.source_digest,
+        "governs": list(art.governs),
         "signature": _signature_info(art),
         "capabilities": [
             {
@@ -151,6 +152,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"source:        {p(report['source'])}",
         f"source digest: sha256:{report['source_digest']}",
     ]
+    if report["governs"]:  # package names are checked dotted Python names: nothing to escape
+        lines.append(f"governs:       {', '.join(report['governs'])}")
     if sig["signed"]:
         key = sig.get("key_id")
         lines.append(

@@ -191,7 +191,7 @@ class _Build:
         skipped: set[int] = set()
         for i, unit in enumerate(units):
             names = [n for n, _ in scans[i]]
-            if unit.may_declare or not names or any(scan_count[n] > 1 for n in names):
+            if unit.parsed_first or not names or any(scan_count[n] > 1 for n in names):
                 continue
             if all(up_to_date(self._artifact(n), n, unit.source, unit.digest, decls, self.signer) for n in names):
                 skipped.add(i)
@@ -234,7 +234,7 @@ class _Build:
         report = self.report
         units = pipe.units
         places = {i: [(name, *line_col(units[i].data, off)) for name, off in scans[i]] for i in skipped}
-        dups = pipe.duplicates(places)
+        dups = pipe.duplicates(places) + pipe.claims(places)
         for i, unit in enumerate(units):
             o = pipe.outcomes[i]
             if o is None:  # skipped: up to date

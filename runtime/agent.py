@@ -322,6 +322,8 @@ class PolicyAgent:
             "reloads": {"ok": poller.reloads_ok, "failed": poller.reloads_failed},
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
+            # packages two modules in force claim: everything they do is denied (docs/runtime.md)
+            "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()},
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
             **({"guard": self._guard.status()} if self._guard is not None else {}),
         }

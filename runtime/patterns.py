@@ -65,6 +65,7 @@ __all__ = [
     "normalize_host",
     "normalize_path",
     "path_matcher",
+    "root_relative",
     "string_matcher",
 ]
 
@@ -350,6 +351,31 @@ def compile_path(text: str) -> str:
     if not segments:
         raise PatternError(f"invalid path pattern {shown(text)}: empty; use \"**\" for any path")
     return "/".join(segments)
+
+
+def root_relative(path: str) -> str:
+    """An absolute file path as the argument of a path parameter rooted at '/' (``native.load``):
+    normalised, without the leading '/' (``/usr/lib/../lib/libc.so.6`` -> ``usr/lib/libc.so.6``).
+
+    Lexical only (resolve symlinks first: ``os.path.realpath``). Raises ValueError for a
+    non-string, a relative path, or a NUL byte; ``..`` at the top stays at the root, as in
+    the file system.
+    """
+    value = _exact_str(path, "a path")
+    if "\0" in value:
+        raise ValueError("path contains a NUL byte")
+    if not value.startswith("/"):
+        raise ValueError(f"relative path {shown(value)}: a path rooted at '/' must be absolute")
+    out: list[str] = []
+    for seg in value.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(seg)
+    return "/".join(out)
 
 
 def normalize_path(value: object) -> str:

@@ -82,7 +82,7 @@ class LinkedModule:
         self.digest: str = artifact.digest_hex
         self.source: str = artifact.source
         # the Python package names bound by `governs` (besides the module's own name), sorted
-        self.governs: tuple[str, ...] = tuple(_intern(g) for g in getattr(artifact, "governs", ()))
+        self.governs: tuple[str, ...] = artifact.governs  # verified: sorted, unique, interned
         rules = artifact.rules
         self.rule_count: int = len(rules)
         caps: dict[str, Capability] = {c.name: c for c in artifact.caps}

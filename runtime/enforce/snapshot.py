@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from .. import patterns
-from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE
+from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, ROOTED_AT_SLASH
 from .deciders import Decider
 from .decision import Decision
 from .link import LinkedModule
@@ -117,23 +117,22 @@ def _claims(modules: Mapping[str, LinkedModule]) -> tuple[dict[str, str], dict[s
     Each module claims its own name and every ``governs`` name; a name claimed
     by two different modules maps to ``CONFLICT_PREFIX + name``.
     """
-    owners: dict[str, list[str]] = {}
+    claims = {name: name for name in modules}  # own names: unique, as the keys of ``modules`` are
+    multiple: dict[str, set[str]] = {}
+    get = claims.get
     for name, mod in modules.items():
-        for claim in (name, *mod.governs):
-            found = owners.get(claim)
-            if found is None:
-                owners[claim] = [name]
-            elif name not in found:
-                found.append(name)
-    claims: dict[str, str] = {}
-    conflicts: dict[str, tuple[str, ...]] = {}
-    for claim, names in owners.items():
-        if len(names) == 1:
-            claims[claim] = names[0]
-        else:
-            claims[claim] = CONFLICT_PREFIX + claim
-            conflicts[claim] = tuple(sorted(names))
-    return claims, conflicts
+        for claim in mod.governs:
+            owner = get(claim)
+            if owner is None:
+                claims[claim] = name
+            elif owner != name:
+                found = multiple.get(claim)
+                if found is None:
+                    multiple[claim] = {owner, name}
+                    claims[claim] = CONFLICT_PREFIX + claim
+                else:
+                    found.add(name)
+    return claims, {claim: tuple(sorted(names)) for claim, names in multiple.items()}
 
 
 def _text_cost(s: str) -> int:
@@ -146,6 +145,27 @@ def _module_text(module: object) -> str:
         text = str.__str__(module)
         return text if len(text) <= patterns.SHOWN_MAX else text[: patterns.SHOWN_MAX] + "..."
     return f"<{patterns.type_name(module)}>"
+
+
+def _rooted(decide: Decider) -> Decider:
+    """``decide`` for a built-in whose path is rooted at '/' (catalog.ROOTED_AT_SLASH): an absolute
+    path argument is taken as the path below '/' it names (``patterns.root_relative``), so
+    ``native.load("/usr/lib/libssl.so.3")`` and ``native.load("usr/lib/libssl.so.3")`` are one request.
+    (Built-in names cannot be redeclared, so the signature is always the built-in's: one path.)"""
+
+    def rooted(args: tuple[object, ...]) -> Decision:
+        if len(args) == 1:
+            a = args[0]
+            if type(a) is str and a.startswith("/"):
+                with contextlib.suppress(ValueError):  # (a NUL byte) the path normaliser refuses it, saying why
+                    args = (patterns.root_relative(a),)
+        return decide(args)
+
+    return rooted
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class Snapshot:
@@ -305,7 +325,7 @@ class Snapshot:
             FAULTS.report(
                 "claim:" + package,
                 logging.WARNING,
-                f"package {package} is claimed by {' and '.join(names)}; "
+                f"package {package} is claimed by {_listed(names)}; "
                 f"every operation governed by it is denied until one claim is removed",
             )
         return claims
@@ -407,13 +427,16 @@ class Snapshot:
         if memo is None:
             memo = self._decisions[module] = {}
         plan = Plan(module, capability, self.modules.get(module), self.glob, memo)
-        fn = plans[(module, capability)] = plan.fn
+        fn = plan.fn
+        if capability in ROOTED_AT_SLASH:
+            fn = _rooted(fn)
+        plans[(module, capability)] = fn
         return fn
 
     def _conflict_plan(self, module: str) -> Decider:
         package = module[len(CONFLICT_PREFIX) :]
         names = self.conflicts.get(package)
-        claimed = " and ".join(names) if names else "more than one module"
+        claimed = _listed(names) if names else "more than one module"
         d = Decision(False, "deny", f"package {package} is claimed by {claimed}", None, module)
         return lambda args: d
 

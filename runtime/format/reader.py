@@ -81,7 +81,7 @@ def read_artifact(
     # parsed. The module-name check below then binds the payload to that name.
     if trust is not None and expected_module is not None:
         trust.verify(header, bytes(data[:end]), trailer, expected_module)
-    program = read_program(data, HEADER_SIZE, end, header.minor > FORMAT_MINOR)
+    program = read_program(data, HEADER_SIZE, end, header.minor > FORMAT_MINOR, header.minor)
     if expected_module is not None and program.module != expected_module:
         if file_name is None:
             file_name = expected_module + ARTIFACT_SUFFIX

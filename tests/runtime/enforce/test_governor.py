@@ -133,3 +133,117 @@ def test_unavailable_snapshot_still_answers_governor(name):
     s = Snapshot({name: linked(name)}, None, unavailable="policy unavailable: _global failed")
     assert s.governor(name + ".sub") == name
     assert not s.check(name, "network.outbound", "api.acme.com", 443).allowed
+
+
+# -- with real artifacts that carry governs (format 1.2), through the agent
+
+
+def test_governs_names_bind_with_the_longest_match(tmp_path):
+    from polc.runtime import PolicyAgent
+
+    from support.agent import write_artifact
+
+    d = tmp_path / "p"
+    d.mkdir()
+    write_artifact(d, "com.vendor.library", NET, governs=["vendorlib", "vendorlib_ext"])
+    write_artifact(d, "com.vendor.http", [], governs=["vendorlib.http"])
+    write_artifact(d, "_global", [])
+    with PolicyAgent(d, reload=False) as agent:
+        s = agent.snapshot
+        assert s.governor("vendorlib") == "com.vendor.library"
+        assert s.governor("vendorlib.client") == "com.vendor.library"
+        assert s.governor("vendorlib_ext.native") == "com.vendor.library"
+        assert s.governor("vendorlib.http") == "com.vendor.http"
+        assert s.governor("vendorlib.http.pool") == "com.vendor.http"
+        assert s.governor("vendorlibx") is None
+        assert s.governor("com.vendor.library") == "com.vendor.library"  # its own name still binds
+        assert s.conflicts == {}
+        assert agent.check(s.governor("vendorlib.client"), "network.outbound", "api.acme.com", 443).allowed
+
+
+@pytest.mark.parametrize("second", ["governs", "by name"])
+def test_a_package_claimed_twice_at_run_time_is_denied_whole(tmp_path, caplog, second):
+    """Tenants drop artifacts one by one: a second claim on a package (by governs, or a module named
+    like the package) is not arbitrated -- every operation the package does is denied until one goes."""
+    from polc.runtime import PolicyAgent, PolicyDenied
+
+    from support.agent import write_artifact
+
+    d = tmp_path / "p"
+    d.mkdir()
+    write_artifact(d, "com.vendor.library", NET, governs=["vendorlib"])
+    write_artifact(d, "tenant.globex", NET)
+    write_artifact(d, "_global", [])
+    with PolicyAgent(d, reload_interval=0) as agent:
+        assert agent.snapshot.governor("vendorlib.client") == "com.vendor.library"
+        if second == "governs":
+            write_artifact(d, "tenant.evil", [("entitle", "network.outbound", ())], governs=["vendorlib"])
+            claimants = ("com.vendor.library", "tenant.evil")
+        else:
+            write_artifact(d, "vendorlib", [("entitle", "network.outbound", ())])
+            claimants = ("com.vendor.library", "vendorlib")
+        agent.reload_now()
+        s = agent.snapshot
+        FAULTS.reset()
+        with caplog.at_level(logging.WARNING, logger="polc"):
+            g = s.governor("vendorlib.client")
+        assert g == CONFLICT_PREFIX + "vendorlib"
+        assert s.conflicts == {"vendorlib": claimants}
+        assert f"package vendorlib is claimed by {claimants[0]} and {claimants[1]}" in caplog.text
+        d1 = agent.check(g, "network.outbound", "api.acme.com", 443)
+        assert not d1.allowed and d1.reason == f"package vendorlib is claimed by {claimants[0]} and {claimants[1]}"
+        with pytest.raises(PolicyDenied, match="is claimed by"):
+            agent.require(g, "network.outbound", "api.acme.com", 443)
+        # other modules are untouched
+        assert s.governor("tenant.globex") == "tenant.globex"
+        assert agent.check("tenant.globex", "network.outbound", "api.acme.com", 443).allowed
+        # a removed artifact's last policy stays in force (docs/runtime.md), and so does its claim:
+        # the conflict ends when an artifact in force stops claiming the package
+        if second == "governs":
+            write_artifact(d, "tenant.evil", [])  # its new policy claims nothing
+            expected = "com.vendor.library"
+        else:
+            write_artifact(d, "com.vendor.library", NET)  # the vendor's module gives the name up
+            expected = "vendorlib"
+        agent.reload_now()
+        assert agent.snapshot.governor("vendorlib.client") == expected
+        assert agent.snapshot.conflicts == {}
+
+
+def test_three_claimants_and_an_own_name_all_conflict(tmp_path):
+    from support.agent import artifact_bytes
+
+    def gov(name, governs):
+        return link(read_artifact(artifact_bytes(name, [], governs=governs), expected_module=name))
+
+    s = Snapshot({
+        "a": gov("a", ["pkg", "solo"]),
+        "b": gov("b", ["pkg"]),
+        "c": gov("c", ["pkg", "d"]),
+        "d": gov("d", []),
+    })
+    assert s.governor("pkg.x") == CONFLICT_PREFIX + "pkg"
+    assert s.governor("d.y") == CONFLICT_PREFIX + "d"
+    assert s.governor("solo") == "a"
+    assert s.conflicts == {"pkg": ("a", "b", "c"), "d": ("c", "d")}
+    assert s.check(s.governor("pkg"), "threads.create").reason == "package pkg is claimed by a, b and c"
+
+
+def test_status_lists_claim_conflicts(tmp_path):
+    import json
+
+    from polc.runtime import PolicyAgent
+
+    from support.agent import write_artifact
+
+    d = tmp_path / "p"
+    d.mkdir()
+    write_artifact(d, "com.vendor.library", NET, governs=["vendorlib"])
+    write_artifact(d, "_global", [])
+    with PolicyAgent(d, reload=False) as agent:
+        assert agent.status()["claim_conflicts"] == {}
+    write_artifact(d, "tenant.evil", [], governs=["vendorlib", "x"])
+    with PolicyAgent(d, reload=False) as agent:
+        st = agent.status()
+        assert st["claim_conflicts"] == {"vendorlib": ["com.vendor.library", "tenant.evil"]}
+        json.dumps(st)
