@@ -37,6 +37,8 @@ def test_governed_package_entitled_denied_and_laundered(tree, libm, server_facto
     assert res["exec"] == {"ok": 0}
     assert res["thread"] == {"ok": "from a thread"}
     assert res["env"]["ok"]
+    assert res["native"] == {"ok": True}  # native.load("**/libm.so.6")
+    assert res["bound_allowed"] == {"ok": "allowed data"}  # governed by com.vendor.bound through `governs`
 
     # each denied one raised PolicyDenied naming the package, the capability and the call site ...
     def denied(name, capability, args=None):
@@ -61,7 +63,10 @@ def test_governed_package_entitled_denied_and_laundered(tree, libm, server_facto
     denied("write_outside", "fs.write", [".", "data/forbidden.txt"])
     denied("exec_touch", "process.exec")
     denied("env_secret", "env.read", ["POLC_TEST_SECRET"])
-    denied("native", "native.load")
+    denied("native_program", "native.load")  # CDLL(None): every symbol of the process
+    denied("pythonapi", "native.load")  # ctypes.pythonapi's symbols, looked up from vendorlib
+    d = res["bound_denied"]["denied"]
+    assert d["package"] == "boundlib" and d["module"] == "com.vendor.bound" and d["capability"] == "fs.read"
     # CPython swallows a hook's refusal of sys.addaudithook: the hook is simply not added
     assert res["addaudithook"] == {"ok": "hook not added"}
     assert "vendorlib may not sys.addaudithook()" in stderr

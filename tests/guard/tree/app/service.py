@@ -19,6 +19,7 @@ cfg = json.loads(sys.argv[1])
 agent = PolicyAgent(cfg["policies"], reload_interval=0).start()
 agent.guard(base=os.getcwd(), unlisted=cfg.get("unlisted", "allow"))
 
+import boundlib  # noqa: E402
 import helperlib  # noqa: E402
 import svcutil  # noqa: E402
 import unlistedlib  # noqa: E402
@@ -83,6 +84,10 @@ scenario("write_outside", vendorlib.write, "data/forbidden.txt", "x")
 scenario("exec_touch", vendorlib.run, ["touch", "process-started"])
 scenario("env_secret", vendorlib.env, "POLC_TEST_SECRET")
 scenario("native", vendorlib.load, cfg["libm"])
+scenario("native_program", vendorlib.load_program)
+scenario("pythonapi", vendorlib.use_pythonapi)
+scenario("bound_allowed", boundlib.read, "data/allowed.txt")
+scenario("bound_denied", boundlib.read, "secret.txt")
 scenario("addaudithook", vendorlib.add_hook)
 scenario("settrace", vendorlib.trace)
 # laundering: through an ungoverned helper, a thread with a stdlib target, a task, an executor
