@@ -22,9 +22,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import PolicyDenied
 from .core import Guard, GuardError
 
-__all__ = ["Guard", "GuardError", "current", "install"]
+__all__ = ["Guard", "GuardError", "current", "find_denial", "install"]
 
 _lock = threading.Lock()
 _installed: Guard | None = None
@@ -33,6 +34,34 @@ _installed: Guard | None = None
 def current() -> Guard | None:
     """The guard installed in this process, if any."""
     return _installed
+
+
+def find_denial(exc: BaseException | None, *, limit: int = 32) -> PolicyDenied | None:
+    """The :class:`~polc.runtime.PolicyDenied` behind an exception a client library raised, if any.
+
+    Clients wrap the ``OSError`` a denied operation raises: urllib's
+    ``URLError`` keeps it as ``reason``, urllib3/requests chain it as the
+    cause or context of their own errors (``MaxRetryError.reason``), an
+    ``ExceptionGroup`` holds it among others. This follows ``__cause__``,
+    ``__context__``, a ``reason`` that is an exception, exceptions among
+    ``args`` and a group's ``exceptions``, at most ``limit`` exceptions.
+    """
+    todo: list[BaseException] = [exc] if exc is not None else []
+    seen: set[int] = set()
+    while todo and len(seen) < limit:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, PolicyDenied):
+            return e
+        reason = getattr(e, "reason", None)
+        nested = [reason, e.__cause__, e.__context__]
+        nested += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        if isinstance(e, BaseExceptionGroup):
+            nested += list(e.exceptions)
+        todo += [n for n in nested if isinstance(n, BaseException)]
+    return None
 
 
 class _QuietSnapshotAudit(logging.Filter):

@@ -8,12 +8,12 @@ each scenario -> {"ok": result} or {"denied": {...}} or {"error": "..."}.
 import json
 import os
 import sys
-import urllib.error
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(here), "site-packages"))
 
-from polc.runtime import PolicyAgent, PolicyDenied  # noqa: E402
+from polc.runtime import PolicyAgent  # noqa: E402
+from polc.runtime.guard import find_denial  # noqa: E402
 
 cfg = json.loads(sys.argv[1])
 agent = PolicyAgent(cfg["policies"], reload_interval=0).start()
@@ -32,18 +32,13 @@ S = f"http://127.0.0.1:{cfg['s']}/"
 
 
 def denial(exc):
-    """The PolicyDenied in an exception or its cause chain (URLError keeps it as .reason)."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, PolicyDenied):
-            return {"package": exc.package, "module": exc.module, "capability": exc.capability,
-                    "args": list(exc.args), "site": exc.site, "message": str(exc)}
-        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-            exc = exc.reason
-        else:
-            exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
+    """The PolicyDenied in an exception, its reason or its cause chain (URLError keeps it as .reason)."""
+    found = find_denial(exc)
+    if found is None:
+        return None
+    assert isinstance(found, PermissionError)
+    return {"package": found.package, "module": found.module, "capability": found.capability,
+            "args": list(found.args), "site": found.site, "message": str(found)}
 
 
 results = {}
