@@ -116,7 +116,8 @@ class Guard:
         self._resolved_lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
-        self._anchors: dict[int, tuple[FrameType, int]] = {}  # thread -> (anchor frame, its distance)
+        # thread -> (anchor frame, its distance, the distance of the last anchor that missed)
+        self._anchors: dict[int, tuple[FrameType, int, int]] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
         self._classifier: Classifier | None = None
         self.handlers: dict[str, Callable[[Guard, tuple[Any, ...], FrameType, int], None]] = {}
@@ -235,7 +236,8 @@ class Guard:
         when nothing governed is attributed; ``polc_inner`` is whether a
         frame of polc itself is inner to every governed frame.
         """
-        self.snapshot()
+        if self.agent._snapshot is not self._snap:
+            self._switch(self.agent._snapshot)
         names_get = self._names.get
         state = self._anchors.get(tid)
         anchor = state[0] if state is not None else None
@@ -272,8 +274,13 @@ class Guard:
             if governed:
                 outer = n  # every frame of a governed run counts: the outermost one is what matters
             f = f.f_back
-        if f is None and first is not None:  # the anchor was not on this stack: choose another
-            self._anchor(tid, first, state[1] if state is not None else 0, outer, n)
+        if first is not None:
+            if f is None:  # the anchor was not on this stack: it was too near; go half as far again
+                distance = state[1] if state is not None else 0
+                self._anchor(tid, first, distance + max(1, distance // 2), distance, outer, n)
+            elif n > 8 and state is not None and n >= 2 * (state[2] + 1):
+                # a long walk to a faraway anchor: try one nearer, above the last one that failed
+                self._anchor(tid, first, max(n // 2, state[2] + 1), state[2], outer, n + 1)
         inherited = INHERITED.get()
         if inherited:
             if found is None:
@@ -283,15 +290,20 @@ class Guard:
                     found[module] = (package, site)
         return found, polc_inner
 
-    def _anchor(self, tid: int, first: FrameType, distance: int, outer: int, depth: int) -> None:
-        """Anchor this thread's walks at a frame of this stack: twice as far out as the last
-        anchor (which this stack did not reach), outward of every governed frame, and not a
-        generator's or a coroutine's. Every frame walked was just classified, and the walk went
-        to the stack's end: the callers of the new anchor are all ungoverned. A few misses
-        settle the anchor on the innermost frame that stays while operations come and go.
+    def _anchor(self, tid: int, first: FrameType, target: int, floor: int, outer: int, depth: int) -> None:
+        """Anchor this thread's walks at the frame ``target`` frames out from ``first``.
+
+        Never inward of a governed frame (``outer``), never a generator's or
+        a coroutine's frame, never past the stack (``depth`` frames, all
+        classified by this walk or behind an anchor that held: the callers
+        of the new anchor are all ungoverned). ``floor`` is the distance of
+        the last anchor this thread's stacks did not reach: anchors go out
+        past it after a miss, and come back in no further than just past it
+        after long walks, so they settle on the innermost frame that
+        outlives the operations under it (a request handler, a loop).
         """
-        target = min(max(2 * distance, 1, outer), depth - 1)
-        if target < outer:
+        target = min(max(target, outer), depth - 1)
+        if target < outer or target < 1:
             return  # a governed frame is the outermost one: nothing to anchor at
         cand: FrameType | None = first
         for _ in range(target):
@@ -310,7 +322,7 @@ class Guard:
         anchors = self._anchors
         if len(anchors) >= _MAX_ANCHORS:
             anchors.clear()
-        anchors[tid] = (cand, target)
+        anchors[tid] = (cand, target, floor)
 
     def inherit(self, f: FrameType | None, tid: int) -> Inherited | None:
         """What a hand-off started from ``f`` carries: the attributed packages and their sites."""
