@@ -53,3 +53,12 @@ def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):
     assert lines and all(line.endswith("(audit mode)") for line in lines)
     # at most once per (package, capability, arguments) per interval
     assert len(lines) == len(set(lines))
+
+
+def test_anchored_walks_agree_with_full_walks(tree):
+    r = subprocess.run([sys.executable, "anchors.py", str(tree / "policies")], cwd=tree / "app", env=child_env(),
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["checked"] > 3000
+    assert out["nwrong"] == 0, out["wrong"]
