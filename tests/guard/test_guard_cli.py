@@ -151,6 +151,9 @@ def test_observe_writes_one_line_per_distinct_operation(tree, server_factory):
     assert unlisted["module"] == "_global" and unlisted["decision"] == "audit"
     assert unlisted["site"].startswith("unlistedlib/__init__.py:")
     assert "would deny: vendorlib may not fs.read('.', 'secret.txt')" in r.stderr
+    # the Python child the program started ran under its own guard, logging to the same file
+    child = by[("vendorlib", "fs.read", ("data", "public/note.txt"))]
+    assert child["decision"] == "allow" and "child " in r.stdout
 
 
 def test_guard_refuses_bad_usage(tree):

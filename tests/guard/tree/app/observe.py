@@ -19,3 +19,13 @@ for _ in range(2):
             print(fn(arg))
         except PermissionError as exc:
             print("denied:", exc)
+
+# a Python child inherits the guard from the environment polc guard prepared
+import subprocess  # noqa: E402
+
+child = subprocess.run(
+    [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import vendorlib, os; "
+     "print('child', os.getpid(), vendorlib.read('data/public/note.txt'))", os.path.join(os.path.dirname(here), "site-packages")],
+    capture_output=True, text=True, check=True,
+)  # fmt: skip
+print(child.stdout.strip())
