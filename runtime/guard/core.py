@@ -243,11 +243,9 @@ class Guard:
         anchor = state[0] if state is not None else None
         found: Found | None = None
         polc_inner = False
-        outer = 0  # distance of the outermost governed frame from the first one (+1), 0: none
+        outer_governed: FrameType | None = None  # the outermost governed frame walked
         first = f
         last = None
-        governed = False  # is the module of `last` governed?
-        n = 0
         while f is not None:
             if f is anchor:
                 break
@@ -258,29 +256,33 @@ class Guard:
                 o = names_get(name, _MISS) if type(name) is str else None
                 if o is _MISS:
                     o = self._classify(name, g)
-                governed = False
                 if o is not None:
                     if o is POLC:
                         if found is None:
                             polc_inner = True
                     else:
-                        governed = True
                         module = o[0]  # type: ignore[index]
                         if found is None:
                             found = {module: (o[1], f)}  # type: ignore[index]
                         elif module not in found:
                             found[module] = (o[1], f)  # type: ignore[index]
-            n += 1
-            if governed:
-                outer = n  # every frame of a governed run counts: the outermost one is what matters
+                        # the rest of this run of the module's frames: the outermost one counts
+                        outer_governed = f
+                        f = f.f_back
+                        while f is not None and f is not anchor and f.f_globals is g:
+                            outer_governed = f
+                            f = f.f_back
+                        continue
             f = f.f_back
         if first is not None:
             if f is None:  # the anchor was not on this stack: it was too near; go half as far again
                 distance = state[1] if state is not None else 0
-                self._anchor(tid, first, distance + max(1, distance // 2), distance, outer, n)
-            elif n > 8 and state is not None and n >= 2 * (state[2] + 1):
-                # a long walk to a faraway anchor: try one nearer, above the last one that failed
-                self._anchor(tid, first, max(n // 2, state[2] + 1), state[2], outer, n + 1)
+                self._anchor(tid, first, distance + max(1, distance // 2), distance, outer_governed, None)
+            elif state is not None and state[1] > 8 and state[1] >= 2 * (state[2] + 1):
+                # a faraway anchor (its distance when chosen): try one nearer, above the last one that failed
+                self._anchor(tid, first, max(state[1] // 2, state[2] + 1), state[2], outer_governed, f)
+                if self._anchors.get(tid) is state:  # no nearer frame would do: keep this one, stop trying
+                    self._anchors[tid] = (state[0], state[1], state[1])
         inherited = INHERITED.get()
         if inherited:
             if found is None:
@@ -290,39 +292,49 @@ class Guard:
                     found[module] = (package, site)
         return found, polc_inner
 
-    def _anchor(self, tid: int, first: FrameType, target: int, floor: int, outer: int, depth: int) -> None:
+    def _anchor(
+        self,
+        tid: int,
+        first: FrameType,
+        target: int,
+        floor: int,
+        outer_governed: FrameType | None,
+        stop: FrameType | None,
+    ) -> None:
         """Anchor this thread's walks at the frame ``target`` frames out from ``first``.
 
-        Never inward of a governed frame (``outer``), never a generator's or
-        a coroutine's frame, never past the stack (``depth`` frames, all
-        classified by this walk or behind an anchor that held: the callers
-        of the new anchor are all ungoverned). ``floor`` is the distance of
-        the last anchor this thread's stacks did not reach: anchors go out
-        past it after a miss, and come back in no further than just past it
-        after long walks, so they settle on the innermost frame that
-        outlives the operations under it (a request handler, a loop).
+        Never inward of or at a governed frame (``outer_governed``, the
+        outermost one this walk met), never a generator's or a coroutine's
+        frame, never at or past ``stop`` (the anchor the walk stopped at,
+        or None: the stack's end). Every frame up to ``stop`` was classified
+        by this walk, and the callers of ``stop`` are all ungoverned: so are
+        the callers of the new anchor. ``floor`` is the distance of the last
+        anchor this thread's stacks did not reach: anchors go out past it
+        after a miss, and come back in no further than just past it after
+        long walks, so they settle on the innermost frame that outlives the
+        operations under it (a request handler, a loop).
         """
-        target = min(max(target, outer), depth - 1)
-        if target < outer or target < 1:
-            return  # a governed frame is the outermost one: nothing to anchor at
         cand: FrameType | None = first
-        for _ in range(target):
-            cand = cand.f_back if cand is not None else None
-        while cand is not None:
-            try:
-                flags = cand.f_code.co_flags  # audited attribute: ignored, we are inside the hook
-            except Exception:
-                return
-            if not flags & _GENERATOR_FLAGS:
-                break
+        n = 0
+        past_governed = outer_governed is None
+        while cand is not None and cand is not stop:
+            if cand is outer_governed:
+                past_governed = True
+            elif past_governed and n >= target:
+                try:
+                    flags = cand.f_code.co_flags  # audited attribute: ignored, we are inside the hook
+                except Exception:
+                    return
+                if not flags & _GENERATOR_FLAGS:
+                    break
             cand = cand.f_back
-            target += 1
-        if cand is None:
-            return
+            n += 1
+        if cand is None or cand is stop:
+            return  # nothing usable between the operation and the old anchor or the stack's end
         anchors = self._anchors
         if len(anchors) >= _MAX_ANCHORS:
             anchors.clear()
-        anchors[tid] = (cand, target, floor)
+        anchors[tid] = (cand, n, floor)
 
     def inherit(self, f: FrameType | None, tid: int) -> Inherited | None:
         """What a hand-off started from ``f`` carries: the attributed packages and their sites."""
