@@ -49,6 +49,7 @@ _GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # CO_GENERATOR, CO_COROUTINE, CO
 _MAX_NAMES = 16384
 _MAX_FS = 65536
 _MAX_ANCHORS = 1024
+_RETRY_NEARER = 256  # hits of an anchor after which a nearer one is tried
 
 # Found: security module -> (package, innermost frame of it, or the site of a hand-off)
 Found = dict[str, tuple[str, "FrameType | str"]]
@@ -116,8 +117,8 @@ class Guard:
         self._resolved_lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
-        # thread -> (anchor frame, its distance, the distance of the last anchor that missed)
-        self._anchors: dict[int, tuple[FrameType, int, int]] = {}
+        # thread -> [anchor frame, its distance, the distance of the last anchor that missed, hits since]
+        self._anchors: dict[int, list[Any]] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
         self._classifier: Classifier | None = None
         self.handlers: dict[str, Callable[[Guard, tuple[Any, ...], FrameType, int], None]] = {}
@@ -278,11 +279,10 @@ class Guard:
             if f is None:  # the anchor was not on this stack: it was too near; go half as far again
                 distance = state[1] if state is not None else 0
                 self._anchor(tid, first, distance + max(1, distance // 2), distance, outer_governed, None)
-            elif state is not None and state[1] > 8 and state[1] >= 2 * (state[2] + 1):
-                # a faraway anchor (its distance when chosen): try one nearer, above the last one that failed
-                self._anchor(tid, first, max(state[1] // 2, state[2] + 1), state[2], outer_governed, f)
-                if self._anchors.get(tid) is state:  # no nearer frame would do: keep this one, stop trying
-                    self._anchors[tid] = (state[0], state[1], state[1])
+            else:
+                state[3] += 1  # type: ignore[index]  # f is the anchor: state is set
+                if state[3] >= _RETRY_NEARER or (state[1] > 8 and state[1] >= 2 * (state[2] + 1)):  # type: ignore[index]
+                    self._nearer(tid, state, first, outer_governed, f)  # type: ignore[arg-type]
         inherited = INHERITED.get()
         if inherited:
             if found is None:
@@ -334,7 +334,18 @@ class Guard:
         anchors = self._anchors
         if len(anchors) >= _MAX_ANCHORS:
             anchors.clear()
-        anchors[tid] = (cand, n, floor)
+        anchors[tid] = [cand, n, floor, 0]
+
+    def _nearer(
+        self, tid: int, state: list[Any], first: FrameType, outer_governed: FrameType | None, stop: FrameType
+    ) -> None:
+        """Try an anchor nearer than a faraway one that held (the walk to it was long), or, every
+        _RETRY_NEARER hits, nearer than the last miss too (stacks change shape)."""
+        floor = 0 if state[3] >= _RETRY_NEARER else state[2]
+        self._anchor(tid, first, max(state[1] // 2, floor + 1), floor, outer_governed, stop)
+        if self._anchors.get(tid) is state:  # no nearer frame would do: keep this one for a while
+            state[2] = state[1]
+            state[3] = 0
 
     def inherit(self, f: FrameType | None, tid: int) -> Inherited | None:
         """What a hand-off started from ``f`` carries: the attributed packages and their sites."""
