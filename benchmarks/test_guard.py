@@ -281,3 +281,43 @@ def test_import_200_stdlib_modules(world):
     without, with_ = statistics.median(runs["without"]), statistics.median(runs["with"])
     record("guard.import-200", "importing 200 standard-library modules, with / without the guard", round(with_ / without, 3),
            "x", bar=1.15, note=f"{without * 1000:.0f} ms -> {with_ * 1000:.0f} ms CPU")  # fmt: skip
+
+
+_AB_COUNTS = {"ignored-event": 20000, "open-governed": 2000, "open-ungoverned": 2000, "connect-governed": 300,
+              "subprocess-governed": 20}  # fmt: skip
+
+
+def test_interleaved_with_and_without(world):
+    """The same figures from two fresh processes, one guarded and one not, asked in turn (15 bursts
+    each): the load of a shared machine weighs on both alike. No pytest stack under the calls."""
+    here = Path(__file__).parent
+    procs = {}
+    for mode in ("off", "on"):
+        procs[mode] = subprocess.Popen([sys.executable, str(here / "guard_ab.py"), str(world["root"]), mode,
+                                        *map(str, world["address"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, cwd=world["base"])  # fmt: skip
+    try:
+        for name, count in _AB_COUNTS.items():
+            ratios, offs, ons = [], [], []
+            for _ in range(5 if SMALL else 15):
+                per = {}
+                for mode, proc in procs.items():
+                    proc.stdin.write(f"{name} {count}\n")
+                    proc.stdin.flush()
+                    per[mode] = float(proc.stdout.readline())
+                ratios.append(per["on"] / per["off"])
+                offs.append(per["off"])
+                ons.append(per["on"])
+            off, on = statistics.median(offs), statistics.median(ons)
+            if name == "ignored-event":
+                record("guard.ab.ignored-event", "an ignored audit event, added (interleaved processes)",
+                       (on - off) * 1e9, "ns", bar=300, note=f"{off * 1e9:.0f} ns without")  # fmt: skip
+            else:
+                bar, title = _BARS[name]
+                record(f"guard.ab.{name}", title + " (interleaved processes)", round(statistics.median(ratios), 3),
+                       "x", bar=bar, note=f"{off * 1e6:.2f} us -> {on * 1e6:.2f} us")  # fmt: skip
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+            proc.stdout.close()

@@ -15,11 +15,13 @@ import os
 import posixpath
 import stat
 import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from ..enforce.decision import Decision
+from ..patterns import RESOLVE_TTL
 from .core import Found, Guard
 from .paths import Undecidable, as_text
 
@@ -317,11 +319,19 @@ def _search_path(env: object) -> str:
                     raise Undecidable("a PATH that is not a string")
                 return os.fsdecode(value)
         return os.defpath
-    return os.pathsep.join(os.get_exec_path())
+    value = os.environ.get("PATH")  # what os.get_exec_path() reads, without its warnings filter
+    return value if value is not None else os.defpath
+
+
+_FOUND: dict[tuple[str, str], tuple[str, float]] = {}  # (name, PATH) -> (what a lookup found, reusable until)
 
 
 def executable_of(program: object, cwd: object = None, env: object = None, *, search: bool = True) -> str:
-    """The program an exec runs, as an absolute path when it can be found (a bare name otherwise)."""
+    """The program an exec runs, as an absolute path when it can be found (a bare name otherwise).
+
+    A lookup on PATH is reused for ``patterns.RESOLVE_TTL`` seconds at most, as the runtime's
+    own command lookups are (a PATH with relative entries: never).
+    """
     text = as_text(program)
     if not text:
         raise Undecidable("an empty program name")
@@ -332,15 +342,28 @@ def executable_of(program: object, cwd: object = None, env: object = None, *, se
         return posixpath.join(base, text)
     if not search:
         return text
-    for directory in _search_path(env).split(os.pathsep):
+    path = _search_path(env)
+    key = (text, path)
+    now = time.monotonic()
+    hit = _FOUND.get(key)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    found = text
+    directories = path.split(os.pathsep)
+    for directory in directories:
         candidate = posixpath.join(directory or ".", text)
         try:
             st = os.stat(candidate)
         except (OSError, ValueError):
             continue
         if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
-            return os.path.abspath(candidate)
-    return text
+            found = os.path.abspath(candidate)
+            break
+    if all(d.startswith("/") for d in directories):
+        if len(_FOUND) >= 4096:
+            _FOUND.clear()
+        _FOUND[key] = (found, now + RESOLVE_TTL)
+    return found
 
 
 def _exec(guard: Guard, f: FrameType, tid: int, program: str) -> None:
