@@ -17,7 +17,6 @@ sys.path.insert(0, str(root / "site-packages"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import benchvendor  # noqa: E402
-
 from test_guard import DEPTH, deep, event, read  # noqa: E402
 
 from polc.runtime import PolicyAgent  # noqa: E402
