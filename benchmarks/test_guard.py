@@ -258,29 +258,48 @@ def _stdlib_modules(count: int) -> list[str]:
 
 
 def test_import_200_stdlib_modules(world):
-    """CPU time of importing 200 standard-library modules in a fresh interpreter, guarded or not (each its own
-    process; the guard installed by polc guard's boot module, as ``polc guard`` does)."""
+    """CPU time of importing 200 standard-library modules in a fresh interpreter that runs an agent,
+    with and without the guard installed (each its own process, asked in turn): what the hook costs
+    the import system. Also: the start-up of ``python -c pass`` under polc guard's boot module."""
     from polc.runtime.guard import launch
 
     names = _stdlib_modules(200)
     assert len(names) == 200
-    code = ("import time, warnings\nwarnings.simplefilter('ignore')\nt = time.thread_time()\n"
+    live = str(world["live"])
+    code = ("import sys, time, warnings\nwarnings.simplefilter('ignore')\n"
+            "from polc.runtime import PolicyAgent\n"
+            "import polc.runtime.guard.events, polc.runtime.guard.wrappers  # what the guard imports, in both\n"
+            f"agent = PolicyAgent({live!r}, reload_interval=0).start()\n"
+            f"if sys.argv[1] == 'on': agent.guard(base={str(world['base'])!r})\n"
+            "t = time.thread_time()\n"
             + "".join(f"import {n}\n" for n in names) + "print(time.thread_time() - t)")  # fmt: skip
-    boot = Path(launch.__file__).parent / "boot"
-    config = launch.encode_config({"policy_dir": str(world["live"]), "reload_interval": 0.0, "roots": {},
-                                   "mode": "enforce", "observe": None, "unlisted": "allow", "base": str(world["base"])})  # fmt: skip
     plain_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", launch.CONFIG_VAR)}
-    guard_env = dict(plain_env, PYTHONPATH=str(boot), **{launch.CONFIG_VAR: config})
-    runs: dict[str, list[float]] = {"without": [], "with": []}
+    runs: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(3 if SMALL else 7):
-        for name, env in (("without", plain_env), ("with", guard_env)):
-            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                               cwd=world["base"])  # fmt: skip
+        for mode in ("off", "on"):
+            r = subprocess.run([sys.executable, "-c", code, mode], env=plain_env, capture_output=True, text=True,
+                               timeout=120, cwd=world["base"])  # fmt: skip
             assert r.returncode == 0, r.stderr
-            runs[name].append(float(r.stdout.splitlines()[-1]))
-    without, with_ = statistics.median(runs["without"]), statistics.median(runs["with"])
+            runs[mode].append(float(r.stdout.splitlines()[-1]))
+    without, with_ = statistics.median(runs["off"]), statistics.median(runs["on"])
     record("guard.import-200", "importing 200 standard-library modules, with / without the guard", round(with_ / without, 3),
-           "x", bar=1.15, note=f"{without * 1000:.0f} ms -> {with_ * 1000:.0f} ms CPU")  # fmt: skip
+           "x", bar=1.15, note=f"{without * 1000:.0f} ms -> {with_ * 1000:.0f} ms CPU; both processes run an agent")  # fmt: skip
+
+    # start-up as polc guard runs a program: the boot module (agent + guard) before `pass`
+    boot = Path(launch.__file__).parent / "boot"
+    config = launch.encode_config({"policy_dir": live, "reload_interval": 0.0, "roots": {}, "mode": "enforce",
+                                   "observe": None, "unlisted": "allow", "base": str(world["base"])})  # fmt: skip
+    guard_env = dict(plain_env, PYTHONPATH=str(boot), **{launch.CONFIG_VAR: config})
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(3 if SMALL else 7):
+        for mode, env in (("off", plain_env), ("on", guard_env)):
+            before = os.times()
+            subprocess.run([sys.executable, "-c", "pass"], env=env, check=True, timeout=60, cwd=world["base"])
+            after = os.times()
+            times[mode].append(after.children_user + after.children_system - before.children_user - before.children_system)
+    record("guard.startup", "python -c pass: start-up CPU under polc guard's boot module (agent + guard) / plain",
+           round(statistics.median(times["on"]) / statistics.median(times["off"]), 2), "x",
+           note=f"{statistics.median(times['off']) * 1000:.0f} ms -> {statistics.median(times['on']) * 1000:.0f} ms")  # fmt: skip
 
 
 _AB_COUNTS = {"ignored-event": 20000, "open-governed": 2000, "open-ungoverned": 2000, "connect-governed": 300,
