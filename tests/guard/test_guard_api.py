@@ -62,3 +62,11 @@ def test_anchored_walks_agree_with_full_walks(tree):
     out = json.loads(r.stdout)
     assert out["checked"] > 3000
     assert out["nwrong"] == 0, out["wrong"]
+
+
+def test_importing_the_runtime_does_not_import_the_guard():
+    code = ("import sys, polc.runtime\nfrom polc.runtime import PolicyAgent, PolicyDenied, Decision\n"
+            "print(sorted(m for m in sys.modules if m.startswith('polc.runtime.guard')))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
