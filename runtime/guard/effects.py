@@ -42,11 +42,10 @@ class Counters:
         self.faults = 0
 
     def add(self, package: str, capability: str, kind: int) -> None:
-        key = (package, capability)
+        row = self._counts.get((package, capability))
         with self._lock:
-            row = self._counts.get(key)
             if row is None:
-                row = self._counts[key] = [0, 0, 0]
+                row = self._counts.setdefault((package, capability), [0, 0, 0])
             row[kind] += 1
 
     def fault(self) -> None:
