@@ -39,6 +39,7 @@ def test_enforce(tree):
     assert counts["fs.read"]["denied"] >= 3 and counts["env.read"]["denied"] == 1
     assert counts["fs.write"]["allowed"] >= 3  # the symlink made, removed, made again
     assert out["status"]["mode"] == "enforce" and out["status"]["unlisted"] == "allow"
+    assert out["fork_child_status"] == 13  # the forked child was denied too
 
 
 def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):
@@ -47,6 +48,7 @@ def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):
     assert out["swing"] == {"ok": ["allowed data", "the secret"]}
     assert out["getenv"] == {"ok": "hunter2"}
     assert out["fault1"] == {"ok": "allowed data"}  # a fault in audit mode: would deny, proceeds
+    assert out["fork_child_status"] == 0
     counts = out["status"]["packages"]["vendorlib"]
     assert counts["fs.read"]["would_deny"] >= 2 and counts["fs.read"]["denied"] == 0
     lines = [line for line in out["log"] if line.startswith("would deny: vendorlib may not fs.read(")]

@@ -4,6 +4,7 @@ the observation log, and what the command refuses."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import subprocess
@@ -165,6 +166,19 @@ def test_guard_refuses_bad_usage(tree):
     assert r.returncode == 2 and "not a directory" in r.stderr and "ran" not in r.stdout
     r = run(str(tree / "policies"), "--root", "nodir", "--", sys.executable, "-c", "print('ran')")
     assert r.returncode == 2 and "NAME=DIR" in r.stderr
+    # python -m MODULE, and a console script found on PATH, run guarded
+    r = run(str(tree / "policies"), "--mode", "audit", "--", sys.executable, "-m", "whoami")
+    assert r.returncode == 0 and r.stdout.strip() == "guarded audit", r.stderr
+    bindir = tree / "bin"
+    bindir.mkdir()
+    script = bindir / "whoami-tool"
+    script.write_text(f"#!{sys.executable}\nimport os, runpy, sys\nsys.path.insert(0, os.getcwd())\n"
+                      "runpy.run_module('whoami', run_name='__main__')\n")  # fmt: skip
+    script.chmod(0o755)
+    env = child_env(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([*POLC, "guard", str(tree / "policies"), "--", "whoami-tool"], cwd=tree / "app", env=env,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "guarded enforce", r.stderr
     r = run(str(tree / "policies"), "--", "polc-no-such-program")
     assert r.returncode == 2 and "command not found" in r.stderr
     # a hostile configuration in the environment stops the program before it runs

@@ -71,6 +71,17 @@ out["fault1"] = attempt(vendorlib.read, "data/allowed.txt")
 out["fault2"] = attempt(vendorlib.read, "data/allowed.txt")
 guard.roots.candidates = real
 out["after_fault"] = attempt(vendorlib.read, "data/allowed.txt")
+# a child of os.fork() keeps the guard
+pid = os.fork()
+if pid == 0:
+    try:
+        vendorlib.read("secret.txt")
+        os._exit(0)
+    except PolicyDenied:
+        os._exit(13)
+    except BaseException:
+        os._exit(1)
+out["fork_child_status"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 out["status"] = agent.status()["guard"]
 out["log"] = records
 print(json.dumps(out))
