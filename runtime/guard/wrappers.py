@@ -1,9 +1,11 @@
 """Python-level entry points the guard wraps, where CPython 3.11 raises no audit event or the
 guard needs more than the event carries.
 
-* ``threading.Thread.start`` and ``_thread.start_new_thread``: ``threads.create()``
-  (3.11 raises no event for a new thread), and the hand-off of attribution
-  to the new thread;
+* ``_thread.start_new_thread`` (and ``threading``'s own reference to it, which
+  ``Thread.start`` calls): ``threads.create()`` (3.11 raises no event for a new
+  thread), and the hand-off of attribution to the new thread;
+* ``os.open`` with a ``dir_fd``: its ``open`` event carries no ``dir_fd``, so a
+  governed caller's relative path is made absolute before the call;
 * ``os.environ`` / ``os.environb`` item reads: ``env.read(name)`` (no event);
 * ``threading.settrace`` / ``threading.setprofile``: self-protection (they
   only store a function that new threads install);
@@ -41,6 +43,7 @@ from typing import Any
 from .attribution import INHERITED, Inherited
 from .core import Guard
 from .events import deny_self, executable_of
+from .paths import as_text
 
 __all__ = ["install_wrappers"]
 
@@ -97,6 +100,7 @@ class _Capture:
 
 def install_wrappers(guard: Guard) -> None:
     _threads(guard)
+    _open_at(guard)
     _environment(guard)
     _resolver(guard)
     _spawn(guard)
@@ -116,9 +120,6 @@ def install_wrappers(guard: Guard) -> None:
 
 
 def _threads(guard: Guard) -> None:
-    handoffs: dict[int, Inherited] = {}  # id(thread) -> what it inherits, from start() to its first line
-    orig_start = threading.Thread.start
-    orig_inner = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
     orig_new = _thread.start_new_thread
     orig_settrace = threading.settrace
     orig_setprofile = threading.setprofile
@@ -132,24 +133,9 @@ def _threads(guard: Guard) -> None:
         if tid not in guard.no_inherit:
             capture.value = tuple(((m, p), guard.site(p, where)) for m, (p, where) in found.items())
 
-    def start(self: threading.Thread) -> None:
-        if not busy(_get_ident()):
-            capture = _Capture()
-            guard.run_guarded(check, _getframe(1), capture)
-            if capture.value:
-                handoffs[id(self)] = capture.value
-        try:
-            orig_start(self)
-        finally:
-            handoffs.pop(id(self), None)
-
-    def _bootstrap_inner(self: threading.Thread) -> None:
-        inherited = handoffs.pop(id(self), None)
-        if inherited:
-            INHERITED.set(inherited)
-        orig_inner(self)
-
     def start_new_thread(function: Callable[..., Any], args: tuple[Any, ...], kwargs: Any = None) -> int:
+        """threads.create(), and the new thread carries the packages that started it (through
+        Thread.start, whose frames and callers are the stack looked at, or directly)."""
         capture = _Capture()
         if not busy(_get_ident()):
             guard.run_guarded(check, _getframe(1), capture)
@@ -169,11 +155,36 @@ def _threads(guard: Guard) -> None:
         guard.run_guarded(protect, "threading.setprofile", _getframe(1))
         orig_setprofile(func)
 
-    threading.Thread.start = start  # type: ignore[method-assign]
-    threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
     _thread.start_new_thread = start_new_thread
+    threading._start_new_thread = start_new_thread  # type: ignore[attr-defined]  # what Thread.start calls
     threading.settrace = settrace
     threading.setprofile = setprofile
+
+
+def _open_at(guard: Guard) -> None:
+    """``os.open(path, flags, dir_fd=fd)``: the ``open`` event carries no ``dir_fd``, so for a
+    governed caller a relative path is made absolute (through ``/proc/self/fd``) before the
+    call, and the event sees where it really goes; if it cannot be, the open is denied."""
+    orig = os.open
+
+    def resolve(f: FrameType, path: Any, dir_fd: int, out: list[Any], tid: int) -> None:
+        found, _ = guard.attribute(f, tid)
+        if not found:
+            return
+        text = as_text(path)
+        if not text.startswith("/"):
+            out.append(guard.paths.absolute(text, dir_fd))
+
+    def open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None and not guard.busy(_get_ident()):
+            out: list[Any] = []
+            guard.run_guarded(resolve, _getframe(1), path, dir_fd, out)
+            if out:
+                return orig(out[0], flags, mode)
+        return orig(path, flags, mode, dir_fd=dir_fd)
+
+    open.__doc__ = orig.__doc__
+    os.open = open
 
 
 # -- the environment ------------------------------------------------------------------

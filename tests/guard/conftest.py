@@ -80,6 +80,8 @@ def tree(tmp_path: Path) -> Path:
     (app / "data" / "public" / "note.txt").write_text("public note")
     (app / "secret.txt").write_text("the secret")
     os.symlink("../secret.txt", app / "data" / "link-to-secret")
+    (tmp_path / "outside" / "data").mkdir(parents=True)
+    (tmp_path / "outside" / "data" / "allowed.txt").write_text("outside, not allowed")
     compile_policies(tmp_path / "policies-src", tmp_path / "policies")
     return tmp_path
 

@@ -17,7 +17,7 @@ from conftest import child_env
 def run_service(tree, libm, servers, unlisted="allow"):
     a, b, s = servers
     cfg = {"policies": str(tree / "policies"), "a": a.server_address[1], "b": b.server_address[1],
-           "s": s.server_address[1], "libm": libm, "unlisted": unlisted}  # fmt: skip
+           "s": s.server_address[1], "libm": libm, "unlisted": unlisted, "outside": str(tree / "outside")}  # fmt: skip
     r = subprocess.run([sys.executable, "service.py", json.dumps(cfg)], cwd=tree / "app", env=child_env(),
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -79,7 +79,11 @@ def test_governed_package_entitled_denied_and_laundered(tree, libm, server_facto
     assert "may not fs.write('.', 'data/made-by-thread')" in stderr
     denied("task_launder", "network.outbound", ["127.0.0.2", b.server_address[1]])
     denied("executor_launder", "fs.read")
-    denied("launder_after_read", "fs.read")  # a frame that just did an entitled operation is still governed
+    denied("launder_after_read", "fs.read")
+    # a path relative to a directory descriptor is decided where it leads (the open event carries no dir_fd)
+    d = denied("read_at_dir_fd", "fs.read")
+    assert "outside/data/allowed.txt" in json.dumps(d["args"])
+    denied("raw_thread_launder", "fs.read")  # a frame that just did an entitled operation is still governed
 
     # ... before they happened
     assert b.connections == 0

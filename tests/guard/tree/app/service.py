@@ -91,6 +91,9 @@ scenario("read_via_helper", vendorlib.read_via_helper, "secret.txt")
 scenario("thread_launder", vendorlib.in_thread, helperlib.fetch, B)
 scenario("stdlib_thread_target", vendorlib.stdlib_thread, os.mkdir, "data/made-by-thread")
 scenario("task_launder", vendorlib.launder_task, B_IP, cfg["b"])
+outside = os.open(cfg["outside"], os.O_RDONLY)  # the service hands vendorlib a directory of its own
+scenario("read_at_dir_fd", vendorlib.read_at, "data/allowed.txt", outside)
+scenario("raw_thread_launder", vendorlib.start_raw_thread, helperlib.read, "secret.txt")
 scenario("launder_after_read", vendorlib.read_then_launder, "data/allowed.txt", "secret.txt")
 scenario("executor_launder", vendorlib.via_executor, helperlib.read, "secret.txt")
 # the service's own code and the ungoverned helper, called by the service: untouched
