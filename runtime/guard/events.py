@@ -40,8 +40,8 @@ _UNIX = getattr(_socket, "AF_UNIX", None)
 
 # The import system reading (and caching) modules on its own behalf.
 _IMPORT_SYSTEM = frozenset({"_frozen_importlib", "_frozen_importlib_external", "zipimport", "importlib._bootstrap",
-                            "importlib._bootstrap_external", "importlib.machinery", "importlib.util", "pkgutil"})
-_IMPORT_SUFFIXES = (".py", ".pyc", ".pyw", ".so", ".pth", ".abi3.so")
+                            "importlib._bootstrap_external", "importlib.machinery", "importlib.util"})
+_IMPORT_SUFFIXES = (".py", ".pyc", ".pyw", ".so", ".pth", ".zip", ".egg", ".whl")
 _NULL_DEVICE = "/dev/null"
 
 
