@@ -20,15 +20,26 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PolicyDenied
-from .core import Guard, GuardError
+
+if TYPE_CHECKING:
+    from .core import Guard, GuardError
 
 __all__ = ["Guard", "GuardError", "current", "find_denial", "install"]
 
 _lock = threading.Lock()
 _installed: Guard | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # Guard and GuardError on first use: `polc guard` reads .launch before it execs, without them
+    if name in ("Guard", "GuardError"):
+        from . import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'polc.runtime.guard' has no attribute {name!r}")
 
 
 def current() -> Guard | None:
@@ -68,7 +79,7 @@ class _QuietSnapshotAudit(logging.Filter):
     """Drop the snapshot's own "would deny" line for a check the guard makes: the guard logs
     a line of its own (with the package and the call site), rate-limited."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Any) -> None:
         super().__init__()
         self._guard = guard
 
@@ -90,6 +101,8 @@ def install(
 ) -> Guard:
     """Install the guard for ``agent`` (see :meth:`polc.runtime.PolicyAgent.guard`)."""
     global _installed
+    from .core import Guard, GuardError
+
     with _lock:
         if _installed is not None:
             other = "this agent" if _installed.agent is agent else f"another agent ({_installed.agent.policy_dir})"
