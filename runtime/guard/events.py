@@ -115,8 +115,10 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     path, _mode, flags = args
     if type(path) is int:
         return
-    if _on_behalf_of_interpreter(f, path):
-        return
+    if f is not None:
+        caller = _dict_get(f.f_globals, "__name__")
+        if (caller in _IMPORT_SYSTEM or caller == "tokenize") and _on_behalf_of_interpreter(f, path):
+            return
     found, polc_inner = guard.attribute(f, tid)
     if not found:
         return
