@@ -26,7 +26,7 @@ from .core import Found, Guard
 from .effects import ALLOWED
 from .paths import Undecidable, as_text
 
-__all__ = ["HANDLERS", "executable_of"]
+__all__ = ["HANDLERS", "deny_self", "executable_of", "module_name"]
 
 Handler = Callable[[Guard, tuple[Any, ...], FrameType, int], None]
 
@@ -45,8 +45,10 @@ _IMPORT_SUFFIXES = (".py", ".pyc", ".pyw", ".so", ".pth", ".zip", ".egg", ".whl"
 _NULL_DEVICE = "/dev/null"
 
 
-def _module_name(f: FrameType | None) -> object:
-    return _dict_get(f.f_globals, "__name__") if f is not None else None
+def module_name(f: FrameType | None) -> str | None:
+    """The frame's module name; None for none, or for a name that is not a plain str (forged globals)."""
+    name = _dict_get(f.f_globals, "__name__") if f is not None else None
+    return name if type(name) is str else None
 
 
 def _import_file(path: object) -> bool:
@@ -66,10 +68,10 @@ def _import_file(path: object) -> bool:
 
 def _on_behalf_of_interpreter(f: FrameType, path: object) -> bool:
     """Reads the interpreter makes for itself: imports, and linecache reading a source for a traceback."""
-    name = _module_name(f)
+    name = module_name(f)
     if name in _IMPORT_SYSTEM:
         return _import_file(path)
-    if name == "tokenize" and _module_name(f.f_back) == "linecache":
+    if name == "tokenize" and module_name(f.f_back) == "linecache":
         try:
             return as_text(path).endswith(".py")
         except Undecidable:
@@ -117,7 +119,8 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         return
     if f is not None:
         caller = _dict_get(f.f_globals, "__name__")
-        if (caller in _IMPORT_SYSTEM or caller == "tokenize") and _on_behalf_of_interpreter(f, path):
+        interpreter = type(caller) is str and (caller in _IMPORT_SYSTEM or caller == "tokenize")
+        if interpreter and _on_behalf_of_interpreter(f, path):
             return
     found, polc_inner = guard.attribute(f, tid)
     if not found:
@@ -138,7 +141,7 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
 
 def _listing(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     path = args[0]
-    if _module_name(f) in _IMPORT_SYSTEM:
+    if module_name(f) in _IMPORT_SYSTEM:
         return  # the path finder listing a directory of sys.path
     _fs(guard, f, tid, "fs.read", "." if path is None else path, None, True)
 
@@ -149,7 +152,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
     def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         if changes:
             guard.paths.changed()
-        if _module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
+        if module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
             return  # importlib writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
         if type(fd) is int and fd < 0:
@@ -162,7 +165,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
 def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
     guard.paths.changed()
-    if _module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
+    if module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
         return
     _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
 
@@ -419,7 +422,7 @@ def _pty_spawn(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> N
 
 def _importing_ctypes(f: FrameType | None) -> bool:
     """Is this ``import ctypes`` itself (its module body opens the program: ``pythonapi``)?"""
-    while f is not None and _module_name(f) == "ctypes":
+    while f is not None and module_name(f) == "ctypes":
         if f.f_code.co_name == "<module>":  # audited attribute: ignored inside the hook
             return True
         f = f.f_back

@@ -42,7 +42,7 @@ from typing import Any
 
 from .attribution import INHERITED, Inherited
 from .core import Guard
-from .events import deny_self, executable_of
+from .events import deny_self, executable_of, module_name
 from .paths import as_text
 
 __all__ = ["install_wrappers"]
@@ -195,11 +195,11 @@ def _environment(guard: Guard) -> None:
 
     def check(key: object, f: FrameType | None, tid: int) -> None:
         caller = f
-        while caller is not None and _dict_get(caller.f_globals, "__name__") in _PASS_THROUGH:
+        while caller is not None and module_name(caller) in _PASS_THROUGH:
             caller = caller.f_back
         if caller is not None:
-            module = _dict_get(caller.f_globals, "__name__")
-            exempt = ENV_EXEMPT.get(module, ()) if type(module) is str else ()
+            module = module_name(caller)
+            exempt = ENV_EXEMPT.get(module, ()) if module is not None else ()
             name = key if type(key) is str else (os.fsdecode(key) if type(key) is bytes else None)
             if exempt is None or (name is not None and name in exempt):
                 return
