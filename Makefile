@@ -22,8 +22,12 @@ run: $(STAMP)
 	$(BIN)/polc compile $(SRC) -o $(OUT)
 	$(BIN)/polc run $(OUT) --listen $(LISTEN)
 
+# The policies' own tests (every rule of $(SRC) reached), then the test suite. Both
+# run; the status is pytest's when it fails (5: nothing collected), else polc test's.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/polc test $(SRC) --coverage --fail-under 100; policy=$$?; \
+	$(BIN)/python -m pytest -q; suite=$$?; \
+	if [ $$suite -ne 0 ]; then exit $$suite; fi; exit $$policy
 
 # Lint (product code, tests and benchmarks; the tests' idioms are configured in
 # pyproject.toml) and strict type checks of the product code: what .ci/run runs

@@ -23,6 +23,9 @@ _COMMANDS = {
     "run": "polc.cmd_run:run_cmd",
     "guard": "polc.cmd_guard:guard_cmd",
     "keygen": "polc.cmd_keygen:keygen_cmd",
+    "publish": "polc.cmd_fleet:publish_cmd",
+    "pull": "polc.cmd_fleet:pull_cmd",
+    "test": "polc.cmd_test:test_cmd",
 }
 
 

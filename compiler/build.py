@@ -62,6 +62,7 @@ def compile_paths(
     stdin_name: str | None = None,
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    keep_artifacts: bool = False,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
@@ -81,9 +82,14 @@ def compile_paths(
     the compile waits for it, or with ``wait=False`` fails at once (exit 2).
     Holding it, the compile removes what crashed compiles left
     (:func:`~polc.compiler.output.remove_debris`).
+
+    ``keep_artifacts`` (checking only) keeps each compiled module's artifact
+    bytes in its outcome's ``data``, for tools that run the policy in memory
+    (``polc test``).
     """
     build = _Build(srcs, jobs=jobs, force=force, strict=strict, write=write, sign_key=sign_key,
                    stdin=stdin, stdin_name=stdin_name)
+    build.keep_artifacts = keep_artifacts and not write
     try:
         build.plan(source_root)
         if not write:
@@ -115,6 +121,7 @@ class _Build:
         self.signer = sign_key.key_id if sign_key is not None else None
         self.stdin = stdin
         self.stdin_name = stdin_name
+        self.keep_artifacts = False
         self.report = Report(checking=not write)
         self.out = ""
         self.walked: list[Walked] = []
@@ -250,7 +257,8 @@ class _Build:
                 report.failed_files += 1
             for m in o.modules:
                 self._conclude(m, o, pipe.decls)
-                m.data = None
+                if not self.keep_artifacts or m.status == FAILED:
+                    m.data = None
                 report.modules.append(m)
         if self.writer is not None:
             for m, exc in self.writer.finish():

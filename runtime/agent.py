@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
 from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
@@ -43,6 +43,9 @@ __all__ = [
     "ReloadFailure",
     "ReloadResult",
 ]
+
+if TYPE_CHECKING:
+    from .fleet.puller import CycleResult, Puller, PullLoop
 
 logger = logging.getLogger("polc")
 
@@ -63,6 +66,17 @@ class PolicyAgent:
     :meth:`start` warns when others can change the policy directory
     (``strict`` refuses to start then; docs/security.md).
 
+    ``source`` (default: ``POLC_SOURCE``) makes the directory the mirror of
+    a published set (``s3://bucket/prefix``, ``http(s)://host/prefix``,
+    ``file:///dir``; docs/fleet.md): the agent enforces what the directory
+    holds at start, before contacting the origin, then pulls every
+    ``pull_interval`` seconds (``POLC_PULL_INTERVAL``, default 5, with
+    jitter), verifies the signed manifest and every artifact, switches the
+    whole set and reloads at once. ``endpoint`` (``POLC_SOURCE_ENDPOINT``)
+    is the S3 endpoint of an ``s3://`` source. A source needs ``trust`` with
+    a key marked ``manifest = true``. ``status()["source"]`` says how the
+    pulls go.
+
     Use as a context manager, or call :meth:`start` and :meth:`stop` (and
     :meth:`start` again). A child of ``os.fork()`` gets its own poller.
     :meth:`check` is lock-free and never raises.
@@ -77,6 +91,9 @@ class PolicyAgent:
         strict: bool | None = None,
         trust: Any = None,
         cache_size: int = 65536,
+        source: str | None = None,
+        pull_interval: float | None = None,
+        endpoint: str | None = None,
     ) -> None:
         config = AgentConfig.resolve(
             policy_dir,
@@ -85,17 +102,27 @@ class PolicyAgent:
             strict=strict,
             trust=trust,
             cache_size=cache_size,
+            source=source,
+            pull_interval=pull_interval,
+            endpoint=endpoint,
         )
         self.policy_dir: str = config.policy_dir
         self.reload_interval: float = config.reload_interval
         self.reload: bool = config.reload
         self.strict: bool = config.strict
         self.trust = config.trust
+        self.source: str | None = config.source
+        self.pull_interval: float = config.pull_interval
+        self._puller: Puller | None = None
+        self._pull_loop: PullLoop | None = None
+        if config.source is not None:
+            from .fleet.puller import Puller
+
+            # reads the directory only: nothing is fetched before start()
+            self._puller = Puller(config.source, self.policy_dir, trust=config.trust, endpoint=config.endpoint)
 
         self._publish(EMPTY_SNAPSHOT)
-        self._poller = Poller(
-            self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish
-        )
+        self._poller = Poller(self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish)
         self._lock = threading.Lock()  # serialises reload steps; checks never take it
         self._lock_owner: int | None = None  # ident of the thread running a step
         self._stop = threading.Event()  # the running poller's own stop flag
@@ -119,6 +146,10 @@ class PolicyAgent:
         """
         if not self._started:
             self._check_permissions()
+            puller = self._puller
+            if puller is not None and puller.mirror.in_force is None:
+                # nothing verified on disk yet: one pull first, so the first load has a set
+                puller.cycle()
             result = self._poll(initial=True)
             if self.strict and result.failed:
                 with self._lock:  # forget what this attempt saw, so a retry sees it all again
@@ -129,7 +160,30 @@ class PolicyAgent:
         if self.reload and not self._poller_running():
             self._start_poller()
             logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
+        if self._puller is not None:
+            self._start_puller()
         return self
+
+    def _start_puller(self) -> None:
+        from .fleet.puller import PullLoop
+
+        if self._pull_loop is None:
+            self._pull_loop = PullLoop(self._pull_cycle, self.pull_interval, name="polc-puller")
+        self._pull_loop.start()
+
+    def _pull_cycle(self) -> CycleResult:
+        """One pull; a switch commits under the step lock and reloads in the same step."""
+        assert self._puller is not None
+        return self._puller.cycle(around=self._commit_and_reload)
+
+    def _commit_and_reload(self, commit: Callable[[], None]) -> None:
+        self._poll(before=commit)
+
+    def pull_now(self) -> CycleResult:
+        """One pull cycle now (thread-safe with the pull thread); needs a ``source``."""
+        if self._puller is None:
+            raise RuntimeError("this agent has no source to pull from")
+        return self._pull_cycle()
 
     def _poller_running(self) -> bool:
         thread = self._thread
@@ -165,6 +219,10 @@ class PolicyAgent:
         Checks keep working, and :meth:`start` starts a new poller.
         """
         self._stop.set()
+        if self._pull_loop is not None:
+            self._pull_loop.stop(timeout)
+        if self._puller is not None:
+            self._puller.close()
         thread = self._thread
         self._thread = None
         if thread is not None and thread is not threading.current_thread():
@@ -325,6 +383,7 @@ class PolicyAgent:
             # packages two modules in force claim: everything they do is denied (docs/runtime.md)
             "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()},
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
+            "source": self._puller.status() if self._puller is not None else None,
             **({"guard": self._guard.status()} if self._guard is not None else {}),
         }
 
@@ -358,12 +417,18 @@ class PolicyAgent:
             self, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base, log_interval=log_interval
         )
 
-    def _poll(self, initial: bool = False) -> ReloadResult:
-        """One step under the step lock, then the delivery of its events."""
+    def _poll(self, initial: bool = False, before: Callable[[], None] | None = None) -> ReloadResult:
+        """One step under the step lock, then the delivery of its events.
+
+        ``before`` runs first under the same lock (a pulled set's switch), so
+        the step sees the whole new set and no step sees half of it.
+        """
         upto = 0
         with self._lock:
             self._lock_owner = threading.get_ident()
             try:
+                if before is not None:
+                    before()
                 with fast_switch:
                     events, result = self._poller.run_step(initial)
                 if events:
@@ -414,6 +479,10 @@ class PolicyAgent:
                 self._poller.resync()
             self._lock_owner = None
         self._delivery.after_fork_in_child()
+        if self._puller is not None:
+            # one process pulls into a directory: the child enforces what the parent's pulls switch
+            self._puller._lock = threading.Lock()
+            self._pull_loop = None
         thread = self._thread
         if thread is not None and thread is threading.current_thread():
             return  # a subscriber on the poller thread forked: it goes on polling here

@@ -167,6 +167,8 @@ class TrustConfigError(PolcError, ValueError):
 
 class KeyFileError(PolcError, ValueError):
     """A key file cannot be read or written."""
+
+
 # --------------------------------------------------------------------------
 # Configuration and loading of the agent (runtime/config.py, runtime/agent.py)
 
@@ -304,3 +306,43 @@ def _rebuild_denied(
     from .enforce.decision import Decision
 
     return PolicyDenied(Decision(*fields), module, capability, args, package=package, site=site)
+# Fleets: pulling a published set from an origin (runtime/fleet/)
+
+__all__ += ["FleetError", "ManifestError", "OriginError", "RollbackError"]
+
+
+class FleetError(PolcError):
+    """Root of every failure to publish or pull a set. ``str(e)`` is the precise
+    message, ``e.reason`` a short fixed phrase for status and metrics."""
+
+    reason = "fleet error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class OriginError(FleetError):
+    """The origin (or store) did not deliver: unreachable, a 5xx, 403, 404, a body
+    too large or cut short. ``reason`` is one of ``unreachable``, ``server error``,
+    ``forbidden``, ``not found``, ``too large``, ``partial download``,
+    ``bad response``, ``unavailable``; ``status`` the HTTP status when there was one."""
+
+    reason = "origin error"
+
+    def __init__(self, message: str, *, reason: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+
+
+class ManifestError(FleetError):
+    """A manifest that is malformed or whose signature does not verify."""
+
+    reason = "bad manifest"
+
+
+class RollbackError(FleetError):
+    """A manifest whose revision is not above the highest this agent has accepted."""
+
+    reason = "rollback"

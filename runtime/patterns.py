@@ -119,9 +119,7 @@ def _check_label(label: str, text: str) -> None:
         raise PatternError(f"invalid host {shown(text)}: label longer than {MAX_LABEL_LEN} characters")
     if not _LABEL.match(label):
         if "*" in label:
-            raise PatternError(
-                f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')"
-            )
+            raise PatternError(f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')")
         raise PatternError(f"invalid host {shown(text)}: bad label {shown(label, 60)}")
 
 
@@ -194,9 +192,7 @@ def compile_host(text: str) -> tuple[int, str]:
     else:
         return HOST_CIDR, str(ipaddress.ip_network(addr))
     if ":" in text:
-        raise PatternError(
-            f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument"
-        )
+        raise PatternError(f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument")
     labels = _split_dns(text)
     if "*" in text:
         _ipv4_wildcard(labels, text)
@@ -293,9 +289,7 @@ def normalize_host(value: object) -> str | IPAddress | HostAddresses:
     except PatternError:
         raise ValueError(f"malformed host {shown(value)}") from None
     if _looks_numeric(labels):
-        raise ValueError(
-            f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)"
-        )
+        raise ValueError(f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)")
     return ".".join(labels)
 
 
@@ -332,8 +326,7 @@ def compile_path(text: str) -> str:
         raise PatternError("invalid path pattern: contains a NUL byte")
     if text.startswith("/"):
         raise PatternError(
-            f"invalid path pattern {shown(text)}: paths are relative to the root argument; "
-            f"drop the leading '/'"
+            f"invalid path pattern {shown(text)}: paths are relative to the root argument; drop the leading '/'"
         )
     segments: list[str] = []
     for seg in text.split("/"):
@@ -342,14 +335,12 @@ def compile_path(text: str) -> str:
         if seg == "..":
             raise PatternError(f"invalid path pattern {shown(text)}: '..' is not allowed")
         if "**" in seg and seg != "**":
-            raise PatternError(
-                f"invalid path pattern {shown(text)}: '**' must be a whole path segment"
-            )
+            raise PatternError(f"invalid path pattern {shown(text)}: '**' must be a whole path segment")
         if seg == "**" and segments and segments[-1] == "**":
             continue  # '**/**' is '**'
         segments.append(seg)
     if not segments:
-        raise PatternError(f"invalid path pattern {shown(text)}: empty; use \"**\" for any path")
+        raise PatternError(f'invalid path pattern {shown(text)}: empty; use "**" for any path')
     return "/".join(segments)
 
 

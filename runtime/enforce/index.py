@@ -483,5 +483,3 @@ class Table:
         if self.rest:
             buckets.append(self.rest)
         return buckets
-
-

@@ -221,9 +221,18 @@ class Plan:
         flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
         code, names = decider_code((types, kind, pos, flags))
         values: dict[str, object] = {
-            "arity": self.arity, "plan": self, "no_ent": self.no_entitlement, "decisions": self._memo,
-            "exact": exact, "wild1": wild1, "wildn": wildn, "depths": depths, "pfx": pfx,
-            "pfx_lens": pfx_lens, "ip": ip, "rest": rest,
+            "arity": self.arity,
+            "plan": self,
+            "no_ent": self.no_entitlement,
+            "decisions": self._memo,
+            "exact": exact,
+            "wild1": wild1,
+            "wildn": wildn,
+            "depths": depths,
+            "pfx": pfx,
+            "pfx_lens": pfx_lens,
+            "ip": ip,
+            "rest": rest,
         }
         self.fn = FunctionType(code, NAMESPACE, "decide", tuple([values[n] for n in names]))
 
@@ -238,8 +247,7 @@ class Plan:
         return Decision(
             False,
             "deny",
-            f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, "
-            f"got {len(args)}",
+            f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, got {len(args)}",
             None,
             self.module,
             self.no_entitlement.revision,
@@ -289,6 +297,11 @@ class Plan:
                 True, "allow", _reason("entitled by ", owner.name), owner.location(i), self.module, owner.revision
             )
         return Decision(
-            owner.audit, "deny", _reason("denied by ", owner.name), owner.location(i), self.module, owner.revision,
+            owner.audit,
+            "deny",
+            _reason("denied by ", owner.name),
+            owner.location(i),
+            self.module,
+            owner.revision,
             owner.audit,
         )

@@ -399,10 +399,7 @@ class Snapshot:
             return  # huge requests are decided every time, never kept
         cache = self._cache
         timed_cache = self._timed
-        if (
-            len(timed_cache if timed else cache) >= self._cache_size
-            or self._cache_bytes + cost > self._cache_budget
-        ):
+        if len(timed_cache if timed else cache) >= self._cache_size or self._cache_bytes + cost > self._cache_budget:
             cache.clear()
             timed_cache.clear()
             self._cache_bytes = 0

@@ -151,8 +151,7 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
     if major != FORMAT_MAJOR:
         if major > FORMAT_MAJOR:
             raise UnsupportedVersion(
-                f"artifact format {major}.{minor} is newer than this polc supports "
-                f"({FORMAT_MAJOR}.x); upgrade polc",
+                f"artifact format {major}.{minor} is newer than this polc supports ({FORMAT_MAJOR}.x); upgrade polc",
                 major=major,
                 minor=minor,
             )
@@ -164,22 +163,17 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
         )
     if flags & ~KNOWN_FLAGS:
         raise BadHeader(
-            f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} in the header (flags {flags:#x}); "
-            f"written by a newer polc?"
+            f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} in the header (flags {flags:#x}); written by a newer polc?"
         )
     if payload_len > MAX_PAYLOAD:
         raise PayloadTooLarge(
-            f"header declares a payload of {payload_len} bytes, more than the "
-            f"{MAX_PAYLOAD}-byte limit"
+            f"header declares a payload of {payload_len} bytes, more than the {MAX_PAYLOAD}-byte limit"
         )
     if flags & FLAG_SIGNED:
         if trailer_len == 0:
             raise BadHeader("header says signed but declares no signature trailer")
         if trailer_len > MAX_TRAILER:
-            raise BadHeader(
-                f"header declares a trailer of {trailer_len} bytes, more than the "
-                f"{MAX_TRAILER}-byte limit"
-            )
+            raise BadHeader(f"header declares a trailer of {trailer_len} bytes, more than the {MAX_TRAILER}-byte limit")
     elif trailer_len != 0:
         raise BadHeader(f"header declares a {trailer_len}-byte trailer but the signed flag is not set")
     return Header(major, minor, flags, payload_len, trailer_len, digest)

@@ -189,8 +189,4 @@ def is_valid_module_name(name: object) -> bool:
     251 so that ``NAME.bin`` fits a 255-byte file name. The compiler should
     check module names with this function before it generates anything.
     """
-    return (
-        type(name) is str
-        and 0 < len(name) <= MAX_MODULE_NAME_LEN
-        and MODULE_NAME.fullmatch(name) is not None
-    )
+    return type(name) is str and 0 < len(name) <= MAX_MODULE_NAME_LEN and MODULE_NAME.fullmatch(name) is not None

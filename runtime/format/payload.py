@@ -50,7 +50,6 @@ def pack_payload(payload: dict[str, Any]) -> bytes:
     return packed
 
 
-
 def unpack_payload(payload: bytes) -> Any:
     """msgpack-unpack payload bytes whole, with every limit bounded by their length.
 
@@ -85,7 +84,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-
 # ---------------------------------------------------------------------------
 # The payload, read in bounded pieces (docs/artifact-format.md, "What reading
 # a payload costs")
@@ -112,16 +110,26 @@ def _describe(exc: BaseException) -> str:
 _WINDOW = 32 * 1024
 MAX_PAYLOAD_KEYS = 64  # keys of the payload map; format 1.0 has 8
 
-_UNPACK = dict(
-    use_list=False, raw=False, strict_map_key=True, max_buffer_size=MAX_PAYLOAD + _WINDOW, read_size=_WINDOW
-)
+_UNPACK = dict(use_list=False, raw=False, strict_map_key=True, max_buffer_size=MAX_PAYLOAD + _WINDOW, read_size=_WINDOW)
 _ELEMENT_LIMITS: dict[str, dict[str, Any]] = {
     # [name, [[param, type], ...]]: the longest array is the parameter list
-    "caps": dict(_UNPACK, max_array_len=opcodes.MAX_PARAMS, max_map_len=16,
-                 max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+    "caps": dict(
+        _UNPACK,
+        max_array_len=opcodes.MAX_PARAMS,
+        max_map_len=16,
+        max_str_len=_WINDOW,
+        max_bin_len=_WINDOW,
+        max_ext_len=_WINDOW,
+    ),
     # strings; a container here can only be empty
-    "consts": dict(_UNPACK, max_array_len=0, max_map_len=0,
-                   max_str_len=opcodes.MAX_STRING, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+    "consts": dict(
+        _UNPACK,
+        max_array_len=0,
+        max_map_len=0,
+        max_str_len=opcodes.MAX_STRING,
+        max_bin_len=_WINDOW,
+        max_ext_len=_WINDOW,
+    ),
     # [opcode, operand, ...]: at most 5 elements (up to 64 get the verifier's own message)
     "code": dict(_UNPACK, max_array_len=64, max_map_len=16,
                  max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
@@ -309,8 +317,15 @@ def _value(piece: memoryview, what: str) -> Any:
     n = len(piece)
     try:
         return msgpack.unpackb(
-            piece, use_list=False, raw=False, strict_map_key=True,
-            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2, max_ext_len=n,
+            piece,
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n // 2,
+            max_ext_len=n,
         )
     except Exception as exc:
         raise _NotMsgpack(f"the value of {what!r}: {_describe(exc)}") from None
@@ -358,9 +373,14 @@ def read_program(
 _WHOLE_MAX = 64 * 1024
 _WHOLE_CLAIMS = 32
 _WHOLE_LIMITS = dict(
-    use_list=False, raw=False, strict_map_key=True,
-    max_array_len=8192, max_map_len=MAX_PAYLOAD_KEYS,
-    max_str_len=_WHOLE_MAX, max_bin_len=_WHOLE_MAX, max_ext_len=_WHOLE_MAX,
+    use_list=False,
+    raw=False,
+    strict_map_key=True,
+    max_array_len=8192,
+    max_map_len=MAX_PAYLOAD_KEYS,
+    max_str_len=_WHOLE_MAX,
+    max_bin_len=_WHOLE_MAX,
+    max_ext_len=_WHOLE_MAX,
 )
 
 
@@ -500,7 +520,10 @@ def _read_consts(buf: memoryview, pos: int) -> tuple[int, tuple[str, ...]]:
     verify.check_consts_count(count)
     pieces: list[tuple[Any, ...]] = []
     end = _elements(
-        buf, start, count, "consts",
+        buf,
+        start,
+        count,
+        "consts",
         lambda chunk, first, final: pieces.append(verify.verify_consts(chunk, first)),
     )
     return end, _joined(pieces)
@@ -535,8 +558,9 @@ def _joined(pieces: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return tuple(chain.from_iterable(pieces))
 
 
-def _elements(buf: memoryview, start: int, count: int, what: str,
-              take: Callable[[tuple[Any, ...], int, bool], None]) -> int:
+def _elements(
+    buf: memoryview, start: int, count: int, what: str, take: Callable[[tuple[Any, ...], int, bool], None]
+) -> int:
     """Unpack the ``count`` elements of array ``what`` from ``start`` on, a window at a time.
 
     ``take(chunk, index of its first element, final)`` gets them in order, in

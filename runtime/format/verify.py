@@ -349,8 +349,7 @@ def _verify_caps_full(raw: tuple[Any, ...]) -> tuple[Capability, ...]:
         if builtin is not None:
             if builtin != cap and LEGACY_SIGNATURES.get(name) != cap:
                 raise VerifyError(
-                    f"{where}: built-in capability {name} has signature {builtin.signature()}, "
-                    f"not {cap.signature()}"
+                    f"{where}: built-in capability {name} has signature {builtin.signature()}, not {cap.signature()}"
                 )
             cap = builtin
         caps.append(cap)
@@ -430,9 +429,7 @@ def _check_instruction(ins: object, where: str) -> None:
     name = OPCODE_NAMES[op]
     want = OPERAND_COUNTS[op]
     if len(ins) - 1 != want:
-        raise VerifyError(
-            f"{where}: {name} takes {want} operand{'s' if want != 1 else ''}, got {len(ins) - 1}"
-        )
+        raise VerifyError(f"{where}: {name} takes {want} operand{'s' if want != 1 else ''}, got {len(ins) - 1}")
     for k, v in enumerate(ins[1:], 1):
         if type(v) is not int:
             raise VerifyError(f"{where}: operand {k} of {name} must be an int, got {_tname(v)}")
@@ -473,9 +470,7 @@ def link_reference_part(linker: Linker, code: tuple[Any, ...], limit: int, final
         where = f"code[{base + i}]"
         _check_instruction(ins, where)
         if ins[0] != RULE:
-            raise VerifyError(
-                f"{where}: {OPCODE_NAMES[ins[0]]} outside a rule (the code must start with RULE)"
-            )
+            raise VerifyError(f"{where}: {OPCODE_NAMES[ins[0]]} outside a rule (the code must start with RULE)")
         _, effect, c, line, col = ins
         r = len(rules)
         if effect not in EFFECT_NAMES:
@@ -505,8 +500,7 @@ def link_reference_part(linker: Linker, code: tuple[Any, ...], limit: int, final
             name = OPCODE_NAMES[op]
             if op not in ALLOWED_OPS[param.type]:
                 raise VerifyError(
-                    f"rule {r}: argument {k + 1} of {cap.name} ({param.name}: {param.type}) "
-                    f"cannot be {name}"
+                    f"rule {r}: argument {k + 1} of {cap.name} ({param.name}: {param.type}) cannot be {name}"
                 )
             if op == ANY:
                 dec: tuple[Any, ...] = ANY_ARG

@@ -64,7 +64,7 @@ def stage_file(directory: str, data: bytes, *, prefix: str = ".") -> str:
             os.fchmod(fd, 0o666 & ~process_umask())
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

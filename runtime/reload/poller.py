@@ -315,9 +315,7 @@ class Poller:
 
     # -- commit --------------------------------------------------------------
 
-    def commit(
-        self, found: list[Outcome], gone: list[str], initial: bool
-    ) -> tuple[list[ReloadEvent], ReloadResult]:
+    def commit(self, found: list[Outcome], gone: list[str], initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
         """Apply a phase's outcomes and the names gone at once: file states, status,
         one snapshot published, then log lines. Returns the events and what changed."""
         now = time.time()
@@ -340,9 +338,7 @@ class Poller:
                 events.append(ReloadEvent(RECOVERED, module, name))
                 return
             linked_ = entry.linked
-            logs.append(
-                (logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision)
-            )
+            logs.append((logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision))
             events.append(ReloadEvent(RECOVERED, module, name, None, linked_.revision, linked_.rule_count))
 
         for o in found:
@@ -426,9 +422,7 @@ class Poller:
             result.removed.append(module)
             logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", name, module))
             events.append(
-                ReloadEvent(
-                    REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count
-                )
+                ReloadEvent(REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count)
             )
 
         # _global that never loaded but failed: deny everything (fail closed)
@@ -438,12 +432,19 @@ class Poller:
         else:
             self.global_error = None
 
-        if changed or initial or self.snapshot.unavailable != self.global_error:
-            self.publish(self._snapshot_with(changed, initial=initial))
-        self._record_listing()
-        self._refile([o.name for o in found] + gone)
+        # The status first, then the snapshot: whoever sees a decision of the
+        # new policy (check() reads the published snapshot) then also sees its
+        # status, an error cleared included. The other order left a window in
+        # which check() already decided by the restored file while status()
+        # still reported the old error.
+        publish = changed or initial or self.snapshot.unavailable != self.global_error
+        snapshot = self._snapshot_with(changed, initial=initial) if publish else None
         self.status_modules = status
         self.last_reload = now
+        if snapshot is not None:
+            self.publish(snapshot)
+        self._record_listing()
+        self._refile([o.name for o in found] + gone)
         for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result
