@@ -9,6 +9,8 @@ guard needs more than the event carries.
 * ``os.environ`` / ``os.environb`` item reads: ``env.read(name)`` (no event);
 * ``threading.settrace`` / ``threading.setprofile``: self-protection (they
   only store a function that new threads install);
+* ``signal.signal`` / ``signal.getsignal``: a handler runs attributed to the
+  code that set it, not to the code the signal interrupted;
 * ``socket.getaddrinfo``, ``socket.gethostbyname``, ``socket.gethostbyname_ex``:
   the event is checked in the hook; the wrapper records the addresses an
   entitled name resolved to (the event cannot see the answer);
@@ -101,6 +103,7 @@ class _Capture:
 def install_wrappers(guard: Guard) -> None:
     _threads(guard)
     _open_at(guard)
+    _signals(guard)
     _environment(guard)
     _resolver(guard)
     _spawn(guard)
@@ -185,6 +188,57 @@ def _open_at(guard: Guard) -> None:
 
     open.__doc__ = orig.__doc__
     os.open = open
+
+
+def _signals(guard: Guard) -> None:
+    """A Python signal handler runs on top of whatever code the signal interrupted: that code did
+    not call it. Handlers set with ``signal.signal`` run with the walk stopped at their own frame
+    (an anchor set for the call) and with the packages of the code that *set* the handler."""
+    import signal
+
+    orig_signal = signal.signal
+    orig_getsignal = signal.getsignal
+    originals: dict[int, Any] = {}  # id(wrapper) -> the handler given, for getsignal()
+    wrappers: dict[int, Any] = {}  # id(wrapper) -> wrapper (keeps the id unique while registered)
+
+    def wrap(handler: Callable[..., Any], inherited: Inherited | None) -> Callable[..., Any]:
+        def polc_signal_handler(signum: int, frame: Any) -> Any:
+            tid = _get_ident()
+            anchors = guard._anchors
+            saved = anchors.get(tid)
+            anchors[tid] = [_getframe(), 0, 0, 0]  # walks inside the handler stop at this frame
+            token = INHERITED.set(inherited)
+            try:
+                return handler(signum, frame)
+            finally:
+                INHERITED.reset(token)
+                if saved is None:
+                    anchors.pop(tid, None)
+                else:
+                    anchors[tid] = saved
+
+        return polc_signal_handler
+
+    def signal_(signalnum: Any, handler: Any) -> Any:
+        if callable(handler):
+            inherited = _capture(guard, _getframe(1))
+            wrapper = wrap(handler, inherited)
+            originals[id(wrapper)] = handler
+            wrappers[id(wrapper)] = wrapper
+            handler = wrapper
+        previous = orig_signal(signalnum, handler)
+        given = originals.pop(id(previous), None)
+        wrappers.pop(id(previous), None)
+        return previous if given is None else given
+
+    def getsignal(signalnum: Any) -> Any:
+        current = orig_getsignal(signalnum)
+        return originals.get(id(current), current)
+
+    signal_.__doc__ = orig_signal.__doc__
+    getsignal.__doc__ = orig_getsignal.__doc__
+    signal.signal = signal_
+    signal.getsignal = getsignal
 
 
 # -- the environment ------------------------------------------------------------------

@@ -40,6 +40,12 @@ def test_enforce(tree):
     assert counts["fs.write"]["allowed"] >= 3  # the symlink made, removed, made again
     assert out["status"]["mode"] == "enforce" and out["status"]["unlisted"] == "allow"
     assert out["fork_child_status"] == 13  # the forked child was denied too
+    # a signal handler is the code that set it: the service's runs over a vendorlib frame unchecked,
+    # the one vendorlib set is vendorlib's even when the service raises the signal
+    assert out["getsignal_is_original"] is True
+    assert out["service_signal"] == {"ok": "raised"} and out["service_signal_file"] is True
+    assert out["vendor_signal"]["package"] == "vendorlib" and out["vendor_signal"]["capability"] == "fs.write"
+    assert out["vendor_signal_dir"] is False
 
 
 def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):

@@ -71,6 +71,29 @@ out["fault1"] = attempt(vendorlib.read, "data/allowed.txt")
 out["fault2"] = attempt(vendorlib.read, "data/allowed.txt")
 guard.roots.candidates = real
 out["after_fault"] = attempt(vendorlib.read, "data/allowed.txt")
+# signal handlers: attributed to the code that set them, not the code they interrupt
+import functools  # noqa: E402
+import signal  # noqa: E402
+
+
+def service_handler(signum, frame):
+    with open("service-signal.txt", "w") as f:  # the service's own write, on top of a vendorlib frame
+        f.write("handled")
+
+
+signal.signal(signal.SIGUSR1, service_handler)
+out["getsignal_is_original"] = signal.getsignal(signal.SIGUSR1) is service_handler
+out["service_signal"] = attempt(vendorlib.raise_signal, signal.SIGUSR1)
+out["service_signal_file"] = os.path.exists("service-signal.txt")
+# makedirs(name, mode=signum, exist_ok=frame): a standard-library handler vendorlib sets
+vendorlib.set_handler(signal.SIGUSR2, functools.partial(os.makedirs, "made-by-signal"))
+try:
+    signal.raise_signal(signal.SIGUSR2)  # raised by the service: the handler vendorlib set still carries vendorlib
+    out["vendor_signal"] = {"ok": "ran"}
+except PolicyDenied as exc:
+    out["vendor_signal"] = {"denied": str(exc), "capability": exc.capability, "package": exc.package}
+out["vendor_signal_dir"] = os.path.exists("made-by-signal")
+
 # a child of os.fork() keeps the guard
 pid = os.fork()
 if pid == 0:
