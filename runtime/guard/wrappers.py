@@ -11,6 +11,8 @@ guard needs more than the event carries.
   only store a function that new threads install);
 * ``signal.signal`` / ``signal.getsignal``: a handler runs attributed to the
   code that set it, not to the code the signal interrupted;
+* ``logging.Handler.__init__`` / ``handle``: a handler's own I/O is attributed
+  to the code that created it, not to whoever logged the record;
 * ``socket.getaddrinfo``, ``socket.gethostbyname``, ``socket.gethostbyname_ex``:
   the event is checked in the hook; the wrapper records the addresses an
   entitled name resolved to (the event cannot see the answer);
@@ -104,6 +106,7 @@ def install_wrappers(guard: Guard) -> None:
     _threads(guard)
     _open_at(guard)
     _signals(guard)
+    _logging(guard)
     _environment(guard)
     _resolver(guard)
     _spawn(guard)
@@ -190,6 +193,49 @@ def _open_at(guard: Guard) -> None:
     os.open = open
 
 
+def detached(guard: Guard, inherited: Inherited | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` attributed to ``inherited`` alone, not to the code below on the stack: walks
+    from inside stop at this frame (an anchor set for the call; its callers are deliberately left
+    out), and the inherited packages are replaced for the call."""
+    tid = _get_ident()
+    anchors = guard._anchors
+    saved = anchors.get(tid)
+    anchors[tid] = [_getframe(), 0, 0, 0]
+    token = INHERITED.set(inherited)
+    try:
+        return fn(*args)
+    finally:
+        INHERITED.reset(token)
+        if saved is None:
+            anchors.pop(tid, None)
+        else:
+            anchors[tid] = saved
+
+
+def _logging(guard: Guard) -> None:
+    """A logging handler's own I/O (opening a delayed file, rotating, a socket handler's connect)
+    is attributed to the code that created the handler, not to whoever logged the record: the
+    service's rotating file handler works when a governed library logs, and a handler a governed
+    package creates stays that package's."""
+    import logging
+
+    handler_class = logging.Handler
+    orig_init = handler_class.__init__
+    orig_handle = handler_class.handle
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        vars(self)["_polc_creator"] = _capture(guard, _getframe(1))
+        orig_init(self, *args, **kwargs)
+
+    def handle(self: Any, record: Any) -> Any:
+        if guard.busy(_get_ident()):
+            return orig_handle(self, record)
+        return detached(guard, vars(self).get("_polc_creator"), orig_handle, self, record)
+
+    handler_class.__init__ = __init__  # type: ignore[method-assign]
+    handler_class.handle = handle  # type: ignore[method-assign]
+
+
 def _signals(guard: Guard) -> None:
     """A Python signal handler runs on top of whatever code the signal interrupted: that code did
     not call it. Handlers set with ``signal.signal`` run with the walk stopped at their own frame
@@ -203,19 +249,7 @@ def _signals(guard: Guard) -> None:
 
     def wrap(handler: Callable[..., Any], inherited: Inherited | None) -> Callable[..., Any]:
         def polc_signal_handler(signum: int, frame: Any) -> Any:
-            tid = _get_ident()
-            anchors = guard._anchors
-            saved = anchors.get(tid)
-            anchors[tid] = [_getframe(), 0, 0, 0]  # walks inside the handler stop at this frame
-            token = INHERITED.set(inherited)
-            try:
-                return handler(signum, frame)
-            finally:
-                INHERITED.reset(token)
-                if saved is None:
-                    anchors.pop(tid, None)
-                else:
-                    anchors[tid] = saved
+            return detached(guard, inherited, handler, signum, frame)
 
         return polc_signal_handler
 

@@ -46,6 +46,10 @@ def test_enforce(tree):
     assert out["service_signal"] == {"ok": "raised"} and out["service_signal_file"] is True
     assert out["vendor_signal"]["package"] == "vendorlib" and out["vendor_signal"]["capability"] == "fs.write"
     assert out["vendor_signal_dir"] is False
+    # the service's rotating log file works when vendorlib logs; a log file vendorlib opens is checked
+    assert out["service_log_rotated"] is True
+    assert out["vendor_log_file"] is False
+    assert any("vendorlib may not fs.write('.', 'vendor.log')" in line for line in out["log"])
 
 
 def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):

@@ -94,6 +94,18 @@ except PolicyDenied as exc:
     out["vendor_signal"] = {"denied": str(exc), "capability": exc.capability, "package": exc.package}
 out["vendor_signal_dir"] = os.path.exists("made-by-signal")
 
+# logging: a handler's I/O belongs to whoever created the handler
+import logging.handlers  # noqa: E402
+
+svc_log = logging.getLogger("svc.log")
+svc_log.propagate = False
+svc_log.addHandler(logging.handlers.RotatingFileHandler("svc.log", maxBytes=50, backupCount=1, delay=True))
+for _ in range(3):
+    vendorlib.log("svc.log", "x" * 40)  # the service's handler opens and rotates its file
+out["service_log_rotated"] = os.path.exists("svc.log") and os.path.exists("svc.log.1")
+out["vendor_own_log"] = attempt(vendorlib.own_log_file, "vendor.log")
+out["vendor_log_file"] = os.path.exists("vendor.log")
+
 # a child of os.fork() keeps the guard
 pid = os.fork()
 if pid == 0:
