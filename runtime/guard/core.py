@@ -34,7 +34,7 @@ from typing import Any
 
 from ..enforce.decision import Decision
 from ..enforce.snapshot import Snapshot
-from ..errors import PolicyDenied
+from ..errors import PolcError, PolicyDenied
 from .attribution import INHERITED, POLC, Classifier, Inherited, Owner, frame_site
 from .effects import ALLOWED, DENIED, WOULD_DENY, Counters, Limiter, Observer, shown_request
 from .paths import PathResolver, RootMap, Undecidable
@@ -55,7 +55,7 @@ _RETRY_NEARER = 256  # hits of an anchor after which a nearer one is tried
 Found = dict[str, tuple[str, "FrameType | str"]]
 
 
-class GuardError(RuntimeError):
+class GuardError(PolcError, RuntimeError):
     """The guard cannot be installed as asked (a second guard, an agent not started, bad settings)."""
 
 
