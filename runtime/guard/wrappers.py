@@ -19,7 +19,8 @@ guard needs more than the event carries.
 * ``os._spawnvef`` (behind every ``os.spawn*``): ``process.exec`` before the
   fork (the event of the exec would come from the child);
 * ``asyncio``'s ``BaseEventLoop.create_task``: the task inherits the governed
-  packages of the code that created it;
+  packages of the code that created it; ``call_soon``, ``call_soon_threadsafe``,
+  ``call_later``, ``call_at`` called from outside asyncio: the callback does;
 * ``concurrent.futures.ThreadPoolExecutor.__init__`` and ``submit``: a work
   item inherits the packages of the code that submitted it and, for an
   executor created directly by a governed package, of that package.
@@ -405,6 +406,30 @@ def _asyncio(guard: Guard, module: ModuleType) -> None:
         return orig_create_task(self, coro, name=name, context=context)
 
     loop_class.create_task = create_task
+
+    def carrying_context(context: Any, f: FrameType) -> Any:
+        inherited = _capture(guard, f)
+        if not inherited:
+            return context
+        ctx = context.copy() if isinstance(context, contextvars.Context) else contextvars.copy_context()
+        ctx.run(lambda: INHERITED.set(merge(INHERITED.get(), inherited)))
+        return ctx
+
+    def scheduling(orig: Callable[..., Any]) -> Callable[..., Any]:
+        # a callback scheduled by code outside asyncio runs in a context carrying that code's packages
+        def schedule(self: Any, *args: Any, context: Any = None) -> Any:
+            f = _getframe(1)
+            caller = module_name(f)
+            if caller is None or not caller.startswith("asyncio."):
+                context = carrying_context(context, f)
+            return orig(self, *args, context=context)
+
+        schedule.__name__ = orig.__name__
+        schedule.__doc__ = orig.__doc__
+        return schedule
+
+    for name in ("call_soon", "call_soon_threadsafe", "call_later", "call_at"):
+        setattr(loop_class, name, scheduling(getattr(loop_class, name)))
 
 
 def _executors(guard: Guard, module: ModuleType) -> None:

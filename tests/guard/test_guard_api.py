@@ -46,6 +46,9 @@ def test_enforce(tree):
     assert out["service_signal"] == {"ok": "raised"} and out["service_signal_file"] is True
     assert out["vendor_signal"]["package"] == "vendorlib" and out["vendor_signal"]["capability"] == "fs.write"
     assert out["vendor_signal_dir"] is False
+    # a standard-library callback vendorlib scheduled on the service's loop is still vendorlib's
+    assert out["callback_errors"] == ["PolicyDenied"] and out["callback_dir"] is False
+    assert out["service_callback_dir"] is True
     # the service's rotating log file works when vendorlib logs; a log file vendorlib opens is checked
     assert out["service_log_rotated"] is True
     assert out["vendor_log_file"] is False

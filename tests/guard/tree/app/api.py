@@ -106,6 +106,26 @@ out["service_log_rotated"] = os.path.exists("svc.log") and os.path.exists("svc.l
 out["vendor_own_log"] = attempt(vendorlib.own_log_file, "vendor.log")
 out["vendor_log_file"] = os.path.exists("vendor.log")
 
+# asyncio: a callback vendorlib schedules on the service's loop carries vendorlib
+import asyncio  # noqa: E402
+
+
+async def service_main():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
+    vendorlib.schedule(loop, os.mkdir, "made-by-callback")
+    loop.call_soon(os.mkdir, "made-by-service-callback")  # the service's own
+    done = loop.create_future()
+    loop.call_soon(done.set_result, None)  # callbacks run in order: the two above have run
+    await done
+    return [type(e).__name__ for e in errors]
+
+
+out["callback_errors"] = asyncio.run(service_main())
+out["callback_dir"] = os.path.exists("made-by-callback")
+out["service_callback_dir"] = os.path.exists("made-by-service-callback")
+
 # a child of os.fork() keeps the guard
 pid = os.fork()
 if pid == 0:
