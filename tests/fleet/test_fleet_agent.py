@@ -171,16 +171,16 @@ def test_source_from_the_environment(monkeypatch, site, trust, tmp_path, agents)
     assert agent.source == site.url and agent.pull_interval == 0.5 and ok(agent, "a1.example")
 
 
-def test_s3_without_boto3_names_the_extra(trust, tmp_path):
-    try:
-        import boto3  # noqa: F401
-    except ImportError:
-        from polc.runtime.errors import OriginError
+def test_s3_without_boto3_names_the_extra(trust, tmp_path, monkeypatch):
+    # boto3 is in the test extra, so its absence is made certain: a None entry in
+    # sys.modules makes every `import boto3` raise ImportError.
+    import sys
 
-        with pytest.raises(OriginError, match=r"pip install 'polc\[s3\]'"):
-            PolicyAgent(str(tmp_path / "m"), trust=trust, source="s3://bucket/prefix")
-    else:
-        pytest.skip("boto3 is installed: the s3 tests cover s3:// sources")
+    from polc.runtime.errors import OriginError
+
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(OriginError, match=r"pip install 'polc\[s3\]'"):
+        PolicyAgent(str(tmp_path / "m"), trust=trust, source="s3://bucket/prefix")
 
 
 # --------------------------------------------------------------------------- the loop's timing

@@ -69,7 +69,7 @@ def test_incident_block_vendor_network_without_restart(tree, caplog):
         d = agent.check(*vendor)
         assert latency <= INTERVAL + 0.25, latency
         assert d.effect == "deny" and d.reason == "denied by com.vendor.library"
-        assert d.rule.endswith("com.vendor.library.pol:7:5"), d.rule
+        assert d.rule.endswith("com.vendor.library.pol:9:5"), d.rule
         assert any(r.getMessage().startswith("reloaded com.vendor.library (") for r in caplog.records)
 
         after = {m: s["revision"] for m, s in agent.status()["modules"].items()}
