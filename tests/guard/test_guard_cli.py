@@ -155,6 +155,13 @@ def test_observe_writes_one_line_per_distinct_operation(tree, server_factory):
     # the Python child the program started ran under its own guard, logging to the same file
     child = by[("vendorlib", "fs.read", ("data", "public/note.txt"))]
     assert child["decision"] == "allow" and "child " in r.stdout
+    # the log is what polc suggest reads: every line accepted, drafts that compile
+    drafts = tree / "drafts"
+    s = subprocess.run([*POLC, "suggest", str(log), "-o", str(drafts)], capture_output=True, text=True, timeout=120)
+    assert s.returncode == 0, s.stdout + s.stderr
+    assert "error" not in s.stderr
+    c = subprocess.run([*POLC, "check", str(drafts)], capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
 
 
 def test_guard_refuses_bad_usage(tree):
