@@ -1,49 +1,17 @@
-"""Fixtures of the guard's tests: the test package tree in a scratch directory, compiled
-policies, and loopback HTTP servers that count the connections they accept."""
+"""Fixtures of the guard's tests: the test package tree in a scratch directory with compiled
+policies, loopback servers (helpers in tests/support/guard.py)."""
 
 from __future__ import annotations
 
 import ctypes.util
-import http.server
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-TREE = Path(__file__).parent / "tree"
-POLC = [sys.executable, "-m", "polc"]
-
-
-class CountingServer(http.server.ThreadingHTTPServer):
-    """An HTTP server that answers 'hello from PORT' and counts every connection it accepts."""
-
-    daemon_threads = True
-
-    def __init__(self, host: str) -> None:
-        self.connections = 0
-        self._count_lock = threading.Lock()
-        super().__init__((host, 0), _Handler)
-
-    def verify_request(self, request, client_address) -> bool:
-        with self._count_lock:
-            self.connections += 1
-        return True
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = f"hello from {self.server.server_address[1]}".encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+from support.guard import TREE, CountingServer, compile_policies
 
 
 @pytest.fixture
@@ -60,12 +28,6 @@ def server_factory():
     for server in servers:
         server.shutdown()
         server.server_close()
-
-
-def compile_policies(src: Path, out: Path) -> None:
-    r = subprocess.run([*POLC, "compile", str(src), "-o", str(out)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
@@ -94,12 +56,3 @@ def libm() -> str:
         if os.path.exists(os.path.join(d, name)):
             return os.path.realpath(os.path.join(d, name))
     return name
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.pop("POLC_GUARD_CONFIG", None)
-    env["POLC_TEST_SECRET"] = "hunter2"
-    env.update(extra)
-    return env

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from conftest import child_env
+from support.guard import child_env
 
 
 def run_api(tree, mode):

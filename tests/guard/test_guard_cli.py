@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from conftest import POLC, child_env, compile_policies
+
+from support.guard import POLC, child_env, compile_policies
 
 DEADLINE = 30.0
 
