@@ -35,6 +35,7 @@ keeps the unwrapped one.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import contextvars
 import os
 import socket
@@ -494,6 +495,9 @@ class _PatchOnImport:
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
         self.patches.pop(name, None)
+        if not self.patches:  # nothing left to patch: out of every later import's way
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
         orig_exec = loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
