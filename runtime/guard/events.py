@@ -130,7 +130,11 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     access = flags & _ACCMODE
     write = access != os.O_RDONLY or bool(flags & _WRITE_FLAGS)
     read = access != os.O_WRONLY
-    real = guard.paths.resolve(guard.paths.absolute(as_text(path)), follow=True)
+    paths = guard.paths
+    if type(path) is str and path.startswith("/") and "\0" not in path:
+        real = paths.real(path)  # the common case, without the general conversions
+    else:
+        real = paths.resolve(paths.absolute(as_text(path)), follow=True)
     if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
         return
     if read:
