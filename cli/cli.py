@@ -21,6 +21,7 @@ _COMMANDS = {
     "inspect": "polc.cmd_inspect:inspect_cmd",
     "eval": "polc.cmd_eval:eval_cmd",
     "run": "polc.cmd_run:run_cmd",
+    "guard": "polc.cmd_guard:guard_cmd",
     "keygen": "polc.cmd_keygen:keygen_cmd",
     "fmt": "polc.cmd_fmt:fmt_cmd",
     "diff": "polc.cmd_diff:diff_cmd",

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
@@ -129,6 +129,7 @@ class PolicyAgent:
         self._thread: threading.Thread | None = None
         self._delivery = EventDelivery()
         self._ready = False
+        self._guard: Any = None  # the guard installed for this agent (runtime/guard/), if any
         self._started = False
         fork.register(self)
 
@@ -383,7 +384,38 @@ class PolicyAgent:
             "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()},
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
             "source": self._puller.status() if self._puller is not None else None,
+            **({"guard": self._guard.status()} if self._guard is not None else {}),
         }
+
+    # -- the guard -----------------------------------------------------------
+
+    def guard(
+        self,
+        *,
+        roots: Mapping[str, str] | None = None,
+        mode: str = "enforce",
+        observe: str | os.PathLike[str] | None = None,
+        unlisted: str = "allow",
+        base: str | os.PathLike[str] | None = None,
+        log_interval: float = 60.0,
+    ) -> Any:
+        """Enforce this agent's policies on the operations of governed Python packages (docs/guard.md).
+
+        Installs the process's one guard (a second call, or a call on
+        another agent, raises ``GuardError``); the agent must be started.
+        ``roots`` names directories for ``fs.*`` rules (``{"config":
+        "/etc/myapp"}``); other roots are directories relative to ``base``
+        (default: the working directory now). ``mode="audit"`` logs "would
+        deny" instead of denying; ``observe`` appends every distinct
+        operation to a JSONL file; ``unlisted="global"`` governs third-party
+        packages no module names by ``_global`` alone. Returns the
+        :class:`polc.runtime.guard.Guard`.
+        """
+        from .guard import install
+
+        return install(
+            self, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base, log_interval=log_interval
+        )
 
     def _poll(self, initial: bool = False, before: Callable[[], None] | None = None) -> ReloadResult:
         """One step under the step lock, then the delivery of its events.

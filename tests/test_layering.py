@@ -97,6 +97,8 @@ def _product_modules() -> dict[str, tuple[Path, bool]]:
     mods: dict[str, tuple[Path, bool]] = {}
     for directory, package in PACKAGE_DIRS.items():
         for path in sorted((REPO / directory).rglob("*.py")):
+            if not (path.parent / "__init__.py").exists():
+                continue  # not part of a package: the guard's boot sitecustomize, run by `polc guard` only
             parts = list(path.relative_to(REPO / directory).with_suffix("").parts)
             is_package = parts[-1] == "__init__"
             if is_package:

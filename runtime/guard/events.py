@@ -1,0 +1,517 @@
+"""The audit events the guard handles and the capability request each becomes.
+
+Each handler is ``handler(guard, args, frame, tid)``: ``args`` are the
+event's arguments, ``frame`` the Python frame that called the operation. It
+returns to let the operation go on, or raises
+:class:`~polc.runtime.PolicyDenied` (through :meth:`Guard.apply`) to stop it
+before it happens. :data:`HANDLERS` is the table docs/guard.md prints.
+"""
+
+from __future__ import annotations
+
+import _socket
+import ipaddress
+import os
+import posixpath
+import stat
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from ..enforce.decision import Decision
+from ..patterns import RESOLVE_TTL
+from .core import Found, Guard
+from .effects import ALLOWED
+from .paths import Undecidable, as_text
+
+__all__ = ["HANDLERS", "deny_self", "executable_of", "module_name"]
+
+Handler = Callable[[Guard, tuple[Any, ...], FrameType, int], None]
+
+_dict_get = dict.get
+_NET_OUT = "network.outbound"
+_ACCMODE = os.O_ACCMODE
+_WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_family_of = _socket.socket.__dict__["family"].__get__  # the C getter: no Python property, no enum
+_INET = (_socket.AF_INET, _socket.AF_INET6)
+_UNIX = getattr(_socket, "AF_UNIX", None)
+
+# The import system reading (and caching) modules on its own behalf.
+_IMPORT_SYSTEM = frozenset({"_frozen_importlib", "_frozen_importlib_external", "zipimport", "importlib._bootstrap",
+                            "importlib._bootstrap_external", "importlib.machinery", "importlib.util"})
+_IMPORT_SUFFIXES = (".py", ".pyc", ".pyw", ".so", ".pth", ".zip", ".egg", ".whl")
+_NULL_DEVICE = "/dev/null"
+
+
+def module_name(f: FrameType | None) -> str | None:
+    """The frame's module name; None for none, or for a name that is not a plain str (forged globals)."""
+    name = _dict_get(f.f_globals, "__name__") if f is not None else None
+    return name if type(name) is str else None
+
+
+def _import_file(path: object) -> bool:
+    """A file the import system reads or caches: sources, bytecode (and its temporary), extensions, dirs."""
+    try:
+        text = as_text(path)
+    except Undecidable:
+        return False
+    name = text.rstrip("/").rpartition("/")[2]
+    if name == "__pycache__" or text.rstrip("/").endswith("/__pycache__"):
+        return True
+    if name.endswith(_IMPORT_SUFFIXES) or ".cpython-" in name:
+        return True
+    # importlib's atomic .pyc write: '<name>.pyc.<id>' in __pycache__
+    return "/__pycache__/" in text and ".pyc." in name
+
+
+def _on_behalf_of_interpreter(f: FrameType, path: object) -> bool:
+    """Reads the interpreter makes for itself: imports, and linecache reading a source for a traceback."""
+    name = module_name(f)
+    if name in _IMPORT_SYSTEM:
+        return _import_file(path)
+    if name == "tokenize" and module_name(f.f_back) == "linecache":
+        try:
+            return as_text(path).endswith(".py")
+        except Undecidable:
+            return False
+    return False
+
+
+# -- the file system -----------------------------------------------------------
+
+
+def _fs(guard: Guard, f: FrameType, tid: int, capability: str, path: object, dir_fd: object, follow: bool) -> None:
+    if type(path) is int or path is None:
+        return  # an open descriptor (or the working directory): what it reaches was checked when opened
+    found, polc_inner = guard.attribute(f, tid)
+    if not found:
+        return
+    absolute = guard.paths.absolute(as_text(path), dir_fd)
+    real = guard.paths.resolve(absolute, follow=follow)
+    if real == _NULL_DEVICE:
+        return
+    if polc_inner and guard.in_policy_dir(real):
+        return  # the agent reading its own policy directory
+    guard.fs(found, capability, real)
+
+
+def _fs_two(guard: Guard, f: FrameType, tid: int, requests: tuple[tuple[str, object, object, bool], ...]) -> None:
+    """Several paths of one operation (rename, link): attributed once, each decided."""
+    found, polc_inner = guard.attribute(f, tid)
+    if not found:
+        return
+    for capability, path, dir_fd, follow in requests:
+        if type(path) is int or path is None:
+            continue
+        if type(dir_fd) is int and dir_fd < 0:
+            dir_fd = None
+        real = guard.paths.resolve(guard.paths.absolute(as_text(path), dir_fd), follow=follow)
+        if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
+            continue
+        guard.fs(found, capability, real)
+
+
+def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    path, _mode, flags = args
+    if type(path) is int:
+        return
+    if f is not None:
+        caller = _dict_get(f.f_globals, "__name__")
+        interpreter = type(caller) is str and (caller in _IMPORT_SYSTEM or caller == "tokenize")
+        if interpreter and _on_behalf_of_interpreter(f, path):
+            return
+    found, polc_inner = guard.attribute(f, tid)
+    if not found:
+        return
+    if type(flags) is not int:
+        raise Undecidable("open flags are not an integer")
+    access = flags & _ACCMODE
+    write = access != os.O_RDONLY or bool(flags & _WRITE_FLAGS)
+    read = access != os.O_WRONLY
+    paths = guard.paths
+    if type(path) is str and path.startswith("/") and "\0" not in path:
+        real = paths.real(path)  # the common case, without the general conversions
+    else:
+        real = paths.resolve(paths.absolute(as_text(path)), follow=True)
+    if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
+        return
+    if read:
+        guard.fs(found, "fs.read", real)
+    if write:
+        guard.fs(found, "fs.write", real)
+
+
+def _listing(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    path = args[0]
+    if module_name(f) in _IMPORT_SYSTEM:
+        return  # the path finder listing a directory of sys.path
+    _fs(guard, f, tid, "fs.read", "." if path is None else path, None, True)
+
+
+def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = False) -> Handler:
+    """A handler for an operation on one path; ``changes``: it can change how paths resolve."""
+
+    def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+        if changes:
+            guard.paths.changed()
+        if module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
+            return  # importlib writing bytecode into __pycache__
+        fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
+        if type(fd) is int and fd < 0:
+            fd = None  # no dir_fd given (the event carries AT_FDCWD's stand-in)
+        _fs(guard, f, tid, "fs.write", args[position], fd, follow)
+
+    return handler
+
+
+def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    src, dst, src_fd, dst_fd = args
+    guard.paths.changed()
+    if module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
+        return
+    _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
+
+
+def _link(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    src, dst, src_fd, dst_fd = args
+    # a hard link gives the file a second name: reading the source is needed, writing where the link goes
+    _fs_two(guard, f, tid, (("fs.read", src, src_fd, True), ("fs.write", dst, dst_fd, False)))
+
+
+def _symlink(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    _src, dst, dir_fd = args
+    guard.paths.changed()
+    if type(dir_fd) is int and dir_fd < 0:
+        dir_fd = None
+    _fs(guard, f, tid, "fs.write", dst, dir_fd, False)
+
+
+def _chdir(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    guard.paths.chdir()  # the working directory is read again when next needed
+
+
+# -- the network -----------------------------------------------------------------
+
+_IP_CACHE: dict[str, bool] = {}
+
+
+def _is_ip(host: str) -> bool:
+    hit = _IP_CACHE.get(host)
+    if hit is None:
+        try:
+            ipaddress.ip_address(host.partition("%")[0].strip("[]"))
+            hit = True
+        except ValueError:
+            hit = False
+        if len(_IP_CACHE) >= 4096:
+            _IP_CACHE.clear()
+        _IP_CACHE[host] = hit
+    return hit
+
+
+def _host_text(host: object) -> str:
+    if type(host) is str:
+        return str.__str__(host).lower().rstrip(".")
+    if type(host) is bytes:
+        try:
+            return bytes.decode(host, "ascii").lower().rstrip(".")
+        except UnicodeDecodeError:
+            raise Undecidable("a host name that is not ASCII") from None
+    raise Undecidable(f"a host of type {type(host).__name__}")
+
+
+def _port_number(port: object) -> int:
+    """A lookup's port as a number; a lookup without a port is checked as port 0."""
+    if port is None:
+        return 0
+    if type(port) is int:
+        return int.__index__(port)
+    if type(port) in (str, bytes):
+        text = port.decode("ascii", "replace") if type(port) is bytes else str.__str__(port)
+        if text.isdigit():
+            return int(text)
+        try:
+            return _socket.getservbyname(text, "tcp")
+        except OSError:
+            raise Undecidable(f"unknown service {text[:40]!r}") from None
+    raise Undecidable(f"a port of type {type(port).__name__}")
+
+
+def _lookup(guard: Guard, host: object, port: object, f: FrameType, tid: int) -> None:
+    if host is None or host in ("", b""):
+        return  # the local host's wildcard: a listening socket's lookup
+    found, _ = guard.attribute(f, tid)
+    if not found:
+        return
+    name = _host_text(host)
+    if _is_ip(name):
+        return  # no name is resolved; the connect is checked
+    guard.decide(found, _NET_OUT, (name, _port_number(port)))
+    guard.pending_lookups[tid] = (host, name, tuple(found))
+
+
+def _getaddrinfo(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    _lookup(guard, args[0], args[1], f, tid)
+
+
+def _gethostbyname(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    _lookup(guard, args[0], None, f, tid)
+
+
+def _connect_decision(guard: Guard, module: str, host: str, port: int) -> tuple[Decision, tuple[object, ...]]:
+    snap = guard.snapshot()
+    d = snap.check(module, _NET_OUT, host, port)
+    if d.effect == "allow" or d.rule is not None or not _is_ip(host):
+        return d, (host, port)
+    for name in guard.names_for(module, host):
+        dn = snap.check(module, _NET_OUT, name, port)
+        if dn.effect == "allow":
+            return dn, (name, port)
+    reason = f"no entitlement: no name entitled to it resolved to {host} here"
+    return Decision(d.allowed, "deny", reason, None, module, d.revision, d.audit), (host, port)
+
+
+def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int, listen: bool) -> None:
+    try:
+        family = _family_of(sock)
+    except TypeError:
+        return  # not a socket object: the operation fails by itself
+    if family in _INET:
+        found, _ = guard.attribute(f, tid)
+        if not found:
+            return
+        if type(address) is not tuple or len(address) < 2:
+            raise Undecidable("a malformed socket address")
+        host, port = address[0], address[1]
+        if type(port) is not int:
+            raise Undecidable("a socket address whose port is not an integer")
+        if listen:
+            guard.decide(found, "network.listen", (int.__index__(port),))
+            return
+        name = _host_text(host)
+        number = int.__index__(port)
+        quiet = guard.observer is None
+        for module, (package, where) in found.items():
+            d, shown = _connect_decision(guard, module, name, number)
+            if quiet and d.effect == "allow":  # the common case, without a call
+                guard.counters.add(package, _NET_OUT, ALLOWED)
+                continue
+            guard.apply(module, package, where, _NET_OUT, (name, number), d, shown)
+    elif family == _UNIX and type(address) in (str, bytes):
+        text = as_text(address)
+        if not text or text.startswith("\0"):
+            return  # the abstract namespace has no file (docs/guard.md, "Limits")
+        _fs(guard, f, tid, "fs.write", text, None, not listen)
+
+
+def _connect(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    _address(guard, args[0], args[1], f, tid, False)
+
+
+def _sendto(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    if args[1] is not None:
+        _address(guard, args[0], args[1], f, tid, False)
+
+
+def _bind(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    _address(guard, args[0], args[1], f, tid, True)
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+def _search_path(env: object) -> str:
+    """The PATH an exec of a bare name searches: the new environment's, else this process's."""
+    if env is not None:
+        if type(env) is not dict:
+            raise Undecidable(f"an environment of type {type(env).__name__}")
+        for key in ("PATH", b"PATH"):
+            value = _dict_get(env, key)
+            if value is not None:
+                if type(value) not in (str, bytes):
+                    raise Undecidable("a PATH that is not a string")
+                return os.fsdecode(value)
+        return os.defpath
+    value = os.environ.get("PATH")  # what os.get_exec_path() reads, without its warnings filter
+    return value if value is not None else os.defpath
+
+
+_FOUND: dict[tuple[str, str], tuple[str, float]] = {}  # (name, PATH) -> (what a lookup found, reusable until)
+
+
+def executable_of(program: object, cwd: object = None, env: object = None, *, search: bool = True) -> str:
+    """The program an exec runs, as an absolute path when it can be found (a bare name otherwise).
+
+    A lookup on PATH is reused for ``patterns.RESOLVE_TTL`` seconds at most, as the runtime's
+    own command lookups are (a PATH with relative entries: never).
+    """
+    text = as_text(program)
+    if not text:
+        raise Undecidable("an empty program name")
+    if "/" in text:
+        if text.startswith("/"):
+            return text
+        base = as_text(cwd) if cwd is not None else os.getcwd()
+        return posixpath.join(base, text)
+    if not search:
+        return text
+    path = _search_path(env)
+    key = (text, path)
+    now = time.monotonic()
+    hit = _FOUND.get(key)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    found = text
+    directories = path.split(os.pathsep)
+    for directory in directories:
+        candidate = posixpath.join(directory or ".", text)
+        try:
+            st = os.stat(candidate)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            found = os.path.abspath(candidate)
+            break
+    if all(d.startswith("/") for d in directories):
+        if len(_FOUND) >= 4096:
+            _FOUND.clear()
+        _FOUND[key] = (found, now + RESOLVE_TTL)
+    return found
+
+
+def _exec(guard: Guard, f: FrameType, tid: int, program: str) -> None:
+    found, _ = guard.attribute(f, tid)
+    if found:
+        guard.decide(found, "process.exec", (program,))
+
+
+def _popen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    executable, argv, cwd, env = args
+    if executable is None:
+        executable = argv[0] if type(argv) in (list, tuple) and argv else argv
+    found, _ = guard.attribute(f, tid)
+    if found:
+        guard.decide(found, "process.exec", (executable_of(executable, cwd, env),))
+
+
+def _system(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    _exec(guard, f, tid, "/bin/sh")  # os.system runs its command line with the shell
+
+
+def _os_exec(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    # os.execvp tries each PATH directory with execv: each try is an event with a full path
+    found, _ = guard.attribute(f, tid)
+    if found:
+        guard.decide(found, "process.exec", (executable_of(args[0], search=False),))
+
+
+def _posix_spawn(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    found, _ = guard.attribute(f, tid)
+    if found:
+        guard.decide(found, "process.exec", (executable_of(args[0]),))
+
+
+def _pty_spawn(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    argv = args[0]
+    program = argv if type(argv) in (str, bytes) else (argv[0] if type(argv) in (list, tuple) and argv else None)
+    if program is None:
+        raise Undecidable("pty.spawn without a program")
+    _exec(guard, f, tid, executable_of(program))
+
+
+# -- native code and self-protection ---------------------------------------------------
+
+
+def _importing_ctypes(f: FrameType | None) -> bool:
+    """Is this ``import ctypes`` itself (its module body opens the program: ``pythonapi``)?"""
+    while f is not None and module_name(f) == "ctypes":
+        if f.f_code.co_name == "<module>":  # audited attribute: ignored inside the hook
+            return True
+        f = f.f_back
+    return False
+
+
+def _library(guard: Guard, name: object) -> str:
+    """The library a load or a symbol lookup reaches: a resolved path, a bare name as given,
+    or, for ``dlopen(NULL)`` (``CDLL(None)``, ``ctypes.pythonapi``), the program itself."""
+    if name is None:
+        return os.path.realpath(sys.executable)
+    text = as_text(name)
+    return guard.paths.resolve(guard.paths.absolute(text)) if "/" in text else text
+
+
+def _dlopen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    name = args[0]
+    if name is None and _importing_ctypes(f):
+        return  # import ctypes; using ctypes.pythonapi is checked at its symbol lookups
+    found, _ = guard.attribute(f, tid)
+    if found:
+        guard.decide(found, "native.load", (_library(guard, name),))
+
+
+def _dlsym(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+    # the first lookup of each symbol of a library object: the library must be loadable here
+    found, _ = guard.attribute(f, tid)
+    if not found:
+        return
+    try:
+        name = object.__getattribute__(args[0], "__dict__").get("_name")
+    except Exception:
+        raise Undecidable("a symbol lookup on an unknown kind of library") from None
+    guard.decide(found, "native.load", (_library(guard, name),))
+
+
+_SELF = "a governed package may not add audit hooks, tracers or profilers (the guard's self-protection)"
+
+
+def _self_protection(capability: str) -> Handler:
+    def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
+        found, _ = guard.attribute(f, tid)
+        if found:
+            guard.deny_always(found, capability, (), _SELF)
+
+    return handler
+
+
+def deny_self(guard: Guard, found: Found, capability: str) -> None:
+    guard.deny_always(found, capability, (), _SELF)
+
+
+HANDLERS: dict[str, Handler] = {
+    "open": _open,
+    "os.listdir": _listing,
+    "os.scandir": _listing,
+    "os.remove": _writes(0, 1, False, True),
+    "os.rmdir": _writes(0, 1, False, True),
+    "os.mkdir": _writes(0, 2, False),
+    "os.truncate": _writes(0, None, True),
+    "os.chmod": _writes(0, 2, True),
+    "os.chown": _writes(0, 3, True),
+    "os.utime": _writes(0, 3, True),
+    "os.chflags": _writes(0, None, True),
+    "os.lchflags": _writes(0, None, False),
+    "os.setxattr": _writes(0, None, True),
+    "os.removexattr": _writes(0, None, True),
+    "os.rename": _rename,
+    "os.link": _link,
+    "os.symlink": _symlink,
+    "os.chdir": _chdir,
+    "socket.getaddrinfo": _getaddrinfo,
+    "socket.gethostbyname": _gethostbyname,
+    "socket.connect": _connect,
+    "socket.sendto": _sendto,
+    "socket.sendmsg": _sendto,
+    "socket.bind": _bind,
+    "subprocess.Popen": _popen,
+    "os.system": _system,
+    "os.exec": _os_exec,
+    "os.posix_spawn": _posix_spawn,
+    "pty.spawn": _pty_spawn,
+    "ctypes.dlopen": _dlopen,
+    "ctypes.dlsym": _dlsym,
+    "sys.addaudithook": _self_protection("sys.addaudithook"),
+    "sys.settrace": _self_protection("sys.settrace"),
+    "sys.setprofile": _self_protection("sys.setprofile"),
+}
