@@ -21,18 +21,23 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
 from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
 from .errors import PolicyLoadError
-from .events import ReloadEvent, ReloadFailure, ReloadResult
+from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
 from .reload.delivery import EventDelivery
 from .reload.poller import Poller
 from .reload.switch import fast_switch
+
+if TYPE_CHECKING:
+    from .reload.inotify import Watcher
 
 __all__ = [
     "DEFAULT_RELOAD_INTERVAL",
@@ -44,6 +49,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger("polc")
+
+# Change detection (status()["watch"]["mode"]).
+WATCH_INOTIFY = "inotify"  # woken by inotify; the stat sweep is the safety net
+WATCH_POLL = "poll"  # the stat sweep every reload_interval
+WATCH_OFF = "off"  # reloading off: nothing watches the directory
+# A file whose stat was racy is re-examined this soon when inotify wakes the
+# poller (polling re-examines it on every step anyway).
+RECHECK_RACY_S = 0.06
 
 
 class PolicyAgent:
@@ -74,6 +87,9 @@ class PolicyAgent:
         strict: bool | None = None,
         trust: Any = None,
         cache_size: int = 65536,
+        inotify: bool | None = None,
+        sweep_interval: float | None = None,
+        background_load: bool | None = None,
     ) -> None:
         config = AgentConfig.resolve(
             policy_dir,
@@ -82,12 +98,21 @@ class PolicyAgent:
             strict=strict,
             trust=trust,
             cache_size=cache_size,
+            inotify=inotify,
+            sweep_interval=sweep_interval,
+            background_load=background_load,
         )
         self.policy_dir: str = config.policy_dir
         self.reload_interval: float = config.reload_interval
         self.reload: bool = config.reload
         self.strict: bool = config.strict
         self.trust = config.trust
+        self.inotify: bool = config.inotify
+        self.sweep_interval: float = config.sweep_interval
+        self.background_load: bool | None = config.background_load
+        self._watch_mode = WATCH_POLL if self.reload else WATCH_OFF
+        self._watch_reason: str | None = None if self.reload else "reloading off"
+        self._watcher: Watcher | None = None  # the running poller's, while it runs
 
         self._publish(EMPTY_SNAPSHOT)
         self._poller = Poller(
@@ -113,32 +138,93 @@ class PolicyAgent:
         only (re)starts the poller when it is not running: ``start()`` after
         :meth:`stop` resumes reloading with the policies already loaded.
         """
+        watcher: Watcher | None = None
+        catch_up = True
         if not self._started:
             self._check_permissions()
-            result = self._poll(initial=True)
-            if self.strict and result.failed:
-                with self._lock:  # forget what this attempt saw, so a retry sees it all again
-                    self._poller.forget()
-                raise PolicyLoadError(result.failed)
+            # Armed before the first load, so nothing that changes during it is missed.
+            if self.reload and not self._poller_running():
+                watcher = self._open_watcher()
+                catch_up = False
+            try:
+                result = self._poll(initial=True)
+                if self.strict and result.failed:
+                    with self._lock:  # forget what this attempt saw, so a retry sees it all again
+                        self._poller.forget()
+                    raise PolicyLoadError(result.failed)
+            except BaseException:
+                if watcher is not None:
+                    watcher.close()
+                raise
             self._ready = True
             self._started = True
         if self.reload and not self._poller_running():
-            self._start_poller()
-            logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
+            if watcher is None:
+                watcher = self._open_watcher()
+            self._start_poller(watcher, catch_up)
+            if watcher is not None:
+                logger.info(
+                    "watching %s for policy changes (inotify; safety-net sweep every %gs)",
+                    self.policy_dir,
+                    self.sweep_interval,
+                )
+            else:
+                logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
         return self
+
+    def _open_watcher(self) -> Watcher | None:
+        """An inotify watcher on the policy directory, or None (then the poller polls).
+
+        Why not is recorded in ``status()["watch"]``; an inotify that should
+        work and does not is also warned about and sent as a ``watch`` event.
+        """
+        if not self.inotify:
+            self._set_watch(WATCH_POLL, "inotify turned off (inotify=False or POLC_INOTIFY)", warn=False)
+            return None
+        if not sys.platform.startswith("linux"):
+            self._set_watch(WATCH_POLL, f"inotify is Linux only (this is {sys.platform})", warn=False)
+            return None
+        from .reload.inotify import Watcher
+
+        try:
+            watcher = Watcher(self.policy_dir)
+        except OSError as exc:
+            self._set_watch(WATCH_POLL, f"inotify unavailable: {exc.strerror or exc}", warn=True)
+            return None
+        self._set_watch(WATCH_INOTIFY, None, warn=False)
+        return watcher
+
+    def _set_watch(self, mode: str, reason: str | None, *, warn: bool) -> None:
+        self._watch_mode = mode
+        self._watch_reason = reason
+        if not warn or reason is None:
+            return
+        text = f"{reason}; polling every {self.reload_interval:g}s"
+        self._watch_reason = text
+        logger.warning("change detection: %s: %s", self.policy_dir, text)
+        event = ReloadEvent(WATCH, None, self.policy_dir, text)
+        with self._lock:
+            upto = self._delivery.queue([event])
+        self._delivery.deliver(upto)
 
     def _poller_running(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stop.is_set()
 
-    def _start_poller(self) -> None:
+    def _start_poller(
+        self, watcher: Watcher | None = None, catch_up: bool = True, *, open_watcher: bool = False
+    ) -> None:
         # Each poller has its own stop flag: a previous poller that is still
         # finishing a step after stop() sees its flag set and ends, whatever
-        # the new one does.
+        # the new one does. ``catch_up``: the watcher was armed after the
+        # policies in force were read, so the first thing is a full step.
         stop = threading.Event()
-        thread = threading.Thread(target=self._run, args=(stop,), name="polc-reloader", daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(stop, watcher, catch_up, open_watcher), name="polc-reloader", daemon=True
+        )
         self._stop = stop
         self._thread = thread
+        self._watcher = watcher
         thread.start()
 
     def _check_permissions(self) -> None:
@@ -161,6 +247,9 @@ class PolicyAgent:
         Checks keep working, and :meth:`start` starts a new poller.
         """
         self._stop.set()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.wake()
         thread = self._thread
         self._thread = None
         if thread is not None and thread is not threading.current_thread():
@@ -172,12 +261,81 @@ class PolicyAgent:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(
+        self, stop: threading.Event, watcher: Watcher | None, catch_up: bool, open_watcher: bool = False
+    ) -> None:
+        if watcher is None and open_watcher and not stop.is_set():
+            watcher = self._watcher = self._open_watcher()
+        if watcher is not None:
+            try:
+                if self._watch(stop, watcher, catch_up):
+                    return
+            finally:
+                watcher.close()
+                if self._watcher is watcher:
+                    self._watcher = None
         while not stop.wait(self.reload_interval):
             try:
                 self._poll()
             except Exception:  # the poller must survive anything
                 logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
+
+    def _watch(self, stop: threading.Event, watcher: Watcher, catch_up: bool) -> bool:
+        """The poller woken by inotify; the full step (the safety net) every sweep_interval.
+
+        Returns True when stopped, False when the watch was lost for good (the
+        caller then polls).
+        """
+        from .reload.inotify import WatchUnavailable
+
+        clock = time.monotonic
+        poller = self._poller
+        next_sweep = clock() + self.sweep_interval
+        if catch_up:
+            self._poll_quietly()
+        while not stop.is_set():
+            wait = next_sweep - clock()
+            recheck = poller.recheck
+            if recheck:  # racy or unreadable files: sooner than the safety net
+                racy = any(st is not None and st.racy for st in map(poller.files.get, recheck))
+                wait = min(wait, RECHECK_RACY_S if racy else self.reload_interval)
+            try:
+                ready = watcher.ready(max(0.0, wait))
+                if stop.is_set():
+                    return True
+                with fast_switch:  # from here every system call gets the GIL back quickly
+                    changes = watcher.read() if ready else None
+                    if changes is None or not changes:
+                        if clock() >= next_sweep:
+                            if not watcher.still_armed():
+                                watcher.arm_dir()
+                            self._poll()
+                            next_sweep = clock() + self.sweep_interval
+                        elif poller.recheck:
+                            self._poll(names=list(poller.recheck))
+                        continue
+                    if changes.full:
+                        self._poll()
+                        next_sweep = clock() + self.sweep_interval
+                        continue
+                    if changes.relist:
+                        self._poll(sweep=False)
+                    if changes.names:
+                        self._poll(names=changes.names)
+            except WatchUnavailable as exc:
+                self._set_watch(WATCH_POLL, f"inotify watch lost: {exc.strerror or exc}", warn=True)
+                return False
+            except Exception:  # the poller must survive anything
+                logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
+                if stop.wait(self.reload_interval):
+                    return True
+        return True
+
+    def _poll_quietly(self) -> None:
+        try:
+            self._poll()
+        except Exception:
+            logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
 
     @property
     def ready(self) -> bool:
@@ -245,19 +403,35 @@ class PolicyAgent:
             "ready": self._ready,
             "last_reload": poller.last_reload,
             "reloads": {"ok": poller.reloads_ok, "failed": poller.reloads_failed},
+            "watch": {
+                "mode": self._watch_mode,
+                "reason": self._watch_reason,
+                "sweep_interval": self.sweep_interval if self._watch_mode == WATCH_INOTIFY else None,
+            },
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
         }
 
-    def _poll(self, initial: bool = False) -> ReloadResult:
-        """One step under the step lock, then the delivery of its events."""
+    def _poll(
+        self, initial: bool = False, *, sweep: bool = True, names: Iterable[str] | None = None
+    ) -> ReloadResult:
+        """One step under the step lock, then the delivery of its events.
+
+        ``names``: examine only those entries (what inotify reported);
+        ``sweep=False``: list the directory, no sweep (a ``..data`` swap).
+        """
         upto = 0
         with self._lock:
             self._lock_owner = threading.get_ident()
             try:
                 with fast_switch:
-                    events, result = self._poller.run_step(initial)
+                    if names is not None:
+                        events, result = self._poller.run_names(names)
+                    elif sweep:
+                        events, result = self._poller.run_step(initial)
+                    else:
+                        events, result = self._poller.run_step(initial, sweep=False)
                 if events:
                     upto = self._delivery.queue(events)  # in commit order, under the step lock
             finally:
@@ -300,6 +474,11 @@ class PolicyAgent:
         are delivered by the child's next step.
         """
         me = threading.get_ident()
+        watcher = self._watcher
+        thread = self._thread
+        if watcher is not None and not (thread is not None and thread is threading.current_thread()):
+            watcher.close()  # the parent's poller thread is not here: its inotify instance goes
+            self._watcher = None
         if held or self._lock_owner != me:
             self._lock = threading.Lock()
             if not held:
@@ -313,4 +492,5 @@ class PolicyAgent:
         self._thread = None
         self._stop = threading.Event()
         if running and self.reload:
-            self._start_poller()
+            # The watcher is opened on the new thread, not in this at-fork hook.
+            self._start_poller(None, True, open_watcher=self.inotify)

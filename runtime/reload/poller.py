@@ -26,11 +26,12 @@ from ``reload_now``):
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import stat as stat_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -129,14 +130,21 @@ class Poller:
 
     # -- one step ------------------------------------------------------------
 
-    def run_step(self, initial: bool = False) -> tuple[list[ReloadEvent], ReloadResult]:
-        """One poll: the events committed (to be delivered) and what changed."""
+    def run_step(self, initial: bool = False, *, sweep: bool = True) -> tuple[list[ReloadEvent], ReloadResult]:
+        """One poll: the events committed (to be delivered) and what changed.
+
+        ``sweep=False``: list the directory again (whatever its stat says) and
+        examine what the listing shows, without the per-file sweep (a
+        ``..data`` swap reported by the watcher).
+        """
         now_ns = time.time_ns()
         events: list[ReloadEvent] = []
         result = ReloadResult()
+        if not sweep:
+            self.dir_key = None
         # The sweep list and the files to re-examine as they were before this
         # step: a directory phase below replaces both when it commits.
-        sweep = self.sweep
+        entries = self.sweep
         recheck = self.recheck
         done: set[str] = set()  # names examined by a directory phase of this step
         self._pending_dir = None
@@ -155,6 +163,9 @@ class Poller:
             self._dir_phase(listing, now_ns, initial, done, events, result)
             if initial:
                 return events, result
+        if not sweep:
+            self.last_reload = time.time()
+            return events, result
 
         # The sweep: one stat per file, compared field by field with the
         # recorded key. Between chunks, the directory's own stat: a drop that
@@ -163,7 +174,7 @@ class Poller:
         stat = os.stat
         clock = time.monotonic
         last_dir_check = clock()
-        n = len(sweep)
+        n = len(entries)
         chunk = SWEEP_CHUNK
         for lo in range(0, n, chunk):
             if lo and clock() - last_dir_check >= SWEEP_DIR_CHECK_S:
@@ -174,7 +185,7 @@ class Poller:
                 if listing is not None:
                     self._dir_phase(listing, now_ns, False, done, events, result)
                 last_dir_check = clock()
-            for name, path, mtime, size, ino, ctime in sweep[lo : lo + chunk] if n > chunk else sweep:
+            for name, path, mtime, size, ino, ctime in entries[lo : lo + chunk] if n > chunk else entries:
                 try:
                     st = stat(path)  # follows symlinks: ..data swaps show up here
                 except OSError:
@@ -203,6 +214,50 @@ class Poller:
         result.changed.extend(res.changed)
         result.failed.extend(res.failed)
         return events, result
+
+    def run_names(self, names: Iterable[str]) -> tuple[list[ReloadEvent], ReloadResult]:
+        """Examine only the named entries (what the watcher reported), without listing
+        the directory or sweeping: O(names), whatever the size of the tree.
+
+        A name whose entry is gone is committed as gone; a new one is added to the
+        recorded listing. The directory's recorded stat is left alone, so the next
+        full step lists it again and finds nothing left to do.
+        """
+        now_ns = time.time_ns()
+        files = self.files
+        found: list[Outcome] = []
+        gone: list[str] = []
+        added: list[str] = []
+        lstat = os.lstat
+        for name in sorted(set(names)):
+            if len(name) <= len(SUFFIX) or not name.endswith(SUFFIX) or name[0] == "." or "/" in name:
+                continue
+            path = self.paths.get(name) or os.path.join(self.policy_dir, name)
+            try:
+                lstat(path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    if name in files:
+                        gone.append(name)
+                    continue
+            if name not in files:
+                added.append(name)
+            outcome = self.examine(name, now_ns)
+            if outcome is not None:
+                found.append(outcome)
+        if not found and not gone:
+            self.last_reload = time.time()
+            return [], ReloadResult()
+        listed = self.names  # only this step's thread reads it: changed in place
+        for name in added:
+            i = bisect.bisect_left(listed, name)
+            if i == len(listed) or listed[i] != name:
+                listed.insert(i, name)
+        for name in gone:
+            i = bisect.bisect_left(listed, name)
+            if i < len(listed) and listed[i] == name:
+                del listed[i]
+        return self.commit(found, gone, False)
 
     def _list(self, now_ns: int, changed_only: bool = False) -> Listing | None:
         """List the directory if its stat changed (or, unless ``changed_only``,
