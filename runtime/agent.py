@@ -139,7 +139,7 @@ class PolicyAgent:
         :meth:`stop` resumes reloading with the policies already loaded.
         """
         watcher: Watcher | None = None
-        catch_up = True
+        catch_up = True  # the watcher was armed after the policies in force were read
         if not self._started:
             self._check_permissions()
             # Armed before the first load, so nothing that changes during it is missed.
@@ -159,7 +159,7 @@ class PolicyAgent:
             self._ready = True
             self._started = True
         if self.reload and not self._poller_running():
-            if watcher is None:
+            if catch_up:  # not tried above
                 watcher = self._open_watcher()
             self._start_poller(watcher, catch_up)
             if watcher is not None:
