@@ -33,6 +33,7 @@ from .errors import PolicyLoadError
 from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
 from .reload.delivery import EventDelivery
+from .reload.loading import BACKGROUND_MIN, load_order
 from .reload.poller import Poller
 from .reload.switch import fast_switch
 
@@ -57,6 +58,10 @@ WATCH_OFF = "off"  # reloading off: nothing watches the directory
 # A file whose stat was racy is re-examined this soon when inotify wakes the
 # poller (polling re-examines it on every step anyway).
 RECHECK_RACY_S = 0.06
+# The loader commits what it linked at least this often (status and events
+# follow), and at most LOAD_BATCH_MAX artifacts at a time.
+LOAD_COMMIT_S = 0.25
+LOAD_BATCH_MAX = 4096
 
 
 class PolicyAgent:
@@ -113,6 +118,7 @@ class PolicyAgent:
         self._watch_mode = WATCH_POLL if self.reload else WATCH_OFF
         self._watch_reason: str | None = None if self.reload else "reloading off"
         self._watcher: Watcher | None = None  # the running poller's, while it runs
+        self._loader: threading.Thread | None = None  # the background loader, while it runs
 
         self._publish(EMPTY_SNAPSHOT)
         self._poller = Poller(
@@ -147,7 +153,7 @@ class PolicyAgent:
                 watcher = self._open_watcher()
                 catch_up = False
             try:
-                result = self._poll(initial=True)
+                result = self._poll(initial=True, lazily=not self.strict and self.background_load is not False)
                 if self.strict and result.failed:
                     with self._lock:  # forget what this attempt saw, so a retry sees it all again
                         self._poller.forget()
@@ -158,6 +164,8 @@ class PolicyAgent:
                 raise
             self._ready = True
             self._started = True
+            if self._poller.loading is not None:
+                self._start_loader()
         if self.reload and not self._poller_running():
             if catch_up:  # not tried above
                 watcher = self._open_watcher()
@@ -171,6 +179,67 @@ class PolicyAgent:
             else:
                 logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
         return self
+
+    # -- background loading ----------------------------------------------
+
+    def _start_loader(self) -> None:
+        thread = threading.Thread(target=self._load_rest, name="polc-loader", daemon=True)
+        self._loader = thread
+        thread.start()
+
+    def _load_rest(self) -> None:
+        """The loader thread: verify and link every pending artifact, in batches.
+
+        Each artifact is examined outside the step lock (the pending table
+        keeps the first outcome, whether a check or this thread got there
+        first); each batch is committed under it, like a reload step.
+        """
+        poller = self._poller
+        loading = poller.loading
+        if loading is None:
+            return
+        try:
+            order = load_order(self.policy_dir, sorted(poller.pending))
+            at = 0
+            count = 64  # sized from the rate measured, so that a batch takes about LOAD_COMMIT_S
+            clock = time.monotonic
+            while poller.loading is loading:
+                with self._lock:
+                    if poller.loading is not loading:
+                        return
+                    batch, at = poller.next_to_load(order, at, count)
+                t0 = clock()
+                found = [loading.resolve(name[: -len(".bin")]) for name in batch]
+                took = clock() - t0
+                if batch:
+                    count = max(16, min(LOAD_BATCH_MAX, int(len(batch) * LOAD_COMMIT_S / max(took, 1e-3))))
+                upto = 0
+                with self._lock:
+                    if poller.loading is not loading:
+                        return
+                    events, _result = poller.commit_loaded(found)
+                    if events:
+                        upto = self._delivery.queue(events)
+                if upto:
+                    self._delivery.deliver(upto)
+        except Exception:  # pragma: no cover - checks still link what they need on the spot
+            logger.exception("background loading failed; modules not linked yet are linked when first checked")
+        finally:
+            if self._loader is threading.current_thread():
+                self._loader = None
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Wait until no module is pending (background loading done); True if so."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._poller.loading is not None:
+            thread = self._loader
+            if thread is None:
+                return self._poller.loading is None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            thread.join(left if left is None else min(left, 0.05))
+        return True
 
     def _open_watcher(self) -> Watcher | None:
         """An inotify watcher on the policy directory, or None (then the poller polls).
@@ -410,11 +479,17 @@ class PolicyAgent:
             },
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
+            "loading": poller.loading_status(),
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
         }
 
     def _poll(
-        self, initial: bool = False, *, sweep: bool = True, names: Iterable[str] | None = None
+        self,
+        initial: bool = False,
+        *,
+        sweep: bool = True,
+        names: Iterable[str] | None = None,
+        lazily: bool = False,
     ) -> ReloadResult:
         """One step under the step lock, then the delivery of its events.
 
@@ -428,6 +503,9 @@ class PolicyAgent:
                 with fast_switch:
                     if names is not None:
                         events, result = self._poller.run_names(names)
+                    elif initial and lazily:
+                        threshold = BACKGROUND_MIN if self.background_load is None else 0
+                        events, result = self._poller.run_initial_lazily(threshold)
                     elif sweep:
                         events, result = self._poller.run_step(initial)
                     else:
@@ -491,6 +569,10 @@ class PolicyAgent:
         running = thread is not None and not self._stop.is_set()
         self._thread = None
         self._stop = threading.Event()
+        if self._poller.loading is not None:
+            self._start_loader()  # the parent's loader is not here
+        else:
+            self._loader = None
         if running and self.reload:
             # The watcher is opened on the new thread, not in this at-fork hook.
             self._start_poller(None, True, open_watcher=self.inotify)

@@ -50,6 +50,7 @@ from ..events import (
 )
 from . import outcomes
 from .filestate import FileState, SweepEntry, is_racy
+from .loading import LazyModules
 from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
 
 if TYPE_CHECKING:
@@ -127,6 +128,15 @@ class Poller:
         self.last_reload: float | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+        # Background loading (reload/loading.py): the table of modules not
+        # linked yet, the file names the loader has not committed, and the
+        # names the watcher reported meanwhile (examined once committed).
+        self.loading: LazyModules | None = None
+        self.pending: set[str] = set()
+        self.deferred: set[str] = set()
+        self.load_total = 0
+        self.load_started: float | None = None
+        self.load_failed = 0
 
     # -- one step ------------------------------------------------------------
 
@@ -215,6 +225,114 @@ class Poller:
         result.failed.extend(res.failed)
         return events, result
 
+    def run_initial_lazily(self, threshold: int = 0) -> tuple[list[ReloadEvent], ReloadResult]:
+        """The first step, loading in the background: list, load ``_global``, publish.
+
+        Every other artifact is left pending (:class:`~.loading.LazyModules`):
+        linked on first use, or by the loader (:meth:`commit_loaded`). With at
+        most ``threshold`` of them, this is the ordinary first step instead.
+        """
+        now_ns = time.time_ns()
+        events: list[ReloadEvent] = []
+        result = ReloadResult()
+        self._pending_dir = None
+        self.dir_key = None
+        try:
+            listing = self._list(now_ns)
+        except OSError as exc:
+            return self._dir_unavailable(exc, True)
+        self.dir_error = None
+        assert listing is not None  # dir_key is None: always listed
+        _names, first, _known = listing
+        glob_name = GLOBAL_MODULE + SUFFIX
+        rest = [name for name in first if name != glob_name]
+        if len(rest) <= threshold:
+            self._dir_phase(listing, now_ns, True, set(), events, result)
+            return events, result
+        self.loading = LazyModules(self.policy_dir, rest, self.trust)
+        self.pending = set(rest)
+        self.deferred = set()
+        self.load_total = len(rest)
+        self.load_failed = 0
+        self.load_started = time.monotonic()
+        found: list[Outcome] = []
+        if glob_name in first:
+            outcome = self.examine(glob_name, now_ns)
+            if outcome is not None:
+                found.append(outcome)
+        return self.commit(found, [], True)
+
+    def commit_loaded(self, found: list[Outcome]) -> tuple[list[ReloadEvent], ReloadResult]:
+        """Commit outcomes the loader (or checks) examined; publish the whole snapshot
+        once nothing is pending. A file gone before it was read is dropped, as if
+        never listed (the next listing sees it if it comes back)."""
+        loading = self.loading
+        mine: list[Outcome] = []
+        for o in found:
+            if o.name not in self.pending:
+                continue
+            self.pending.discard(o.name)
+            if isinstance(o, Failed):
+                if o.key == ("error", errno.ENOENT):
+                    continue
+                self.load_failed += 1
+            mine.append(o)
+        events, result = self.commit(mine, [], False, publish=False, quiet=True)
+        later = [o.name for o in found if o.name in self.deferred]
+        if later:
+            self.deferred.difference_update(later)
+            ev, res = self.run_names(later)
+            events += ev
+            result.changed.extend(res.changed)
+            result.removed.extend(res.removed)
+            result.failed.extend(res.failed)
+        if loading is not None and not self.pending:
+            self.loading = None
+            self.deferred = set()
+            self.publish(self._snapshot_with([], initial=True))  # the same modules, none pending
+            took = time.monotonic() - (self.load_started or time.monotonic())
+            logger.info(
+                "loaded %d of %d module(s) in the background in %.1fs (%d failed)",
+                loading.total - self.load_failed,
+                loading.total,
+                took,
+                self.load_failed,
+            )
+        return events, result
+
+    def next_to_load(self, order: list[str], start: int, count: int) -> tuple[list[str], int]:
+        """Up to ``count`` pending names: those checks asked for first, then ``order``
+        from ``start``. Returns them and where to go on in ``order``."""
+        loading = self.loading
+        if loading is None:
+            return [], len(order)
+        pending = self.pending
+        batch: list[str] = []
+        used = loading.used
+        if used:
+            taken = used[:]
+            del used[: len(taken)]
+            batch.extend(m + SUFFIX for m in taken if m + SUFFIX in pending)
+        i = start
+        n = len(order)
+        while len(batch) < count and i < n:
+            name = order[i]
+            i += 1
+            if name in pending:
+                batch.append(name)
+        if i >= n and len(batch) < count:  # names the order missed (it is taken once)
+            batch.extend(sorted(pending.difference(batch))[: count - len(batch)])
+        return batch, i
+
+    def loading_status(self) -> dict[str, Any] | None:
+        """``status()["loading"]`` while modules are pending, else None."""
+        loading = self.loading
+        if loading is None:
+            return None
+        total = loading.total
+        done = total - len(self.pending)
+        return {"done": done, "total": total, "text": f"loading {done} of {total}"}
+
     def run_names(self, names: Iterable[str]) -> tuple[list[ReloadEvent], ReloadResult]:
         """Examine only the named entries (what the watcher reported), without listing
         the directory or sweeping: O(names), whatever the size of the tree.
@@ -231,6 +349,9 @@ class Poller:
         lstat = os.lstat
         for name in sorted(set(names)):
             if len(name) <= len(SUFFIX) or not name.endswith(SUFFIX) or name[0] == "." or "/" in name:
+                continue
+            if name in self.pending:  # the loader's: examined after it commits the name
+                self.deferred.add(name)
                 continue
             path = self.paths.get(name) or os.path.join(self.policy_dir, name)
             try:
@@ -280,6 +401,7 @@ class Poller:
         first = []
         known = 0
         get = self.files.get
+        pending = self.pending
         suffix = SUFFIX
         with os.scandir(self.policy_dir) as it:
             for entry in it:
@@ -288,7 +410,8 @@ class Poller:
                     names.append(name)
                     state = get(name)
                     if state is None:
-                        first.append(name)
+                        if name not in pending:  # a pending name is the loader's to examine
+                            first.append(name)
                         continue
                     known += 1
                     try:
@@ -371,10 +494,21 @@ class Poller:
     # -- commit --------------------------------------------------------------
 
     def commit(
-        self, found: list[Outcome], gone: list[str], initial: bool
+        self,
+        found: list[Outcome],
+        gone: list[str],
+        initial: bool,
+        *,
+        publish: bool = True,
+        quiet: bool = False,
     ) -> tuple[list[ReloadEvent], ReloadResult]:
         """Apply a phase's outcomes and the names gone at once: file states, status,
-        one snapshot published, then log lines. Returns the events and what changed."""
+        one snapshot published, then log lines. Returns the events and what changed.
+
+        ``publish=False``: the snapshot in force already answers for these
+        modules (the loader's outcomes, through its pending table); ``quiet``:
+        "loaded" lines at DEBUG (a background load of thousands of modules).
+        """
         now = time.time()
         events: list[ReloadEvent] = []
         changed: list[LinkedModule] = []
@@ -421,7 +555,8 @@ class Poller:
                 self.reloads_ok += 1
                 result.changed.append(module)
                 verb: EventKind = LOADED if (first or initial) else RELOADED
-                logs.append((logging.INFO, "%s %s (%d rules)", verb, module, linked.rule_count))
+                level = logging.DEBUG if quiet else logging.INFO
+                logs.append((level, "%s %s (%d rules)", verb, module, linked.rule_count))
                 events.append(ReloadEvent(verb, module, name, None, linked.revision, linked.rule_count))
                 recovered(module, name, entry)
             elif isinstance(o, Failed):
@@ -493,8 +628,8 @@ class Poller:
         else:
             self.global_error = None
 
-        if changed or initial or self.snapshot.unavailable != self.global_error:
-            self.publish(self._snapshot_with(changed, initial=initial))
+        if (publish and (changed or initial)) or self.snapshot.unavailable != self.global_error:
+            self.publish(self._snapshot_with(changed if publish else [], initial=initial))
         self._record_listing()
         self._refile([o.name for o in found] + gone)
         self.status_modules = status
@@ -577,6 +712,7 @@ class Poller:
                 glob.linked if glob else None,
                 unavailable=self.global_error,
                 cache_size=self.cache_size,
+                pending=self.loading,
             )
         return self.snapshot.replace(changed, unavailable=self.global_error)
 
@@ -616,6 +752,9 @@ class Poller:
         self.publish(EMPTY_SNAPSHOT)
         self.files.clear()
         self.in_force.clear()
+        self.loading = None
+        self.pending = set()
+        self.deferred = set()
         self.dir_key = None
         self.names = []
         self.sweep = []
@@ -641,6 +780,10 @@ class Poller:
         self.in_force = in_force
         self.files = {}
         self.paths = {}
+        # Whatever was pending is examined by the next step, like every file.
+        self.loading = None
+        self.pending = set()
+        self.deferred = set()
         self.dir_key = None
         self.dir_racy = True
         self.names = []
