@@ -229,13 +229,15 @@ class AgentConfig:
         if sweep_interval is None:
             env_sweep = env_seconds("POLC_SWEEP_INTERVAL")
             origin = "POLC_SWEEP_INTERVAL"
+            given: object = _raw(origin, None)
             sweep = max(SAFETY_SWEEP_MIN, interval) if env_sweep is None else env_sweep
         else:
             origin = "sweep_interval"
+            given = sweep_interval
             sweep = parse_seconds(sweep_interval, origin)
         if sweep < MIN_SWEEP_INTERVAL:
             raise ConfigError(
-                f"{origin}={sweep!r}: the safety-net sweep cannot be turned off; give at least {MIN_SWEEP_INTERVAL:g} s"
+                f"{origin}={given!r}: the safety-net sweep cannot be turned off; give at least {MIN_SWEEP_INTERVAL:g} s"
             )
         if background_load is not None and not isinstance(background_load, bool):
             raise ConfigError(f"background_load={background_load!r}: expected True, False or None")
