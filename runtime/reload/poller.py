@@ -131,6 +131,7 @@ class Poller:
         # Background loading (reload/loading.py): the table of modules not
         # linked yet, the file names the loader has not committed, and the
         # names the watcher reported meanwhile (examined once committed).
+        self.sweep_stale = False  # loader batches committed since the sweep list was built
         self.loading: LazyModules | None = None
         self.pending: set[str] = set()
         self.deferred: set[str] = set()
@@ -152,6 +153,9 @@ class Poller:
         result = ReloadResult()
         if not sweep:
             self.dir_key = None
+        if self.sweep_stale:
+            self.sweep_stale = False
+            self.rebuild_sweep()
         # The sweep list and the files to re-examine as they were before this
         # step: a directory phase below replaces both when it commits.
         entries = self.sweep
@@ -289,6 +293,9 @@ class Poller:
         if loading is not None and not self.pending:
             self.loading = None
             self.deferred = set()
+            if self.sweep_stale:
+                self.sweep_stale = False
+                self.rebuild_sweep()
             self.publish(self._snapshot_with([], initial=True))  # the same modules, none pending
             took = time.monotonic() - (self.load_started or time.monotonic())
             logger.info(
@@ -631,7 +638,12 @@ class Poller:
         if (publish and (changed or initial)) or self.snapshot.unavailable != self.global_error:
             self.publish(self._snapshot_with(changed if publish else [], initial=initial))
         self._record_listing()
-        self._refile([o.name for o in found] + gone)
+        if quiet and len(found) + len(gone) > SWEEP_CHUNK:
+            # a loader batch: the sweep list is rebuilt once per step while
+            # loading (run_step), not once per batch (O(files) each time)
+            self.sweep_stale = True
+        else:
+            self._refile([o.name for o in found] + gone)
         self.status_modules = status
         self.last_reload = now
         for level, msg, *args in logs:

@@ -314,3 +314,16 @@ def test_lazy_decisions_equal_whole(tmp_path_factory, mods, glob_rules, audit, r
     finally:
         gate.set()
         agent_mod.load_order = real  # type: ignore[assignment]
+
+
+def test_polling_sees_changes_to_modules_the_loader_committed(tmp_path, agents):
+    """Loader batches leave the sweep list to be rebuilt once; polling must still cover them
+    (tenant.m3 is among the oldest files: in a late batch, not the first 64)."""
+    d = tree(tmp_path / "p", 150)
+    a = agents(d, background_load=True, inotify=False, reload_interval=0.05)
+    assert a.wait_loaded(30)
+    req = ("tenant.m3", "network.outbound", "api.m3.example", 443)
+    assert a.check(*req)
+    wait_for(lambda: not a._poller.recheck)  # racy stats settled: only the sweep can find what follows
+    rewrite_in_place(d / "tenant.m3.bin", artifact_bytes("tenant.m3", [("deny", "network.outbound", ())]))
+    wait_for(lambda: not a.check(*req))
