@@ -147,7 +147,12 @@ class PolicyAgent:
         watcher: Watcher | None = None
         catch_up = True  # the watcher was armed after the policies in force were read
         if not self._started:
-            self._check_permissions()
+            # Loading whole (strict, or asked to): every check before the first
+            # answer, as strict refuses to start on any. Otherwise the artifacts'
+            # own permissions are checked after the first load (in the loader
+            # thread when there is one): a stat per file is start-up time.
+            whole = self.strict or self.background_load is False
+            self._check_permissions(files=whole)
             # Armed before the first load, so nothing that changes during it is missed.
             if self.reload and not self._poller_running():
                 watcher = self._open_watcher()
@@ -166,6 +171,8 @@ class PolicyAgent:
             self._started = True
             if self._poller.loading is not None:
                 self._start_loader()
+            elif not whole:
+                self._check_artifact_permissions()
         if self.reload and not self._poller_running():
             if catch_up:  # not tried above
                 watcher = self._open_watcher()
@@ -199,6 +206,7 @@ class PolicyAgent:
         if loading is None:
             return
         try:
+            self._check_artifact_permissions()
             order = load_order(self.policy_dir, sorted(poller.pending))
             at = 0
             count = 64  # sized from the rate measured, so that a batch takes about LOAD_COMMIT_S
@@ -296,12 +304,14 @@ class PolicyAgent:
         self._watcher = watcher
         thread.start()
 
-    def _check_permissions(self) -> None:
+    def _check_permissions(self, files: bool = True) -> None:
         """Warn when others than root and this process can change the policies
-        (docs/security.md); ``strict`` refuses to start instead."""
-        from .signing import check_directory_permissions, check_file_permissions
+        (docs/security.md); ``strict`` refuses to start instead. ``files=False``:
+        the directory, its parents and the trust file only (the artifacts are
+        checked by :meth:`_check_artifact_permissions`, later)."""
+        from .signing.permissions import check_directory_permissions, check_file_permissions
 
-        problems = check_directory_permissions(self.policy_dir)
+        problems = check_directory_permissions(self.policy_dir, files=files)
         source = getattr(self.trust, "source", None)
         if source:
             problems += [f"trust file {p}" for p in check_file_permissions(source)]
@@ -309,6 +319,14 @@ class PolicyAgent:
             logger.warning("unsafe permissions: %s", problem)
         if self.strict and problems:
             raise PolicyLoadError([ReloadFailure(self.policy_dir, None, f"unsafe permissions: {p}") for p in problems])
+
+    def _check_artifact_permissions(self) -> None:
+        """Warn about artifacts others can rewrite (one stat each: off the start-up
+        path of a large directory, which the loader thread checks first)."""
+        from .signing.permissions import check_artifact_permissions
+
+        for problem in check_artifact_permissions(self.policy_dir):
+            logger.warning("unsafe permissions: %s", problem)
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the poller and wait for it (up to ``timeout``); idempotent.

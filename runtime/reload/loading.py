@@ -54,26 +54,25 @@ class LazyModules:
     both then use.
     """
 
-    __slots__ = ("_files", "_results", "policy_dir", "total", "trust", "used")
+    __slots__ = ("_names", "_prefix", "_results", "policy_dir", "total", "trust", "used")
 
     def __init__(self, policy_dir: str, names: list[str], trust: Trust | None) -> None:
         self.policy_dir = policy_dir
         self.trust = trust
-        prefix = os.path.join(policy_dir, "")
-        # module -> (file name, path)
-        self._files: dict[str, tuple[str, str]] = {n[: -len(SUFFIX)]: (n, prefix + n) for n in names}
-        self._results: dict[str, Outcome] = {}
-        self.total = len(self._files)
+        self._prefix = os.path.join(policy_dir, "")
+        self._names = frozenset(names)  # the file names pending when the load began
+        self._results: dict[str, Outcome] = {}  # module -> its outcome, the first one kept
+        self.total = len(self._names)
         self.used: list[str] = []  # modules a check asked for, in that order (the loader commits them first)
 
     def __contains__(self, module: object) -> bool:
-        return module in self._files
+        return isinstance(module, str) and module + SUFFIX in self._names
 
     def linked(self, module: str) -> LinkedModule | None:
         """The policy of a pending module (None: not pending, or it failed); never raises."""
         r = self._results.get(module)
         if r is None:
-            if module not in self._files:
+            if module + SUFFIX not in self._names:
                 return None
             r = self.resolve(module, used=True)
         return r.linked if type(r) is NewPolicy else None
@@ -83,7 +82,8 @@ class LazyModules:
         r = self._results.get(module)
         if r is not None:
             return r
-        name, path = self._files[module]
+        name = module + SUFFIX
+        path = self._prefix + name
         try:
             o = outcomes.examine(name, path, None, None, self.trust, time.time_ns())
         except Exception as exc:  # a fault, not the file: fail closed, keep the reason

@@ -404,12 +404,19 @@ class Poller:
         key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
         if key == self.dir_key and (changed_only or not self.dir_racy):
             return None
+        suffix = SUFFIX
+        if not self.files and not self.pending:
+            # Nothing recorded (the first load): every name is new, and the
+            # names alone are needed; os.listdir builds no DirEntry per name
+            # (a third of the time at 100,000 files).
+            names = [n for n in os.listdir(self.policy_dir) if n.endswith(suffix) and n[0] != "."]
+            self._pending_dir = (key, is_racy(st, now_ns), names)
+            return names, list(names), 0
         names = []
         first = []
         known = 0
         get = self.files.get
         pending = self.pending
-        suffix = SUFFIX
         with os.scandir(self.policy_dir) as it:
             for entry in it:
                 name = entry.name

@@ -327,3 +327,20 @@ def test_polling_sees_changes_to_modules_the_loader_committed(tmp_path, agents):
     wait_for(lambda: not a._poller.recheck)  # racy stats settled: only the sweep can find what follows
     rewrite_in_place(d / "tenant.m3.bin", artifact_bytes("tenant.m3", [("deny", "network.outbound", ())]))
     wait_for(lambda: not a.check(*req))
+
+
+def test_artifact_permissions_are_still_checked_when_loading_in_the_background(tmp_path, agents, caplog):
+    d = tree(tmp_path / "p", 30)
+    os.chmod(d, 0o755)
+    os.chmod(d / "tenant.m3.bin", 0o666)
+    a = agents(d, background_load=True)
+    assert a.wait_loaded(30)
+    wait_for(lambda: any("tenant.m3.bin: writable by group and others" in r.getMessage() for r in caplog.records))
+
+
+def test_strict_refuses_unsafe_artifact_permissions_before_answering(tmp_path):
+    d = tree(tmp_path / "p", 30)
+    os.chmod(d, 0o755)
+    os.chmod(d / "tenant.m3.bin", 0o666)
+    with pytest.raises(PolicyLoadError, match="unsafe permissions"):
+        PolicyAgent(d, reload=False, strict=True, background_load=True).start()
