@@ -19,6 +19,7 @@ The facade over the parts, in the manner of werkzeug's reloader:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -33,12 +34,13 @@ from .errors import PolicyLoadError
 from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
 from .reload.delivery import EventDelivery
-from .reload.loading import BACKGROUND_MIN, load_order
+from .reload.loading import BACKGROUND_MIN, gc_paused, load_order
 from .reload.poller import Poller
 from .reload.switch import fast_switch
 
 if TYPE_CHECKING:
     from .reload.inotify import Watcher
+    from .reload.loading import LazyModules
 
 __all__ = [
     "DEFAULT_RELOAD_INTERVAL",
@@ -158,7 +160,8 @@ class PolicyAgent:
                 watcher = self._open_watcher()
                 catch_up = False
             try:
-                result = self._poll(initial=True, lazily=not self.strict and self.background_load is not False)
+                with gc_paused:  # linking in bulk: no full collections of the growing heap
+                    result = self._poll(initial=True, lazily=not self.strict and self.background_load is not False)
                 if self.strict and result.failed:
                     with self._lock:  # forget what this attempt saw, so a retry sees it all again
                         self._poller.forget()
@@ -206,35 +209,41 @@ class PolicyAgent:
         if loading is None:
             return
         try:
-            self._check_artifact_permissions()
-            order = load_order(self.policy_dir, sorted(poller.pending))
-            at = 0
-            count = 64  # sized from the rate measured, so that a batch takes about LOAD_COMMIT_S
-            clock = time.monotonic
-            while poller.loading is loading:
-                with self._lock:
-                    if poller.loading is not loading:
-                        return
-                    batch, at = poller.next_to_load(order, at, count)
-                t0 = clock()
-                found = [loading.resolve(name[: -len(".bin")]) for name in batch]
-                took = clock() - t0
-                if batch:
-                    count = max(16, min(LOAD_BATCH_MAX, int(len(batch) * LOAD_COMMIT_S / max(took, 1e-3))))
-                upto = 0
-                with self._lock:
-                    if poller.loading is not loading:
-                        return
-                    events, _result = poller.commit_loaded(found)
-                    if events:
-                        upto = self._delivery.queue(events)
-                if upto:
-                    self._delivery.deliver(upto)
+            with gc_paused:
+                self._load_batches(poller, loading)
         except Exception:  # pragma: no cover - checks still link what they need on the spot
             logger.exception("background loading failed; modules not linked yet are linked when first checked")
         finally:
             if self._loader is threading.current_thread():
                 self._loader = None
+
+    def _load_batches(self, poller: Poller, loading: LazyModules) -> None:
+        """The batches of :meth:`_load_rest`, with automatic collection paused."""
+        self._check_artifact_permissions()
+        order = load_order(self.policy_dir, sorted(poller.pending))
+        at = 0
+        count = 64  # sized from the rate measured, so that a batch takes about LOAD_COMMIT_S
+        clock = time.monotonic
+        while poller.loading is loading:
+            with self._lock:
+                if poller.loading is not loading:
+                    return
+                batch, at = poller.next_to_load(order, at, count)
+            t0 = clock()
+            found = [loading.resolve(name[: -len(".bin")]) for name in batch]
+            took = clock() - t0
+            if batch:
+                count = max(16, min(LOAD_BATCH_MAX, int(len(batch) * LOAD_COMMIT_S / max(took, 1e-3))))
+            upto = 0
+            with self._lock:
+                if poller.loading is not loading:
+                    return
+                events, _result = poller.commit_loaded(found)
+                if events:
+                    upto = self._delivery.queue(events)
+            if upto:
+                self._delivery.deliver(upto)
+            gc.collect(1)  # the young generations, as the paused collector would have
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         """Wait until no module is pending (background loading done); True if so."""

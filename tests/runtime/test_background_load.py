@@ -344,3 +344,39 @@ def test_strict_refuses_unsafe_artifact_permissions_before_answering(tmp_path):
     os.chmod(d / "tenant.m3.bin", 0o666)
     with pytest.raises(PolicyLoadError, match="unsafe permissions"):
         PolicyAgent(d, reload=False, strict=True, background_load=True).start()
+
+
+# -- the collector paused while linking in bulk ------------------------------------------------
+
+
+def test_collector_is_paused_during_the_load_and_enabled_after(tmp_path, agents, held):
+    import gc
+
+    d = tree(tmp_path / "p", 20)
+    assert gc.isenabled()
+    a = agents(d, background_load=True)
+    wait_for(lambda: a._loader is not None and not gc.isenabled())  # the loader holds the pause
+    held.set()
+    assert a.wait_loaded(30)
+    wait_for(lambda: a._loader is None)
+    assert gc.isenabled()
+    agents(d, background_load=False)  # whole: paused inside start() only
+    assert gc.isenabled()
+    with pytest.raises(PolicyLoadError):
+        (d / "tenant.m1.bin").write_bytes(b"junk")
+        PolicyAgent(d, reload=False, strict=True).start()
+    assert gc.isenabled()
+
+
+def test_collector_disabled_by_the_application_stays_disabled(tmp_path, agents):
+    import gc
+
+    d = tree(tmp_path / "p", 20)
+    gc.disable()
+    try:
+        a = agents(d, background_load=True)
+        assert a.wait_loaded(30)
+        wait_for(lambda: a._loader is None)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
