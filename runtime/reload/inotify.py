@@ -75,6 +75,7 @@ SUFFIX = ".bin"
 
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 _READ_SIZE = 64 * 1024
+_POLL_MAX_MS = 86_400_000  # one day
 
 # statfs f_type values of filesystems where inotify does not see changes
 # made by other hosts (or by the server): polling is the only way there.
@@ -297,7 +298,8 @@ class Watcher:
     def ready(self, timeout: float | None) -> bool:
         """Block (without the GIL) until events are queued, :meth:`wake` was called, or
         ``timeout`` seconds passed (None: forever); True unless the time ran out."""
-        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        # poll(2) takes an int of milliseconds: a longer wait ends early, and the caller waits again
+        ms = -1 if timeout is None else max(0, min(_POLL_MAX_MS, int(timeout * 1000 + 0.999)))
         return bool(self._poll.poll(ms))
 
     def read(self) -> Changes:

@@ -495,3 +495,13 @@ def test_sweep_interval_default_and_argument(pdir, monkeypatch):
         PolicyAgent(pdir, sweep_interval=0)
     with pytest.raises(ValueError, match="inotify="):
         PolicyAgent(pdir, inotify="yes")  # type: ignore[arg-type]
+
+
+def test_a_sweep_interval_of_centuries_waits_without_overflow(pdir, agents):
+    import threading as _t
+
+    a = agents(pdir, sweep_interval=_t.TIMEOUT_MAX)
+    assert watching(a)
+    write_artifact(pdir, "tenant.acme", DENY)
+    wait_for(lambda: not a.check(*REQ))
+    assert a._thread is not None and a._thread.is_alive()
