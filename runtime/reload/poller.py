@@ -75,6 +75,22 @@ _LogLine = tuple[int, str, *tuple[object, ...]]  # level, format, arguments
 
 _first = itemgetter(0)
 
+# A commit's status changes are kept apart from the whole table until there
+# are this many (or an eighth of the table): then folded into a new table.
+STATUS_FOLD = 256
+
+
+def _merged(
+    base: dict[str, dict[str, Any]], delta: dict[str, dict[str, Any] | None]
+) -> dict[str, dict[str, Any]]:
+    out = dict(base)
+    for module, info in delta.items():
+        if info is None:
+            out.pop(module, None)
+        else:
+            out[module] = info
+    return out
+
 
 class InForce:
     """The policy of one module in force: its linked artifact, from which file, since when."""
@@ -124,7 +140,12 @@ class Poller:
         # Published for status(): replaced whole on every commit.
         self.dir_error: str | None = None
         self.global_error: str | None = None
-        self.status_modules: dict[str, dict[str, Any]] = {}
+        # (base, delta): base is never changed once set; delta holds the
+        # statuses changed since (None: gone) and is replaced whole on each
+        # commit, folded into a new base when large. One attribute, so readers
+        # on other threads see a matching pair; a commit costs O(changes), not
+        # a copy of every module's status.
+        self._status: tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any] | None]] = ({}, {})
         self.last_reload: float | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
@@ -529,13 +550,18 @@ class Poller:
         result = ReloadResult()
         files = self.files
         in_force = self.in_force
-        old_status = self.status_modules
-        status = dict(old_status)
+        base, old_delta = self._status
+        status = dict(old_delta)  # this commit's delta
+
+        def old_get(module: str) -> dict[str, Any] | None:
+            if module in old_delta:
+                return old_delta[module]
+            return base.get(module)
         logs: list[_LogLine] = []
 
         def recovered(module: str, name: str, entry: InForce | None) -> None:
             # The module had an error (failed or removed) and has none now.
-            prev = old_status.get(module)
+            prev = old_get(module)
             if prev is None or not prev.get("last_error"):
                 return
             if entry is None:  # the file of a module that never loaded is gone
@@ -622,7 +648,10 @@ class Poller:
             self.paths.pop(name, None)
             prev_loaded = in_force.get(module)
             if prev_loaded is None:
-                status.pop(module, None)
+                if module in base:
+                    status[module] = None
+                else:
+                    status.pop(module, None)
                 recovered(module, name, None)
                 continue
             reason = "file removed; keeping the last policy loaded"
@@ -651,11 +680,24 @@ class Poller:
             self.sweep_stale = True
         else:
             self._refile([o.name for o in found] + gone)
-        self.status_modules = status
+        if len(status) > max(STATUS_FOLD, len(base) >> 3):
+            self._status = (_merged(base, status), {})
+        else:
+            self._status = (base, status)
         self.last_reload = now
         for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result
+
+    @property
+    def status_modules(self) -> dict[str, dict[str, Any]]:
+        """Every module's status (a new dict when changes are pending folding; do not change it)."""
+        base, delta = self._status
+        return _merged(base, delta) if delta else base
+
+    @status_modules.setter
+    def status_modules(self, value: dict[str, dict[str, Any]]) -> None:
+        self._status = (value, {})
 
     # -- the sweep lists -----------------------------------------------------
 
