@@ -385,7 +385,7 @@ def run_cmd(
         active = sum(1 for m in modules.values() if m.get("revision"))
         watch = status.get("watch") or {}
         if status.get("reload") and watch.get("mode") == "inotify":
-            every = f"reload on change (inotify; safety-net sweep every {watch.get('sweep_interval'):g}s)"
+            every = f"reload on change, safety sweep every {watch.get('sweep_interval'):g}s"
         elif status.get("reload"):
             interval = status.get("reload_interval")
             every = f"reload every {interval:g}s" if isinstance(interval, (int, float)) else "reload on"
