@@ -7,7 +7,7 @@ SRC    ?= policies-src
 OUT    ?= policies
 LISTEN ?= 127.0.0.1:8181
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench bench-scale venv clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,12 @@ run: $(STAMP)
 	$(BIN)/polc compile $(SRC) -o $(OUT)
 	$(BIN)/polc run $(OUT) --listen $(LISTEN)
 
+# The policies' own tests (every rule of $(SRC) reached), then the test suite. Both
+# run; the status is pytest's when it fails (5: nothing collected), else polc test's.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/polc test $(SRC) --coverage --fail-under 100; policy=$$?; \
+	$(BIN)/python -m pytest -q; suite=$$?; \
+	if [ $$suite -ne 0 ]; then exit $$suite; fi; exit $$policy
 
 # Lint (product code, tests and benchmarks; the tests' idioms are configured in
 # pyproject.toml) and strict type checks of the product code: what .ci/run runs
@@ -37,6 +41,14 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,sign,test,bench,peers]'
 	POLC_BENCH_VIA_MAKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=min,median,max,rounds
 	$(if $(BENCH_DOC),$(BIN)/python benchmarks/report.py --write $(BENCH_DOC) > /dev/null && echo "wrote $(BENCH_DOC)")
+
+# The scaling figures at 1,000 / 10,000 / 100,000 modules, each with its target (docs/benchmarks.md).
+# Opt-in and slow (the first run builds and compiles the trees into .bench-cache/, git-ignored,
+# and keeps them); not part of `make test` or `make bench`. SCALE_ARGS goes to the harness, e.g.
+# SCALE_ARGS="--sizes 1000,10000" or SCALE_ARGS="--against ../other/.venv/bin/python".
+bench-scale: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[server,sign,test,bench,peers]'
+	$(BIN)/python benchmarks/scale/run.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

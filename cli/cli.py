@@ -22,6 +22,12 @@ _COMMANDS = {
     "eval": "polc.cmd_eval:eval_cmd",
     "run": "polc.cmd_run:run_cmd",
     "keygen": "polc.cmd_keygen:keygen_cmd",
+    "fmt": "polc.cmd_fmt:fmt_cmd",
+    "diff": "polc.cmd_diff:diff_cmd",
+    "suggest": "polc.cmd_suggest:suggest_cmd",
+    "publish": "polc.cmd_fleet:publish_cmd",
+    "pull": "polc.cmd_fleet:pull_cmd",
+    "test": "polc.cmd_test:test_cmd",
 }
 
 

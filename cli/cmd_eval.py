@@ -3,7 +3,9 @@
 Loads the directory exactly like :class:`polc.runtime.PolicyAgent` does (bad
 artifacts are reported on stderr and their modules fall back to ``_global``),
 types each ARG by the capability's signature (``port``/``int`` parameters as
-integers), and prints the decision with the rule that decided it.
+integers), and prints the decision with the rule that decided it. With
+``--explain`` it first lists every rule that could decide the request, in
+evaluation order, matched or not and why (polc.runtime.enforce.explain).
 
 Exit status: 0 allowed (including an audited "would deny"), 1 denied,
 2 usage or I/O error. Imports click and the runtime only — never lark.
@@ -20,7 +22,7 @@ import click
 
 from polc.errors import EXIT_DENIED, EXIT_OK, UsageOrIOError, failure
 from polc.options import format_option
-from polc.runtime import PolicyAgent
+from polc.runtime import Decision, PolicyAgent
 from polc.runtime.catalog import BUILTINS, GLOBAL_MODULE, INT, PORT, Capability
 
 
@@ -112,8 +114,10 @@ class _EvalCommand(click.Command):
 @click.argument("module")
 @click.argument("capability")
 @click.argument("args", nargs=-1, metavar="[ARG]...")
+@click.option("--explain", is_flag=True,
+              help="List every rule that could decide the request, in evaluation order, matched or not and why.")
 @format_option()
-def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...], fmt: str) -> None:
+def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...], explain: bool, fmt: str) -> None:
     """Decide MODULE's use of CAPABILITY(ARG...) with the artifacts in POLICY_DIR.
 
     \b
@@ -121,6 +125,7 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
       polc eval policies tenant.acme network.outbound api.acme.com 443
       polc eval policies tenant.acme fs.read tenants/acme a/b.txt --format json
       polc eval policies tenant.acme process.exec -- -rf   # an argument starting with '-'
+      polc eval policies tenant.acme network.outbound 169.254.169.254 80 --explain
 
     Exit status: 0 allowed, 1 denied, 2 error.
     """
@@ -140,11 +145,12 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
         click.echo(f"polc eval: warning: {status['unavailable']}", err=True)
 
     typed = _typed(_signature(agent, module, capability), args)
-    d = agent.check(module, capability, *typed)
+    d = _explain(agent, module, capability, typed, fmt) if explain else agent.check(module, capability, *typed)
     if fmt == "json":
-        out = d.to_dict()
-        out["request"] = {"module": module, "capability": capability, "args": list(typed)}
-        click.echo(json.dumps(out, indent=2))
+        if not explain:
+            out = d.to_dict()
+            out["request"] = {"module": module, "capability": capability, "args": list(typed)}
+            click.echo(json.dumps(out, indent=2))
     else:
         verdict = "allow" if not d.audit and d.allowed else ("allow (audit: would deny)" if d.audit else "deny")
         click.echo(f"{verdict}: {module} {_call(capability, typed)}")
@@ -152,3 +158,39 @@ def eval_cmd(policy_dir: str, module: str, capability: str, args: tuple[str, ...
         click.echo(f"  rule:     {d.rule or '-'}")
         click.echo(f"  revision: {d.revision or '-'}")
     sys.exit(EXIT_OK if d.allowed else EXIT_DENIED)
+
+
+def _explain(agent: PolicyAgent, module: str, capability: str, typed: tuple[object, ...], fmt: str) -> Decision:
+    """Print the explanation (text, or the whole JSON document); return the enforcer's decision."""
+    from polc.loaded import programs_of
+    from polc.runtime.enforce.explain import explain
+    from polc.runtime.format.disasm import printable
+
+    programs = programs_of(agent, (module, GLOBAL_MODULE), prefix=_PREFIX)
+    ex = explain(programs, agent.snapshot, module, capability, *typed)
+    for w in ex.warnings:
+        click.echo(f"polc eval: warning: {w}", err=True)
+    if not ex.agrees:  # a bug: say so rather than show an explanation of another decision
+        click.echo(f"polc eval: error: the explanation finds {ex.expected_rule or 'no rule'} deciding, the enforcer "
+                   f"{ex.decision.rule or 'no rule'}; trust the decision below", err=True)
+    if fmt == "json":
+        out = ex.decision.to_dict()
+        out["request"] = {"module": module, "capability": capability, "args": list(typed)}
+        out["explain"] = ex.as_dict()
+        click.echo(json.dumps(out, indent=2))
+        return ex.decision
+    click.echo(f"explain: {module} {_call(capability, typed)}")
+    click.echo(f"  signature: {ex.signature or '-'}")
+    if ex.refused is not None:
+        click.echo(f"  refused before any rule: {ex.refused}")
+    elif not ex.rules:
+        click.echo(f"  no rule of {GLOBAL_MODULE} or {module} names {capability}")
+    for n, r in enumerate(ex.rules, 1):
+        click.echo(printable(f"  {n}. {r.location}  [{r.tier}]  {r.text}"))
+        if r.matched:
+            click.echo("       matched" + (": decides" if r.decides else " (an earlier rule decides)"))
+        else:
+            click.echo(printable(f"       not matched: {r.why}"))
+    if ex.refused is None and ex.expected_rule is None:
+        click.echo("  no rule matched: no entitlement")
+    return ex.decision

@@ -88,6 +88,7 @@ def build_report(path: str, data: bytes, art: Artifact) -> dict[str, Any]:
         "compiler": art.compiler,
         "source": art.source,
         "source_digest": art.source_digest,
+        "governs": list(art.governs),
         "signature": _signature_info(art),
         "capabilities": [
             {
@@ -151,6 +152,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"source:        {p(report['source'])}",
         f"source digest: sha256:{report['source_digest']}",
     ]
+    if report["governs"]:  # package names are checked dotted Python names: nothing to escape
+        lines.append(f"governs:       {', '.join(report['governs'])}")
     if sig["signed"]:
         key = sig.get("key_id")
         lines.append(
@@ -190,8 +193,14 @@ def render_text(report: dict[str, Any]) -> str:
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @format_option()
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-@click.option("--trust", "trust_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Also require a signature by a key of this trust file (docs/security.md).")
+@click.option(
+    "--trust",
+    "trust_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Also require a signature by a key of this trust file (docs/security.md).",
+)
 def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> None:
     """Verify the artifact FILE.bin and disassemble it.
 
@@ -210,9 +219,7 @@ def inspect_cmd(file: str, fmt: str, as_json: bool, trust_file: str | None) -> N
             raise failure(exc) from None
     try:
         data = read_artifact_bytes(file)
-        art = read_artifact(
-            data, expected_module=module_for_path(file), trust=trust, file_name=os.path.basename(file)
-        )
+        art = read_artifact(data, expected_module=module_for_path(file), trust=trust, file_name=os.path.basename(file))
     except UnreadableArtifact as exc:
         raise failure(exc, prefix=f"{shown}: error: ") from None
     except ArtifactError as exc:

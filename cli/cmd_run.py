@@ -244,6 +244,26 @@ def _check_host_names(names: tuple[str, ...]) -> list[str]:
     metavar="N",
     help="Most open client connections; beyond it a new one is answered 503 and closed.",
 )
+@click.option(
+    "--source",
+    default=None,
+    metavar="URL",
+    help="Pull the published set at URL (s3://bucket/prefix, http(s)://host/prefix, file:///dir) into POLICY_DIR,"
+    " verified and switched whole; needs a trust file with a manifest key [env POLC_SOURCE; docs/fleet.md].",
+)
+@click.option(
+    "--pull-interval",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    default=None,
+    metavar="SECONDS",
+    help="Seconds between pulls of --source, with +-20% jitter [env POLC_PULL_INTERVAL; default 5].",
+)
+@click.option(
+    "--endpoint",
+    default=None,
+    metavar="URL",
+    help="The S3 endpoint of an s3:// --source [env POLC_SOURCE_ENDPOINT, AWS_ENDPOINT_URL].",
+)
 @click.option("-v", "--verbose", count=True, help="More output (-v lists every module loaded at start-up).")
 @click.option("-q", "--quiet", count=True, help="Less output (-q: warnings only).")
 def run_cmd(
@@ -263,6 +283,9 @@ def run_cmd(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    source: str | None,
+    pull_interval: float | None,
+    endpoint: str | None,
     verbose: int,
     quiet: int,
 ) -> None:
@@ -301,6 +324,7 @@ def run_cmd(
     except ServerExtraMissing as exc:
         raise UsageOrIOError(str(exc)) from None
     from polc.runtime import PolicyAgent
+    from polc.runtime.errors import PolcError
     from polc.server.app import DecisionApp
     from polc.server.guard import Limits
     from polc.server.listen import bind, is_loopback, parse_listen, url_of
@@ -342,11 +366,16 @@ def run_cmd(
             trust=trust_file,
             inotify=False if no_inotify else None,
             sweep_interval=sweep_interval,
+            source=source,
+            pull_interval=pull_interval,
+            endpoint=endpoint,
         )
     except ValueError as exc:  # e.g. POLC_RELOAD_INTERVAL=soon, POLC_TRUST_FILE= (blank), an unreadable trust file
         raise click.UsageError(str(exc)) from None
     except RuntimeError as exc:  # signing.SigningUnavailableError: trust without the sign extra
         raise click.ClickException(str(exc)) from None
+    except PolcError as exc:  # fleet: the mirror directory cannot be made, s3:// without boto3
+        raise UsageOrIOError(str(exc)) from None
     quiet_start = _QuietStart()
     if verbose <= 0:
         handler.addFilter(quiet_start)

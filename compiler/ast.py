@@ -138,7 +138,14 @@ class CapabilityDecl(Node):
     params: tuple[ParamDecl, ...]
 
 
-Statement = Rule | ModeStmt | CapabilityDecl
+@dataclass(frozen=True, slots=True)
+class GovernsStmt(Node):
+    """``governs "PKG", ...;``: Python package names the module governs besides its own name."""
+
+    names: tuple[StrArg, ...]
+
+
+Statement = Rule | ModeStmt | CapabilityDecl | GovernsStmt
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,17 @@ An unchanged source file whose modules are all up to date is not even parsed:
 a byte scan for ``security module NAME`` headers is enough. Files that may
 declare capabilities are always parsed (their declarations apply to the whole
 tree), and with ``strict`` every file is (its warnings must be seen again).
+A file that the output directory's manifest (compiler/uptodate.py:
+:class:`~polc.compiler.uptodate.Manifest`) records with the stat it still has,
+and whose artifacts still have theirs, is not even read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat as stat_mod
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from polc.runtime.signing import SigningKey, sign_artifact
@@ -42,7 +48,7 @@ from .sources import (
     scan_modules,
     walk_sources,
 )
-from .uptodate import up_to_date
+from .uptodate import MANIFEST_VERSION, Manifest, Place, StatKey, declarations_key, settled, stat_key, up_to_date
 from .workers import job_count, run_jobs
 
 __all__ = ["compile_paths"]
@@ -62,6 +68,7 @@ def compile_paths(
     stdin_name: str | None = None,
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    keep_artifacts: bool = False,
 ) -> Report:
     """Compile (``write=True``) or only check (``write=False``) a source tree.
 
@@ -81,9 +88,14 @@ def compile_paths(
     the compile waits for it, or with ``wait=False`` fails at once (exit 2).
     Holding it, the compile removes what crashed compiles left
     (:func:`~polc.compiler.output.remove_debris`).
+
+    ``keep_artifacts`` (checking only) keeps each compiled module's artifact
+    bytes in its outcome's ``data``, for tools that run the policy in memory
+    (``polc test``).
     """
     build = _Build(srcs, jobs=jobs, force=force, strict=strict, write=write, sign_key=sign_key,
                    stdin=stdin, stdin_name=stdin_name)
+    build.keep_artifacts = keep_artifacts and not write
     try:
         build.plan(source_root)
         if not write:
@@ -115,6 +127,7 @@ class _Build:
         self.signer = sign_key.key_id if sign_key is not None else None
         self.stdin = stdin
         self.stdin_name = stdin_name
+        self.keep_artifacts = False
         self.report = Report(checking=not write)
         self.out = ""
         self.walked: list[Walked] = []
@@ -122,6 +135,12 @@ class _Build:
         self.writer: Writer | None = None
         self.staged: dict[int, str] = {}
         """``id(module outcome)`` -> its status, for modules decided as their file came back from a worker."""
+        self._out_prefix: str | None = None
+        self.manifest: Manifest | None = None
+        self.source_keys: dict[int, tuple[StatKey, int]] = {}
+        """unit index -> the source's stat key, taken before it was read, and when."""
+        self.hits: dict[int, list[Place]] = {}
+        """unit index -> its modules' places, for the files the manifest found unchanged (not read)."""
 
     # -- before anything is read ---------------------------------------------
 
@@ -164,21 +183,77 @@ class _Build:
 
     def run(self, lock_fd: int | None = None) -> None:
         """Read, compile, write and report (holding the output lock when writing)."""
-        files = [f for f, _, _ in self.walked]
-        datas = read_sources(self.walked, self.srcs, self.stdin)
-        units = [Unit.of(f, self.recorded[f], datas[f]) for f in files]
-        scans = [scan_modules(u.data) for u in units]
+        hits = self._unchanged()
+        datas = read_sources([w for i, w in enumerate(self.walked) if i not in hits], self.srcs, self.stdin)
+        units = [
+            Unit(f, self.recorded[f], b"", hits[i][0], False) if i in hits else Unit.of(f, self.recorded[f], datas[f])
+            for i, (f, _, _) in enumerate(self.walked)
+        ]
         pipe = Pipeline(units, strict=self.strict)
         decls = pipe.declare()
-        skipped = self._skippable(units, scans, decls)
+        self.hits = {i: places for i, (_digest, places) in hits.items()}
+        scans = [[(n, -1) for n, _, _ in self.hits[i]] if i in self.hits else scan_modules(u.data)
+                 for i, u in enumerate(units)]
+        if self.manifest is not None and not self.manifest.declared(declarations_key(decls)):
+            self._read_late(list(self.hits), pipe, scans)  # recorded under other declarations
+        else:
+            counts: dict[str, int] = {}
+            for scan in scans:
+                for name, _ in scan:
+                    counts[name] = counts.get(name, 0) + 1
+            # a module name now defined twice: its files are compiled (and the error reported)
+            self._read_late([i for i, places in self.hits.items() if any(counts[n] > 1 for n, _, _ in places)],
+                            pipe, scans)
+        skipped = self._skippable(pipe.units, scans, decls)
         self.writer = Writer(self.out) if self.write else None
         try:
             pipe.compile(skipped, lambda todo, decls, strict: self._schedule(todo, decls, strict, lock_fd))
             self._collect(pipe, skipped, scans)
             explain_unknown_capabilities(self.report, self.srcs, self.walked, self.stdin_name)
+            if self.manifest is not None and self.report.fatal is None:
+                with contextlib.suppress(OSError):  # a cache: the next compile checks in full
+                    self.manifest.save(self.out)
         finally:
             if self.writer is not None:
                 self.writer.discard()  # temporary files of anything not renamed
+
+    def _read_late(self, indices: list[int], pipe: Pipeline, scans: list[list[tuple[str, int]]]) -> None:
+        """Read the files the manifest found unchanged at ``indices`` after all (to check them in full)."""
+        if not indices:
+            return
+        late = read_sources([self.walked[i] for i in indices], self.srcs, self.stdin)
+        for i in indices:
+            u = pipe.units[i]
+            pipe.units[i] = Unit.of(u.path, u.source, late[u.path])
+            scans[i] = scan_modules(pipe.units[i].data)
+            del self.hits[i]
+
+    def _unchanged(self) -> dict[int, tuple[str, list[Place]]]:
+        """The files the manifest records as they still are: index -> (digest, places).
+
+        Only when writing, without ``--force`` or ``--strict``, and only for files found
+        in a directory (a file named on the command line may be a pipe). The stat of every
+        such file is kept (taken before it is read) for recording it afterwards."""
+        if not self.write or self.force or self.strict:
+            return {}
+        from polc import __version__
+
+        self.manifest = manifest = Manifest.load(self.out, [MANIFEST_VERSION, __version__, self.signer])
+        hits: dict[int, tuple[str, list[Place]]] = {}
+        stat = os.stat
+        for i, (f, _, below) in enumerate(self.walked):
+            if below is None:
+                continue
+            try:
+                st = stat(f)
+            except OSError:
+                continue
+            key = stat_key(st)
+            self.source_keys[i] = (key, time.time_ns())
+            hit = manifest.lookup(self.recorded[f], key, self.out)
+            if hit is not None:
+                hits[i] = hit
+        return hits
 
     def _skippable(self, units: list[Unit], scans: list[list[tuple[str, int]]], decls: Declarations) -> set[int]:
         """The files whose modules all have up-to-date artifacts: they are not even parsed."""
@@ -189,13 +264,46 @@ class _Build:
             for name, _ in scan:
                 scan_count[name] = scan_count.get(name, 0) + 1
         skipped: set[int] = set()
+        manifest = self.manifest
         for i, unit in enumerate(units):
             names = [n for n, _ in scans[i]]
-            if unit.may_declare or not names or any(scan_count[n] > 1 for n in names):
+            if unit.parsed_first or not names or any(scan_count[n] > 1 for n in names):
                 continue
-            if all(up_to_date(self._artifact(n), n, unit.source, unit.digest, decls, self.signer) for n in names):
+            if i in self.hits:
                 skipped.add(i)
+                continue
+            akeys: list[StatKey | None] = []
+            for n in names:
+                akey = None
+                if manifest is not None:
+                    try:
+                        ast = os.stat(self._artifact(n), follow_symlinks=False)  # before it is read
+                        if stat_mod.S_ISREG(ast.st_mode):
+                            akey = stat_key(ast)
+                    except OSError:
+                        pass
+                if not up_to_date(self._artifact(n), n, unit.source, unit.digest, decls, self.signer):
+                    break
+                akeys.append(akey)
+            else:
+                skipped.add(i)
+                if manifest is not None and i in self.source_keys:
+                    self._record(manifest, i, unit, scans[i], akeys)
         return skipped
+
+    def _record(self, manifest: Manifest, i: int, unit: Unit, scan: list[tuple[str, int]],
+                akeys: list[StatKey | None]) -> None:
+        """Record a file found up to date, when it and its artifacts are settled."""
+        skey, when = self.source_keys[i]
+        if not settled(skey, when):
+            return
+        now = time.time_ns()
+        mods = []
+        for (name, off), akey in zip(scan, akeys, strict=True):
+            if akey is None or not settled(akey, now):
+                return
+            mods.append((name, *line_col(unit.data, off), akey))
+        manifest.record(unit.source, skey, unit.digest, mods)
 
     def _schedule(self, todo: list[Unit], decls: Declarations, strict: bool,
                   lock_fd: int | None) -> Iterator[FileOutcome]:
@@ -216,7 +324,10 @@ class _Build:
             yield o
 
     def _artifact(self, module: str) -> str:
-        return os.path.join(self.out, module + ".bin")
+        # os.path.join(self.out, module + ".bin"), the directory's part joined once per compile
+        if self._out_prefix is None:
+            self._out_prefix = os.path.join(self.out, "")
+        return self._out_prefix + module + ".bin"
 
     def _decide(self, m: ModuleOutcome, o: FileOutcome, decls: Declarations) -> str:
         """Up to date, or staged for writing (renamed over the artifact only if it is committed)."""
@@ -233,8 +344,11 @@ class _Build:
         """Tree-wide checks, then each module's outcome into the report; committed artifacts are renamed."""
         report = self.report
         units = pipe.units
-        places = {i: [(name, *line_col(units[i].data, off)) for name, off in scans[i]] for i in skipped}
-        dups = pipe.duplicates(places)
+        places = {
+            i: self.hits[i] if i in self.hits else [(name, *line_col(units[i].data, off)) for name, off in scans[i]]
+            for i in skipped
+        }
+        dups = pipe.duplicates(places) + pipe.claims(places)
         for i, unit in enumerate(units):
             o = pipe.outcomes[i]
             if o is None:  # skipped: up to date
@@ -250,7 +364,8 @@ class _Build:
                 report.failed_files += 1
             for m in o.modules:
                 self._conclude(m, o, pipe.decls)
-                m.data = None
+                if not self.keep_artifacts or m.status == FAILED:
+                    m.data = None
                 report.modules.append(m)
         if self.writer is not None:
             for m, exc in self.writer.finish():
@@ -270,3 +385,4 @@ class _Build:
             if m.status == COMPILED:
                 assert self.writer is not None
                 self.writer.commit(m)
+

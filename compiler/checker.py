@@ -15,11 +15,25 @@ compiler/lint.py's.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from polc.runtime import patterns
-from polc.runtime.catalog import BUILTINS, COMMAND, HOST, INT, PATH, PORT, STRING, TYPES, Capability, Param
+from polc.runtime.catalog import (
+    BUILTINS,
+    COMMAND,
+    GLOBAL_MODULE,
+    HOST,
+    INT,
+    PATH,
+    PORT,
+    ROOTED_AT_SLASH,
+    STRING,
+    TYPES,
+    Capability,
+    Param,
+)
 from polc.runtime.format import opcodes
 from polc.runtime.format.opcodes import (
     ANY,
@@ -27,19 +41,35 @@ from polc.runtime.format.opcodes import (
     ENTITLE,
     HOST_WILD,
     INT_RANGE,
+    MAX_GOVERNS,
     MAX_MODULE_NAME_LEN,
     MAX_NAME_LEN,
     MODES,
     PATH_GLOB,
     is_valid_module_name,
+    package_name_problem,
 )
 
-from .ast import AnyArg, CapabilityDecl, IntArg, ModeStmt, Module, Node, RangeArg, Rule, SourceFile, StrArg
+from .ast import (
+    AnyArg,
+    CapabilityDecl,
+    GovernsStmt,
+    IntArg,
+    ModeStmt,
+    Module,
+    Node,
+    RangeArg,
+    Rule,
+    SourceFile,
+    StrArg,
+)
 from .diagnostics import ERROR, NOTE, WARNING, Diagnostic, did_you_mean
 from .ir import IRArg, IRModule, IRRule
 from .lint import lint_rules
 
-__all__ = ["MODES", "Declarations", "check_module", "collect_declarations"]
+_STDLIB: frozenset[str] = frozenset(sys.stdlib_module_names)
+
+__all__ = ["MODES", "Declarations", "check_module", "collect_declarations", "governed_names"]
 
 # "did you mean" for words a person may reach for first.
 CAPABILITY_SYNONYMS = {
@@ -66,6 +96,9 @@ CAPABILITY_SYNONYMS = {
     "spawn_thread": "create",
     "get_env": "read",
     "getenv": "read",
+    "dlopen": "load",
+    "loadlibrary": "load",
+    "cdll": "load",
 }
 TYPE_SYNONYMS = {
     "str": "string",
@@ -284,6 +317,7 @@ def check_module(
     mode_at: ModeStmt | None = None
     rules: list[IRRule] = []
     rule_nodes: list[Rule] = []
+    governs: dict[str, StrArg] = {}
     for st in module.body:
         if isinstance(st, Rule):
             ir = _check_rule(st, decls, mod, diags)
@@ -305,6 +339,8 @@ def check_module(
                 )
             else:
                 mode, mode_at = value, st
+        elif isinstance(st, GovernsStmt):
+            _check_governs(st, mod, governs, diags)
         # capability declarations were checked tree-wide by collect_declarations
     if len(rules) > opcodes.MAX_RULES:
         # the runtime's limit (docs/artifact-format.md, "Limits")
@@ -316,8 +352,101 @@ def check_module(
                 mod,
             )
         )
+    if len(governs) > MAX_GOVERNS:
+        # the runtime's limit (docs/artifact-format.md, "Limits")
+        diags.append(
+            _diag(
+                ERROR, module.name,
+                f"module '{_clip(mod)}' governs {len(governs):,} packages, more than the "
+                f"{MAX_GOVERNS:,} an artifact may name",
+                mod,
+            )
+        )
     lint_rules(rules, rule_nodes, mod, diags)
-    return IRModule(mod, mode, source, source_digest, tuple(rules)), diags
+    return IRModule(mod, mode, source, source_digest, tuple(rules), tuple(sorted(governs))), diags
+
+
+# --------------------------------------------------------------------------
+# governs
+
+
+def _package_hint(name: str) -> str:
+    """A "did you mean" for a package name that is not a dotted Python name, when one is near."""
+    guess = name.strip()
+    for suffix in ("/__init__.py", ".py", "/"):
+        if guess.endswith(suffix):
+            guess = guess[: -len(suffix)]
+    guess = guess.replace("/", ".").replace("-", "_").replace(" ", "_")
+    if guess != name and package_name_problem(guess) is None:
+        return f"; did you mean '{guess}'? (the name Python imports, as in 'import {guess}')"
+    return ""
+
+
+def _check_governs(st: GovernsStmt, mod: str, seen: dict[str, StrArg], diags: list[Diagnostic]) -> None:
+    """The names of one ``governs`` statement; the valid ones are added to ``seen``."""
+    if mod == GLOBAL_MODULE:
+        diags.append(
+            _diag(
+                ERROR, st,
+                f"{GLOBAL_MODULE} cannot govern a package: its rules apply to every governed package already; "
+                "put this statement in the module of the package's own policy",
+                mod,
+            )
+        )
+        return
+    for arg in st.names:
+        name = arg.value
+        if arg.bad_escape is not None:
+            diags.append(
+                _diag(ERROR, arg, f"unknown escape '{arg.bad_escape}' in a string; the escapes are \\\" and \\\\", mod)
+            )
+            continue
+        problem = package_name_problem(name)
+        if problem is not None:
+            diags.append(
+                _diag(ERROR, arg, f"invalid package name \"{_clip(name)}\": {problem}{_package_hint(name)}", mod)
+            )
+            continue
+        if name == mod:
+            diags.append(
+                _diag(
+                    WARNING, arg,
+                    f"module '{mod}' governs the package '{name}' by its own name already; this name adds nothing",
+                    mod,
+                )
+            )
+            continue
+        first = seen.get(name)
+        if first is not None:
+            diags.append(
+                _diag(WARNING, arg, f"package '{name}' is already governed by this module (line {first.line})", mod)
+            )
+            continue
+        if name.split(".", 1)[0] in _STDLIB:
+            diags.append(
+                _diag(
+                    WARNING, arg,
+                    f"'{name}' is (part of) the standard library: every program's use of it becomes subject "
+                    f"to this module's rules",
+                    mod,
+                )
+            )
+        seen[name] = arg
+
+
+def governed_names(module: Module) -> list[StrArg]:
+    """The valid package names of a module's ``governs`` statements, each once, in source order:
+    what it claims, for the tree-wide check of claims (compiler/pipeline.py)."""
+    if module.name.text == GLOBAL_MODULE:
+        return []
+    out: dict[str, StrArg] = {}
+    for st in module.body:
+        if isinstance(st, GovernsStmt):
+            for arg in st.names:
+                name = arg.value
+                if arg.bad_escape is None and package_name_problem(name) is None and name != module.name.text:
+                    out.setdefault(name, arg)
+    return list(out.values())
 
 
 def _check_rule(st: Rule, decls: Declarations, mod: str, diags: list[Diagnostic]) -> IRRule | None:
@@ -384,7 +513,12 @@ def _lower_arg(cap: Capability, param: Param, arg: Node, mod: str, diags: list[D
                     )
                 return lowered
             if t == PATH:
-                return (PATH_GLOB, patterns.compile_path(arg.value))
+                value = arg.value
+                if cap.name in ROOTED_AT_SLASH and value.startswith("/"):
+                    value = value.lstrip("/")  # an absolute path: relative to '/', as the rule stores it
+                    if not value:
+                        raise patterns.PatternError('invalid path pattern "/": empty; use "**" for any path')
+                return (PATH_GLOB, patterns.compile_path(value))
             if t == STRING:
                 if arg.value == "":
                     raise patterns.PatternError(

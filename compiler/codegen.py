@@ -30,6 +30,7 @@ def build_payload(ir: IRModule) -> dict[str, Any]:
         source=ir.source,
         source_digest=ir.source_digest,
         rules=((r.effect, r.cap, r.line, r.col, r.args) for r in ir.rules),
+        governs=ir.governs,
     )
 
 

@@ -57,9 +57,10 @@ KEYWORDS: dict[str, str] = {
     "DENY": "deny",
     "MODE": "mode",
     "CAPABILITY": "capability",
+    "GOVERNS": "governs",
 }
 """Keyword terminals and their text; where the grammar wants a name, a keyword is a name."""
-STATEMENT_KEYWORDS = ("ENTITLE", "DENY", "MODE", "CAPABILITY")
+STATEMENT_KEYWORDS = ("ENTITLE", "DENY", "MODE", "CAPABILITY", "GOVERNS")
 """The terminals a statement of a module body starts with."""
 BOUNDARIES = ("_SEMI", "_LBRACE", "_RBRACE")
 """The terminals after which a statement (or a module) is complete: recovery's checkpoints."""

@@ -40,3 +40,5 @@ class IRModule:
     source: str
     source_digest: str
     rules: tuple[IRRule, ...]
+    governs: tuple[str, ...] = ()
+    """The package names of its ``governs`` statements: checked, sorted, each once, never its own name."""

@@ -121,7 +121,7 @@ def compile_sources(sources: Sequence[tuple[str, str | bytes]], *, strict: bool 
     pipe = Pipeline(units, strict=strict)
     pipe.declare()
     pipe.compile()
-    dups = pipe.duplicates()
+    dups = pipe.duplicates() + pipe.claims()
     modules: list[ModuleOutcome] = []
     diags: list[Diagnostic] = []
     for o in [*unreadable, *(o for o in pipe.outcomes if o is not None)]:

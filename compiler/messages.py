@@ -29,6 +29,7 @@ TERMINAL_WORDS: dict[str, str] = {
     "DENY": "'deny'",
     "MODE": "'mode'",
     "CAPABILITY": "'capability'",
+    "GOVERNS": "'governs'",
     "NAME": "a name",
     "STRING": "a string",
     "INT": "a number",
@@ -44,7 +45,7 @@ TERMINAL_WORDS: dict[str, str] = {
     "$END": "end of file",
 }
 
-_STATEMENT_WORDS = ("entitle", "deny", "mode", "capability")
+_STATEMENT_WORDS = ("entitle", "deny", "mode", "capability", "governs")
 _STATEMENT_SYNONYMS = {
     "allow": "entitle",
     "grant": "entitle",
@@ -57,6 +58,10 @@ _STATEMENT_SYNONYMS = {
     "disallow": "deny",
     "declare": "capability",
     "cap": "capability",
+    "govern": "governs",
+    "governed": "governs",
+    "package": "governs",
+    "packages": "governs",
 }
 _ARG_START = {"STRING", "INT", "STAR"}
 _WHAT = {
@@ -64,6 +69,7 @@ _WHAT = {
     "DENY": "the rule",
     "MODE": "the mode",
     "CAPABILITY": "the capability declaration",
+    "GOVERNS": "the governs statement",
 }
 """The statements that end with ';', by their first terminal, in words."""
 
@@ -173,9 +179,10 @@ def _in_body(e: _Error) -> Wording:
     if e.word is not None:
         hint = did_you_mean(e.word, _STATEMENT_WORDS, synonyms=_STATEMENT_SYNONYMS)
         if not hint:
-            hint = "; expected 'entitle', 'deny', 'mode', 'capability' or '}'"
+            hint = "; expected 'entitle', 'deny', 'mode', 'capability', 'governs' or '}'"
         return f"unknown statement {e.found}{hint}", False
-    return f"expected a statement ('entitle', 'deny', 'mode' or 'capability') or '}}', found {e.found}", False
+    return (f"expected a statement ('entitle', 'deny', 'mode', 'capability' or 'governs') or '}}', "
+            f"found {e.found}", False)
 
 
 def _at_top_level(e: _Error) -> Wording:
@@ -250,6 +257,20 @@ def _capability(e: _Error) -> Wording | None:
     return None
 
 
+def _governs(e: _Error) -> Wording | None:
+    """``governs "PKG", ...``."""
+    if e.last in ("GOVERNS", "_COMMA") and "STRING" in e.expected:
+        after = "'governs'" if e.last == "GOVERNS" else "','"
+        if e.tok.type == "NAME":
+            value = e.tok.value
+            return (f"expected a package name in quotes after {after}, found the bare word '{value}'; "
+                    f'package names are quoted: "{value}"', False)
+        return f"expected a package name in quotes after {after}, found {e.found}", False
+    if e.last == "STRING" and e.tok.type in ("STRING", "NAME"):
+        return f"expected ',' between package names, found {e.found}", False
+    return None
+
+
 def _arguments(e: _Error) -> Wording | None:
     """A rule's argument list ``(ARG, ...)``."""
     if "_LPAR" not in e.kinds:
@@ -281,5 +302,6 @@ _BY_STATEMENT: dict[str, tuple[Callable[[_Error], Wording | None], ...]] = {
     "DENY": (_missing_semicolon, _rule, _arguments),
     "MODE": (_missing_semicolon, _mode, _arguments),
     "CAPABILITY": (_missing_semicolon, _capability, _arguments),
+    "GOVERNS": (_governs, _missing_semicolon),
 }
 """The wordings tried for a statement, by its first terminal, in order; then :func:`_anything_else`."""

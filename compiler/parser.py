@@ -22,6 +22,7 @@ from lark.lexer import BasicLexer
 from .ast import (
     AnyArg,
     CapabilityDecl,
+    GovernsStmt,
     IntArg,
     ModeStmt,
     Module,
@@ -110,6 +111,9 @@ class Builder(Transformer[Any, Any]):
         if len(params) == 1 and params[0] is None:
             params = ()
         return CapabilityDecl(self.file, kw.line, kw.column, kw.end_column, self._name(name), params)
+
+    def governs(self, kw: Any, *names: Any) -> GovernsStmt:
+        return GovernsStmt(self.file, kw.line, kw.column, kw.end_column, tuple(self.str_arg(n) for n in names))
 
     def param(self, name: Any, type_: Any) -> ParamDecl:
         n = self._name(name)

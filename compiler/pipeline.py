@@ -8,10 +8,13 @@ and ``polc check`` run (compiler/build.py: ``compile_paths``)::
     decls = pipe.declare()           # parse the files that may declare; tree-wide declarations
     pipe.compile(skip, schedule)     # every other file: decode, parse, check, generate
     dups = pipe.duplicates(...)      # tree-wide: a module name defined more than once
+    dups += pipe.claims(...)         # tree-wide: a package that two modules claim
 
 Declarations apply to the whole tree, so the files that may hold one (their
 bytes contain ``capability``) are parsed first, in order; the first
-declaration of a name wins. The build may leave out files whose artifacts are
+declaration of a name wins. So are the files that may claim a package (their
+bytes contain ``governs``): each package is governed by one module of the
+tree, checked against every module and every claim. The build may leave out files whose artifacts are
 up to date (``skip``) and compile the rest in worker processes
 (``schedule``); what comes out is the same either way.
 """
@@ -25,9 +28,9 @@ from dataclasses import dataclass
 from polc.runtime.errors import ArtifactError
 
 from .ast import Module, SourceFile
-from .checker import Declarations, check_module, collect_declarations
+from .checker import Declarations, check_module, collect_declarations, governed_names
 from .codegen import generate
-from .diagnostics import ERROR, Diagnostic
+from .diagnostics import ERROR, NOTE, Diagnostic
 from .ir import IRModule
 from .parser import parse
 from .report import COMPILED, FAILED, ModuleOutcome
@@ -37,6 +40,7 @@ __all__ = [
     "Pipeline",
     "Schedule",
     "Unit",
+    "claim_conflicts",
     "compile_parsed",
     "compile_unit",
     "decode",
@@ -63,10 +67,18 @@ class Unit:
     """Could the file hold a ``capability`` declaration? (Only then are its declarations looked for.)"""
     text: str | None = None
     """The text when the caller has it already (else ``data`` is decoded as UTF-8)."""
+    may_govern: bool = False
+    """Could the file hold a ``governs`` statement? (Then it is parsed first, and never skipped.)"""
 
     @classmethod
     def of(cls, path: str, source: str, data: bytes, text: str | None = None) -> Unit:
-        return cls(path, source, data, hashlib.sha256(data).hexdigest(), b"capability" in data, text)
+        return cls(path, source, data, hashlib.sha256(data).hexdigest(), b"capability" in data, text,
+                   b"governs" in data)
+
+    @property
+    def parsed_first(self) -> bool:
+        """Parsed before the others, for what it may declare or claim tree-wide."""
+        return self.may_declare or self.may_govern
 
 
 @dataclass(slots=True)
@@ -215,6 +227,56 @@ def duplicate_modules(occurrences: Mapping[str, Sequence[tuple[str, int, int]]])
     return diags
 
 
+def _count(n: int) -> str:
+    return {2: "two", 3: "three"}.get(n, str(n))
+
+
+Place = tuple[str, int, int]
+"""``(file, line, col)``."""
+Claim = tuple[str, str, int, int, int]
+"""``(module, file, line, col, length)`` of a package name in a ``governs`` statement."""
+
+
+def claim_conflicts(
+    claims: Mapping[str, Sequence[Claim]], modules: Mapping[str, Sequence[Place]]
+) -> list[Diagnostic]:
+    """Errors for packages claimed by two modules of the tree (``claims``: package -> its claims), and for
+    claims of a package that is another module's name (``modules``: module name -> where it is defined)."""
+    diags: list[Diagnostic] = []
+    for package, found in claims.items():
+        owners = {module for module, *_ in found}
+        named = modules.get(package)
+        for module, file, line, col, length in found:
+            if named is not None and module != package:
+                nf, nl, nc = named[0]
+                diags.append(
+                    Diagnostic(
+                        ERROR, file, line, col,
+                        f"package '{package}' is the name of module '{package}' (defined at {nf}:{nl}:{nc}), "
+                        f"which governs it; module '{module}' cannot claim it too: a package is governed by "
+                        "one module",
+                        length, module,
+                        (Diagnostic(NOTE, nf, nl, nc, f"module '{package}' is defined here", len(package)),),
+                    )
+                )
+            elif len(owners) > 1:
+                others = [c for c in found if c[0] != module]
+                where = ", ".join(f"'{m}' at {f}:{ln}:{c}" for m, f, ln, c, _ in others)
+                notes = tuple(
+                    Diagnostic(NOTE, f, ln, c, f"module '{m}' claims '{package}' here", n) for m, f, ln, c, n in others
+                )
+                diags.append(
+                    Diagnostic(
+                        ERROR, file, line, col,
+                        f"package '{package}' is claimed by {_count(len(owners))} modules: '{module}' here and "
+                        f"{where}; "
+                        "a package is governed by one module",
+                        length, module, notes,
+                    )
+                )
+    return diags
+
+
 class Pipeline:
     """The stages of one compile over ``units``; ``outcomes[i]`` is ``units[i]``'s (``None`` if skipped)."""
 
@@ -229,7 +291,7 @@ class Pipeline:
     def declare(self) -> Declarations:
         """Parse every file that may declare a capability, and collect the tree's declarations."""
         for i, unit in enumerate(self.units):
-            if not unit.may_declare:
+            if not unit.parsed_first:
                 continue
             text = unit.text
             if text is None:
@@ -268,9 +330,39 @@ class Pipeline:
             for m in outcome.modules:
                 occurrences.setdefault(m.module, []).append((unit.path, m.line, m.col))
         dups = duplicate_modules(occurrences)
-        names = {d.module for d in dups}
+        self._fail({d.module for d in dups})
+        return dups
+
+    def claims(self, skipped: Mapping[int, Sequence[tuple[str, int, int]]] | None = None) -> list[Diagnostic]:
+        """Errors for packages two modules claim, or that a module claims by another module's name; the
+        claiming modules become ``failed``. (Every file that may hold a claim was parsed by :meth:`declare`.)
+
+        ``skipped`` as for :meth:`duplicates`.
+        """
+        claims: dict[str, list[Claim]] = {}
+        for sf, _ in (self._parsed[i] for i in sorted(self._parsed)):
+            for m in sf.modules:
+                for arg in governed_names(m):
+                    claims.setdefault(arg.value, []).append(
+                        (m.name.text, sf.path, arg.line, arg.col, max(1, arg.end_col - arg.col))
+                    )
+        if not claims:
+            return []
+        modules: dict[str, list[Place]] = {}
+        for i, unit in enumerate(self.units):
+            outcome = self.outcomes[i]
+            if outcome is None:
+                for name, line, col in (skipped or {}).get(i, ()):
+                    modules.setdefault(name, []).append((unit.path, line, col))
+                continue
+            for mo in outcome.modules:
+                modules.setdefault(mo.module, []).append((unit.path, mo.line, mo.col))
+        diags = claim_conflicts(claims, modules)
+        self._fail({d.module for d in diags})
+        return diags
+
+    def _fail(self, names: set[str | None]) -> None:
         for outcome in self.outcomes:
             for m in outcome.modules if outcome is not None else ():
                 if m.module in names:
                     m.status, m.data = FAILED, None
-        return dups

@@ -13,7 +13,19 @@ from typing import Any
 from .diagnostics import ERROR, WARNING, Diagnostic, render_all
 from .errors import EXIT_ERRORS, EXIT_OK, UsageError
 
-__all__ = ["CHECKED", "COMPILED", "FAILED", "UP_TO_DATE", "ModuleOutcome", "Report", "diagnostic_dict"]
+__all__ = [
+    "CHECKED",
+    "COMPILED",
+    "FAILED",
+    "JSON_VERSION",
+    "UP_TO_DATE",
+    "ModuleOutcome",
+    "Report",
+    "diagnostic_dict",
+]
+
+JSON_VERSION = 1
+"""``version`` of the ``--format json`` document (docs/check-output.schema.json); raised on an incompatible change."""
 
 # A module's status, as ``-v`` prints it and ``--format json`` carries it.
 COMPILED = "compiled"
@@ -118,6 +130,7 @@ class Report:
             summary = {"checked": self.count(CHECKED) + self.count(FAILED), "failed": self.failed,
                        "errors": self.errors, "warnings": self.warnings}
         return {
+            "version": JSON_VERSION,
             "ok": self.exit_code == EXIT_OK,
             "exit_code": self.exit_code,
             "out_dir": self.out_dir,

@@ -1,7 +1,9 @@
 """The source tree on disk: which files, under what names, their bytes, and a cheap look inside.
 
 - :func:`walk_sources` / :func:`find_sources`: the ``.pol`` files named by the
-  arguments (files, directories searched recursively, ``-`` for standard input).
+  arguments (files, directories searched recursively, ``-`` for standard input);
+  test files (``*.test.pol``, ``polc test``) found in a directory are not sources.
+- :func:`find_tests`: the test files (``*.test.pol``) named by the arguments.
 - :func:`recorded_name` / :func:`recorded_names`: the source name each
   artifact records, relative to the source root, never an absolute build path.
 - :func:`default_out_dir`: ``policies/`` beside the first source directory.
@@ -25,9 +27,11 @@ from .errors import UsageError
 __all__ = [
     "STDIN",
     "STDIN_NAME",
+    "TEST_SUFFIX",
     "Walked",
     "default_out_dir",
     "find_sources",
+    "find_tests",
     "line_col",
     "name_clash",
     "read_sources",
@@ -40,6 +44,8 @@ __all__ = [
 STDIN = "-"
 """The source argument that means "read one source from standard input" (``polc check -``)."""
 STDIN_NAME = "<stdin>"
+TEST_SUFFIX = ".test.pol"
+"""Test files (``polc test``): found beside or below the sources, never compiled as sources."""
 
 Walked = tuple[str, int, str | None]
 """``(path as given, index of the argument that named it, path below that directory or None)``."""
@@ -64,8 +70,9 @@ def walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[Walked]:
     out: list[Walked] = []
     seen: set[str] = set(skip)
 
-    def add(p: str, i: int, below: str | None) -> None:
-        key = os.path.realpath(p)
+    def add(p: str, i: int, below: str | None, key: str | None = None) -> None:
+        if key is None:
+            key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
             out.append((p.replace(os.sep, "/"), i, below))
@@ -80,13 +87,49 @@ def walk_sources(srcs: Sequence[str], skip: Iterable[str] = ()) -> list[Walked]:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 rel_root = os.path.relpath(root, src)
                 for f in files:
-                    if f.endswith(".pol") and not f.startswith("."):
+                    if f.endswith(".pol") and not f.endswith(TEST_SUFFIX) and not f.startswith("."):
                         rel = (f if rel_root == "." else os.path.join(rel_root, f)).replace(os.sep, "/")
                         found.append((posixpath.join(top, rel), rel))
+            # os.walk does not descend into symlinked directories, so below the directory's
+            # real path only a symlinked file has a real path other than its place
+            real_top = os.path.realpath(src)
+            islink = os.path.islink
             for p, rel in sorted(found):
-                add(p, i, rel)
+                add(p, i, rel, None if islink(p) else posixpath.join(real_top, rel))
         elif os.path.exists(src):
             add(src, i, None)
+        else:
+            raise UsageError(f"no such file or directory: {src}")
+    return out
+
+
+def find_tests(srcs: Sequence[str]) -> list[str]:
+    """The test files (``*.test.pol``) named by ``srcs``: files as given, directories searched recursively.
+
+    Sorted within each directory, each file once, hidden files and directories
+    skipped (as :func:`walk_sources` does). Raises :class:`UsageError` for a
+    missing argument.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p.replace(os.sep, "/"))
+
+    for src in srcs:
+        if os.path.isdir(src):
+            found: list[str] = []
+            for root, dirs, files in os.walk(src):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.extend(os.path.join(root, f) for f in files if f.endswith(TEST_SUFFIX) and not f.startswith("."))
+            for p in sorted(found):
+                add(p)
+        elif os.path.exists(src):
+            if src.endswith(TEST_SUFFIX):
+                add(src)
         else:
             raise UsageError(f"no such file or directory: {src}")
     return out

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .agent import PolicyAgent
     from .config import DEFAULT_RELOAD_INTERVAL
     from .enforce import Decision, Snapshot
-    from .errors import PolicyLoadError
+    from .errors import PolicyDenied, PolicyLoadError
     from .events import ReloadEvent, ReloadFailure, ReloadResult
 
 # The agent and the enforcer are imported on first use (PEP 562), so tools
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "DEFAULT_RELOAD_INTERVAL": "config",
     "PolicyAgent": "agent",
+    "PolicyDenied": "errors",
     "PolicyLoadError": "errors",
     "ReloadEvent": "events",
     "ReloadFailure": "events",
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_RELOAD_INTERVAL",
     "Decision",
     "PolicyAgent",
+    "PolicyDenied",
     "PolicyLoadError",
     "ReloadEvent",
     "ReloadFailure",

@@ -19,6 +19,7 @@ The facade over the parts, in the manner of werkzeug's reloader:
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -26,11 +27,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
 from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
-from .errors import PolicyLoadError
+from .errors import PolicyDenied, PolicyLoadError
 from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
 from .reload.delivery import EventDelivery
@@ -51,7 +52,12 @@ __all__ = [
     "ReloadResult",
 ]
 
+if TYPE_CHECKING:
+    from .fleet.puller import CycleResult, Puller, PullLoop
+
 logger = logging.getLogger("polc")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # Change detection (status()["watch"]["mode"]).
 WATCH_INOTIFY = "inotify"  # woken by inotify; the stat sweep is the safety net
@@ -80,6 +86,17 @@ class PolicyAgent:
     :meth:`start` warns when others can change the policy directory
     (``strict`` refuses to start then; docs/security.md).
 
+    ``source`` (default: ``POLC_SOURCE``) makes the directory the mirror of
+    a published set (``s3://bucket/prefix``, ``http(s)://host/prefix``,
+    ``file:///dir``; docs/fleet.md): the agent enforces what the directory
+    holds at start, before contacting the origin, then pulls every
+    ``pull_interval`` seconds (``POLC_PULL_INTERVAL``, default 5, with
+    jitter), verifies the signed manifest and every artifact, switches the
+    whole set and reloads at once. ``endpoint`` (``POLC_SOURCE_ENDPOINT``)
+    is the S3 endpoint of an ``s3://`` source. A source needs ``trust`` with
+    a key marked ``manifest = true``. ``status()["source"]`` says how the
+    pulls go.
+
     Use as a context manager, or call :meth:`start` and :meth:`stop` (and
     :meth:`start` again). A child of ``os.fork()`` gets its own poller.
     :meth:`check` is lock-free and never raises.
@@ -97,6 +114,9 @@ class PolicyAgent:
         inotify: bool | None = None,
         sweep_interval: float | None = None,
         background_load: bool | None = None,
+        source: str | None = None,
+        pull_interval: float | None = None,
+        endpoint: str | None = None,
     ) -> None:
         config = AgentConfig.resolve(
             policy_dir,
@@ -108,6 +128,9 @@ class PolicyAgent:
             inotify=inotify,
             sweep_interval=sweep_interval,
             background_load=background_load,
+            source=source,
+            pull_interval=pull_interval,
+            endpoint=endpoint,
         )
         self.policy_dir: str = config.policy_dir
         self.reload_interval: float = config.reload_interval
@@ -121,11 +144,18 @@ class PolicyAgent:
         self._watch_reason: str | None = None if self.reload else "reloading off"
         self._watcher: Watcher | None = None  # the running poller's, while it runs
         self._loader: threading.Thread | None = None  # the background loader, while it runs
+        self.source: str | None = config.source
+        self.pull_interval: float = config.pull_interval
+        self._puller: Puller | None = None
+        self._pull_loop: PullLoop | None = None
+        if config.source is not None:
+            from .fleet.puller import Puller
+
+            # reads the directory only: nothing is fetched before start()
+            self._puller = Puller(config.source, self.policy_dir, trust=config.trust, endpoint=config.endpoint)
 
         self._publish(EMPTY_SNAPSHOT)
-        self._poller = Poller(
-            self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish
-        )
+        self._poller = Poller(self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish)
         self._lock = threading.Lock()  # serialises reload steps; checks never take it
         self._lock_owner: int | None = None  # ident of the thread running a step
         self._stop = threading.Event()  # the running poller's own stop flag
@@ -160,6 +190,10 @@ class PolicyAgent:
                 watcher = self._open_watcher()
                 catch_up = False
             try:
+                puller = self._puller
+                if puller is not None and puller.mirror.in_force is None:
+                    # nothing verified on disk yet: one pull first, so the first load has a set
+                    puller.cycle()
                 with gc_paused:  # linking in bulk: no full collections of the growing heap
                     result = self._poll(initial=True, lazily=not self.strict and self.background_load is not False)
                 if self.strict and result.failed:
@@ -188,6 +222,8 @@ class PolicyAgent:
                 )
             else:
                 logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
+        if self._puller is not None:
+            self._start_puller()
         return self
 
     # -- background loading ----------------------------------------------
@@ -293,6 +329,28 @@ class PolicyAgent:
             upto = self._delivery.queue([event])
         self._delivery.deliver(upto)
 
+
+    def _start_puller(self) -> None:
+        from .fleet.puller import PullLoop
+
+        if self._pull_loop is None:
+            self._pull_loop = PullLoop(self._pull_cycle, self.pull_interval, name="polc-puller")
+        self._pull_loop.start()
+
+    def _pull_cycle(self) -> CycleResult:
+        """One pull; a switch commits under the step lock and reloads in the same step."""
+        assert self._puller is not None
+        return self._puller.cycle(around=self._commit_and_reload)
+
+    def _commit_and_reload(self, commit: Callable[[], None]) -> None:
+        self._poll(before=commit)
+
+    def pull_now(self) -> CycleResult:
+        """One pull cycle now (thread-safe with the pull thread); needs a ``source``."""
+        if self._puller is None:
+            raise RuntimeError("this agent has no source to pull from")
+        return self._pull_cycle()
+
     def _poller_running(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stop.is_set()
@@ -346,6 +404,10 @@ class PolicyAgent:
         watcher = self._watcher
         if watcher is not None:
             watcher.wake()
+        if self._pull_loop is not None:
+            self._pull_loop.stop(timeout)
+        if self._puller is not None:
+            self._puller.close()
         thread = self._thread
         self._thread = None
         if thread is not None and thread is not threading.current_thread():
@@ -449,6 +511,77 @@ class PolicyAgent:
         """
         return self._snapshot.check(module, capability, *args)
 
+    def require(self, module: str, capability: str, *args: object) -> Decision:
+        """:meth:`check`, raising :class:`~polc.runtime.PolicyDenied` on a deny.
+
+        Returns the Decision when the request is allowed, including a deny
+        of a module in audit mode (allowed, ``audit=True``, logged as "would
+        deny"): audit mode never raises. The exception's ``package`` and
+        ``site`` are None (an explicit check names no Python package).
+        """
+        d = self.check(module, capability, *args)
+        if d.allowed:
+            return d
+        raise PolicyDenied(d, module, capability, args)
+
+    def requires(self, module: str | Callable[..., str], capability: str, *args: object) -> Callable[[_F], _F]:
+        """Decorator: :meth:`require` before every call of the decorated function.
+
+        ``module`` and each of ``args`` is either a value or a callable that
+        computes it from the call: it is called with the function's
+        arguments bound by name (defaults applied), so it can take what it
+        needs and ignore the rest::
+
+            @agent.requires("tenant.acme", "fs.read", "config", lambda path, **_: path)
+            def load(path, *, encoding="utf-8"): ...
+
+            @agent.requires(lambda tenant, **_: tenant, "network.outbound", lambda url, **_: host(url), 443)
+            async def fetch(tenant, url): ...
+
+        Capability arguments are strings and integers, so a callable is
+        never a value. A coroutine function stays one; it is checked when
+        its coroutine starts, before its body (the awaiting code gets the
+        PolicyDenied). A
+        callable that raises propagates its exception and the function does
+        not run.
+        """
+        if not isinstance(capability, str):
+            raise TypeError(f"requires(): the capability must be a string, not {type(capability).__name__}")
+        computed = callable(module) or any(callable(a) for a in args)
+        import inspect  # only decorating needs it; `import polc.runtime.agent` stays light
+
+        def decorate(fn: _F) -> _F:
+            signature = inspect.signature(fn) if computed else None
+
+            def request(call_args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> None:
+                if signature is None:
+                    self.require(cast(str, module), capability, *args)
+                    return
+                bound = signature.bind(*call_args, **call_kwargs)
+                bound.apply_defaults()
+                named = bound.arguments
+                mod = module(**named) if callable(module) else module
+                values = tuple(a(**named) if callable(a) else a for a in args)
+                self.require(mod, capability, *values)
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def checked_async(*a: Any, **kw: Any) -> Any:
+                    request(a, kw)
+                    return await fn(*a, **kw)
+
+                return cast(_F, checked_async)
+
+            @functools.wraps(fn)
+            def checked(*a: Any, **kw: Any) -> Any:
+                request(a, kw)
+                return fn(*a, **kw)
+
+            return cast(_F, checked)
+
+        return decorate
+
     @property
     def snapshot(self) -> Snapshot:
         """The policy set in force now (immutable)."""
@@ -507,12 +640,17 @@ class PolicyAgent:
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
             "loading": poller.loading_status(),
+            # packages two modules in force claim: everything they do is denied (docs/runtime.md)
+            # while modules are pending, {}: the claims of the whole set would link them all here
+            "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()} if snap.pending is None else {},
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
+            "source": self._puller.status() if self._puller is not None else None,
         }
 
     def _poll(
         self,
         initial: bool = False,
+        before: Callable[[], None] | None = None,
         *,
         sweep: bool = True,
         names: Iterable[str] | None = None,
@@ -520,6 +658,8 @@ class PolicyAgent:
     ) -> ReloadResult:
         """One step under the step lock, then the delivery of its events.
 
+        ``before`` runs first under the same lock (a pulled set's switch), so
+        the step sees the whole new set and no step sees half of it.
         ``names``: examine only those entries (what inotify reported);
         ``sweep=False``: list the directory, no sweep (a ``..data`` swap).
         """
@@ -527,6 +667,8 @@ class PolicyAgent:
         with self._lock:
             self._lock_owner = threading.get_ident()
             try:
+                if before is not None:
+                    before()
                 with fast_switch:
                     if names is not None:
                         events, result = self._poller.run_names(names)
@@ -590,6 +732,10 @@ class PolicyAgent:
                 self._poller.resync()
             self._lock_owner = None
         self._delivery.after_fork_in_child()
+        if self._puller is not None:
+            # one process pulls into a directory: the child enforces what the parent's pulls switch
+            self._puller._lock = threading.Lock()
+            self._pull_loop = None
         thread = self._thread
         if thread is not None and thread is threading.current_thread():
             return  # a subscriber on the poller thread forked: it goes on polling here

@@ -59,8 +59,16 @@ BUILTINS: dict[str, Capability] = {
         _cap("process.exec", ("command", COMMAND)),
         _cap("threads.create"),
         _cap("env.read", ("name", STRING)),
+        # a native library (ctypes and other loaders): its resolved file, relative to '/'
+        _cap("native.load", ("library", PATH)),
     )
 }
+
+# Built-ins whose path parameters have no root argument: they name a file by its
+# absolute path, which rules and requests give relative to the file-system root
+# ('/usr/lib/libssl.so.3' is "usr/lib/libssl.so.3"). Sources may write those rule
+# arguments with the leading '/', which the compiler drops.
+ROOTED_AT_SLASH: frozenset[str] = frozenset({"native.load"})
 
 # Signatures that artifacts of an earlier format minor wrote for a built-in
 # capability whose parameter types have since become more specific. The

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .signing import TrustConfig
 
 __all__ = [
+    "DEFAULT_PULL_INTERVAL",
     "DEFAULT_RELOAD_INTERVAL",
     "MIN_SWEEP_INTERVAL",
     "SAFETY_SWEEP_MIN",
@@ -38,6 +39,7 @@ __all__ = [
     "env_path",
     "env_seconds",
     "env_text",
+    "env_url",
     "parse_seconds",
     "resolve_trust",
     "trust_from_env",
@@ -48,6 +50,7 @@ DEFAULT_RELOAD_INTERVAL = 5.0
 # max(SAFETY_SWEEP_MIN, reload_interval) seconds unless told otherwise.
 SAFETY_SWEEP_MIN = 60.0
 MIN_SWEEP_INTERVAL = 0.01
+DEFAULT_PULL_INTERVAL = 5.0
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -86,6 +89,23 @@ def env_path(name: str, environ: Mapping[str, str] | None = None, *, what: str =
         raise _empty(name, raw, what)
     if raw != raw.strip():
         raise ConfigError(f"{name}={raw!r}: leading or trailing whitespace in a path; remove it")
+    return raw
+
+
+def env_url(name: str, environ: Mapping[str, str] | None = None, *, what: str = "a URL, or unset it") -> str | None:
+    """The value of ``name`` as a URL, exactly as given: blank, whitespace around it, or a
+    control character in it is an error (the scheme is checked where the URL is opened)."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise _empty(name, raw, what)
+    if raw != raw.strip():
+        raise ConfigError(f"{name}={raw!r}: leading or trailing whitespace in a URL; remove it")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
+        raise ConfigError(f"{name}={raw!r}: a URL has no spaces or control characters")
+    if "://" not in raw:
+        raise ConfigError(f"{name}={raw!r}: expected a URL (s3://, http://, https:// or file://)")
     return raw
 
 
@@ -188,6 +208,9 @@ class AgentConfig:
     inotify: bool = True  # wake the poller through inotify where it works (Linux)
     sweep_interval: float = SAFETY_SWEEP_MIN  # the safety-net sweep's period while inotify works
     background_load: bool | None = None  # None: in the background above a size (agent.py)
+    source: str | None = None  # the published set to pull (docs/fleet.md)
+    pull_interval: float = DEFAULT_PULL_INTERVAL
+    endpoint: str | None = None  # the S3 endpoint of an s3:// source
 
     @classmethod
     def resolve(
@@ -202,6 +225,9 @@ class AgentConfig:
         inotify: bool | None = None,
         sweep_interval: float | None = None,
         background_load: bool | None = None,
+        source: str | None = None,
+        pull_interval: float | None = None,
+        endpoint: str | None = None,
     ) -> AgentConfig:
         """Resolve the agent's arguments (raises ConfigError, or TypeError for ``trust``)."""
         if policy_dir is None:
@@ -241,14 +267,58 @@ class AgentConfig:
             )
         if background_load is not None and not isinstance(background_load, bool):
             raise ConfigError(f"background_load={background_load!r}: expected True, False or None")
+        src, pull, ep = _resolve_source(source, pull_interval, endpoint)
+        resolved_trust = resolve_trust(trust)
+        if src is not None and not callable(getattr(resolved_trust, "verify_manifest", None)):
+            raise ConfigError(
+                f"source={src!r}: pulling a set needs a trust configuration with a key allowed to sign "
+                "manifests (manifest = true): pass trust= or set POLC_TRUST_FILE"
+            )
+        keys = getattr(resolved_trust, "keys", ())
+        if src is not None and not callable(keys) and not any(getattr(k, "manifest", False) for k in keys):
+            raise ConfigError(
+                f"source={src!r}: the trust configuration lists no key with manifest = true; no manifest could verify"
+            )
         return cls(
             policy_dir=directory,
             reload_interval=interval,
             reload=bool(reload) and interval > 0,
             strict=bool(strict),
-            trust=resolve_trust(trust),
+            trust=resolved_trust,
             cache_size=int(cache_size),
             inotify=inotify,
             sweep_interval=sweep,
             background_load=background_load,
+            source=src,
+            pull_interval=pull,
+            endpoint=ep,
         )
+
+
+def _resolve_source(
+    source: str | None, pull_interval: float | None, endpoint: str | None
+) -> tuple[str | None, float, str | None]:
+    """``source``, ``pull_interval``, ``endpoint``: arguments, then ``POLC_SOURCE``,
+    ``POLC_PULL_INTERVAL``, ``POLC_SOURCE_ENDPOINT``, then the defaults."""
+    if source is None:
+        source = env_url("POLC_SOURCE", what="the URL of the published set, or unset it")
+    elif not isinstance(source, str) or not source.strip() or source != source.strip():
+        raise ConfigError(f"source={source!r}: expected a URL without surrounding whitespace")
+    if pull_interval is None:
+        env_pull = env_seconds("POLC_PULL_INTERVAL")
+        pull = DEFAULT_PULL_INTERVAL if env_pull is None else env_pull
+        origin = "POLC_PULL_INTERVAL"
+    else:
+        pull = parse_seconds(pull_interval, "pull_interval")
+        origin = "pull_interval"
+    if pull <= 0:
+        raise ConfigError(f"{origin}={pull!r}: the pull interval must be above 0")
+    if endpoint is None:
+        endpoint = env_url("POLC_SOURCE_ENDPOINT", what="the S3 endpoint URL, or unset it")
+        if source is None:
+            endpoint = None  # an endpoint alone configures nothing; the variable may be set fleet-wide
+    elif not isinstance(endpoint, str) or not endpoint.strip() or endpoint != endpoint.strip():
+        raise ConfigError(f"endpoint={endpoint!r}: expected a URL without surrounding whitespace")
+    elif source is None:
+        raise ConfigError(f"endpoint={endpoint!r}: an endpoint needs a source (source= or POLC_SOURCE)")
+    return source, pull, endpoint

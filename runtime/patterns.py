@@ -65,6 +65,7 @@ __all__ = [
     "normalize_host",
     "normalize_path",
     "path_matcher",
+    "root_relative",
     "string_matcher",
 ]
 
@@ -118,9 +119,7 @@ def _check_label(label: str, text: str) -> None:
         raise PatternError(f"invalid host {shown(text)}: label longer than {MAX_LABEL_LEN} characters")
     if not _LABEL.match(label):
         if "*" in label:
-            raise PatternError(
-                f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')"
-            )
+            raise PatternError(f"invalid host pattern {shown(text)}: a wildcard must be a whole label ('*' or '**')")
         raise PatternError(f"invalid host {shown(text)}: bad label {shown(label, 60)}")
 
 
@@ -193,9 +192,7 @@ def compile_host(text: str) -> tuple[int, str]:
     else:
         return HOST_CIDR, str(ipaddress.ip_network(addr))
     if ":" in text:
-        raise PatternError(
-            f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument"
-        )
+        raise PatternError(f"invalid host {shown(text)}: not an IPv6 address; a port goes in its own argument")
     labels = _split_dns(text)
     if "*" in text:
         _ipv4_wildcard(labels, text)
@@ -292,9 +289,7 @@ def normalize_host(value: object) -> str | IPAddress | HostAddresses:
     except PatternError:
         raise ValueError(f"malformed host {shown(value)}") from None
     if _looks_numeric(labels):
-        raise ValueError(
-            f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)"
-        )
+        raise ValueError(f"malformed host {shown(value)}: an IP address must be written a.b.c.d (or in IPv6 form)")
     return ".".join(labels)
 
 
@@ -331,8 +326,7 @@ def compile_path(text: str) -> str:
         raise PatternError("invalid path pattern: contains a NUL byte")
     if text.startswith("/"):
         raise PatternError(
-            f"invalid path pattern {shown(text)}: paths are relative to the root argument; "
-            f"drop the leading '/'"
+            f"invalid path pattern {shown(text)}: paths are relative to the root argument; drop the leading '/'"
         )
     segments: list[str] = []
     for seg in text.split("/"):
@@ -341,15 +335,38 @@ def compile_path(text: str) -> str:
         if seg == "..":
             raise PatternError(f"invalid path pattern {shown(text)}: '..' is not allowed")
         if "**" in seg and seg != "**":
-            raise PatternError(
-                f"invalid path pattern {shown(text)}: '**' must be a whole path segment"
-            )
+            raise PatternError(f"invalid path pattern {shown(text)}: '**' must be a whole path segment")
         if seg == "**" and segments and segments[-1] == "**":
             continue  # '**/**' is '**'
         segments.append(seg)
     if not segments:
-        raise PatternError(f"invalid path pattern {shown(text)}: empty; use \"**\" for any path")
+        raise PatternError(f'invalid path pattern {shown(text)}: empty; use "**" for any path')
     return "/".join(segments)
+
+
+def root_relative(path: str) -> str:
+    """An absolute file path as the argument of a path parameter rooted at '/' (``native.load``):
+    normalised, without the leading '/' (``/usr/lib/../lib/libc.so.6`` -> ``usr/lib/libc.so.6``).
+
+    Lexical only (resolve symlinks first: ``os.path.realpath``). Raises ValueError for a
+    non-string, a relative path, or a NUL byte; ``..`` at the top stays at the root, as in
+    the file system.
+    """
+    value = _exact_str(path, "a path")
+    if "\0" in value:
+        raise ValueError("path contains a NUL byte")
+    if not value.startswith("/"):
+        raise ValueError(f"relative path {shown(value)}: a path rooted at '/' must be absolute")
+    out: list[str] = []
+    for seg in value.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(seg)
+    return "/".join(out)
 
 
 def normalize_path(value: object) -> str:
@@ -569,6 +586,7 @@ def _path_token() -> object:
 def forget_resolutions() -> None:
     """Drop every remembered file-system answer (the next check looks again)."""
     _resolved.clear()
+    _COMMANDS.clear()
 
 
 def _file_id(path: str) -> FileId | None:
@@ -683,12 +701,29 @@ def normalize_command(value: object, *, resolve: bool = True) -> Command:
     return Command(text, bare, tuple(paths), tuple(names), file)
 
 
+# command_of's own memo, keyed by the command alone: (Command, token, expiry), where the
+# token is PATH's raw value (the very object) for a bare name, _ABSOLUTE for an absolute
+# path, and the expiry the one of the Command's entry in _resolved (never later). A bare
+# name under a PATH with relative entries, or a relative path, depends on the working
+# directory too and is not kept here.
+_COMMANDS: Memo[str, tuple[Command, object, float]] = Memo("commands", _RESOLVED_MAX)
+_commands_get = _COMMANDS.get
+_ABSOLUTE = object()
+
+
 def command_of(value: object) -> Command:
     """``normalize_command(value)``, remembered for RESOLVE_TTL seconds like the lookups it makes."""
     if type(value) is not str or len(value) > MAX_COMMAND_LEN:
         return normalize_command(value)
+    fast = _commands_get(value)
+    if fast is not None and fast[2] > time.monotonic() and fast[1] is (
+        _ABSOLUTE if value.startswith("/") else _path_token()
+    ):
+        return fast[0]
+    token: object = None
     if value.startswith("/"):
         key: tuple[Any, ...] = ("cmd", value)
+        token = _ABSOLUTE
     elif "/" in value:
         try:
             key = ("cmd", value, os.getcwd())
@@ -699,10 +734,19 @@ def command_of(value: object) -> Command:
         if where is None:
             return normalize_command(value)
         key = ("cmd", value, where)
-    hit = _remembered(key)
-    if hit is not _UNSET:
-        return hit  # type: ignore[return-value]  # the memo holds object: no cast() call on the check path
-    return _remember(key, normalize_command(value))
+        if type(where) is not tuple:  # PATH alone decides (no relative entries)
+            token = where
+    entry = _resolved_get(key)
+    if entry is None or entry[1] <= time.monotonic():
+        _remember(key, normalize_command(value))
+        entry = _resolved_get(key)
+        if entry is None:  # pragma: no cover - _remember keeps every command of at most MAX_COMMAND_LEN
+            return normalize_command(value)
+    cmd = entry[0]
+    assert isinstance(cmd, Command)
+    if token is not None:
+        _COMMANDS.put(value, (cmd, token, entry[1]))
+    return cmd
 
 
 def _glob_dirs(const: str) -> tuple[str, str]:

@@ -279,5 +279,3 @@ def guarded_protocol(limits: Limits, metrics: Metrics) -> type[asyncio.Protocol]
             self.transport.close()
 
     return GuardedProtocol
-
-

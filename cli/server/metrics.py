@@ -152,7 +152,41 @@ class Metrics:
             "# TYPE polc_start_time_seconds gauge",
             f"polc_start_time_seconds {_num(self.started)}",
         ]
+        source = status.get("source")
+        if isinstance(source, dict):
+            lines += _source_lines(source)
         return ("\n".join(lines) + "\n").encode()
+
+
+def _source_lines(source: dict[str, Any]) -> list[str]:
+    """The pull of a published set (``polc run --source``): what is in force, how the pulls go."""
+    reason = source.get("last_error_reason")
+    pulls = source.get("pulls") or {}
+    lines = [
+        "# HELP polc_source_info The published set pulled (label url); 1 while the last pull succeeded.",
+        "# TYPE polc_source_info gauge",
+        f'polc_source_info{{url="{_label(str(source.get("url")))}"}} {0 if reason else 1}',
+        "# HELP polc_source_revision Revision of the published set in force (0: none).",
+        "# TYPE polc_source_revision gauge",
+        f"polc_source_revision {int(source.get('revision') or 0)}",
+        "# HELP polc_source_last_success_timestamp_seconds Unix time a pull last succeeded (0: never).",
+        "# TYPE polc_source_last_success_timestamp_seconds gauge",
+        f"polc_source_last_success_timestamp_seconds {_num(source.get('last_success') or 0)}",
+        "# HELP polc_source_consecutive_failures Pulls failed in a row (the set in force stays).",
+        "# TYPE polc_source_consecutive_failures gauge",
+        f"polc_source_consecutive_failures {int(source.get('consecutive_failures') or 0)}",
+        "# HELP polc_source_pulls_total Pulls since start, by outcome.",
+        "# TYPE polc_source_pulls_total counter",
+    ]
+    for outcome in ("switched", "unchanged", "failed"):
+        lines.append(f'polc_source_pulls_total{{outcome="{outcome}"}} {int(pulls.get(outcome, 0))}')
+    lines += [
+        "# HELP polc_source_last_error 1 with the reason of the last pull while it failed.",
+        "# TYPE polc_source_last_error gauge",
+    ]
+    if reason:
+        lines.append(f'polc_source_last_error{{reason="{_label(str(reason))}"}} 1')
+    return lines
 
 
 def _label(value: str) -> str:

@@ -165,4 +165,3 @@ def serve(
 
     asyncio.run(main())
     return exit_status
-

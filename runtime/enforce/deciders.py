@@ -40,7 +40,19 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import COMMAND, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
 from ..memo import Memo
-from .index import BIG, HOST_INDEX, INDEX_KIND_NAMES, KEY_INDEX, IndexKind, int_pos, suffixes, suffixes_get
+from .index import (
+    BIG,
+    HOST_INDEX,
+    INDEX_KIND_NAMES,
+    KEY_INDEX,
+    PATH_INDEX,
+    IndexKind,
+    int_pos,
+    segment_prefixes,
+    segment_prefixes_get,
+    suffixes,
+    suffixes_get,
+)
 from .normalize import HOST_MEMO, PATH_MEMO, norm_command, norm_host, norm_int, norm_path, norm_port, norm_string
 
 if TYPE_CHECKING:
@@ -63,6 +75,8 @@ NAMESPACE: dict[str, Any] = {
     "path_memo_get": PATH_MEMO.get,
     "suffixes_get": suffixes_get,
     "suffixes": suffixes,
+    "segments_get": segment_prefixes_get,
+    "segment_prefixes": segment_prefixes,
     "norm_host": norm_host,
     "norm_path": norm_path,
     "norm_port": norm_port,
@@ -216,6 +230,19 @@ def write_decider(shape: Shape) -> tuple[str, tuple[str, ...]]:
             if has_ip:
                 with w.block("else:"):
                     _write_scan(w, "ip", ipos)
+        elif kind == PATH_INDEX:  # v{pos} is a normalised path (a str)
+            w.line(f"k = v{pos}")
+            if has_exact:  # the LAST_SEGMENT buckets
+                _write_probe(w, 'exact.get(k[k.rfind("/") + 1:])', ipos)
+            if has_depths:  # the SEGMENTS buckets, at the segment counts held
+                w.line("pre = segments_get(k)")
+                with w.block("if pre is None:"):
+                    w.line("pre = segment_prefixes(k)")
+                w.line("n = len(pre)")
+                with w.block("for depth in depths:"):
+                    with w.block("if depth > n:"):
+                        w.line("break")
+                    _write_probe(w, "wildn.get(pre[depth - 1])", ipos)
         elif kind == KEY_INDEX:
             w.line(f"k = v{pos}")
             if has_exact:

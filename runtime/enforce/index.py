@@ -12,9 +12,20 @@ bucket kind               rules                                           probed
 ``INNER_WILD``            ``a.*.x`` and friends, keyed by ``x``           as ``SOME_LABELS``; matcher run
 ``CIDR``                  every CIDR rule                                 IP requests only
 ``PREFIX``                string globs with a literal prefix ``P``        each distinct prefix length
+``SEGMENTS``              path globs whose first ``d`` segments are       the path's first ``d``
+                          literal (``logs/l5/*.log``: ``logs/l5``)        segments, at each ``d`` held
+``LAST_SEGMENT``          path globs whose last segment is literal        the path's last segment
+                          (``reports/*/s5.csv``: ``s5.csv``)
 ========================  ==============================================  =====================
 
-and everything else (ANY, path globs, ``*sudo*``) is in the table's ``rest``.
+and everything else (ANY, ``**``, ``*sudo*``) is in the table's ``rest``. A
+path glob may have both a literal first segment and a literal last one: it
+goes to whichever of its two buckets fewer of the table's rules share (the
+first on a tie), so 10,000 globs under one root spread over many buckets. A
+path index stores its ``LAST_SEGMENT`` buckets where a host or key index
+keeps its exact ones (``exact``) and its ``SEGMENTS`` buckets where a host
+index keeps the ``**.x`` ones (``wildn``, with the segment counts held as
+``depths``), so plans merge and deciders probe them the same way.
 
 An entry is ``(rank, checks)``, or ``(rank, lo, hi, checks)`` when the
 capability has a port/int parameter (its range check taken out, to be
@@ -33,8 +44,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final, NewType, Protocol
 
-from ..catalog import GLOBAL_MODULE, HOST, INT, PORT, STRING
-from ..format.opcodes import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, STR_EXACT, STR_GLOB
+from ..catalog import GLOBAL_MODULE, HOST, INT, PATH, PORT, STRING
+from ..format.opcodes import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_EXACT, STR_GLOB
 from ..memo import Memo
 from .matchers import SHARE_MAX, Checks, Instr, IntRange, checks_get, checks_of
 from .normalize import MEMO_MAX
@@ -46,17 +57,22 @@ __all__ = [
     "CIDR",
     "EMPTY_MAP",
     "EXACT",
+    "FLAT_MAX",
     "GLOBAL_DENY",
     "GLOBAL_ENTITLE",
     "HOST_INDEX",
     "INDEX_KIND_NAMES",
     "INNER_WILD",
     "KEY_INDEX",
+    "LAST_SEGMENT",
     "MODULE_DENY",
     "MODULE_ENTITLE",
     "ONE_LABEL",
+    "PATH_INDEX",
+    "PATH_INDEX_MIN",
     "PREFIX",
     "SCAN",
+    "SEGMENTS",
     "SOME_LABELS",
     "TIERS",
     "TIER_MASK",
@@ -70,7 +86,10 @@ __all__ = [
     "Tier",
     "index_key",
     "int_pos",
+    "path_keys",
     "rank_obj",
+    "segment_prefixes",
+    "segment_prefixes_get",
     "suffixes",
     "suffixes_get",
 ]
@@ -91,7 +110,11 @@ SOME_LABELS: Final = BucketKind(2)
 INNER_WILD: Final = BucketKind(3)
 CIDR: Final = BucketKind(4)
 PREFIX: Final = BucketKind(5)
-BUCKET_KIND_NAMES: Final = ("EXACT", "ONE_LABEL", "SOME_LABELS", "INNER_WILD", "CIDR", "PREFIX")
+SEGMENTS: Final = BucketKind(6)
+LAST_SEGMENT: Final = BucketKind(7)
+BUCKET_KIND_NAMES: Final = (
+    "EXACT", "ONE_LABEL", "SOME_LABELS", "INNER_WILD", "CIDR", "PREFIX", "SEGMENTS", "LAST_SEGMENT",
+)
 
 
 # Index kinds: how a table indexes its position.
@@ -99,7 +122,8 @@ IndexKind = NewType("IndexKind", int)
 SCAN: Final = IndexKind(0)  # nothing indexable: every rule is in ``rest``
 HOST_INDEX: Final = IndexKind(1)  # a host parameter: EXACT, ONE_LABEL, SOME_LABELS/INNER_WILD, CIDR buckets
 KEY_INDEX: Final = IndexKind(2)  # a string/port/int parameter: EXACT and PREFIX buckets
-INDEX_KIND_NAMES: Final = ("scan", "host", "key")
+PATH_INDEX: Final = IndexKind(3)  # a path parameter: SEGMENTS and LAST_SEGMENT buckets
+INDEX_KIND_NAMES: Final = ("scan", "host", "key", "path")
 
 # Tiers: the order in which a plan consults tables; the first tier with a match decides.
 Tier = NewType("Tier", int)
@@ -180,6 +204,62 @@ def _compute_index_key(instr: Instr) -> IndexKey | None:
     return None
 
 
+_GLOB_CHARS = frozenset("*?")
+_PATH_KEYS: Memo[str, tuple[IndexKey | None, IndexKey | None]] = Memo("path index keys", SHARE_MAX)
+
+
+def path_keys(const: str) -> tuple[IndexKey | None, IndexKey | None]:
+    """The two buckets a PATH_GLOB constant may go to: ``(SEGMENTS, its literal first
+    segments)`` and ``(LAST_SEGMENT, its literal last segment)``, each None when that
+    segment has a wildcard. Memoised."""
+    got = _PATH_KEYS.get(const)
+    if got is not None:
+        return got
+    segs = const.split("/")
+    lead = []
+    for seg in segs:
+        if _GLOB_CHARS.intersection(seg):
+            break
+        lead.append(seg)
+    first: IndexKey | None = (SEGMENTS, _intern("/".join(lead))) if lead else None
+    last: IndexKey | None = None if _GLOB_CHARS.intersection(segs[-1]) else (LAST_SEGMENT, _intern(segs[-1]))
+    return _PATH_KEYS.put(const, (first, last))
+
+
+def _path_position_keys(args: list[Instr]) -> list[IndexKey | None]:
+    """Each path argument's bucket: of its candidates, the one fewer of these rules share."""
+    cands = [path_keys(a[1]) if a[0] == PATH_GLOB else (None, None) for a in args]
+    count: dict[IndexKey, int] = {}
+    for pair in cands:
+        for key in pair:
+            if key is not None:
+                count[key] = count.get(key, 0) + 1
+    out: list[IndexKey | None] = []
+    for first, last in cands:
+        if first is None or (last is not None and count[last] < count[first]):
+            out.append(last)
+        else:
+            out.append(first)
+    return out
+
+
+_SEGMENTS: Memo[str, tuple[str, ...]] = Memo("path segment prefixes", MEMO_MAX)
+# Read inline by Table._buckets and by the generated deciders; a miss calls segment_prefixes().
+segment_prefixes_get = _SEGMENTS.get
+
+
+def segment_prefixes(path: str) -> tuple[str, ...]:
+    """A normalised path's first 1, 2, ... segments: a/b/c -> ("a", "a/b", "a/b/c"). Memoised."""
+    out = []
+    i = path.find("/")
+    while i >= 0:
+        out.append(path[:i])
+        i = path.find("/", i + 1)
+    if path:
+        out.append(path)
+    return _SEGMENTS.put(path, tuple(out))
+
+
 _SUFFIXES: Memo[str, tuple[str, ...]] = Memo("parent domains", MEMO_MAX)
 # Read inline by Table._buckets and by the generated deciders; a miss calls suffixes().
 suffixes_get = _SUFFIXES.get
@@ -200,6 +280,10 @@ def suffixes(host: str) -> tuple[str, ...]:
 
 EMPTY_MAP: Mapping[Any, Bucket] = {}  # never written: the shared value of every empty index dict
 _ENTRIES_MAX = 1 << 16
+FLAT_MAX: Final = 16  # _global tables of at most this many rules keep a flat copy (Table.flat)
+# Smaller tables never index a path: scanning a few rules is as fast as probing a path's
+# segments, and the plans of a module whose tables all index the same argument fuse.
+PATH_INDEX_MIN: Final = 16
 ENTRIES: Memo[Entry, Entry] = Memo("table entries", _ENTRIES_MAX)
 BUCKETS: Memo[Bucket, Bucket] = Memo("buckets", _ENTRIES_MAX)
 _RANKS: Memo[int, int] = Memo("ranks", SHARE_MAX)
@@ -284,6 +368,7 @@ class Table:
         "depths",
         "effect",
         "exact",
+        "flat",
         "ip",
         "ipos",
         "kind",
@@ -360,6 +445,17 @@ class Table:
                     dest = pfx.get(k1)
                     if dest is None:
                         dest = pfx[k1] = []
+                elif k0 == SEGMENTS:
+                    # "P/**" matches exactly the paths whose first segments are P
+                    skip = pos if args[pos][1] == k1 + "/**" else -1
+                    dest = wildn.get(k1)
+                    if dest is None:
+                        dest = wildn[k1] = []
+                elif k0 == LAST_SEGMENT:
+                    skip = -1
+                    dest = exact.get(k1)
+                    if dest is None:
+                        dest = exact[k1] = []
                 else:  # CIDR: the bucket holds every IP rule, each checks its network
                     skip = -1
                     dest = ip
@@ -384,11 +480,25 @@ class Table:
         self.wild1 = _freeze(wild1)
         self.wildn = _freeze(wildn)
         # label counts of the wildn keys: only those ancestors of a host are probed
-        self.depths = tuple(sorted({k.count(".") + 1 for k in wildn}))
+        # (for a path index: the segment counts of its SEGMENTS keys)
+        sep = "/" if kind == PATH_INDEX else "."
+        self.depths = tuple(sorted({k.count(sep) + 1 for k in wildn}))
         self.pfx = _freeze(pfx)
         self.pfx_lens = tuple(sorted({len(k) for k in pfx}))
         self.ip = _bucket(ip)
         self.rest = _bucket(rest)
+        # _global's small indexed tables also keep every rule as one bucket of full checks, so a
+        # plan whose module indexes another argument still fuses, scanning these (plan._fuse).
+        self.flat: Bucket | None = None
+        if glob and kind != SCAN and len(rules) <= FLAT_MAX:
+            self.flat = _bucket([self._entry(offset | idx, args, -1) for idx, args in rules])
+
+    def _entry(self, rank: int, args: tuple[Instr, ...], skip: int) -> Entry:
+        """The shared entry of one rule whose argument ``skip`` (-1: none) the bucket decides."""
+        r = rank_obj(rank)
+        checks = checks_of(args, skip)
+        e: Entry = (r, *split(checks, self.ipos)) if self.ipos >= 0 else (r, checks)
+        return ENTRIES.intern(e)
 
     @staticmethod
     def _choose(
@@ -399,11 +509,16 @@ class Table:
         get = index_keys_get
         nokey = _NO_KEY
         for pos, typ in enumerate(types):
-            if typ not in (HOST, STRING, PORT, INT):
+            if typ == PATH:
+                if len(rules) < PATH_INDEX_MIN:
+                    continue
+                keys = _path_position_keys([args[pos] for _, args in rules])
+            elif typ not in (HOST, STRING, PORT, INT):
                 continue
-            keys = [get(args[pos], nokey) for _, args in rules]
-            if nokey in keys:  # first sight of some argument (only () is equal to _NO_KEY)
-                keys = [ikey(args[pos]) if k is nokey else k for k, (_, args) in zip(keys, rules, strict=True)]
+            else:
+                keys = [get(args[pos], nokey) for _, args in rules]
+                if nokey in keys:  # first sight of some argument (only () is equal to _NO_KEY)
+                    keys = [ikey(args[pos]) if k is nokey else k for k, (_, args) in zip(keys, rules, strict=True)]
             buckets: dict[IndexKey, int] = {}
             scan = 0
             for key in keys:
@@ -413,12 +528,14 @@ class Table:
                     buckets[key] = buckets.get(key, 0) + 1
             if not buckets:
                 continue
-            cost = scan + max(buckets.values())
+            # a path index only where it is strictly better: a path is probed at several depths
+            cost = 2 * (scan + max(buckets.values())) + (typ == PATH)
             if best is None or cost < best[0]:
                 best = (cost, pos, typ, keys)
         if best is None:  # nothing indexable: every rule is scanned
             return 0, SCAN, None
-        return best[1], (HOST_INDEX if best[2] == HOST else KEY_INDEX), best[3]
+        kind = HOST_INDEX if best[2] == HOST else PATH_INDEX if best[2] == PATH else KEY_INDEX
+        return best[1], kind, best[3]
 
     def first(self, vals: tuple[Any, ...]) -> int:
         """Source index of the first matching rule (-1: none). The sequential path, used by
@@ -469,6 +586,21 @@ class Table:
                             b = self.wildn.get(sfx[n - depth])
                             if b is not None:
                                 buckets.append(b)
+        elif kind == PATH_INDEX:  # v is a normalised path
+            b = self.exact.get(v[v.rfind("/") + 1 :])
+            if b is not None:
+                buckets.append(b)
+            if self.depths:
+                pre = segment_prefixes_get(v)
+                if pre is None:
+                    pre = segment_prefixes(v)
+                n = len(pre)
+                for depth in self.depths:
+                    if depth > n:
+                        break
+                    b = self.wildn.get(pre[depth - 1])
+                    if b is not None:
+                        buckets.append(b)
         else:
             b = self.exact.get(v)
             if b is not None:
@@ -483,5 +615,3 @@ class Table:
         if self.rest:
             buckets.append(self.rest)
         return buckets
-
-

@@ -52,7 +52,8 @@ class LinkedModule:
     ``tables`` maps each capability its rules use to ``(deny table, entitle
     table)`` (either None when it has no rule of that effect); ``volatile``
     names the capabilities whose decisions depend on the file system (a
-    ``command`` parameter). The deciding rule's ``file:line:col`` is
+    ``command`` parameter); ``governs`` the Python package names its
+    ``governs`` statement binds (besides its own name). The deciding rule's ``file:line:col`` is
     formatted only when a Decision is built, from one packed line/column
     array per module.
     """
@@ -63,6 +64,7 @@ class LinkedModule:
         "audit",
         "caps",
         "digest",
+        "governs",
         "mode",
         "name",
         "revision",
@@ -79,6 +81,8 @@ class LinkedModule:
         self.revision: str = artifact.revision
         self.digest: str = artifact.digest_hex
         self.source: str = artifact.source
+        # the Python package names bound by `governs` (besides the module's own name), sorted
+        self.governs: tuple[str, ...] = artifact.governs  # verified: sorted, unique, interned
         rules = artifact.rules
         self.rule_count: int = len(rules)
         caps: dict[str, Capability] = {c.name: c for c in artifact.caps}

@@ -48,9 +48,7 @@ __all__ = [
 # or the addresses an IP literal reaches.
 HostValue = str | patterns.IPAddress | patterns.HostAddresses
 
-_FAST_DNS = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-)
+_FAST_DNS = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _fast_dns = _FAST_DNS.fullmatch
 
 MEMO_MAX = 65536

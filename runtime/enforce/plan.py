@@ -104,6 +104,10 @@ def _ranked_table(table: Table, offset: int, ipos: int) -> _Ranked | None:
     )
 
 
+def _size(table: Table) -> int:
+    return table.size
+
+
 def _merge_dicts(dicts: list[Mapping[Any, Bucket]]) -> Mapping[Any, Bucket]:
     """One dict from ranked dicts given in rank order (buckets of a key concatenated)."""
     dicts = [d for d in dicts if d]
@@ -179,21 +183,33 @@ class Plan:
         self._fuse(sig)
 
     def _fuse(self, sig: Capability) -> None:
-        """Build the fused decider when the tables index compatibly (else keep ``decide``)."""
+        """Build the fused decider when the tables index compatibly (else keep ``decide``).
+
+        The index is the largest table's; a table indexing another argument joins as a
+        scan of its flat copy (a small table of ``_global``'s: ``Table.flat``), else the
+        plan stays sequential."""
         tiers = self._tiers
+        indexed = [t for t in tiers if t is not None and t.kind != SCAN]
         shape = None
-        for t in tiers:
-            if t is not None and t.kind != SCAN:
-                if shape is None:
-                    shape = (t.kind, t.pos)
-                elif shape != (t.kind, t.pos):
+        if indexed:
+            big = max(indexed, key=_size)
+            shape = (big.kind, big.pos)
+            for other in indexed:
+                if (other.kind, other.pos) != shape and other.flat is None:
                     return
         kind, pos = shape if shape is not None else (SCAN, 0)
         types = types_of(sig)
         ipos = int_pos(types)
-        parts = []
+        parts: list[tuple[Table, _Ranked]] = []
         for tier, t in zip(TIERS, tiers, strict=False):
             if t is not None:
+                if t.kind != SCAN and (t.kind, t.pos) != shape:
+                    assert t.flat is not None
+                    if t.ipos != ipos or tier != t.tier:
+                        return
+                    empty: Bucket = ()
+                    parts.append((t, (EMPTY_MAP, EMPTY_MAP, EMPTY_MAP, EMPTY_MAP, empty, t.flat)))
+                    continue
                 r = _ranked_table(t, tier << TIER_SHIFT, ipos)
                 if r is None:
                     return
@@ -210,7 +226,7 @@ class Plan:
             exact = wild1 = wildn = pfx = EMPTY_MAP
             depths = pfx_lens = ip = ()
         else:
-            idx = [(t, r) for t, r in parts if t.kind != SCAN]
+            idx = [(t, r) for t, r in parts if (t.kind, t.pos) == shape]
             exact = _merge_dicts([r[0] for _, r in idx])
             wild1 = _merge_dicts([r[1] for _, r in idx])
             wildn = _merge_dicts([r[2] for _, r in idx])
@@ -221,9 +237,18 @@ class Plan:
         flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
         code, names = decider_code((types, kind, pos, flags))
         values: dict[str, object] = {
-            "arity": self.arity, "plan": self, "no_ent": self.no_entitlement, "decisions": self._memo,
-            "exact": exact, "wild1": wild1, "wildn": wildn, "depths": depths, "pfx": pfx,
-            "pfx_lens": pfx_lens, "ip": ip, "rest": rest,
+            "arity": self.arity,
+            "plan": self,
+            "no_ent": self.no_entitlement,
+            "decisions": self._memo,
+            "exact": exact,
+            "wild1": wild1,
+            "wildn": wildn,
+            "depths": depths,
+            "pfx": pfx,
+            "pfx_lens": pfx_lens,
+            "ip": ip,
+            "rest": rest,
         }
         self.fn = FunctionType(code, NAMESPACE, "decide", tuple([values[n] for n in names]))
 
@@ -238,8 +263,7 @@ class Plan:
         return Decision(
             False,
             "deny",
-            f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, "
-            f"got {len(args)}",
+            f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, got {len(args)}",
             None,
             self.module,
             self.no_entitlement.revision,
@@ -289,6 +313,11 @@ class Plan:
                 True, "allow", _reason("entitled by ", owner.name), owner.location(i), self.module, owner.revision
             )
         return Decision(
-            owner.audit, "deny", _reason("denied by ", owner.name), owner.location(i), self.module, owner.revision,
+            owner.audit,
+            "deny",
+            _reason("denied by ", owner.name),
+            owner.location(i),
+            self.module,
+            owner.revision,
             owner.audit,
         )

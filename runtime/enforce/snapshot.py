@@ -22,14 +22,14 @@ from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 
 from .. import patterns
-from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE
+from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, ROOTED_AT_SLASH
 from .deciders import Decider
 from .decision import Decision
 from .link import LinkedModule
 from .normalize import int_text
 from .plan import Plan
 
-__all__ = ["CACHE_BYTES", "EMPTY_SNAPSHOT", "FAULTS", "FaultLog", "Pending", "Snapshot"]
+__all__ = ["CACHE_BYTES", "CONFLICT_PREFIX", "EMPTY_SNAPSHOT", "FAULTS", "FaultLog", "Pending", "Snapshot"]
 
 logger = logging.getLogger("polc")
 
@@ -105,6 +105,35 @@ _VOLATILE_BUILTINS = frozenset(n for n, c in BUILTINS.items() if COMMAND in (p.t
 
 _Key = tuple[object, object, tuple[object, ...]]  # (module, capability, args)
 
+# What Snapshot.governor returns for a package that two modules claim: a name no
+# module can have (runtime/format/opcodes.py's MODULE_NAME has no '!'), whose every
+# check is denied with the reason (fail closed: neither claimant's rules apply).
+CONFLICT_PREFIX = "!conflict:"
+
+
+def _claims(modules: Mapping[str, LinkedModule]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Package name -> governing module, and the conflicts: package -> the modules claiming it.
+
+    Each module claims its own name and every ``governs`` name; a name claimed
+    by two different modules maps to ``CONFLICT_PREFIX + name``.
+    """
+    claims = {name: name for name in modules}  # own names: unique, as the keys of ``modules`` are
+    multiple: dict[str, set[str]] = {}
+    get = claims.get
+    for name, mod in modules.items():
+        for claim in mod.governs:
+            owner = get(claim)
+            if owner is None:
+                claims[claim] = name
+            elif owner != name:
+                found = multiple.get(claim)
+                if found is None:
+                    multiple[claim] = {owner, name}
+                    claims[claim] = CONFLICT_PREFIX + claim
+                else:
+                    found.add(name)
+    return claims, {claim: tuple(sorted(names)) for claim, names in multiple.items()}
+
 
 class Pending(Protocol):
     """Modules of a snapshot not linked yet (``reload/loading.py``): linked on first use.
@@ -115,6 +144,10 @@ class Pending(Protocol):
     """
 
     def linked(self, module: str) -> LinkedModule | None: ...
+
+    def linked_all(self) -> dict[str, LinkedModule]:
+        """Every pending module that links, linked now if need be (their claims: governor())."""
+        ...
 
 
 def _text_cost(s: str) -> int:
@@ -127,6 +160,27 @@ def _module_text(module: object) -> str:
         text = str.__str__(module)
         return text if len(text) <= patterns.SHOWN_MAX else text[: patterns.SHOWN_MAX] + "..."
     return f"<{patterns.type_name(module)}>"
+
+
+def _rooted(decide: Decider) -> Decider:
+    """``decide`` for a built-in whose path is rooted at '/' (catalog.ROOTED_AT_SLASH): an absolute
+    path argument is taken as the path below '/' it names (``patterns.root_relative``), so
+    ``native.load("/usr/lib/libssl.so.3")`` and ``native.load("usr/lib/libssl.so.3")`` are one request.
+    (Built-in names cannot be redeclared, so the signature is always the built-in's: one path.)"""
+
+    def rooted(args: tuple[object, ...]) -> Decision:
+        if len(args) == 1:
+            a = args[0]
+            if type(a) is str and a.startswith("/"):
+                with contextlib.suppress(ValueError):  # (a NUL byte) the path normaliser refuses it, saying why
+                    args = (patterns.root_relative(a),)
+        return decide(args)
+
+    return rooted
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class Snapshot:
@@ -153,6 +207,8 @@ class Snapshot:
         "_cache_budget",
         "_cache_bytes",
         "_cache_size",
+        "_claims",
+        "_conflicts",
         "_decisions",
         "_plans",
         "_timed",
@@ -192,6 +248,9 @@ class Snapshot:
         self._cache_bytes = 0
         self._plans: dict[tuple[str, str], Decider] = {}
         self._decisions: dict[str, dict[int, Decision]] = {}  # module -> its plans' shared Decision memo
+        # package name -> governing module, built on the first governor() call (see there)
+        self._claims: dict[str, str] | None = None
+        self._conflicts: dict[str, tuple[str, ...]] = {}
 
     def replace(
         self,
@@ -253,6 +312,69 @@ class Snapshot:
         except Exception:  # unhashable or misbehaving input, or a fault: decided (and reported) below
             pass
         return self._miss(module, capability, args, False)
+
+    def governor(self, name: str) -> str | None:
+        """The security module that governs the Python module whose ``__name__`` is ``name``.
+
+        A module governs the Python modules whose dotted name equals its own
+        name or a name its ``governs`` statement binds, or starts with one
+        of them and a dot (``vendorlib`` governs ``vendorlib.http``, not
+        ``vendorlibx``); the longest such name wins. ``_global`` governs
+        nothing by name. None when no module governs ``name`` (or ``name``
+        is not a string). A package two modules claim (two artifacts with
+        the same ``governs`` name, or one whose ``governs`` name is another
+        module's name) is governed by neither: the answer is
+        ``CONFLICT_PREFIX + package``, a name for which :meth:`check`
+        denies every request, saying which modules claim it.
+
+        One dict lookup per dotted prefix of ``name``, longest first. The
+        table is built once per snapshot, on the first call (snapshots that
+        are never asked pay nothing); a race between two first calls builds
+        it twice, identically.
+        """
+        claims = self._claims
+        if claims is None:
+            claims = self._build_claims()
+        if type(name) is not str:
+            given: object = name  # typed str, but the guard passes what a frame's globals hold
+            if not isinstance(given, str):
+                return None
+            name = str.__str__(given)  # a str subclass's own __hash__/__eq__ never run
+        get = claims.get
+        while True:
+            owner = get(name)
+            if owner is not None:
+                return owner
+            dot = name.rfind(".")
+            if dot < 0:
+                return None
+            name = name[:dot]
+
+    def _build_claims(self) -> dict[str, str]:
+        modules: Mapping[str, LinkedModule] = self.modules
+        if self.pending is not None:
+            # Claims are the whole set's: a module not linked yet may claim a package
+            # (or another module's name). Link the rest now, in this thread, rather
+            # than answer "no one governs it" (fail closed: slower, never wrong).
+            modules = {**self.pending.linked_all(), **self.modules}
+        claims, conflicts = _claims(modules)
+        self._conflicts = conflicts
+        self._claims = claims  # after _conflicts: a reader that sees the table sees its conflicts
+        for package, names in conflicts.items():
+            FAULTS.report(
+                "claim:" + package,
+                logging.WARNING,
+                f"package {package} is claimed by {_listed(names)}; "
+                f"every operation governed by it is denied until one claim is removed",
+            )
+        return claims
+
+    @property
+    def conflicts(self) -> dict[str, tuple[str, ...]]:
+        """Packages claimed by more than one module: package -> the claiming modules (sorted)."""
+        if self._claims is None:
+            self._build_claims()
+        return dict(self._conflicts)
 
     def _miss(self, module: object, capability: object, args: tuple[object, ...], cacheable: bool) -> Decision:
         """Decide without the cache (filling it when ``cacheable``). Never raises."""
@@ -316,10 +438,7 @@ class Snapshot:
             return  # huge requests are decided every time, never kept
         cache = self._cache
         timed_cache = self._timed
-        if (
-            len(timed_cache if timed else cache) >= self._cache_size
-            or self._cache_bytes + cost > self._cache_budget
-        ):
+        if len(timed_cache if timed else cache) >= self._cache_size or self._cache_bytes + cost > self._cache_budget:
             cache.clear()
             timed_cache.clear()
             self._cache_bytes = 0
@@ -337,12 +456,25 @@ class Snapshot:
         if len(plans) >= _MAX_PLANS:
             plans.clear()
             self._decisions.clear()
+        if module.startswith(CONFLICT_PREFIX):
+            fn = plans[(module, capability)] = self._conflict_plan(module)
+            return fn
         memo = self._decisions.get(module)
         if memo is None:
             memo = self._decisions[module] = {}
         plan = Plan(module, capability, self.module(module), self.glob, memo)
-        fn = plans[(module, capability)] = plan.fn
+        fn = plan.fn
+        if capability in ROOTED_AT_SLASH:
+            fn = _rooted(fn)
+        plans[(module, capability)] = fn
         return fn
+
+    def _conflict_plan(self, module: str) -> Decider:
+        package = module[len(CONFLICT_PREFIX) :]
+        names = self.conflicts.get(package)
+        claimed = _listed(names) if names else "more than one module"
+        d = Decision(False, "deny", f"package {package} is claimed by {claimed}", None, module)
+        return lambda args: d
 
     def _refuse(self, module: object, capability: object, args: tuple[object, ...]) -> Decision:
         if not issubclass(type(module), str) or not issubclass(type(capability), str):

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..catalog import Capability
-from .opcodes import CONST_OPS, RULE
+from .opcodes import CONST_OPS, GOVERNS_KEY, RULE
 
 __all__ = ["EncodableRule", "assemble", "build_payload"]
 
@@ -73,13 +73,17 @@ def build_payload(
     source: str,
     source_digest: str,
     rules: Iterable[EncodableRule],
+    governs: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The payload of one module: its fields and its rules encoded by :func:`assemble`.
 
-    A plain dict with exactly the payload keys, in the order they are written.
+    A plain dict with exactly the payload keys, in the order they are written;
+    ``governs`` (the package names a ``governs`` statement binds) is written
+    sorted, each name once, and only when there is one (format 1.2): a module
+    without it gets the payload format 1.1 wrote.
     """
     caps, consts, code = assemble(rules)
-    return {
+    payload: dict[str, Any] = {
         "module": module,
         "mode": mode,
         "compiler": compiler,
@@ -89,3 +93,7 @@ def build_payload(
         "consts": consts,
         "code": code,
     }
+    names = sorted(set(governs))
+    if names:
+        payload[GOVERNS_KEY] = names
+    return payload

@@ -55,7 +55,10 @@ __all__ = [
 
 MAGIC = b"\x89POLC\r\n\x1a"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+# The newest minor this polc reads and writes. The writer writes the oldest
+# minor that holds the payload (writer.format_minor), so a payload without
+# the 1.2 field is written as 1.1, byte for byte as before.
+FORMAT_MINOR = 2
 _HEADER = struct.Struct(">8sHHIII32s")
 HEADER_SIZE = _HEADER.size  # 56
 MAX_PAYLOAD = 64 * 1024 * 1024
@@ -108,7 +111,7 @@ def artifact_digest(
     return h.digest()
 
 
-def build_header(payload_bytes: bytes, *, flags: int = 0, trailer_len: int = 0) -> bytes:
+def build_header(payload_bytes: bytes, *, flags: int = 0, trailer_len: int = 0, minor: int = FORMAT_MINOR) -> bytes:
     """The 56-byte header for ``payload_bytes`` (for signers: header + payload is what is signed)."""
     if flags & ~KNOWN_FLAGS:
         raise BadHeader(f"unknown flag bits {flags & ~KNOWN_FLAGS:#x}")
@@ -120,14 +123,16 @@ def build_header(payload_bytes: bytes, *, flags: int = 0, trailer_len: int = 0) 
         raise PayloadTooLarge(
             f"payload of {len(payload_bytes)} bytes exceeds the {MAX_PAYLOAD}-byte limit"
         )
+    if not 0 <= minor <= FORMAT_MINOR:
+        raise BadHeader(f"format minor {minor} is not one this polc writes (0..{FORMAT_MINOR})")
     return _HEADER.pack(
         MAGIC,
         FORMAT_MAJOR,
-        FORMAT_MINOR,
+        minor,
         flags,
         len(payload_bytes),
         trailer_len,
-        artifact_digest(payload_bytes),
+        artifact_digest(payload_bytes, FORMAT_MAJOR, minor),
     )
 
 
@@ -146,8 +151,7 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
     if major != FORMAT_MAJOR:
         if major > FORMAT_MAJOR:
             raise UnsupportedVersion(
-                f"artifact format {major}.{minor} is newer than this polc supports "
-                f"({FORMAT_MAJOR}.x); upgrade polc",
+                f"artifact format {major}.{minor} is newer than this polc supports ({FORMAT_MAJOR}.x); upgrade polc",
                 major=major,
                 minor=minor,
             )
@@ -159,22 +163,17 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
         )
     if flags & ~KNOWN_FLAGS:
         raise BadHeader(
-            f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} in the header (flags {flags:#x}); "
-            f"written by a newer polc?"
+            f"unknown flag bits {flags & ~KNOWN_FLAGS:#x} in the header (flags {flags:#x}); written by a newer polc?"
         )
     if payload_len > MAX_PAYLOAD:
         raise PayloadTooLarge(
-            f"header declares a payload of {payload_len} bytes, more than the "
-            f"{MAX_PAYLOAD}-byte limit"
+            f"header declares a payload of {payload_len} bytes, more than the {MAX_PAYLOAD}-byte limit"
         )
     if flags & FLAG_SIGNED:
         if trailer_len == 0:
             raise BadHeader("header says signed but declares no signature trailer")
         if trailer_len > MAX_TRAILER:
-            raise BadHeader(
-                f"header declares a trailer of {trailer_len} bytes, more than the "
-                f"{MAX_TRAILER}-byte limit"
-            )
+            raise BadHeader(f"header declares a trailer of {trailer_len} bytes, more than the {MAX_TRAILER}-byte limit")
     elif trailer_len != 0:
         raise BadHeader(f"header declares a {trailer_len}-byte trailer but the signed flag is not set")
     return Header(major, minor, flags, payload_len, trailer_len, digest)

@@ -8,6 +8,7 @@ return, without reaching the verifier.
 
 from __future__ import annotations
 
+import keyword
 import re
 
 from ..catalog import COMMAND, HOST, INT, PATH, PORT, STRING
@@ -23,12 +24,15 @@ __all__ = [
     "EFFECT_NAMES",
     "ENTITLE",
     "FIELD_KEYS",
+    "GOVERNS_KEY",
+    "GOVERNS_MINOR",
     "HOST_CIDR",
     "HOST_EXACT",
     "HOST_WILD",
     "INT_RANGE",
     "MAX_CAPS",
     "MAX_CONSTS",
+    "MAX_GOVERNS",
     "MAX_MODULE_NAME_LEN",
     "MAX_NAME_LEN",
     "MAX_PARAMS",
@@ -39,12 +43,16 @@ __all__ = [
     "OPCODES_BY_NAME",
     "OPCODE_NAMES",
     "OPERAND_COUNTS",
+    "OPTIONAL_KEYS",
+    "PACKAGE_NAME",
     "PATH_GLOB",
     "PAYLOAD_KEYS",
     "RULE",
     "STR_EXACT",
     "STR_GLOB",
+    "WRITTEN_KEYS",
     "is_valid_module_name",
+    "package_name_problem",
 ]
 
 # Rule header: RULE effect cap line col
@@ -118,6 +126,13 @@ PAYLOAD_KEYS: tuple[str, ...] = (
 )
 # The payload's string fields, in the order they are checked and written.
 FIELD_KEYS: tuple[str, ...] = PAYLOAD_KEYS[:5]
+# Keys a payload may hold besides PAYLOAD_KEYS, each from the format minor that
+# added it on; written after them, and only when they say something, so a
+# payload without them is byte for byte what the earlier minor wrote.
+GOVERNS_KEY = "governs"  # the Python package names a module's `governs` statement binds
+GOVERNS_MINOR = 2  # format 1.2
+OPTIONAL_KEYS: dict[str, int] = {GOVERNS_KEY: GOVERNS_MINOR}
+WRITTEN_KEYS: tuple[str, ...] = (*PAYLOAD_KEYS, *OPTIONAL_KEYS)
 
 # The values of ``mode``: the compiler's ``mode`` statement and the verifier
 # both accept exactly these.
@@ -139,10 +154,33 @@ MAX_PARAMS = 64  # parameters of one capability
 MAX_CAPS = 10_000  # entries of ``caps``
 MAX_CONSTS = 1_000_000  # entries of ``consts``
 MAX_STRING = 64 * 1024  # bytes of any string of the payload (a host name is at most 253)
+MAX_GOVERNS = 1024  # names in ``governs``
 
 # A dotted name: parts of letters, digits, '_' and '-' joined by single dots.
 # Module names and capability names both have this shape.
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+# A Python package's dotted import name, as `governs` names it: ASCII identifiers
+# joined by single dots. (Python allows non-ASCII identifiers, normalised to
+# NFKC; a package name is ASCII in practice, and one spelling per name keeps
+# the lookup a plain string comparison.)
+PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def package_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a dotted Python package name (None if it is one): what the
+    compiler reports and the verifier refuses, in the same words."""
+    if name == "":
+        return "an empty name"
+    if len(name) > MAX_NAME_LEN:
+        return f"{len(name)} characters, more than {MAX_NAME_LEN}"
+    if PACKAGE_NAME.fullmatch(name) is None:
+        return "not a dotted Python name (identifiers of ASCII letters, digits and '_', joined by single dots)"
+    for part in name.split("."):
+        if keyword.iskeyword(part):
+            return f"'{part}' is a Python keyword, which no module name can be"
+    return None
 
 
 def is_valid_module_name(name: object) -> bool:
@@ -151,8 +189,4 @@ def is_valid_module_name(name: object) -> bool:
     251 so that ``NAME.bin`` fits a 255-byte file name. The compiler should
     check module names with this function before it generates anything.
     """
-    return (
-        type(name) is str
-        and 0 < len(name) <= MAX_MODULE_NAME_LEN
-        and MODULE_NAME.fullmatch(name) is not None
-    )
+    return type(name) is str and 0 < len(name) <= MAX_MODULE_NAME_LEN and MODULE_NAME.fullmatch(name) is not None

@@ -22,8 +22,8 @@ import msgpack  # untyped: pyproject.toml tells mypy to ignore its missing stubs
 from ..catalog import Capability
 from ..errors import ArtifactError, MalformedPayload, VerifyError
 from . import opcodes, verify
-from .header import MAX_PAYLOAD
-from .opcodes import FIELD_KEYS, PAYLOAD_KEYS
+from .header import FORMAT_MINOR, MAX_PAYLOAD
+from .opcodes import FIELD_KEYS, GOVERNS_KEY, PAYLOAD_KEYS, WRITTEN_KEYS
 from .program import Program, Rule
 
 __all__ = [
@@ -42,13 +42,12 @@ def pack_payload(payload: dict[str, Any]) -> bytes:
     Deterministic: no timestamps, a fixed key order, and msgpack's smallest
     encodings; the same payload always gives the same bytes.
     """
-    ordered = {k: payload[k] for k in PAYLOAD_KEYS if k in payload}
+    ordered = {k: payload[k] for k in WRITTEN_KEYS if k in payload}
     if len(ordered) != len(payload):
         extra = sorted(str(k) for k in payload if k not in ordered)
         raise MalformedPayload(f"payload: unknown keys {', '.join(extra)}")
     packed: bytes = msgpack.packb(ordered, use_bin_type=True)
     return packed
-
 
 
 def unpack_payload(payload: bytes) -> Any:
@@ -85,7 +84,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-
 # ---------------------------------------------------------------------------
 # The payload, read in bounded pieces (docs/artifact-format.md, "What reading
 # a payload costs")
@@ -112,21 +110,35 @@ def _describe(exc: BaseException) -> str:
 _WINDOW = 32 * 1024
 MAX_PAYLOAD_KEYS = 64  # keys of the payload map; format 1.0 has 8
 
-_UNPACK = dict(
-    use_list=False, raw=False, strict_map_key=True, max_buffer_size=MAX_PAYLOAD + _WINDOW, read_size=_WINDOW
-)
+_UNPACK = dict(use_list=False, raw=False, strict_map_key=True, max_buffer_size=MAX_PAYLOAD + _WINDOW, read_size=_WINDOW)
 _ELEMENT_LIMITS: dict[str, dict[str, Any]] = {
     # [name, [[param, type], ...]]: the longest array is the parameter list
-    "caps": dict(_UNPACK, max_array_len=opcodes.MAX_PARAMS, max_map_len=16,
-                 max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+    "caps": dict(
+        _UNPACK,
+        max_array_len=opcodes.MAX_PARAMS,
+        max_map_len=16,
+        max_str_len=_WINDOW,
+        max_bin_len=_WINDOW,
+        max_ext_len=_WINDOW,
+    ),
     # strings; a container here can only be empty
-    "consts": dict(_UNPACK, max_array_len=0, max_map_len=0,
-                   max_str_len=opcodes.MAX_STRING, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+    "consts": dict(
+        _UNPACK,
+        max_array_len=0,
+        max_map_len=0,
+        max_str_len=opcodes.MAX_STRING,
+        max_bin_len=_WINDOW,
+        max_ext_len=_WINDOW,
+    ),
     # [opcode, operand, ...]: at most 5 elements (up to 64 get the verifier's own message)
     "code": dict(_UNPACK, max_array_len=64, max_map_len=16,
                  max_str_len=_WINDOW, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
+    # package names (format 1.2): strings, as in consts
+    GOVERNS_KEY: dict(_UNPACK, max_array_len=0, max_map_len=0,
+                      max_str_len=opcodes.MAX_STRING, max_bin_len=_WINDOW, max_ext_len=_WINDOW),
 }
-_EXPECTED = {"caps": "array", "consts": "str", "code": "array"}
+_EXPECTED = {"caps": "array", "consts": "str", "code": "array", GOVERNS_KEY: "str"}
+_STRINGS = frozenset({"consts", GOVERNS_KEY})  # arrays of strings: an element may be longer than a window
 
 _MAP, _ARRAY, _STR, _OTHER = range(4)
 _U16 = struct.Struct(">H")
@@ -137,17 +149,20 @@ class _NotMsgpack(Exception):
     """Raised inside read_payload; becomes ``MalformedPayload("payload is not valid msgpack: ...")``."""
 
 
-def read_payload(payload: bytes | bytearray | memoryview, *, allow_unknown_keys: bool = False) -> Program:
+def read_payload(
+    payload: bytes | bytearray | memoryview, *, allow_unknown_keys: bool = False, minor: int = FORMAT_MINOR
+) -> Program:
     """Check, verify and link payload bytes in bounded memory and time; raise :class:`MalformedPayload`.
 
     Accepts exactly the payloads of docs/artifact-format.md, like
     ``verify.verify_payload(unpack_payload(payload))``, within the limits of
     that page, which add two rules for the top-level map: at most
-    ``MAX_PAYLOAD_KEYS`` keys, and no key twice.
+    ``MAX_PAYLOAD_KEYS`` keys, and no key twice. ``minor``: the format minor
+    the artifact's header gives (a key of a later minor is refused).
     """
     if not isinstance(payload, (bytes, bytearray)):
         payload = bytes(payload)
-    return read_program(payload, 0, len(payload), allow_unknown_keys)
+    return read_program(payload, 0, len(payload), allow_unknown_keys, minor)
 
 
 def read_fields(payload: bytes | bytearray | memoryview, keys: Collection[str]) -> dict[str, Any]:
@@ -273,6 +288,7 @@ _ARRAY_COUNTS = {
     "caps": opcodes.MAX_CAPS,
     "consts": opcodes.MAX_CONSTS,
     "code": opcodes.MAX_RULES * (1 + opcodes.MAX_PARAMS),
+    GOVERNS_KEY: opcodes.MAX_GOVERNS,
 }
 _STR_ONLY = {str}
 _TYPES: dict[str, type] = {**dict.fromkeys(FIELD_KEYS, str), **dict.fromkeys(_ARRAY_COUNTS, tuple)}
@@ -301,14 +317,23 @@ def _value(piece: memoryview, what: str) -> Any:
     n = len(piece)
     try:
         return msgpack.unpackb(
-            piece, use_list=False, raw=False, strict_map_key=True,
-            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2, max_ext_len=n,
+            piece,
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n // 2,
+            max_ext_len=n,
         )
     except Exception as exc:
         raise _NotMsgpack(f"the value of {what!r}: {_describe(exc)}") from None
 
 
-def read_program(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> Program:
+def read_program(
+    data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool, minor: int = FORMAT_MINOR
+) -> Program:
     """The payload ``data[start:end]``, read whole when that is safe and by windows otherwise.
 
     What :func:`read_payload` and ``read_artifact`` (which does not copy the
@@ -317,9 +342,9 @@ def read_program(data: bytes | bytearray, start: int, end: int, allow_unknown_ke
     try:
         program = None
         if end - start <= _WHOLE_MAX:
-            program = _read_whole(data, start, end, allow_unknown_keys)
+            program = _read_whole(data, start, end, allow_unknown_keys, minor)
         if program is None:
-            program = _read_payload(memoryview(data)[start:end], allow_unknown_keys)
+            program = _read_payload(memoryview(data)[start:end], allow_unknown_keys, minor)
         return program
     except VerifyError as exc:
         message = f"malformed payload: {exc}"
@@ -348,16 +373,23 @@ def read_program(data: bytes | bytearray, start: int, end: int, allow_unknown_ke
 _WHOLE_MAX = 64 * 1024
 _WHOLE_CLAIMS = 32
 _WHOLE_LIMITS = dict(
-    use_list=False, raw=False, strict_map_key=True,
-    max_array_len=8192, max_map_len=MAX_PAYLOAD_KEYS,
-    max_str_len=_WHOLE_MAX, max_bin_len=_WHOLE_MAX, max_ext_len=_WHOLE_MAX,
+    use_list=False,
+    raw=False,
+    strict_map_key=True,
+    max_array_len=8192,
+    max_map_len=MAX_PAYLOAD_KEYS,
+    max_str_len=_WHOLE_MAX,
+    max_bin_len=_WHOLE_MAX,
+    max_ext_len=_WHOLE_MAX,
 )
 
 
-def _read_whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> Program | None:
+def _read_whole(
+    data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool, minor: int
+) -> Program | None:
     if _too_many_claims(data, start, end):
         return None
-    program: Program | None = _paused(_whole, data, start, end, allow_unknown_keys)
+    program: Program | None = _paused(_whole, data, start, end, allow_unknown_keys, minor)
     return program
 
 
@@ -374,7 +406,7 @@ def _too_many_claims(data: bytes | bytearray, start: int, end: int) -> bool:
     return False
 
 
-def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool) -> Program | None:
+def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bool, minor: int) -> Program | None:
     try:
         obj = msgpack.unpackb(data[start:end], **_WHOLE_LIMITS)  # a copy of at most 64 KiB
     except Exception:
@@ -383,7 +415,7 @@ def _whole(data: bytes | bytearray, start: int, end: int, allow_unknown_keys: bo
         return None  # not a map, or a key given twice (the last one would win)
     if allow_unknown_keys and not all(type(k) is str for k in obj):
         return None  # (without unknown keys, verify_payload sees that every key is a known one)
-    return verify.verify_payload(obj, allow_unknown_keys=allow_unknown_keys)
+    return verify.verify_payload(obj, allow_unknown_keys=allow_unknown_keys, minor=minor)
 
 
 # The garbage collector is paused while one piece is unpacked and checked
@@ -431,7 +463,7 @@ def _map_count(data: bytes | bytearray, pos: int) -> int:
     return -1
 
 
-def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
+def _read_payload(buf: memoryview, allow_unknown_keys: bool, minor: int) -> Program:
     n = len(buf)
     count, pos = _payload_map(buf)
     seen: set[str] = set()
@@ -439,6 +471,7 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
     caps: tuple[Capability, ...] = ()
     consts: tuple[str, ...] = ()
     rules: list[Rule] | None = None
+    governs: tuple[str, ...] = ()
     code_at = -1  # where ``code`` is, when it came before caps or consts
     for _ in range(count):
         key, pos = _key(buf, pos, seen)
@@ -455,6 +488,8 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
             else:
                 code_at = pos  # linked once both are known
                 pos = _skip(buf, pos, "code")
+        elif key == GOVERNS_KEY:
+            pos, governs = _read_governs(buf, pos, minor)
         elif allow_unknown_keys:
             pos = _skip(buf, pos, key[:100])
         else:
@@ -466,7 +501,7 @@ def _read_payload(buf: memoryview, allow_unknown_keys: bool) -> Program:
         raise VerifyError(f"payload: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     if rules is None:
         _, rules = _read_code(buf, code_at, caps, consts)
-    return verify.make_program([fields[k] for k in FIELD_KEYS], caps, consts, rules)
+    return verify.make_program([fields[k] for k in FIELD_KEYS], caps, consts, rules, governs)
 
 
 _FIELD_SET = frozenset(FIELD_KEYS)
@@ -485,9 +520,25 @@ def _read_consts(buf: memoryview, pos: int) -> tuple[int, tuple[str, ...]]:
     verify.check_consts_count(count)
     pieces: list[tuple[Any, ...]] = []
     end = _elements(
-        buf, start, count, "consts",
+        buf,
+        start,
+        count,
+        "consts",
         lambda chunk, first, final: pieces.append(verify.verify_consts(chunk, first)),
     )
+    return end, _joined(pieces)
+
+
+def _read_governs(buf: memoryview, pos: int, minor: int) -> tuple[int, tuple[str, ...]]:
+    verify.check_governs_minor(minor)
+    count, start = _array(buf, pos, GOVERNS_KEY)
+    verify.check_governs_count(count)
+    pieces: list[tuple[str, ...]] = []
+
+    def take(chunk: tuple[Any, ...], first: int, final: bool) -> None:
+        pieces.append(verify.verify_governs(chunk, first, pieces[-1][-1] if pieces else None))
+
+    end = _elements(buf, start, count, GOVERNS_KEY, take)
     return end, _joined(pieces)
 
 
@@ -507,8 +558,9 @@ def _joined(pieces: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return tuple(chain.from_iterable(pieces))
 
 
-def _elements(buf: memoryview, start: int, count: int, what: str,
-              take: Callable[[tuple[Any, ...], int, bool], None]) -> int:
+def _elements(
+    buf: memoryview, start: int, count: int, what: str, take: Callable[[tuple[Any, ...], int, bool], None]
+) -> int:
     """Unpack the ``count`` elements of array ``what`` from ``start`` on, a window at a time.
 
     ``take(chunk, index of its first element, final)`` gets them in order, in
@@ -517,7 +569,7 @@ def _elements(buf: memoryview, start: int, count: int, what: str,
     if count == 0:
         return start
     n = len(buf)
-    bounded = what != "consts"
+    bounded = what not in _STRINGS
     unpacker = msgpack.Unpacker(**_ELEMENT_LIMITS[what])
     fed = start
     done = 0
@@ -556,7 +608,7 @@ def _locate(buf: memoryview, start: int, count: int, what: str) -> Exception:
     and dropped, so this costs time, not memory).
     """
     n = len(buf)
-    bounded = what != "consts"
+    bounded = what not in _STRINGS
     unpacker = msgpack.Unpacker(**_ELEMENT_LIMITS[what])
     fed = start
     for k in range(count):
@@ -588,11 +640,11 @@ def _check_string(size: int, what: str) -> None:
 
 def _bad_element(buf: memoryview, at: int, what: str, k: int, exc: BaseException | None) -> Exception:
     kind = _kind(buf, at)
-    if kind == "str" and what == "consts":
-        size = _head(buf, at, f"consts[{k}]")[1]
+    if kind == "str" and what in _STRINGS:
+        size = _head(buf, at, f"{what}[{k}]")[1]
         if size > opcodes.MAX_STRING:
             return VerifyError(
-                f"consts[{k}]: a string of {size:,} bytes, "
+                f"{what}[{k}]: a string of {size:,} bytes, "
                 f"more than the {opcodes.MAX_STRING:,} a payload string may have"
             )
     if kind != _EXPECTED[what] and kind != "invalid":
@@ -601,7 +653,7 @@ def _bad_element(buf: memoryview, at: int, what: str, k: int, exc: BaseException
             return VerifyError(f"code[{k}]: expected an instruction array, got {kind}")
         if what == "caps":
             return VerifyError(f"caps[{k}]: expected [name, [[param, type], ...]], got {kind}")
-        return VerifyError(f"consts[{k}]: expected str, got {kind}")
+        return VerifyError(f"{what}[{k}]: expected str, got {kind}")
     if exc is None:
         noun = "instruction (at most 50 bytes)" if what == "code" else "capability signature"
         return VerifyError(f"{what}[{k}]: more than {_WINDOW:,} bytes, longer than any valid {noun}")

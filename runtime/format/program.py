@@ -54,7 +54,8 @@ class Rule(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Program:
     """A verified payload: its five string fields, its capability table and
-    constant pool, and its code linked into rules. Immutable.
+    constant pool, its code linked into rules, and the package names it
+    governs (empty before format 1.2). Immutable.
 
     One is made per artifact read (unlike rules), so a frozen dataclass: the
     reader's ``Artifact`` extends it instead of repeating its fields.
@@ -68,6 +69,8 @@ class Program:
     caps: tuple[Capability, ...]
     consts: tuple[str, ...]
     rules: tuple[Rule, ...]
+    governs: tuple[str, ...] = ()
+    """The Python package names the module's ``governs`` statement binds (format 1.2), sorted."""
 
     @property
     def audit(self) -> bool:

@@ -81,13 +81,11 @@ def read_artifact(
     # parsed. The module-name check below then binds the payload to that name.
     if trust is not None and expected_module is not None:
         trust.verify(header, bytes(data[:end]), trailer, expected_module)
-    program = read_program(data, HEADER_SIZE, end, header.minor > FORMAT_MINOR)
+    program = read_program(data, HEADER_SIZE, end, header.minor > FORMAT_MINOR, header.minor)
     if expected_module is not None and program.module != expected_module:
         if file_name is None:
             file_name = expected_module + ARTIFACT_SUFFIX
-        raise ModuleNameMismatch(
-            f"artifact is for module {program.module!r} but the file is named {file_name}"
-        )
+        raise ModuleNameMismatch(f"artifact is for module {program.module!r} but the file is named {file_name}")
     if trust is not None and expected_module is None:
         trust.verify(header, bytes(data[:end]), trailer, program.module)
     digest_hex = header.digest.hex()
@@ -139,9 +137,7 @@ def read_artifact_bytes(path: str | os.PathLike[str]) -> bytes:
             f.seek(0)
             return _read_upto(f, header.total_len + 1)
     except OSError as exc:
-        raise UnreadableArtifact(
-            f"cannot read: {exc.strerror or exc}", errno=exc.errno
-        ) from exc
+        raise UnreadableArtifact(f"cannot read: {exc.strerror or exc}", errno=exc.errno) from exc
 
 
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)

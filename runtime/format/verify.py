@@ -22,18 +22,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..catalog import BUILTINS, INT_MAX, INT_MIN, LEGACY_SIGNATURES, TYPES, Capability, Param
+from ..catalog import BUILTINS, GLOBAL_MODULE, INT_MAX, INT_MIN, LEGACY_SIGNATURES, TYPES, Capability, Param
 from ..errors import VerifyError
 from ..memo import Memo
 from .arguments import ANY_ARG, Arg, const_problem, range_problem
+from .header import FORMAT_MINOR
 from .link_fast import CapInfo, cap_table, link_fast_part
 from .opcodes import (
     ALLOWED_OPS,
     ANY,
     EFFECT_NAMES,
+    GOVERNS_KEY,
+    GOVERNS_MINOR,
     INT_RANGE,
     MAX_CAPS,
     MAX_CONSTS,
+    MAX_GOVERNS,
     MAX_MODULE_NAME_LEN,
     MAX_NAME_LEN,
     MAX_PARAMS,
@@ -45,6 +49,7 @@ from .opcodes import (
     PAYLOAD_KEYS,
     RULE,
     is_valid_module_name,
+    package_name_problem,
 )
 from .program import Program, Rule
 
@@ -54,11 +59,15 @@ __all__ = [
     "check_caps_count",
     "check_code_count",
     "check_consts_count",
+    "check_governs",
+    "check_governs_count",
+    "check_governs_minor",
     "link_reference_part",
     "make_program",
     "verify_caps",
     "verify_consts",
     "verify_field",
+    "verify_governs",
     "verify_payload",
 ]
 
@@ -87,22 +96,26 @@ def _expect(value: object, typ: type, where: str) -> None:
         raise VerifyError(f"{where}: expected {_tname(typ())}, got {_tname(value)}")
 
 
-def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
+def verify_payload(obj: object, *, allow_unknown_keys: bool = False, minor: int = FORMAT_MINOR) -> Program:
     """Verify an unpacked payload (``use_list=False``) and link its rules.
 
     ``allow_unknown_keys`` is set by the reader for artifacts of a newer
     minor format than this one: they may carry payload keys this reader
-    does not know, which it then ignores. (``read_artifact`` calls this only
-    for a small payload; a larger one it streams through the same checks
-    without unpacking it whole: ``payload.py``.)
+    does not know, which it then ignores. ``minor`` is the artifact's format
+    minor: a key of a later minor than it (``governs``, 1.2) is refused.
+    (``read_artifact`` calls this only for a small payload; a larger one it
+    streams through the same checks without unpacking it whole: ``payload.py``.)
     """
     if type(obj) is not dict:
         raise VerifyError(f"payload: expected map, got {_tname(obj)}")
     missing = [k for k in PAYLOAD_KEYS if k not in obj]
     if missing:
         raise VerifyError(f"payload: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    if not allow_unknown_keys and len(obj) != len(PAYLOAD_KEYS):
-        extra = sorted(repr(k) for k in obj if k not in PAYLOAD_KEYS)
+    has_governs = GOVERNS_KEY in obj
+    if has_governs:
+        check_governs_minor(minor)
+    if not allow_unknown_keys and len(obj) != len(PAYLOAD_KEYS) + has_governs:
+        extra = sorted(repr(k) for k in obj if k not in PAYLOAD_KEYS and k != GOVERNS_KEY)
         raise VerifyError(f"payload: unknown key{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
     module = verify_field("module", obj["module"])
     mode = verify_field("mode", obj["mode"])
@@ -119,15 +132,75 @@ def verify_payload(obj: object, *, allow_unknown_keys: bool = False) -> Program:
     linker = Linker(caps, consts)
     check_code_count(len(code), linker.tail - 1)
     linker.feed(code, final=True)
-    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(linker.rules))
+    governs: tuple[str, ...] = ()
+    if has_governs:
+        raw_governs = obj[GOVERNS_KEY]
+        _expect(raw_governs, tuple, GOVERNS_KEY)
+        check_governs_count(len(raw_governs))
+        governs = verify_governs(raw_governs)
+    check_governs(module, governs)
+    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(linker.rules), governs)
 
 
 def make_program(
-    fields: Sequence[str], caps: tuple[Capability, ...], consts: tuple[str, ...], rules: list[Rule]
+    fields: Sequence[str],
+    caps: tuple[Capability, ...],
+    consts: tuple[str, ...],
+    rules: list[Rule],
+    governs: tuple[str, ...] = (),
 ) -> Program:
-    """The Program of verified parts (``fields``: the values of FIELD_KEYS, as ``verify_field`` returned them)."""
+    """The Program of verified parts (``fields``: the values of FIELD_KEYS, as ``verify_field`` returned them;
+    ``governs`` as :func:`verify_governs` returned it, checked here against the module)."""
     module, mode, compiler, source, source_digest = fields
-    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(rules))
+    check_governs(module, governs)
+    return Program(module, mode, compiler, source, source_digest, caps, consts, tuple(rules), governs)
+
+
+# -- governs (format 1.2): the Python package names a module binds besides its own name
+
+
+def check_governs_minor(minor: int) -> None:
+    """``governs`` in an artifact whose header says it is of a minor before 1.2: refused."""
+    if minor < GOVERNS_MINOR:
+        raise VerifyError(
+            f"{GOVERNS_KEY}: a field of format 1.{GOVERNS_MINOR}, in an artifact that says it is "
+            f"format 1.{minor}, which has no such field"
+        )
+
+
+def check_governs_count(n: int) -> None:
+    if n == 0:
+        raise VerifyError(f"{GOVERNS_KEY}: an empty array (a module that binds no package name has no such key)")
+    if n > MAX_GOVERNS:
+        raise VerifyError(f"{GOVERNS_KEY}: {n:,} names, more than the {MAX_GOVERNS:,} an artifact may hold")
+
+
+def verify_governs(raw: tuple[Any, ...], start: int = 0, previous: str | None = None) -> tuple[str, ...]:
+    """Entries ``start``, ``start + 1``, ... of ``governs`` (``previous``: the entry before them), checked
+    and interned: dotted Python package names, in ascending order, each once (the compiler's form)."""
+    before = previous
+    for k, name in enumerate(raw, start):
+        if type(name) is not str:
+            raise VerifyError(f"{GOVERNS_KEY}[{k}]: expected str, got {_tname(name)}")
+        problem = package_name_problem(name)
+        if problem is not None:
+            raise VerifyError(f"{GOVERNS_KEY}[{k}]: invalid package name {name[:100]!r}: {problem}")
+        if before is not None and not before < name:
+            raise VerifyError(
+                f"{GOVERNS_KEY}[{k}]: {name[:100]!r} after {before[:100]!r}; the names are sorted, each once"
+            )
+        before = name
+    return tuple(map(sys.intern, raw))
+
+
+def check_governs(module: str, governs: tuple[str, ...]) -> None:
+    """What ``governs`` may not name, given the module: its own name, or anything for ``_global``."""
+    if not governs:
+        return
+    if module == GLOBAL_MODULE:
+        raise VerifyError(f"{GOVERNS_KEY}: {GLOBAL_MODULE} applies to every governed package and binds none by name")
+    if module in governs:
+        raise VerifyError(f"{GOVERNS_KEY}: {module!r} is the module's own name, which it governs already")
 
 
 def verify_field(key: str, value: object) -> str:
@@ -276,8 +349,7 @@ def _verify_caps_full(raw: tuple[Any, ...]) -> tuple[Capability, ...]:
         if builtin is not None:
             if builtin != cap and LEGACY_SIGNATURES.get(name) != cap:
                 raise VerifyError(
-                    f"{where}: built-in capability {name} has signature {builtin.signature()}, "
-                    f"not {cap.signature()}"
+                    f"{where}: built-in capability {name} has signature {builtin.signature()}, not {cap.signature()}"
                 )
             cap = builtin
         caps.append(cap)
@@ -357,9 +429,7 @@ def _check_instruction(ins: object, where: str) -> None:
     name = OPCODE_NAMES[op]
     want = OPERAND_COUNTS[op]
     if len(ins) - 1 != want:
-        raise VerifyError(
-            f"{where}: {name} takes {want} operand{'s' if want != 1 else ''}, got {len(ins) - 1}"
-        )
+        raise VerifyError(f"{where}: {name} takes {want} operand{'s' if want != 1 else ''}, got {len(ins) - 1}")
     for k, v in enumerate(ins[1:], 1):
         if type(v) is not int:
             raise VerifyError(f"{where}: operand {k} of {name} must be an int, got {_tname(v)}")
@@ -400,9 +470,7 @@ def link_reference_part(linker: Linker, code: tuple[Any, ...], limit: int, final
         where = f"code[{base + i}]"
         _check_instruction(ins, where)
         if ins[0] != RULE:
-            raise VerifyError(
-                f"{where}: {OPCODE_NAMES[ins[0]]} outside a rule (the code must start with RULE)"
-            )
+            raise VerifyError(f"{where}: {OPCODE_NAMES[ins[0]]} outside a rule (the code must start with RULE)")
         _, effect, c, line, col = ins
         r = len(rules)
         if effect not in EFFECT_NAMES:
@@ -432,8 +500,7 @@ def link_reference_part(linker: Linker, code: tuple[Any, ...], limit: int, final
             name = OPCODE_NAMES[op]
             if op not in ALLOWED_OPS[param.type]:
                 raise VerifyError(
-                    f"rule {r}: argument {k + 1} of {cap.name} ({param.name}: {param.type}) "
-                    f"cannot be {name}"
+                    f"rule {r}: argument {k + 1} of {cap.name} ({param.name}: {param.type}) cannot be {name}"
                 )
             if op == ANY:
                 dec: tuple[Any, ...] = ANY_ARG

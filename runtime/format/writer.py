@@ -10,24 +10,39 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from .header import build_header
+from .opcodes import OPTIONAL_KEYS
 from .payload import pack_payload
 from .reader import read_artifact
 
-__all__ = ["fsync_dir", "pack_artifact", "process_umask", "stage_file", "write_atomic"]
+__all__ = ["format_minor", "fsync_dir", "pack_artifact", "process_umask", "stage_file", "write_atomic"]
+
+# The minor of format 1 whose payloads need nothing newer: every payload key but
+# OPTIONAL_KEYS' is 1.1's, and so is every capability type.
+_BASE_MINOR = 1
+
+
+def format_minor(payload: Mapping[str, Any]) -> int:
+    """The oldest format minor that holds ``payload``: 1.1, or the minor of the newest optional key it has.
+
+    So an artifact is readable by every agent that knows what it uses, and a
+    payload without the newer keys is written byte for byte as before.
+    """
+    return max([_BASE_MINOR, *(minor for key, minor in OPTIONAL_KEYS.items() if key in payload)])
 
 
 def pack_artifact(payload: dict[str, Any], *, flags: int = 0, trailer: bytes = b"", verify: bool = True) -> bytes:
-    """Header + msgpack payload + trailer.
+    """Header (of the oldest minor that holds the payload: :func:`format_minor`) + msgpack payload + trailer.
 
     With ``verify`` (the default) the payload is read back through the same
     verifier the runtime uses, so a writer can never produce an artifact the
     runtime rejects; a failure raises :class:`MalformedPayload`.
     """
     body = pack_payload(payload)
-    data = build_header(body, flags=flags, trailer_len=len(trailer)) + body + trailer
+    data = build_header(body, flags=flags, trailer_len=len(trailer), minor=format_minor(payload)) + body + trailer
     if verify:
         read_artifact(data)
     return data
@@ -49,7 +64,7 @@ def stage_file(directory: str, data: bytes, *, prefix: str = ".") -> str:
             os.fchmod(fd, 0o666 & ~process_umask())
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

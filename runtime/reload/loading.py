@@ -132,6 +132,15 @@ class LazyModules:
             r = self.resolve(module, used=True)
         return r.linked if type(r) is NewPolicy else None
 
+    def linked_all(self) -> dict[str, LinkedModule]:
+        """Every pending module's policy (each examined now if no one did yet); failed ones left out."""
+        out: dict[str, LinkedModule] = {}
+        for name in sorted(self._names):
+            r = self.resolve(name[: -len(SUFFIX)])
+            if type(r) is NewPolicy:
+                out[r.module] = r.linked
+        return out
+
     def resolve(self, module: str, *, used: bool = False) -> Outcome:
         """The outcome of the module's artifact: examined now unless someone did already."""
         r = self._results.get(module)

@@ -569,9 +569,7 @@ class Poller:
                 events.append(ReloadEvent(RECOVERED, module, name))
                 return
             linked_ = entry.linked
-            logs.append(
-                (logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision)
-            )
+            logs.append((logging.INFO, "%s recovered: %s is in force (revision %s)", module, name, linked_.revision))
             events.append(ReloadEvent(RECOVERED, module, name, None, linked_.revision, linked_.rule_count))
 
         for o in found:
@@ -659,9 +657,7 @@ class Poller:
             result.removed.append(module)
             logs.append((logging.WARNING, "%s removed, keeping previous policy of %s", name, module))
             events.append(
-                ReloadEvent(
-                    REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count
-                )
+                ReloadEvent(REMOVED, module, name, reason, prev_loaded.linked.revision, prev_loaded.linked.rule_count)
             )
 
         # _global that never loaded but failed: deny everything (fail closed)
@@ -671,8 +667,20 @@ class Poller:
         else:
             self.global_error = None
 
-        if (publish and (changed or initial)) or self.snapshot.unavailable != self.global_error:
-            self.publish(self._snapshot_with(changed if publish else [], initial=initial))
+        # The status first, then the snapshot: whoever sees a decision of the
+        # new policy (check() reads the published snapshot) then also sees its
+        # status, an error cleared included. The other order left a window in
+        # which check() already decided by the restored file while status()
+        # still reported the old error.
+        do_publish = (publish and (changed or initial)) or self.snapshot.unavailable != self.global_error
+        snapshot = self._snapshot_with(changed if publish else [], initial=initial) if do_publish else None
+        if len(status) > max(STATUS_FOLD, len(base) >> 3):
+            self._status = (_merged(base, status), {})
+        else:
+            self._status = (base, status)
+        self.last_reload = now
+        if snapshot is not None:
+            self.publish(snapshot)
         self._record_listing()
         if quiet and len(found) + len(gone) > SWEEP_CHUNK:
             # a loader batch: the sweep list is rebuilt once per step while
@@ -680,11 +688,6 @@ class Poller:
             self.sweep_stale = True
         else:
             self._refile([o.name for o in found] + gone)
-        if len(status) > max(STATUS_FOLD, len(base) >> 3):
-            self._status = (_merged(base, status), {})
-        else:
-            self._status = (base, status)
-        self.last_reload = now
         for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result

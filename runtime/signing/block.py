@@ -103,9 +103,7 @@ def parse_signature_block(trailer: bytes | bytearray | memoryview) -> SignatureB
     if not 1 <= n <= MAX_KEY_ID_LEN:
         raise BadSignatureError(f"malformed signature block: key id length {n}")
     if len(t) != 2 + n + SIGNATURE_LEN:
-        raise BadSignatureError(
-            f"malformed signature block: {len(t)} bytes, expected {2 + n + SIGNATURE_LEN}"
-        )
+        raise BadSignatureError(f"malformed signature block: {len(t)} bytes, expected {2 + n + SIGNATURE_LEN}")
     try:
         key_id = t[2 : 2 + n].decode("ascii")
     except UnicodeDecodeError:
@@ -155,9 +153,7 @@ def artifact_parts(data: bytes | bytearray | memoryview) -> tuple[int, int, int]
         raise ArtifactError(f"not an artifact: {n} bytes, the header alone is {HEADER_SIZE}")
     flags, plen, tlen = lengths
     if n != HEADER_SIZE + plen + tlen:
-        raise ArtifactError(
-            f"not a whole artifact: {n} bytes, header says {HEADER_SIZE + plen + tlen}"
-        )
+        raise ArtifactError(f"not a whole artifact: {n} bytes, header says {HEADER_SIZE + plen + tlen}")
     return flags, plen, tlen
 
 

@@ -131,9 +131,7 @@ def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
     except OSError as exc:
         raise KeyFileError(f"{p}: cannot read signing key: {exc.strerror or exc}") from exc
     loader = (
-        serialization.load_pem_private_key
-        if data.lstrip().startswith(b"-----")
-        else serialization.load_der_private_key
+        serialization.load_pem_private_key if data.lstrip().startswith(b"-----") else serialization.load_der_private_key
     )
     try:
         key = loader(data, password=None)
@@ -168,9 +166,7 @@ def decode_public_key(value: str | bytes, where: str) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise TrustConfigError(f"{where}: public key is neither PEM nor base64: {exc}") from exc
     if len(raw) != PUBLIC_KEY_LEN:
-        raise TrustConfigError(
-            f"{where}: an Ed25519 public key is {PUBLIC_KEY_LEN} bytes, base64 gave {len(raw)}"
-        )
+        raise TrustConfigError(f"{where}: an Ed25519 public key is {PUBLIC_KEY_LEN} bytes, base64 gave {len(raw)}")
     return raw
 
 

@@ -84,6 +84,7 @@ class TrustedKey:
     public_key: bytes
     modules: tuple[str, ...]
     name: str | None = None
+    manifest: bool = False  # may sign a published set's manifest (docs/fleet.md)
 
     def allows(self, module: str) -> bool:
         name = module.split(".")
@@ -94,7 +95,7 @@ class TrustedKey:
         return f"{self.key_id} ({self.name})" if self.name else self.key_id
 
 
-_KEY_FIELDS = {"id", "name", "public_key", "public_key_file", "modules"}
+_KEY_FIELDS = {"id", "name", "public_key", "public_key_file", "modules", "manifest"}
 
 
 class TrustConfig:
@@ -113,6 +114,12 @@ class TrustConfig:
         name = "acme-ci"
         public_key_file = "keys/acme-ci.pub"     # relative to the trust file
         modules = ["tenant.acme"]
+
+        [[key]]
+        name = "publisher"
+        public_key = "..."
+        manifest = true                          # may sign a published set's manifest
+                                                 # (modules may then be omitted)
 
     or from objects (:meth:`from_keys`).  Listing an old and a new key side by
     side is how keys rotate: artifacts re-signed by the new key load while
@@ -136,10 +143,9 @@ class TrustConfig:
                 raise TrustConfigError(f"{where}: public key must be {PUBLIC_KEY_LEN} raw bytes")
             if k.key_id != key_id_for(k.public_key):
                 raise TrustConfigError(
-                    f"{where}: id {k.key_id!r} does not match its public key "
-                    f"(whose id is {key_id_for(k.public_key)})"
+                    f"{where}: id {k.key_id!r} does not match its public key (whose id is {key_id_for(k.public_key)})"
                 )
-            if not k.modules:
+            if not k.modules and not k.manifest:
                 raise TrustConfigError(f"{where}: no modules; a key must be allowed to sign something")
             for p in k.modules:
                 _validate_pattern(p, where)
@@ -161,6 +167,7 @@ class TrustConfig:
         modules: Iterable[str] | str,
         *,
         name: str | None = None,
+        manifest: bool = False,
     ) -> TrustedKey:
         """A :class:`TrustedKey` from raw bytes, base64/PEM text or a SigningKey."""
         if isinstance(public_key, SigningKey):
@@ -169,7 +176,7 @@ class TrustConfig:
         else:
             raw = decode_public_key(public_key, f"key {name or '?'}")
         mods = (modules,) if isinstance(modules, str) else tuple(modules)
-        return TrustedKey(key_id_for(raw), raw, mods, name)
+        return TrustedKey(key_id_for(raw), raw, mods, name, manifest)
 
     @classmethod
     def from_keys(
@@ -200,8 +207,7 @@ class TrustConfig:
             unknown = set(entry) - _KEY_FIELDS
             if unknown:
                 raise TrustConfigError(
-                    f"{where}: unknown field(s): {', '.join(sorted(unknown))} "
-                    f"(known: {', '.join(sorted(_KEY_FIELDS))})"
+                    f"{where}: unknown field(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(_KEY_FIELDS))})"
                 )
             name = entry.get("name")
             if name is not None and not isinstance(name, str):
@@ -222,18 +228,21 @@ class TrustConfig:
                 if not pf.is_absolute() and base is not None:
                     pf = base / pf
                 raw = load_public_key(pf)
-            modules = entry.get("modules")
-            if isinstance(modules, str) or not isinstance(modules, (list, tuple)) or not all(
-                isinstance(m, str) for m in modules
+            manifest = entry.get("manifest", False)
+            if not isinstance(manifest, bool):
+                raise TrustConfigError(f"{where}: 'manifest' must be true or false")
+            modules = entry.get("modules", [] if manifest else None)
+            if (
+                isinstance(modules, str)
+                or not isinstance(modules, (list, tuple))
+                or not all(isinstance(m, str) for m in modules)
             ):
                 raise TrustConfigError(f"{where}: 'modules' must be a list of module patterns")
             kid = key_id_for(raw)
             declared = entry.get("id")
             if declared is not None and declared != kid:
-                raise TrustConfigError(
-                    f"{where}: id {declared!r} does not match its public key (whose id is {kid})"
-                )
-            keys.append(TrustedKey(kid, raw, tuple(modules), name))
+                raise TrustConfigError(f"{where}: id {declared!r} does not match its public key (whose id is {kid})")
+            keys.append(TrustedKey(kid, raw, tuple(modules), name, manifest))
         return cls(keys, source=source)
 
     @classmethod
@@ -307,11 +316,28 @@ class TrustConfig:
         try:
             self._verifiers[block.key_id].verify(block.signature, msg)
         except self._invalid:
-            raise BadSignatureError(
-                f"signature does not verify (claims key {trusted.label})"
-            ) from None
+            raise BadSignatureError(f"signature does not verify (claims key {trusted.label})") from None
         if not trusted.allows(module):
             raise KeyScopeError(f"key {trusted.label} may not sign module {module!r}")
+        return trusted
+
+    def verify_manifest(self, key_id: str, signature: bytes, message: bytes) -> TrustedKey:
+        """Check that a trusted key marked ``manifest = true`` signed a manifest's canonical bytes.
+
+        Raises UnknownKeyError ("signed by unknown key <id>"), KeyScopeError
+        ("key <id> may not sign manifests") or BadSignatureError ("signature
+        does not verify"). The scope is checked before the signature: a key
+        without manifest scope never gets as far as being trusted.
+        """
+        trusted = self._keys.get(key_id)
+        if trusted is None:
+            raise UnknownKeyError(f"signed by unknown key {key_id}")
+        if not trusted.manifest:
+            raise KeyScopeError(f"key {trusted.label} may not sign manifests (its trust entry lacks manifest = true)")
+        try:
+            self._verifiers[key_id].verify(bytes(signature), bytes(message))
+        except self._invalid:
+            raise BadSignatureError(f"signature does not verify (claims key {trusted.label})") from None
         return trusted
 
     def verify_artifact(self, data: bytes | bytearray | memoryview, module: str) -> TrustedKey:

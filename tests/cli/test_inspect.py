@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from polc.cli import cli
-from polc.runtime.format.header import FORMAT_MINOR
 from polc.runtime.format.reader import read_artifact_file
 from polc.runtime.format.writer import pack_artifact, write_atomic
 
@@ -33,7 +32,7 @@ def test_text_output(acme):
     assert code == 0 and err == ""
     art = read_artifact_file(acme)
     assert f"file:          {acme}" in out
-    assert f"format:        1.{FORMAT_MINOR}  (magic 89504f4c430d0a1a)" in out
+    assert "format:        1.1  (magic 89504f4c430d0a1a)" in out  # no governs: written as 1.1
     assert f"digest:        sha256:{art.digest_hex} (ok)" in out
     assert f"revision:      {art.revision}" in out
     assert "module:        tenant.acme\n" in out
@@ -63,7 +62,7 @@ def test_json_round_trips(acme):
     art = read_artifact_file(acme)
     assert report["verified"] is True
     assert report["digest"] == {"algorithm": "sha256", "hex": art.digest_hex, "status": "ok"}
-    assert report["header"]["format"] == f"1.{FORMAT_MINOR}" and report["header"]["size"] == art.size
+    assert report["header"]["format"] == "1.1" and report["header"]["size"] == art.size
     assert report["module"] == "tenant.acme" and report["mode"] == "audit"
     assert report["signature"]["signed"] is False and report["signature"]["key_id"] is None
     assert [r["location"] for r in report["rules"]] == [r.location(art.source) for r in art.rules]

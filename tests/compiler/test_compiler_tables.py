@@ -40,7 +40,7 @@ def test_shipped_tables_equal_a_fresh_strict_build():
     shipped_states = shipped.parser.parser.parser.parse_table.states
     assert len(fresh_states) == len(shipped_states)
     root = REPO / "policies-src"
-    for src in sorted(root.rglob("*.pol")):
+    for src in sorted(p for p in root.rglob("*.pol") if not p.name.endswith(".test.pol")):
         text = src.read_text("utf-8")
         assert fresh.parse(text) == shipped.parse(text)
 
@@ -58,7 +58,7 @@ def test_parser_built_from_the_grammar_parses_the_same(monkeypatch):
     built = pm.Parser()
     assert not built.from_tables and built.fast is not None
     root = REPO / "policies-src"
-    for src in sorted(root.rglob("*.pol")):
+    for src in sorted(p for p in root.rglob("*.pol") if not p.name.endswith(".test.pol")):
         text = src.read_text("utf-8")
         for p in (shipped, built):
             p.builder.file = "x.pol"

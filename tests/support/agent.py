@@ -39,7 +39,9 @@ def encode_arg(ptype: str, arg: object) -> tuple:
     return patterns.compile_string(arg)  # type: ignore[arg-type]
 
 
-def payload(module: str, rules, *, mode: str = "enforce", caps: dict | None = None, source: str | None = None) -> dict:
+def payload(
+    module: str, rules, *, mode: str = "enforce", caps: dict | None = None, source: str | None = None, governs=()
+) -> dict:
     catalog = dict(BUILTINS)
     catalog.update(caps or {})
     asm = []
@@ -55,6 +57,7 @@ def payload(module: str, rules, *, mode: str = "enforce", caps: dict | None = No
         source=source or f"src/{module}.pol",
         source_digest=hashlib.sha256(repr(rules).encode()).hexdigest(),
         rules=asm,
+        governs=governs,
     )
 
 

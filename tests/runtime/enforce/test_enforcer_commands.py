@@ -224,3 +224,21 @@ def test_format_1_0_artifacts_are_read_with_command_semantics(tree):
     for spelling in spellings_of_tool(tree):
         assert not s.check("m", "process.exec", spelling).allowed, spelling
     assert s.check("m", "process.exec", f"{tree}/bin/other").allowed
+
+
+def test_a_bare_name_follows_a_change_of_path_at_once(tree, monkeypatch):
+    """What a bare name resolves to is remembered per PATH value: a new PATH decides the
+    very next check, without waiting for the remembered lookups to expire."""
+    s = Snapshot({"m": linked("m", [("entitle", "process.exec", ())])},
+                 linked("_global", [("deny", "process.exec", (f"{tree}/bin/tool",))]), cache_size=0)
+    assert not s.check("m", "process.exec", "tool").allowed  # PATH: tmp/link -> bin/tool
+    assert not s.check("m", "process.exec", "tool").allowed  # remembered
+    monkeypatch.setenv("PATH", str(tree / "evil"))
+    assert s.check("m", "process.exec", "tool").allowed  # another program named tool
+    monkeypatch.setenv("PATH", str(tree / "link"))
+    assert not s.check("m", "process.exec", "tool").allowed
+    monkeypatch.setenv("PATH", f"{tree / 'evil'}:.")  # a relative entry: the working directory counts
+    assert s.check("m", "process.exec", "tool").allowed
+    monkeypatch.chdir(tree / "bin")
+    monkeypatch.setenv("PATH", f".:{tree / 'evil'}")
+    assert not s.check("m", "process.exec", "tool").allowed  # ./tool is bin/tool

@@ -27,7 +27,6 @@ from polc.runtime.errors import (
 from polc.runtime.format import arguments, encode, opcodes, verify
 from polc.runtime.format.header import (
     FLAG_SIGNED,
-    FORMAT_MINOR,
     HEADER_SIZE,
     MAGIC,
     MAX_PAYLOAD,
@@ -77,7 +76,8 @@ def test_round_trip_fields():
     assert art.compiler == "0.1.0"
     assert art.source == "tenant.acme.pol"
     assert len(art.source_digest) == 64
-    assert art.header.major == 1 and art.header.minor == FORMAT_MINOR and art.header.flags == 0
+    # a payload without governs (format 1.2's field) is written as 1.1, byte for byte as before
+    assert art.header.major == 1 and art.header.minor == 1 and art.header.flags == 0
     assert art.header.payload_len == len(data) - HEADER_SIZE
     assert art.size == len(data)
     assert art.digest_hex == hashlib.sha256(data[:12] + data[HEADER_SIZE:]).hexdigest()
@@ -115,9 +115,9 @@ def test_reproducible_and_key_order_independent():
 def test_header_layout():
     data = make_artifact()
     magic, major, minor, flags, plen, tlen, digest = HDR.unpack_from(data)
-    assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, FORMAT_MINOR, 0, 0)
+    assert (magic, major, minor, flags, tlen) == (b"\x89POLC\r\n\x1a", 1, 1, 0, 0)  # no governs: 1.1
     assert plen == len(data) - 56 and digest == hashlib.sha256(data[:12] + data[56:]).digest()
-    assert read_header(data) == Header(1, FORMAT_MINOR, 0, plen, 0, digest)
+    assert read_header(data) == Header(1, 1, 0, plen, 0, digest)
 
 
 def test_assemble_verify_round_trip():

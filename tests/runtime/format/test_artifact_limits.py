@@ -356,7 +356,8 @@ def _outcome(data: bytes):
         art = read_artifact(data)
     except MalformedPayload:
         return None
-    return (art.module, art.mode, art.compiler, art.source, art.source_digest, art.caps, art.consts, art.rules)
+    return (art.module, art.mode, art.compiler, art.source, art.source_digest, art.caps, art.consts, art.rules,
+            art.governs)
 
 
 small_values = st.recursive(
@@ -373,8 +374,10 @@ def _near_payloads():
     def build(draw):
         p = {k: (list(v) if isinstance(v, list) else v) for k, v in base.items()}
         p["code"] = [list(i) for i in base["code"]]
+        if draw(st.booleans()):  # format 1.2's optional field, valid to start with
+            p["governs"] = ["vendorlib", "vendorlib.ext", "zlib_ng"]
         for _ in range(draw(st.integers(0, 3))):
-            key = draw(st.sampled_from(list(opcodes.PAYLOAD_KEYS) + ["extra", b"bin-key"]))
+            key = draw(st.sampled_from([*opcodes.PAYLOAD_KEYS, "governs", "extra", b"bin-key"]))
             action = draw(st.sampled_from(["replace", "element", "insert", "drop"]))
             if action == "drop":
                 p.pop(key, None)
@@ -393,7 +396,7 @@ def _near_payloads():
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_near_payloads(), st.sampled_from([0, 1]), st.sampled_from([64, 512, 32 * 1024]))
+@given(_near_payloads(), st.sampled_from([0, 1, 2, 3]), st.sampled_from([64, 512, 32 * 1024]))
 def test_whole_and_windowed_reads_agree(payload, minor, window):
     try:
         body = msgpack.packb(payload, use_bin_type=True)

@@ -67,10 +67,14 @@ def test_incident_block_vendor_network_without_restart(tree, caplog):
         wait_for(lambda: not agent.check(*vendor), timeout=5, interval=0.005)
         latency = time.monotonic() - compiled_at
         d = agent.check(*vendor)
-        assert latency <= INTERVAL + 0.25, latency
+        # Enforced at the next poll, not at a restart. How soon is a benchmark's
+        # business (benchmarks/test_poll.py, drop-to-enforce); here only a bound
+        # generous enough for a loaded machine.
+        assert latency <= INTERVAL + 2.0, latency
         assert d.effect == "deny" and d.reason == "denied by com.vendor.library"
-        assert d.rule.endswith("com.vendor.library.pol:7:5"), d.rule
-        assert any(r.getMessage().startswith("reloaded com.vendor.library (") for r in caplog.records)
+        assert d.rule.endswith("com.vendor.library.pol:9:5"), d.rule
+        # The poller logs after it publishes the snapshot: wait for the line.
+        wait_for(lambda: any(r.getMessage().startswith("reloaded com.vendor.library (") for r in caplog.records))
 
         after = {m: s["revision"] for m, s in agent.status()["modules"].items()}
         assert after["com.vendor.library"] != before["com.vendor.library"]

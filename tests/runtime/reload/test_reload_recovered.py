@@ -283,3 +283,38 @@ def test_sidecar_status_and_metrics_agree_through_recovery(pdir, tmp_path):
         proc.kill()
         proc.wait(timeout=10)
         err.close()
+
+
+def test_status_is_recorded_before_the_snapshot_is_published(pdir):
+    """A reader who sees the new decision sees its status too, never the old error.
+
+    At the moment the poller hands a snapshot to the agent, the status it will
+    answer with must already describe that snapshot: the restored module has no
+    error any more. (Under load a test once saw check() decide by the restored
+    file while status() still held the truncation error.)
+    """
+    agent = PolicyAgent(pdir, reload_interval=None).start()
+    try:
+        poller = agent._poller
+        seen: list[object] = []
+        publish = poller._on_publish
+
+        def spy(snapshot):
+            module = snapshot.modules.get("tenant.acme")
+            seen.append((module.revision if module else None, poller.status_modules["tenant.acme"]["last_error"],
+                         poller.status_modules["tenant.acme"]["revision"]))
+            publish(snapshot)
+
+        poller._on_publish = spy
+        (pdir / "tenant.acme.bin").write_bytes(b"")
+        agent.reload_now()
+        assert agent.status()["modules"]["tenant.acme"]["last_error"]
+        write_artifact(pdir, "tenant.acme", ACME_V2)
+        agent.reload_now()
+        assert seen, "the restored module was never published"
+        revision, error, status_revision = seen[-1]
+        assert error is None
+        assert status_revision == revision
+        assert agent.check("tenant.acme", "network.outbound", "api.partner.com", 443)
+    finally:
+        agent.stop()
