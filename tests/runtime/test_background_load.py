@@ -380,3 +380,18 @@ def test_collector_disabled_by_the_application_stays_disabled(tmp_path, agents):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_governor_counts_the_claims_of_modules_not_linked_yet(tmp_path, agents, held):
+    """A pending module's governs claim is the set's: governor() never answers "no one"
+    for a package a module not linked yet claims (that would leave it unchecked)."""
+    d = tree(tmp_path / "p", 10)
+    write_artifact(d, "com.vendor", [("entitle", "threads.create", ())], governs=["vendorlib"])
+    a = agents(d, background_load=True)
+    assert a.snapshot.pending is not None and "com.vendor" not in a.snapshot.modules
+    assert a.snapshot.governor("vendorlib.http") == "com.vendor"
+    assert a.snapshot.governor("tenant.m4.sub") == "tenant.m4"  # own names too
+    assert a.status()["claim_conflicts"] == {}
+    held.set()
+    assert a.wait_loaded(30)
+    assert a.snapshot.governor("vendorlib.http") == "com.vendor"
