@@ -158,6 +158,19 @@ def _check_host_names(names: tuple[str, ...]) -> list[str]:
 @click.option(
     "--no-reload", is_flag=True, help="Verify artifacts once at start-up and never poll [env POLC_RELOAD=false]."
 )
+@click.option(
+    "--no-inotify",
+    is_flag=True,
+    help="Find changes by polling every --reload-interval only, never through inotify [env POLC_INOTIFY=false].",
+)
+@click.option(
+    "--sweep-interval",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    metavar="SECONDS",
+    help="While inotify watches POLICY_DIR, seconds between safety-net sweeps of every file "
+    "[env POLC_SWEEP_INTERVAL; default the larger of 60 and the reload interval].",
+)
 @click.option("--strict", is_flag=True, default=None, help="Fail start-up if any artifact is bad.")
 @click.option(
     "--trust",
@@ -258,6 +271,8 @@ def run_cmd(
     listen: str | None,
     reload_interval: float | None,
     no_reload: bool,
+    no_inotify: bool,
+    sweep_interval: float | None,
     strict: bool | None,
     trust_file: str | None,
     max_body: int,
@@ -349,6 +364,8 @@ def run_cmd(
             reload=reload,
             strict=strict,
             trust=trust_file,
+            inotify=False if no_inotify else None,
+            sweep_interval=sweep_interval,
             source=source,
             pull_interval=pull_interval,
             endpoint=endpoint,
@@ -395,12 +412,18 @@ def run_cmd(
         status = agent.status()
         modules = status.get("modules") or {}
         active = sum(1 for m in modules.values() if m.get("revision"))
-        if status.get("reload"):
+        watch = status.get("watch") or {}
+        if status.get("reload") and watch.get("mode") == "inotify":
+            every = f"reload on change, safety sweep every {watch.get('sweep_interval'):g}s"
+        elif status.get("reload"):
             interval = status.get("reload_interval")
             every = f"reload every {interval:g}s" if isinstance(interval, (int, float)) else "reload on"
         else:
             every = "reloading off"
         noun = "module" if active == 1 else "modules"
+        loading = status.get("loading")
+        if loading:
+            every += f"; {loading['text']} in the background"
         log.info("listening on %s (%d %s, %s)", url, active, noun, every)
         log.info("try: %s", _example_curl(url, modules, token_file))
         log.info(

@@ -20,20 +20,28 @@ The facade over the parts, in the manner of werkzeug's reloader:
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
+import sys
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
 from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
 from .errors import PolicyDenied, PolicyLoadError
-from .events import ReloadEvent, ReloadFailure, ReloadResult
+from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
 from .reload.delivery import EventDelivery
+from .reload.loading import BACKGROUND_MIN, gc_paused, load_order
 from .reload.poller import Poller
 from .reload.switch import fast_switch
+
+if TYPE_CHECKING:
+    from .reload.inotify import Watcher
+    from .reload.loading import LazyModules
 
 __all__ = [
     "DEFAULT_RELOAD_INTERVAL",
@@ -50,6 +58,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("polc")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+# Change detection (status()["watch"]["mode"]).
+WATCH_INOTIFY = "inotify"  # woken by inotify; the stat sweep is the safety net
+WATCH_POLL = "poll"  # the stat sweep every reload_interval
+WATCH_OFF = "off"  # reloading off: nothing watches the directory
+# A file whose stat was racy is re-examined this soon when inotify wakes the
+# poller (polling re-examines it on every step anyway).
+RECHECK_RACY_S = 0.06
+# The loader commits what it linked at least this often (status and events
+# follow), and at most LOAD_BATCH_MAX artifacts at a time.
+LOAD_COMMIT_S = 0.25
+LOAD_BATCH_MAX = 4096
 
 
 class PolicyAgent:
@@ -91,6 +111,9 @@ class PolicyAgent:
         strict: bool | None = None,
         trust: Any = None,
         cache_size: int = 65536,
+        inotify: bool | None = None,
+        sweep_interval: float | None = None,
+        background_load: bool | None = None,
         source: str | None = None,
         pull_interval: float | None = None,
         endpoint: str | None = None,
@@ -102,6 +125,9 @@ class PolicyAgent:
             strict=strict,
             trust=trust,
             cache_size=cache_size,
+            inotify=inotify,
+            sweep_interval=sweep_interval,
+            background_load=background_load,
             source=source,
             pull_interval=pull_interval,
             endpoint=endpoint,
@@ -111,6 +137,13 @@ class PolicyAgent:
         self.reload: bool = config.reload
         self.strict: bool = config.strict
         self.trust = config.trust
+        self.inotify: bool = config.inotify
+        self.sweep_interval: float = config.sweep_interval
+        self.background_load: bool | None = config.background_load
+        self._watch_mode = WATCH_POLL if self.reload else WATCH_OFF
+        self._watch_reason: str | None = None if self.reload else "reloading off"
+        self._watcher: Watcher | None = None  # the running poller's, while it runs
+        self._loader: threading.Thread | None = None  # the background loader, while it runs
         self.source: str | None = config.source
         self.pull_interval: float = config.pull_interval
         self._puller: Puller | None = None
@@ -144,25 +177,159 @@ class PolicyAgent:
         only (re)starts the poller when it is not running: ``start()`` after
         :meth:`stop` resumes reloading with the policies already loaded.
         """
+        watcher: Watcher | None = None
+        catch_up = True  # the watcher was armed after the policies in force were read
         if not self._started:
-            self._check_permissions()
-            puller = self._puller
-            if puller is not None and puller.mirror.in_force is None:
-                # nothing verified on disk yet: one pull first, so the first load has a set
-                puller.cycle()
-            result = self._poll(initial=True)
-            if self.strict and result.failed:
-                with self._lock:  # forget what this attempt saw, so a retry sees it all again
-                    self._poller.forget()
-                raise PolicyLoadError(result.failed)
+            # Loading whole (strict, or asked to): every check before the first
+            # answer, as strict refuses to start on any. Otherwise the artifacts'
+            # own permissions are checked after the first load (in the loader
+            # thread when there is one): a stat per file is start-up time.
+            whole = self.strict or self.background_load is False
+            self._check_permissions(files=whole)
+            # Armed before the first load, so nothing that changes during it is missed.
+            if self.reload and not self._poller_running():
+                watcher = self._open_watcher()
+                catch_up = False
+            try:
+                puller = self._puller
+                if puller is not None and puller.mirror.in_force is None:
+                    # nothing verified on disk yet: one pull first, so the first load has a set
+                    puller.cycle()
+                with gc_paused:  # linking in bulk: no full collections of the growing heap
+                    result = self._poll(initial=True, lazily=not self.strict and self.background_load is not False)
+                if self.strict and result.failed:
+                    with self._lock:  # forget what this attempt saw, so a retry sees it all again
+                        self._poller.forget()
+                    raise PolicyLoadError(result.failed)
+            except BaseException:
+                if watcher is not None:
+                    watcher.close()
+                raise
             self._ready = True
             self._started = True
+            if self._poller.loading is not None:
+                self._start_loader()
+            elif not whole:
+                self._check_artifact_permissions()
         if self.reload and not self._poller_running():
-            self._start_poller()
-            logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
+            if catch_up:  # not tried above
+                watcher = self._open_watcher()
+            self._start_poller(watcher, catch_up)
+            if watcher is not None:
+                logger.info(
+                    "watching %s for policy changes (inotify; safety-net sweep every %gs)",
+                    self.policy_dir,
+                    self.sweep_interval,
+                )
+            else:
+                logger.info("watching %s for policy changes every %gs", self.policy_dir, self.reload_interval)
         if self._puller is not None:
             self._start_puller()
         return self
+
+    # -- background loading ----------------------------------------------
+
+    def _start_loader(self) -> None:
+        thread = threading.Thread(target=self._load_rest, name="polc-loader", daemon=True)
+        self._loader = thread
+        thread.start()
+
+    def _load_rest(self) -> None:
+        """The loader thread: verify and link every pending artifact, in batches.
+
+        Each artifact is examined outside the step lock (the pending table
+        keeps the first outcome, whether a check or this thread got there
+        first); each batch is committed under it, like a reload step.
+        """
+        poller = self._poller
+        loading = poller.loading
+        if loading is None:
+            return
+        try:
+            with gc_paused:
+                self._load_batches(poller, loading)
+        except Exception:  # pragma: no cover - checks still link what they need on the spot
+            logger.exception("background loading failed; modules not linked yet are linked when first checked")
+        finally:
+            if self._loader is threading.current_thread():
+                self._loader = None
+
+    def _load_batches(self, poller: Poller, loading: LazyModules) -> None:
+        """The batches of :meth:`_load_rest`, with automatic collection paused."""
+        self._check_artifact_permissions()
+        order = load_order(self.policy_dir, sorted(poller.pending))
+        at = 0
+        count = 64  # sized from the rate measured, so that a batch takes about LOAD_COMMIT_S
+        clock = time.monotonic
+        while poller.loading is loading:
+            with self._lock:
+                if poller.loading is not loading:
+                    return
+                batch, at = poller.next_to_load(order, at, count)
+            t0 = clock()
+            found = [loading.resolve(name[: -len(".bin")]) for name in batch]
+            took = clock() - t0
+            if batch:
+                count = max(16, min(LOAD_BATCH_MAX, int(len(batch) * LOAD_COMMIT_S / max(took, 1e-3))))
+            upto = 0
+            with self._lock:
+                if poller.loading is not loading:
+                    return
+                events, _result = poller.commit_loaded(found)
+                if events:
+                    upto = self._delivery.queue(events)
+            if upto:
+                self._delivery.deliver(upto)
+            gc.collect(1)  # the young generations, as the paused collector would have
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Wait until no module is pending (background loading done); True if so."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._poller.loading is not None:
+            thread = self._loader
+            if thread is None:
+                return self._poller.loading is None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            thread.join(left if left is None else min(left, 0.05))
+        return True
+
+    def _open_watcher(self) -> Watcher | None:
+        """An inotify watcher on the policy directory, or None (then the poller polls).
+
+        Why not is recorded in ``status()["watch"]``; an inotify that should
+        work and does not is also warned about and sent as a ``watch`` event.
+        """
+        if not self.inotify:
+            self._set_watch(WATCH_POLL, "inotify turned off (inotify=False or POLC_INOTIFY)", warn=False)
+            return None
+        if not sys.platform.startswith("linux"):
+            self._set_watch(WATCH_POLL, f"inotify is Linux only (this is {sys.platform})", warn=False)
+            return None
+        from .reload.inotify import Watcher
+
+        try:
+            watcher = Watcher(self.policy_dir)
+        except OSError as exc:
+            self._set_watch(WATCH_POLL, f"inotify unavailable: {exc.strerror or exc}", warn=True)
+            return None
+        self._set_watch(WATCH_INOTIFY, None, warn=False)
+        return watcher
+
+    def _set_watch(self, mode: str, reason: str | None, *, warn: bool) -> None:
+        self._watch_mode = mode
+        self._watch_reason = reason
+        if not warn or reason is None:
+            return
+        text = f"{reason}; polling every {self.reload_interval:g}s"
+        self._watch_reason = text
+        logger.warning("change detection: %s: %s", self.policy_dir, text)
+        event = ReloadEvent(WATCH, None, self.policy_dir, text)
+        with self._lock:
+            upto = self._delivery.queue([event])
+        self._delivery.deliver(upto)
+
 
     def _start_puller(self) -> None:
         from .fleet.puller import PullLoop
@@ -189,22 +356,30 @@ class PolicyAgent:
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stop.is_set()
 
-    def _start_poller(self) -> None:
+    def _start_poller(
+        self, watcher: Watcher | None = None, catch_up: bool = True, *, open_watcher: bool = False
+    ) -> None:
         # Each poller has its own stop flag: a previous poller that is still
         # finishing a step after stop() sees its flag set and ends, whatever
-        # the new one does.
+        # the new one does. ``catch_up``: the watcher was armed after the
+        # policies in force were read, so the first thing is a full step.
         stop = threading.Event()
-        thread = threading.Thread(target=self._run, args=(stop,), name="polc-reloader", daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(stop, watcher, catch_up, open_watcher), name="polc-reloader", daemon=True
+        )
         self._stop = stop
         self._thread = thread
+        self._watcher = watcher
         thread.start()
 
-    def _check_permissions(self) -> None:
+    def _check_permissions(self, files: bool = True) -> None:
         """Warn when others than root and this process can change the policies
-        (docs/security.md); ``strict`` refuses to start instead."""
-        from .signing import check_directory_permissions, check_file_permissions
+        (docs/security.md); ``strict`` refuses to start instead. ``files=False``:
+        the directory, its parents and the trust file only (the artifacts are
+        checked by :meth:`_check_artifact_permissions`, later)."""
+        from .signing.permissions import check_directory_permissions, check_file_permissions
 
-        problems = check_directory_permissions(self.policy_dir)
+        problems = check_directory_permissions(self.policy_dir, files=files)
         source = getattr(self.trust, "source", None)
         if source:
             problems += [f"trust file {p}" for p in check_file_permissions(source)]
@@ -213,12 +388,23 @@ class PolicyAgent:
         if self.strict and problems:
             raise PolicyLoadError([ReloadFailure(self.policy_dir, None, f"unsafe permissions: {p}") for p in problems])
 
+    def _check_artifact_permissions(self) -> None:
+        """Warn about artifacts others can rewrite (one stat each: off the start-up
+        path of a large directory, which the loader thread checks first)."""
+        from .signing.permissions import check_artifact_permissions
+
+        for problem in check_artifact_permissions(self.policy_dir):
+            logger.warning("unsafe permissions: %s", problem)
+
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the poller and wait for it (up to ``timeout``); idempotent.
 
         Checks keep working, and :meth:`start` starts a new poller.
         """
         self._stop.set()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.wake()
         if self._pull_loop is not None:
             self._pull_loop.stop(timeout)
         if self._puller is not None:
@@ -234,12 +420,81 @@ class PolicyAgent:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(
+        self, stop: threading.Event, watcher: Watcher | None, catch_up: bool, open_watcher: bool = False
+    ) -> None:
+        if watcher is None and open_watcher and not stop.is_set():
+            watcher = self._watcher = self._open_watcher()
+        if watcher is not None:
+            try:
+                if self._watch(stop, watcher, catch_up):
+                    return
+            finally:
+                watcher.close()
+                if self._watcher is watcher:
+                    self._watcher = None
         while not stop.wait(self.reload_interval):
             try:
                 self._poll()
             except Exception:  # the poller must survive anything
                 logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
+
+    def _watch(self, stop: threading.Event, watcher: Watcher, catch_up: bool) -> bool:
+        """The poller woken by inotify; the full step (the safety net) every sweep_interval.
+
+        Returns True when stopped, False when the watch was lost for good (the
+        caller then polls).
+        """
+        from .reload.inotify import WatchUnavailable
+
+        clock = time.monotonic
+        poller = self._poller
+        next_sweep = clock() + self.sweep_interval
+        if catch_up:
+            self._poll_quietly()
+        while not stop.is_set():
+            wait = next_sweep - clock()
+            recheck = poller.recheck
+            if recheck:  # racy or unreadable files: sooner than the safety net
+                racy = any(st is not None and st.racy for st in map(poller.files.get, recheck))
+                wait = min(wait, RECHECK_RACY_S if racy else self.reload_interval)
+            try:
+                ready = watcher.ready(max(0.0, wait))
+                if stop.is_set():
+                    return True
+                with fast_switch:  # from here every system call gets the GIL back quickly
+                    changes = watcher.read() if ready else None
+                    if changes is None or not changes:
+                        if clock() >= next_sweep:
+                            if not watcher.still_armed():
+                                watcher.arm_dir()
+                            self._poll()
+                            next_sweep = clock() + self.sweep_interval
+                        elif poller.recheck:
+                            self._poll(names=list(poller.recheck))
+                        continue
+                    if changes.full:
+                        self._poll()
+                        next_sweep = clock() + self.sweep_interval
+                        continue
+                    if changes.relist:
+                        self._poll(sweep=False)
+                    if changes.names:
+                        self._poll(names=changes.names)
+            except WatchUnavailable as exc:
+                self._set_watch(WATCH_POLL, f"inotify watch lost: {exc.strerror or exc}", warn=True)
+                return False
+            except Exception:  # the poller must survive anything
+                logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
+                if stop.wait(self.reload_interval):
+                    return True
+        return True
+
+    def _poll_quietly(self) -> None:
+        try:
+            self._poll()
+        except Exception:
+            logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
 
     @property
     def ready(self) -> bool:
@@ -378,10 +633,17 @@ class PolicyAgent:
             "ready": self._ready,
             "last_reload": poller.last_reload,
             "reloads": {"ok": poller.reloads_ok, "failed": poller.reloads_failed},
+            "watch": {
+                "mode": self._watch_mode,
+                "reason": self._watch_reason,
+                "sweep_interval": self.sweep_interval if self._watch_mode == WATCH_INOTIFY else None,
+            },
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
+            "loading": poller.loading_status(),
             # packages two modules in force claim: everything they do is denied (docs/runtime.md)
-            "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()},
+            # while modules are pending, {}: the claims of the whole set would link them all here
+            "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()} if snap.pending is None else {},
             "modules": {name: dict(info) for name, info in sorted(modules.items())},
             "source": self._puller.status() if self._puller is not None else None,
             **({"guard": self._guard.status()} if self._guard is not None else {}),
@@ -417,11 +679,21 @@ class PolicyAgent:
             self, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base, log_interval=log_interval
         )
 
-    def _poll(self, initial: bool = False, before: Callable[[], None] | None = None) -> ReloadResult:
+    def _poll(
+        self,
+        initial: bool = False,
+        before: Callable[[], None] | None = None,
+        *,
+        sweep: bool = True,
+        names: Iterable[str] | None = None,
+        lazily: bool = False,
+    ) -> ReloadResult:
         """One step under the step lock, then the delivery of its events.
 
         ``before`` runs first under the same lock (a pulled set's switch), so
         the step sees the whole new set and no step sees half of it.
+        ``names``: examine only those entries (what inotify reported);
+        ``sweep=False``: list the directory, no sweep (a ``..data`` swap).
         """
         upto = 0
         with self._lock:
@@ -430,7 +702,15 @@ class PolicyAgent:
                 if before is not None:
                     before()
                 with fast_switch:
-                    events, result = self._poller.run_step(initial)
+                    if names is not None:
+                        events, result = self._poller.run_names(names)
+                    elif initial and lazily:
+                        threshold = BACKGROUND_MIN if self.background_load is None else 0
+                        events, result = self._poller.run_initial_lazily(threshold)
+                    elif sweep:
+                        events, result = self._poller.run_step(initial)
+                    else:
+                        events, result = self._poller.run_step(initial, sweep=False)
                 if events:
                     upto = self._delivery.queue(events)  # in commit order, under the step lock
             finally:
@@ -473,6 +753,11 @@ class PolicyAgent:
         are delivered by the child's next step.
         """
         me = threading.get_ident()
+        watcher = self._watcher
+        thread = self._thread
+        if watcher is not None and not (thread is not None and thread is threading.current_thread()):
+            watcher.close()  # the parent's poller thread is not here: its inotify instance goes
+            self._watcher = None
         if held or self._lock_owner != me:
             self._lock = threading.Lock()
             if not held:
@@ -489,5 +774,10 @@ class PolicyAgent:
         running = thread is not None and not self._stop.is_set()
         self._thread = None
         self._stop = threading.Event()
+        if self._poller.loading is not None:
+            self._start_loader()  # the parent's loader is not here
+        else:
+            self._loader = None
         if running and self.reload:
-            self._start_poller()
+            # The watcher is opened on the new thread, not in this at-fork hook.
+            self._start_poller(None, True, open_watcher=self.inotify)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PULL_INTERVAL",
     "DEFAULT_RELOAD_INTERVAL",
+    "MIN_SWEEP_INTERVAL",
+    "SAFETY_SWEEP_MIN",
     "AgentConfig",
     "env_bool",
     "env_path",
@@ -44,6 +46,10 @@ __all__ = [
 ]
 
 DEFAULT_RELOAD_INTERVAL = 5.0
+# With inotify on, the stat sweep is only the safety net: it runs every
+# max(SAFETY_SWEEP_MIN, reload_interval) seconds unless told otherwise.
+SAFETY_SWEEP_MIN = 60.0
+MIN_SWEEP_INTERVAL = 0.01
 DEFAULT_PULL_INTERVAL = 5.0
 
 _TRUE = ("1", "true", "yes", "on")
@@ -199,6 +205,9 @@ class AgentConfig:
     strict: bool
     trust: Trust | None
     cache_size: int
+    inotify: bool = True  # wake the poller through inotify where it works (Linux)
+    sweep_interval: float = SAFETY_SWEEP_MIN  # the safety-net sweep's period while inotify works
+    background_load: bool | None = None  # None: in the background above a size (agent.py)
     source: str | None = None  # the published set to pull (docs/fleet.md)
     pull_interval: float = DEFAULT_PULL_INTERVAL
     endpoint: str | None = None  # the S3 endpoint of an s3:// source
@@ -213,6 +222,9 @@ class AgentConfig:
         strict: bool | None = None,
         trust: Any = None,
         cache_size: int = 65536,
+        inotify: bool | None = None,
+        sweep_interval: float | None = None,
+        background_load: bool | None = None,
         source: str | None = None,
         pull_interval: float | None = None,
         endpoint: str | None = None,
@@ -235,6 +247,26 @@ class AgentConfig:
             reload = True if env_reload is None else env_reload
         if cache_size < 0:
             raise ConfigError(f"cache_size={cache_size!r}: expected a number >= 0")
+        if inotify is None:
+            env_inotify = env_bool("POLC_INOTIFY")
+            inotify = True if env_inotify is None else env_inotify
+        elif not isinstance(inotify, bool):
+            raise ConfigError(f"inotify={inotify!r}: expected True, False or None (POLC_INOTIFY)")
+        if sweep_interval is None:
+            env_sweep = env_seconds("POLC_SWEEP_INTERVAL")
+            origin = "POLC_SWEEP_INTERVAL"
+            given: object = _raw(origin, None)
+            sweep = max(SAFETY_SWEEP_MIN, interval) if env_sweep is None else env_sweep
+        else:
+            origin = "sweep_interval"
+            given = sweep_interval
+            sweep = parse_seconds(sweep_interval, origin)
+        if sweep < MIN_SWEEP_INTERVAL:
+            raise ConfigError(
+                f"{origin}={given!r}: the safety-net sweep cannot be turned off; give at least {MIN_SWEEP_INTERVAL:g} s"
+            )
+        if background_load is not None and not isinstance(background_load, bool):
+            raise ConfigError(f"background_load={background_load!r}: expected True, False or None")
         src, pull, ep = _resolve_source(source, pull_interval, endpoint)
         resolved_trust = resolve_trust(trust)
         if src is not None and not callable(getattr(resolved_trust, "verify_manifest", None)):
@@ -254,6 +286,9 @@ class AgentConfig:
             strict=bool(strict),
             trust=resolved_trust,
             cache_size=int(cache_size),
+            inotify=inotify,
+            sweep_interval=sweep,
+            background_load=background_load,
             source=src,
             pull_interval=pull,
             endpoint=ep,

@@ -17,19 +17,23 @@ __all__ = [
     "RECOVERED",
     "RELOADED",
     "REMOVED",
+    "WATCH",
     "EventKind",
     "ReloadEvent",
     "ReloadFailure",
     "ReloadResult",
 ]
 
-EventKind = Literal["loaded", "reloaded", "failed", "removed", "recovered"]
+EventKind = Literal["loaded", "reloaded", "failed", "removed", "recovered", "watch"]
 LOADED: Final = "loaded"  # first policy of a module in force
 RELOADED: Final = "reloaded"  # a new policy of a loaded module in force
 FAILED: Final = "failed"  # an artifact could not be loaded; the previous policy (if any) stays
 REMOVED: Final = "removed"  # the file is gone; the previous policy stays
 RECOVERED: Final = "recovered"  # the module had an error (failed or removed) and has none now
-EVENT_KINDS: Final[tuple[EventKind, ...]] = (LOADED, RELOADED, FAILED, REMOVED, RECOVERED)
+# How changes are detected changed (module None, file the policy directory):
+# inotify fell back to polling, or works again; ``reason`` says what and why.
+WATCH: Final = "watch"
+EVENT_KINDS: Final[tuple[EventKind, ...]] = (LOADED, RELOADED, FAILED, REMOVED, RECOVERED, WATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,8 @@ class ReloadEvent:
     (file gone, previous policy kept), ``"recovered"`` (the module had an
     error, from ``failed`` or ``removed``, and has none now: once per
     cleared error, after the ``loaded``/``reloaded`` that cleared it if a new
-    policy did). ``revision``/``rules`` describe the policy active for the
+    policy did), ``"watch"`` (module None: change detection fell back to
+    polling, ``reason`` says why). ``revision``/``rules`` describe the policy active for the
     module after the event (None/0 when none). Events are delivered in the
     order they were committed (docs/runtime.md).
     """

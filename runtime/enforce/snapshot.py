@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
 from .. import patterns
 from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, ROOTED_AT_SLASH
@@ -29,7 +29,7 @@ from .link import LinkedModule
 from .normalize import int_text
 from .plan import Plan
 
-__all__ = ["CACHE_BYTES", "CONFLICT_PREFIX", "EMPTY_SNAPSHOT", "FAULTS", "FaultLog", "Snapshot"]
+__all__ = ["CACHE_BYTES", "CONFLICT_PREFIX", "EMPTY_SNAPSHOT", "FAULTS", "FaultLog", "Pending", "Snapshot"]
 
 logger = logging.getLogger("polc")
 
@@ -135,6 +135,21 @@ def _claims(modules: Mapping[str, LinkedModule]) -> tuple[dict[str, str], dict[s
     return claims, {claim: tuple(sorted(names)) for claim, names in multiple.items()}
 
 
+class Pending(Protocol):
+    """Modules of a snapshot not linked yet (``reload/loading.py``): linked on first use.
+
+    ``linked(module)`` returns the module's policy, linking it now if need be,
+    or None (not pending, or its artifact failed); it never raises, and
+    answers the same for a module every time.
+    """
+
+    def linked(self, module: str) -> LinkedModule | None: ...
+
+    def linked_all(self) -> dict[str, LinkedModule]:
+        """Every pending module that links, linked now if need be (their claims: governor())."""
+        ...
+
+
 def _text_cost(s: str) -> int:
     return len(s) if s.isascii() else 4 * len(s)
 
@@ -199,6 +214,7 @@ class Snapshot:
         "_timed",
         "glob",
         "modules",
+        "pending",
         "unavailable",
     )
 
@@ -210,10 +226,17 @@ class Snapshot:
         unavailable: str | None = None,
         cache_size: int = 65536,
         cache_bytes: int = CACHE_BYTES,
+        pending: Pending | None = None,
+        _owned: bool = False,
     ) -> None:
-        self.modules: dict[str, LinkedModule] = dict(modules)
+        # ``_owned``: ``modules`` is a fresh dict this snapshot may keep (replace()),
+        # not copied again (a copy of 100,000 entries is milliseconds per swap)
+        self.modules: dict[str, LinkedModule] = modules if _owned and type(modules) is dict else dict(modules)
         self.modules.pop(GLOBAL_MODULE, None)
         self.glob = glob
+        # Modules listed but not linked yet (background loading): a module not
+        # in ``modules`` is looked up there, and linked on first use.
+        self.pending = pending
         # A reason to deny every request (a _global that failed to load, no
         # load yet): without the global restrictions, nothing is decided.
         self.unavailable = unavailable
@@ -236,6 +259,7 @@ class Snapshot:
         *,
         glob: LinkedModule | Literal[False] | None = False,
         unavailable: str | Literal[False] | None = False,
+        pending: Pending | Literal[False] | None = False,
     ) -> Snapshot:
         """A new snapshot with some modules replaced; this one is untouched (False: keep)."""
         modules = dict(self.modules)
@@ -253,7 +277,16 @@ class Snapshot:
             unavailable=self.unavailable if unavailable is False else unavailable,
             cache_size=self._cache_size,
             cache_bytes=self._cache_budget,
+            pending=self.pending if pending is False else pending,
+            _owned=True,
         )
+
+    def module(self, module: str) -> LinkedModule | None:
+        """The linked policy of ``module`` in this snapshot (linking a pending one now), or None."""
+        mod = self.modules.get(module)
+        if mod is None and self.pending is not None:
+            mod = self.pending.linked(module)
+        return mod
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
         try:
@@ -318,7 +351,13 @@ class Snapshot:
             name = name[:dot]
 
     def _build_claims(self) -> dict[str, str]:
-        claims, conflicts = _claims(self.modules)
+        modules: Mapping[str, LinkedModule] = self.modules
+        if self.pending is not None:
+            # Claims are the whole set's: a module not linked yet may claim a package
+            # (or another module's name). Link the rest now, in this thread, rather
+            # than answer "no one governs it" (fail closed: slower, never wrong).
+            modules = {**self.pending.linked_all(), **self.modules}
+        claims, conflicts = _claims(modules)
         self._conflicts = conflicts
         self._claims = claims  # after _conflicts: a reader that sees the table sees its conflicts
         for package, names in conflicts.items():
@@ -378,7 +417,7 @@ class Snapshot:
         the request could be typed with)? Such decisions are kept for RESOLVE_TTL seconds only."""
         if capability in _VOLATILE_BUILTINS:
             return True
-        mod = self.modules.get(module)
+        mod = self.module(module)
         if mod is not None and capability in mod.volatile:
             return True
         glob = self.glob
@@ -423,7 +462,7 @@ class Snapshot:
         memo = self._decisions.get(module)
         if memo is None:
             memo = self._decisions[module] = {}
-        plan = Plan(module, capability, self.modules.get(module), self.glob, memo)
+        plan = Plan(module, capability, self.module(module), self.glob, memo)
         fn = plan.fn
         if capability in ROOTED_AT_SLASH:
             fn = _rooted(fn)
@@ -449,7 +488,7 @@ class Snapshot:
         if type(module) is not str or type(capability) is not str:
             # str subclasses (checked above): decided as the plain strings they are, never cached
             return self._miss(str.__str__(module), str.__str__(capability), args, False)
-        mod = self.modules.get(module)
+        mod = self.module(module)
         return Decision(
             False, "deny", self.unavailable or "policy unavailable", None, module, mod.revision if mod else None
         )
@@ -467,7 +506,8 @@ class Snapshot:
 
     def __repr__(self) -> str:
         g = " +_global" if self.glob is not None else ""
-        return f"<Snapshot {len(self.modules)} modules{g}>"
+        p = " +pending" if self.pending is not None else ""
+        return f"<Snapshot {len(self.modules)} modules{g}{p}>"
 
 
 EMPTY_SNAPSHOT = Snapshot({}, None, unavailable="policy not loaded yet (PolicyAgent.start() not called)")

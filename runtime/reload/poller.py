@@ -26,11 +26,12 @@ from ``reload_now``):
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import stat as stat_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -49,6 +50,7 @@ from ..events import (
 )
 from . import outcomes
 from .filestate import FileState, SweepEntry, is_racy
+from .loading import LazyModules
 from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
 
 if TYPE_CHECKING:
@@ -72,6 +74,22 @@ Listing = tuple[list[str], list[str], int]
 _LogLine = tuple[int, str, *tuple[object, ...]]  # level, format, arguments
 
 _first = itemgetter(0)
+
+# A commit's status changes are kept apart from the whole table until there
+# are this many (or an eighth of the table): then folded into a new table.
+STATUS_FOLD = 256
+
+
+def _merged(
+    base: dict[str, dict[str, Any]], delta: dict[str, dict[str, Any] | None]
+) -> dict[str, dict[str, Any]]:
+    out = dict(base)
+    for module, info in delta.items():
+        if info is None:
+            out.pop(module, None)
+        else:
+            out[module] = info
+    return out
 
 
 class InForce:
@@ -122,21 +140,46 @@ class Poller:
         # Published for status(): replaced whole on every commit.
         self.dir_error: str | None = None
         self.global_error: str | None = None
-        self.status_modules: dict[str, dict[str, Any]] = {}
+        # (base, delta): base is never changed once set; delta holds the
+        # statuses changed since (None: gone) and is replaced whole on each
+        # commit, folded into a new base when large. One attribute, so readers
+        # on other threads see a matching pair; a commit costs O(changes), not
+        # a copy of every module's status.
+        self._status: tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any] | None]] = ({}, {})
         self.last_reload: float | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+        # Background loading (reload/loading.py): the table of modules not
+        # linked yet, the file names the loader has not committed, and the
+        # names the watcher reported meanwhile (examined once committed).
+        self.sweep_stale = False  # loader batches committed since the sweep list was built
+        self.loading: LazyModules | None = None
+        self.pending: set[str] = set()
+        self.deferred: set[str] = set()
+        self.load_total = 0
+        self.load_started: float | None = None
+        self.load_failed = 0
 
     # -- one step ------------------------------------------------------------
 
-    def run_step(self, initial: bool = False) -> tuple[list[ReloadEvent], ReloadResult]:
-        """One poll: the events committed (to be delivered) and what changed."""
+    def run_step(self, initial: bool = False, *, sweep: bool = True) -> tuple[list[ReloadEvent], ReloadResult]:
+        """One poll: the events committed (to be delivered) and what changed.
+
+        ``sweep=False``: list the directory again (whatever its stat says) and
+        examine what the listing shows, without the per-file sweep (a
+        ``..data`` swap reported by the watcher).
+        """
         now_ns = time.time_ns()
         events: list[ReloadEvent] = []
         result = ReloadResult()
+        if not sweep:
+            self.dir_key = None
+        if self.sweep_stale:
+            self.sweep_stale = False
+            self.rebuild_sweep()
         # The sweep list and the files to re-examine as they were before this
         # step: a directory phase below replaces both when it commits.
-        sweep = self.sweep
+        entries = self.sweep
         recheck = self.recheck
         done: set[str] = set()  # names examined by a directory phase of this step
         self._pending_dir = None
@@ -155,6 +198,9 @@ class Poller:
             self._dir_phase(listing, now_ns, initial, done, events, result)
             if initial:
                 return events, result
+        if not sweep:
+            self.last_reload = time.time()
+            return events, result
 
         # The sweep: one stat per file, compared field by field with the
         # recorded key. Between chunks, the directory's own stat: a drop that
@@ -163,7 +209,7 @@ class Poller:
         stat = os.stat
         clock = time.monotonic
         last_dir_check = clock()
-        n = len(sweep)
+        n = len(entries)
         chunk = SWEEP_CHUNK
         for lo in range(0, n, chunk):
             if lo and clock() - last_dir_check >= SWEEP_DIR_CHECK_S:
@@ -174,7 +220,7 @@ class Poller:
                 if listing is not None:
                     self._dir_phase(listing, now_ns, False, done, events, result)
                 last_dir_check = clock()
-            for name, path, mtime, size, ino, ctime in sweep[lo : lo + chunk] if n > chunk else sweep:
+            for name, path, mtime, size, ino, ctime in entries[lo : lo + chunk] if n > chunk else entries:
                 try:
                     st = stat(path)  # follows symlinks: ..data swaps show up here
                 except OSError:
@@ -204,6 +250,164 @@ class Poller:
         result.failed.extend(res.failed)
         return events, result
 
+    def run_initial_lazily(self, threshold: int = 0) -> tuple[list[ReloadEvent], ReloadResult]:
+        """The first step, loading in the background: list, load ``_global``, publish.
+
+        Every other artifact is left pending (:class:`~.loading.LazyModules`):
+        linked on first use, or by the loader (:meth:`commit_loaded`). With at
+        most ``threshold`` of them, this is the ordinary first step instead.
+        """
+        now_ns = time.time_ns()
+        events: list[ReloadEvent] = []
+        result = ReloadResult()
+        self._pending_dir = None
+        self.dir_key = None
+        try:
+            listing = self._list(now_ns)
+        except OSError as exc:
+            return self._dir_unavailable(exc, True)
+        self.dir_error = None
+        assert listing is not None  # dir_key is None: always listed
+        _names, first, _known = listing
+        glob_name = GLOBAL_MODULE + SUFFIX
+        rest = [name for name in first if name != glob_name]
+        if len(rest) <= threshold:
+            self._dir_phase(listing, now_ns, True, set(), events, result)
+            return events, result
+        self.loading = LazyModules(self.policy_dir, rest, self.trust)
+        self.pending = set(rest)
+        self.deferred = set()
+        self.load_total = len(rest)
+        self.load_failed = 0
+        self.load_started = time.monotonic()
+        found: list[Outcome] = []
+        if glob_name in first:
+            outcome = self.examine(glob_name, now_ns)
+            if outcome is not None:
+                found.append(outcome)
+        return self.commit(found, [], True)
+
+    def commit_loaded(self, found: list[Outcome]) -> tuple[list[ReloadEvent], ReloadResult]:
+        """Commit outcomes the loader (or checks) examined; publish the whole snapshot
+        once nothing is pending. A file gone before it was read is dropped, as if
+        never listed (the next listing sees it if it comes back)."""
+        loading = self.loading
+        mine: list[Outcome] = []
+        for o in found:
+            if o.name not in self.pending:
+                continue
+            self.pending.discard(o.name)
+            if isinstance(o, Failed):
+                if o.key == ("error", errno.ENOENT):
+                    continue
+                self.load_failed += 1
+            mine.append(o)
+        events, result = self.commit(mine, [], False, publish=False, quiet=True)
+        later = [o.name for o in found if o.name in self.deferred]
+        if later:
+            self.deferred.difference_update(later)
+            ev, res = self.run_names(later)
+            events += ev
+            result.changed.extend(res.changed)
+            result.removed.extend(res.removed)
+            result.failed.extend(res.failed)
+        if loading is not None and not self.pending:
+            self.loading = None
+            self.deferred = set()
+            if self.sweep_stale:
+                self.sweep_stale = False
+                self.rebuild_sweep()
+            self.publish(self._snapshot_with([], initial=True))  # the same modules, none pending
+            took = time.monotonic() - (self.load_started or time.monotonic())
+            logger.info(
+                "loaded %d of %d module(s) in the background in %.1fs (%d failed)",
+                loading.total - self.load_failed,
+                loading.total,
+                took,
+                self.load_failed,
+            )
+        return events, result
+
+    def next_to_load(self, order: list[str], start: int, count: int) -> tuple[list[str], int]:
+        """Up to ``count`` pending names: those checks asked for first, then ``order``
+        from ``start``. Returns them and where to go on in ``order``."""
+        loading = self.loading
+        if loading is None:
+            return [], len(order)
+        pending = self.pending
+        batch: list[str] = []
+        used = loading.used
+        if used:
+            taken = used[:]
+            del used[: len(taken)]
+            batch.extend(m + SUFFIX for m in taken if m + SUFFIX in pending)
+        i = start
+        n = len(order)
+        while len(batch) < count and i < n:
+            name = order[i]
+            i += 1
+            if name in pending:
+                batch.append(name)
+        if i >= n and len(batch) < count:  # names the order missed (it is taken once)
+            batch.extend(sorted(pending.difference(batch))[: count - len(batch)])
+        return batch, i
+
+    def loading_status(self) -> dict[str, Any] | None:
+        """``status()["loading"]`` while modules are pending, else None."""
+        loading = self.loading
+        if loading is None:
+            return None
+        total = loading.total
+        done = total - len(self.pending)
+        return {"done": done, "total": total, "text": f"loading {done} of {total}"}
+
+    def run_names(self, names: Iterable[str]) -> tuple[list[ReloadEvent], ReloadResult]:
+        """Examine only the named entries (what the watcher reported), without listing
+        the directory or sweeping: O(names), whatever the size of the tree.
+
+        A name whose entry is gone is committed as gone; a new one is added to the
+        recorded listing. The directory's recorded stat is left alone, so the next
+        full step lists it again and finds nothing left to do.
+        """
+        now_ns = time.time_ns()
+        files = self.files
+        found: list[Outcome] = []
+        gone: list[str] = []
+        added: list[str] = []
+        lstat = os.lstat
+        for name in sorted(set(names)):
+            if len(name) <= len(SUFFIX) or not name.endswith(SUFFIX) or name[0] == "." or "/" in name:
+                continue
+            if name in self.pending:  # the loader's: examined after it commits the name
+                self.deferred.add(name)
+                continue
+            path = self.paths.get(name) or os.path.join(self.policy_dir, name)
+            try:
+                lstat(path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    if name in files:
+                        gone.append(name)
+                    continue
+            if name not in files:
+                added.append(name)
+            outcome = self.examine(name, now_ns)
+            if outcome is not None:
+                found.append(outcome)
+        if not found and not gone:
+            self.last_reload = time.time()
+            return [], ReloadResult()
+        listed = self.names  # only this step's thread reads it: changed in place
+        for name in added:
+            i = bisect.bisect_left(listed, name)
+            if i == len(listed) or listed[i] != name:
+                listed.insert(i, name)
+        for name in gone:
+            i = bisect.bisect_left(listed, name)
+            if i < len(listed) and listed[i] == name:
+                del listed[i]
+        return self.commit(found, gone, False)
+
     def _list(self, now_ns: int, changed_only: bool = False) -> Listing | None:
         """List the directory if its stat changed (or, unless ``changed_only``,
         changed too recently to be trusted); None when it was not listed.
@@ -221,11 +425,19 @@ class Poller:
         key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
         if key == self.dir_key and (changed_only or not self.dir_racy):
             return None
+        suffix = SUFFIX
+        if not self.files and not self.pending:
+            # Nothing recorded (the first load): every name is new, and the
+            # names alone are needed; os.listdir builds no DirEntry per name
+            # (a third of the time at 100,000 files).
+            names = [n for n in os.listdir(self.policy_dir) if n.endswith(suffix) and n[0] != "."]
+            self._pending_dir = (key, is_racy(st, now_ns), names)
+            return names, list(names), 0
         names = []
         first = []
         known = 0
         get = self.files.get
-        suffix = SUFFIX
+        pending = self.pending
         with os.scandir(self.policy_dir) as it:
             for entry in it:
                 name = entry.name
@@ -233,7 +445,8 @@ class Poller:
                     names.append(name)
                     state = get(name)
                     if state is None:
-                        first.append(name)
+                        if name not in pending:  # a pending name is the loader's to examine
+                            first.append(name)
                         continue
                     known += 1
                     try:
@@ -315,22 +528,40 @@ class Poller:
 
     # -- commit --------------------------------------------------------------
 
-    def commit(self, found: list[Outcome], gone: list[str], initial: bool) -> tuple[list[ReloadEvent], ReloadResult]:
+    def commit(
+        self,
+        found: list[Outcome],
+        gone: list[str],
+        initial: bool,
+        *,
+        publish: bool = True,
+        quiet: bool = False,
+    ) -> tuple[list[ReloadEvent], ReloadResult]:
         """Apply a phase's outcomes and the names gone at once: file states, status,
-        one snapshot published, then log lines. Returns the events and what changed."""
+        one snapshot published, then log lines. Returns the events and what changed.
+
+        ``publish=False``: the snapshot in force already answers for these
+        modules (the loader's outcomes, through its pending table); ``quiet``:
+        "loaded" lines at DEBUG (a background load of thousands of modules).
+        """
         now = time.time()
         events: list[ReloadEvent] = []
         changed: list[LinkedModule] = []
         result = ReloadResult()
         files = self.files
         in_force = self.in_force
-        old_status = self.status_modules
-        status = dict(old_status)
+        base, old_delta = self._status
+        status = dict(old_delta)  # this commit's delta
+
+        def old_get(module: str) -> dict[str, Any] | None:
+            if module in old_delta:
+                return old_delta[module]
+            return base.get(module)
         logs: list[_LogLine] = []
 
         def recovered(module: str, name: str, entry: InForce | None) -> None:
             # The module had an error (failed or removed) and has none now.
-            prev = old_status.get(module)
+            prev = old_get(module)
             if prev is None or not prev.get("last_error"):
                 return
             if entry is None:  # the file of a module that never loaded is gone
@@ -362,7 +593,8 @@ class Poller:
                 self.reloads_ok += 1
                 result.changed.append(module)
                 verb: EventKind = LOADED if (first or initial) else RELOADED
-                logs.append((logging.INFO, "%s %s (%d rules)", verb, module, linked.rule_count))
+                level = logging.DEBUG if quiet else logging.INFO
+                logs.append((level, "%s %s (%d rules)", verb, module, linked.rule_count))
                 events.append(ReloadEvent(verb, module, name, None, linked.revision, linked.rule_count))
                 recovered(module, name, entry)
             elif isinstance(o, Failed):
@@ -414,7 +646,10 @@ class Poller:
             self.paths.pop(name, None)
             prev_loaded = in_force.get(module)
             if prev_loaded is None:
-                status.pop(module, None)
+                if module in base:
+                    status[module] = None
+                else:
+                    status.pop(module, None)
                 recovered(module, name, None)
                 continue
             reason = "file removed; keeping the last policy loaded"
@@ -437,17 +672,35 @@ class Poller:
         # status, an error cleared included. The other order left a window in
         # which check() already decided by the restored file while status()
         # still reported the old error.
-        publish = changed or initial or self.snapshot.unavailable != self.global_error
-        snapshot = self._snapshot_with(changed, initial=initial) if publish else None
-        self.status_modules = status
+        do_publish = (publish and (changed or initial)) or self.snapshot.unavailable != self.global_error
+        snapshot = self._snapshot_with(changed if publish else [], initial=initial) if do_publish else None
+        if len(status) > max(STATUS_FOLD, len(base) >> 3):
+            self._status = (_merged(base, status), {})
+        else:
+            self._status = (base, status)
         self.last_reload = now
         if snapshot is not None:
             self.publish(snapshot)
         self._record_listing()
-        self._refile([o.name for o in found] + gone)
+        if quiet and len(found) + len(gone) > SWEEP_CHUNK:
+            # a loader batch: the sweep list is rebuilt once per step while
+            # loading (run_step), not once per batch (O(files) each time)
+            self.sweep_stale = True
+        else:
+            self._refile([o.name for o in found] + gone)
         for level, msg, *args in logs:
             logger.log(level, msg, *args)
         return events, result
+
+    @property
+    def status_modules(self) -> dict[str, dict[str, Any]]:
+        """Every module's status (a new dict when changes are pending folding; do not change it)."""
+        base, delta = self._status
+        return _merged(base, delta) if delta else base
+
+    @status_modules.setter
+    def status_modules(self, value: dict[str, dict[str, Any]]) -> None:
+        self._status = (value, {})
 
     # -- the sweep lists -----------------------------------------------------
 
@@ -523,6 +776,7 @@ class Poller:
                 glob.linked if glob else None,
                 unavailable=self.global_error,
                 cache_size=self.cache_size,
+                pending=self.loading,
             )
         return self.snapshot.replace(changed, unavailable=self.global_error)
 
@@ -562,6 +816,9 @@ class Poller:
         self.publish(EMPTY_SNAPSHOT)
         self.files.clear()
         self.in_force.clear()
+        self.loading = None
+        self.pending = set()
+        self.deferred = set()
         self.dir_key = None
         self.names = []
         self.sweep = []
@@ -587,6 +844,10 @@ class Poller:
         self.in_force = in_force
         self.files = {}
         self.paths = {}
+        # Whatever was pending is examined by the next step, like every file.
+        self.loading = None
+        self.pending = set()
+        self.deferred = set()
         self.dir_key = None
         self.dir_racy = True
         self.names = []

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["check_directory_permissions", "check_file_permissions"]
+__all__ = ["check_artifact_permissions", "check_directory_permissions", "check_file_permissions"]
 
 
 def _owner_problem(st: os.stat_result, euid: int) -> str | None:
@@ -40,7 +40,7 @@ def check_file_permissions(path: str | os.PathLike[str], *, euid: int | None = N
 
 
 def check_directory_permissions(
-    path: str | os.PathLike[str], *, suffix: str = ".bin", euid: int | None = None
+    path: str | os.PathLike[str], *, suffix: str = ".bin", euid: int | None = None, files: bool = True
 ) -> list[str]:
     """Warnings about who besides root and this process can change the policies.
 
@@ -50,7 +50,8 @@ def check_directory_permissions(
     rename the whole directory away and put their own in its place; their
     owners are not checked, as a home or deploy directory above the policies
     is usually owned by someone else), and
-    every ``*.bin`` in it (writable or owned likewise: rewritable in place).
+    every ``*.bin`` in it (writable or owned likewise: rewritable in place;
+    ``files=False`` leaves those to :func:`check_artifact_permissions`).
     Symlinks are followed, as the agent follows them.  Returns one message per
     problem, empty when the directory is guarded; a missing directory gives no
     message (the agent reports that itself).
@@ -79,11 +80,25 @@ def check_directory_permissions(
                 f"parent directory {parent}: {_mode_problem(pst)}; whoever can write it can "
                 f"replace the policy directory"
             )
+    if files:
+        problems.extend(check_artifact_permissions(d, suffix=suffix, euid=euid))
+    return problems
+
+
+def check_artifact_permissions(
+    path: str | os.PathLike[str], *, suffix: str = ".bin", euid: int | None = None
+) -> list[str]:
+    """The per-file part of :func:`check_directory_permissions`: every ``*.bin`` in the
+    directory that others could rewrite in place (one ``stat`` each)."""
+    euid = os.geteuid() if euid is None else euid
+    d = Path(path)
     try:
         with os.scandir(d) as it:
             names = sorted(e.name for e in it if e.name.endswith(suffix))
     except OSError:
-        return problems
+        return []
+    prefix = os.path.join(str(d), "")  # str(d / name), without a Path per file
+    problems: list[str] = []
     for name in names:
-        problems.extend(check_file_permissions(d / name, euid=euid))
+        problems.extend(check_file_permissions(prefix + name, euid=euid))
     return problems

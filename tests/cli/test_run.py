@@ -167,7 +167,7 @@ def test_status_healthz_and_metrics(sidecar, policy_dir):
     assert m["polc_ready"] == 1
     assert abs(m["polc_last_successful_reload_timestamp_seconds"] - time.time()) < 120
 
-    err = s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)")
+    err = s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload on change, safety sweep every 60s)")
     err = s.wait_stderr("polc: reload now: ")
     assert f"curl -s http://127.0.0.1:{s.port}/v1/check -H 'content-type: application/json' -d" in err
 
@@ -197,7 +197,7 @@ def test_startup_lines_are_waited_for_not_raced(sidecar, policy_dir, tmp_path):
     status, body = s.json("GET", "/healthz")
     assert status == 200 and body == {"status": "ok"}
     # Read once now, this is usually still empty; the harness waits for it instead.
-    s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)")
+    s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload on change, safety sweep every 60s)")
     s.wait_stderr("polc: reload now: ")
 
 
@@ -485,3 +485,14 @@ def test_reloads_under_concurrent_checks_never_tear_or_fail(sidecar, policy_dir,
     assert not problems, problems[:3]
     assert all(c > 0 for c in counts), counts
     assert s.check(PARTNER)["revision"] == rev2
+
+
+def test_no_inotify_and_sweep_interval_flags(sidecar, policy_dir):
+    s = sidecar().start(policy_dir, "--reload-interval", "0.5", "--no-inotify")
+    s.wait_stderr(f"polc: listening on http://127.0.0.1:{s.port} (3 modules, reload every 0.5s)")
+    status, body = s.json("GET", "/v1/status")
+    assert status == 200 and body["watch"]["mode"] == "poll" and "turned off" in body["watch"]["reason"]
+    s2 = sidecar().start(policy_dir, "--sweep-interval", "7")
+    s2.wait_stderr(f"polc: listening on http://127.0.0.1:{s2.port} (3 modules, reload on change, safety sweep every 7s)")
+    status, body = s2.json("GET", "/v1/status")
+    assert status == 200 and body["watch"] == {"mode": "inotify", "reason": None, "sweep_interval": 7.0}

@@ -24,7 +24,15 @@ from polc.runtime import PolicyAgent
 
 from support.agent import write_artifact
 
-VARS = ("POLC_POLICY_DIR", "POLC_RELOAD", "POLC_RELOAD_INTERVAL", "POLC_TRUST_FILE", "POLC_LISTEN")
+VARS = (
+    "POLC_POLICY_DIR",
+    "POLC_RELOAD",
+    "POLC_RELOAD_INTERVAL",
+    "POLC_TRUST_FILE",
+    "POLC_LISTEN",
+    "POLC_INOTIFY",
+    "POLC_SWEEP_INTERVAL",
+)
 BLANKS = ["", " ", "\t", "\n", "  \r\n"]
 EXIT_DEADLINE = 30.0  # a polc run that does not exit by then has started serving
 START_DEADLINE = 20.0
@@ -178,6 +186,11 @@ CASES = [
     ("POLC_LISTEN", ""),
     ("POLC_LISTEN", " "),
     ("POLC_LISTEN", "localhost:http"),
+    ("POLC_INOTIFY", ""),
+    ("POLC_INOTIFY", "maybe"),
+    ("POLC_SWEEP_INTERVAL", " "),
+    ("POLC_SWEEP_INTERVAL", "0"),
+    ("POLC_SWEEP_INTERVAL", "nan"),
 ]
 
 

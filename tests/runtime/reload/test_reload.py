@@ -1,5 +1,9 @@
 """Failure behaviour of the reloader (docs/runtime.md), with real files
-and the real polling thread at a short interval."""
+and the real polling thread at a short interval.
+
+These agents poll (``inotify=False``): the steps are counted, and the
+polling path is what runs wherever inotify cannot (tests/runtime/reload/
+test_inotify*.py cover the same changes woken by inotify)."""
 
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ def agents():
 
     def make(directory, **kw) -> PolicyAgent:
         kw.setdefault("reload_interval", INTERVAL)
+        kw.setdefault("inotify", False)
         a = PolicyAgent(directory, **kw).start()
         started.append(a)
         return a

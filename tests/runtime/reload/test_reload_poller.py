@@ -97,4 +97,4 @@ def test_config_and_load_errors_sit_under_polc_error_and_keep_their_bases(tmp_pa
 
 
 def test_event_kinds_are_the_strings_subscribers_see():
-    assert EVENT_KINDS == ("loaded", "reloaded", "failed", "removed", "recovered")
+    assert EVENT_KINDS == ("loaded", "reloaded", "failed", "removed", "recovered", "watch")
