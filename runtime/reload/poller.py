@@ -71,6 +71,7 @@ SWEEP_DIR_CHECK_S = 0.005
 # sweep is at least its duration / POLL_SWEEP_DUTY (every tick while the
 # sweep is cheap; at most every sweep_cap seconds apart).
 POLL_SWEEP_DUTY = 0.05
+SWEEP_STAT_GUESS_S = 2e-6  # one file's share of a sweep, until one is measured
 # Entry types whose change can change what a symlinked name resolves to:
 # then the directory is listed whole (every symlink re-examined).
 _STRUCTURAL = frozenset((dirlist.DT_UNKNOWN, dirlist.DT_DIR, dirlist.DT_LNK))
@@ -232,6 +233,7 @@ class Poller:
             # sweep that costs one stat per file (slow under a GIL convoy).
             self._dir_phase(listing, now_ns, initial, done, events, result)
             if initial:
+                self._schedule_first_sweep()
                 return events, result
         if not sweep and relist:
             self.last_reload = time.time()
@@ -323,7 +325,14 @@ class Poller:
             outcome = self.examine(glob_name, now_ns)
             if outcome is not None:
                 found.append(outcome)
+        self._schedule_first_sweep()
         return self.commit(found, [], True)
+
+    def _schedule_first_sweep(self) -> None:
+        """After the first load (every file just examined): the first polling sweep
+        after the time a sweep of this many files would take / POLL_SWEEP_DUTY."""
+        guess = (len(self.files) + len(self.pending)) * SWEEP_STAT_GUESS_S
+        self.next_sweep = time.monotonic() + min(self.sweep_cap, guess / POLL_SWEEP_DUTY)
 
     def commit_loaded(self, found: list[Outcome]) -> tuple[list[ReloadEvent], ReloadResult]:
         """Commit outcomes the loader (or checks) examined; publish the whole snapshot
