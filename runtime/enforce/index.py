@@ -526,19 +526,26 @@ class Table:
                 keys = [get(args[pos], nokey) for _, args in rules]
                 if nokey in keys:  # first sight of some argument (only () is equal to _NO_KEY)
                     keys = [ikey(args[pos]) if k is nokey else k for k, (_, args) in zip(keys, rules, strict=True)]
-            buckets: dict[IndexKey, int] = {}
-            scan = 0
-            for key in keys:
-                if key is None:
-                    scan += 1
-                else:
-                    buckets[key] = buckets.get(key, 0) + 1
-            if not buckets:
+            scan = keys.count(None)
+            keyed = len(keys) - scan
+            if not keyed:
                 continue
+            distinct = set(keys)
+            distinct.discard(None)
+            if len(distinct) == keyed:  # every bucket of one rule: no need to count
+                top = 1
+            else:
+                buckets: dict[IndexKey, int] = {}
+                for key in keys:
+                    if key is not None:
+                        buckets[key] = buckets.get(key, 0) + 1
+                top = max(buckets.values())
             # a path index only where it is strictly better: a path is probed at several depths
-            cost = 2 * (scan + max(buckets.values())) + (typ == PATH)
+            cost = 2 * (scan + top) + (typ == PATH)
             if best is None or cost < best[0]:
                 best = (cost, pos, typ, keys)
+                if cost == 2:  # nothing scanned, one rule a bucket: no later position does better
+                    break
         if best is None:  # nothing indexable: every rule is scanned
             return 0, SCAN, None
         kind = HOST_INDEX if best[2] == HOST else PATH_INDEX if best[2] == PATH else KEY_INDEX
