@@ -128,6 +128,8 @@ def test_forked_child_enforces_an_artifact_written_after_the_fork(pdir):
             select.select([go_r], [], [], CHILD_DEADLINE)
             ok = until(lambda: bool(agent.check(*PARTNER)))
             # the child's own poller did it, and the child's subscribers heard it
+            # (events are delivered after the snapshot they describe is published)
+            until(lambda: "reloaded tenant.acme" in events)
             thread = agent._thread
             write({"enforced": ok, "thread": thread.name if thread else None, "events": list(events)})
 
