@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
-from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
+from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot, accel
 from .errors import PolicyDenied, PolicyLoadError
 from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
@@ -132,6 +132,7 @@ class PolicyAgent:
             pull_interval=pull_interval,
             endpoint=endpoint,
         )
+        accel.enabled()  # POLC_ACCEL read (and refused when it cannot be understood) here, not at the first load
         self.policy_dir: str = config.policy_dir
         self.reload_interval: float = config.reload_interval
         self.reload: bool = config.reload
