@@ -26,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <structmember.h> /* T_OBJECT_EX: the type of a __slots__ member */
 
 /* Parameter type codes (accel.py passes them; catalog's names). */
 enum { PT_HOST = 0, PT_PORT = 1, PT_PATH = 2, PT_STRING = 3, PT_INT = 4, PT_COMMAND = 5 };
@@ -43,6 +44,21 @@ static long long g_big = (1LL << 62);
 static int g_configured = 0;
 
 static PyObject *s_wrong_arity, *s_bad_argument, *s_ranked_decision, *s_audit;
+
+/* Matchers recognised by their code object (matchers.py's closures, patterns.py's regex
+ * closure): their test is done here on exact str values, exactly as their Python body
+ * reads; any other value, or a closure whose cells hold something unexpected, calls the
+ * function itself. configure() gives each code object and the indices of its cells. */
+enum { M_EQ = 0, M_SAME, M_UNDER, M_CONTAINS, M_STARTS, M_ENDS, M_ONE_LABEL, M_SOME_LABELS, M_FULLMATCH, M_KINDS };
+static const char *matcher_names[M_KINDS] = {"eq", "same", "under", "contains", "starts", "ends", "one_label",
+                                              "some_labels", "fullmatch"};
+static PyObject *g_codes[M_KINDS];
+static Py_ssize_t g_cells[M_KINDS][2];
+static PyObject *g_true_fn;
+
+/* The slot of Decision.audit (a __slots__ member) for a direct read; -1: read it by name. */
+static PyTypeObject *g_decision_type;
+static Py_ssize_t g_audit_offset = -1;
 
 /* ------------------------------------------------------------------------ */
 /* Decider */
@@ -104,6 +120,123 @@ in_range(PyObject *lo, PyObject *v, PyObject *hi)
     return PyObject_RichCompareBool(v, hi, Py_LE);
 }
 
+/* The contents of cell ``which`` of a recognised closure fn, if it is an exact str (else NULL). */
+static PyObject *
+cell_str(PyObject *fn, int kind, int which)
+{
+    PyObject *closure = PyFunction_GET_CLOSURE(fn);
+    Py_ssize_t i = g_cells[kind][which];
+    if (closure == NULL || !PyTuple_Check(closure) || i < 0 || i >= PyTuple_GET_SIZE(closure))
+        return NULL;
+    PyObject *cell = PyTuple_GET_ITEM(closure, i);
+    if (!PyCell_Check(cell))
+        return NULL;
+    PyObject *v = PyCell_GET(cell);
+    return v != NULL && PyUnicode_CheckExact(v) ? v : NULL;
+}
+
+static PyObject *
+cell_obj(PyObject *fn, int kind, int which)
+{
+    PyObject *closure = PyFunction_GET_CLOSURE(fn);
+    Py_ssize_t i = g_cells[kind][which];
+    if (closure == NULL || !PyTuple_Check(closure) || i < 0 || i >= PyTuple_GET_SIZE(closure))
+        return NULL;
+    PyObject *cell = PyTuple_GET_ITEM(closure, i);
+    return PyCell_Check(cell) ? PyCell_GET(cell) : NULL;
+}
+
+/* One rule check: does matcher fn accept the normalised value v? 1, 0, or -1 with an exception. */
+static int
+run_check(PyObject *fn, PyObject *v)
+{
+    if (fn == g_true_fn)
+        return 1; /* matchers._true */
+    if (PyFunction_Check(fn)) {
+        PyObject *code = PyFunction_GET_CODE(fn);
+        int kind = -1;
+        for (int k = 0; k < M_KINDS; k++) {
+            if (code == g_codes[k]) {
+                kind = k;
+                break;
+            }
+        }
+        if (kind >= 0) {
+            int is_str = PyUnicode_CheckExact(v);
+            PyObject *a, *b;
+            switch (kind) {
+            case M_EQ:
+            case M_SAME: /* v == c */
+                a = cell_str(fn, kind, 0);
+                if (a != NULL && is_str)
+                    return PyUnicode_Compare(v, a) == 0;
+                break;
+            case M_UNDER: /* v == prefix or v.startswith(slash) */
+                a = cell_str(fn, kind, 0);
+                b = cell_str(fn, kind, 1);
+                if (a != NULL && b != NULL && is_str)
+                    return PyUnicode_Compare(v, a) == 0 || PyUnicode_Tailmatch(v, b, 0, PY_SSIZE_T_MAX, -1) == 1;
+                break;
+            case M_CONTAINS: /* core in v */
+                a = cell_str(fn, kind, 0);
+                if (a != NULL && is_str)
+                    return PyUnicode_Contains(v, a);
+                break;
+            case M_STARTS:
+            case M_ENDS: /* v.startswith(core) / v.endswith(core) */
+                a = cell_str(fn, kind, 0);
+                if (a != NULL && is_str)
+                    return (int)PyUnicode_Tailmatch(v, a, 0, PY_SSIZE_T_MAX, kind == M_STARTS ? -1 : 1);
+                break;
+            case M_ONE_LABEL:
+            case M_SOME_LABELS: {
+                /* one_label:   type(v) is str and v.endswith(parent) and len(v) > n
+                 *              and v.find(".", 0, len(v) - n) < 0
+                 * some_labels: type(v) is str and len(v) > n and v.endswith(parent) */
+                a = cell_str(fn, kind, 0);
+                PyObject *nobj = cell_obj(fn, kind, 1);
+                if (a == NULL || nobj == NULL || !PyLong_CheckExact(nobj))
+                    break;
+                Py_ssize_t n = PyLong_AsSsize_t(nobj);
+                if (n < 0) {
+                    PyErr_Clear();
+                    break;
+                }
+                if (!is_str)
+                    return 0;
+                Py_ssize_t len = PyUnicode_GET_LENGTH(v);
+                if (len <= n)
+                    return 0;
+                Py_ssize_t ends = PyUnicode_Tailmatch(v, a, 0, PY_SSIZE_T_MAX, 1);
+                if (ends != 1)
+                    return ends < 0 ? -1 : 0;
+                if (kind == M_SOME_LABELS)
+                    return 1;
+                Py_ssize_t dot = PyUnicode_FindChar(v, '.', 0, len - n, 1);
+                return dot == -2 ? -1 : dot < 0;
+            }
+            case M_FULLMATCH: { /* fullmatch(value) is not None: the compiled pattern's own method */
+                PyObject *m = cell_obj(fn, kind, 0);
+                if (m == NULL || !PyCFunction_Check(m) || !is_str)
+                    break;
+                PyObject *r = PyObject_CallOneArg(m, v);
+                if (r == NULL)
+                    return -1;
+                int found = r != Py_None;
+                Py_DECREF(r);
+                return found;
+            }
+            }
+        }
+    }
+    PyObject *res = PyObject_CallOneArg(fn, v);
+    if (res == NULL)
+        return -1;
+    int t = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return t;
+}
+
 /* Scan one bucket (entries in rank order) for a matching rank below s->best.
  * 0 on success, -1 with an exception. */
 static int
@@ -161,11 +294,7 @@ scan_bucket(Scan *s, PyObject *bucket)
                     PyErr_SetString(PyExc_IndexError, "polc accel: a rule check's position is out of range");
                 return -1;
             }
-            PyObject *res = PyObject_CallOneArg(PyTuple_GET_ITEM(c, 1), s->vals[p]);
-            if (res == NULL)
-                return -1;
-            int t = PyObject_IsTrue(res);
-            Py_DECREF(res);
+            int t = run_check(PyTuple_GET_ITEM(c, 1), s->vals[p]);
             if (t < 0)
                 return -1;
             if (!t) {
@@ -657,7 +786,15 @@ plain_args(PyObject *args)
 static PyObject *
 audited(CheckerObject *self, PyObject *d, PyObject *capability, PyObject *args)
 {
-    PyObject *flag = PyObject_GetAttr(d, s_audit);
+    PyObject *flag = NULL;
+    if (g_audit_offset >= 0 && Py_IS_TYPE(d, g_decision_type))
+        flag = *(PyObject **)((char *)d + g_audit_offset);
+    if (flag == Py_False)
+        return d;
+    if (flag != NULL)
+        Py_INCREF(flag);
+    else
+        flag = PyObject_GetAttr(d, s_audit);
     if (flag == NULL) {
         Py_DECREF(d);
         return NULL;
@@ -894,6 +1031,52 @@ configure(PyObject *mod, PyObject *d)
     long long a = PyLong_AsLongLong(lo), b = PyLong_AsLongLong(hi), c = PyLong_AsLongLong(big);
     if (PyErr_Occurred())
         return NULL;
+    PyObject *matchers = PyDict_GetItemString(d, "matchers");
+    if (matchers == NULL || !PyDict_Check(matchers)) {
+        PyErr_SetString(PyExc_TypeError, "configure() needs matchers: a dict name -> (code, cell indices)");
+        return NULL;
+    }
+    for (int k = 0; k < M_KINDS; k++) {
+        PyObject *spec = PyDict_GetItemString(matchers, matcher_names[k]);
+        if (spec == NULL) {
+            Py_CLEAR(g_codes[k]); /* not given: such closures are called */
+            continue;
+        }
+        PyObject *code, *cells;
+        if (!PyArg_ParseTuple(spec, "O!O!", &PyCode_Type, &code, &PyTuple_Type, &cells) || PyTuple_GET_SIZE(cells) < 1
+            || PyTuple_GET_SIZE(cells) > 2) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "configure(): matcher %s must be (code, (cell index, ...))", matcher_names[k]);
+            return NULL;
+        }
+        for (Py_ssize_t j = 0; j < 2; j++) {
+            Py_ssize_t idx = j < PyTuple_GET_SIZE(cells) ? PyLong_AsSsize_t(PyTuple_GET_ITEM(cells, j)) : -1;
+            if (idx == -1 && PyErr_Occurred())
+                return NULL;
+            g_cells[k][j] = idx;
+        }
+        Py_INCREF(code);
+        Py_XSETREF(g_codes[k], code);
+    }
+    PyObject *true_fn = PyDict_GetItemString(d, "true");
+    Py_XINCREF(true_fn);
+    Py_XSETREF(g_true_fn, true_fn);
+    /* Decision.audit: a member descriptor of an object slot, read directly */
+    PyObject *dtype = PyDict_GetItemString(d, "decision");
+    g_audit_offset = -1;
+    if (dtype != NULL && PyType_Check(dtype)) {
+        PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)dtype)->tp_dict, s_audit);
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            if (member->type == T_OBJECT_EX) {
+                Py_INCREF(dtype);
+                Py_XSETREF(g_decision_type, (PyTypeObject *)dtype);
+                g_audit_offset = member->offset;
+            }
+        }
+        if (PyErr_Occurred())
+            return NULL;
+    }
     g_port_min = a;
     g_port_max = b;
     g_big = c;
@@ -901,7 +1084,23 @@ configure(PyObject *mod, PyObject *d)
     Py_RETURN_NONE;
 }
 
+/* native_kind(fn): the name of the native test run_check applies to fn, or None (it is called). */
+static PyObject *
+native_kind(PyObject *mod, PyObject *fn)
+{
+    if (fn == g_true_fn)
+        return PyUnicode_FromString("true");
+    if (PyFunction_Check(fn)) {
+        PyObject *code = PyFunction_GET_CODE(fn);
+        for (int k = 0; k < M_KINDS; k++)
+            if (code == g_codes[k])
+                return PyUnicode_FromString(matcher_names[k]);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"native_kind", native_kind, METH_O, "The native test of a matcher, or None when it is called."},
     {"configure", configure, METH_O, "Set the normalisation memos and normalisers the deciders use."},
     {NULL, NULL, 0, NULL},
 };

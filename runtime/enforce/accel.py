@@ -16,8 +16,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import patterns
 from ..catalog import COMMAND, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
 from ..errors import ConfigError
+from ..format.opcodes import HOST_EXACT, HOST_WILD, PATH_GLOB
+from . import matchers
+from .decision import Decision
 from .index import BIG, segment_prefixes, segment_prefixes_get, suffixes, suffixes_get
 from .normalize import (
     HOST_MEMO,
@@ -51,6 +55,25 @@ else:
             raise RuntimeError(f"{getter!r} is not a dict's get")
         return d
 
+    def _closure(fn: Any, *cells: str) -> tuple[Any, tuple[int, ...]]:
+        """A matcher closure's code object and the indices of its named cells in ``__closure__``."""
+        code = fn.__code__
+        return code, tuple(code.co_freevars.index(c) for c in cells)
+
+    # The closures _accel.c tests natively (each body is re-stated there): built once here to
+    # find their code objects. A closure whose code is not one of these is called.
+    _MATCHERS = {
+        "eq": _closure(matchers.matcher((HOST_EXACT, "a.b")), "c"),
+        "same": _closure(matchers.matcher((PATH_GLOB, "a/b")), "const"),
+        "under": _closure(matchers.matcher((PATH_GLOB, "a/**")), "prefix", "slash"),
+        "contains": _closure(matchers.str_glob("*ab*"), "core"),
+        "starts": _closure(matchers.str_glob("ab*"), "core"),
+        "ends": _closure(matchers.str_glob("*ab"), "core"),
+        "one_label": _closure(matchers.matcher((HOST_WILD, "*.a.b")), "parent", "n"),
+        "some_labels": _closure(matchers.matcher((HOST_WILD, "**.a.b")), "parent", "n"),
+        "fullmatch": _closure(patterns.string_matcher("a?b"), "fullmatch"),
+    }
+
     _accel.configure(
         {
             "host_memo": HOST_MEMO.data,
@@ -68,6 +91,9 @@ else:
             "port_min": PORT_MIN,
             "port_max": PORT_MAX,
             "big": BIG,
+            "matchers": _MATCHERS,
+            "true": matchers.matcher((PATH_GLOB, "**")),
+            "decision": Decision,
         }
     )
     _module = _accel

@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polc.runtime.catalog import Capability, Param
-from polc.runtime.enforce import Decision, Snapshot, accel, link
+from polc.runtime.enforce import Decision, Snapshot, accel, link, matchers
 from polc.runtime.errors import ConfigError
+from polc.runtime.format.opcodes import HOST_EXACT, HOST_WILD, PATH_GLOB
 from polc.runtime.format.reader import read_artifact
 
 from support.agent import artifact_bytes
@@ -318,3 +319,27 @@ def test_polc_accel_switch_in_a_fresh_process(tmp_path):
     assert on.stdout.split() == ["True", "Checker"]
     bad = _run(code, "fast")
     assert bad.returncode != 0 and "POLC_ACCEL='fast': expected 0" in bad.stderr, bad.stderr
+
+
+MATCHED_VALUES = ["", "a", "ab", "xaby", "a/b", "a/b/c", "a/bc", "a/", "a", "x.a.b", "a.b", "y.x.a.b", ".a.b", "x..a.b",
+                  "ab.a.b", "é.a.b", "aéb", "a\nb", "a/b/c.txt", "logs/l1/x.log", "a.b.", "cd", "xcdx", "ls", "lsx",
+                  "**", "a\0b", "ΑΒ", "ab" * 50]
+
+
+@pytest.mark.parametrize(
+    "make, const",
+    [(matchers.str_glob, c) for c in ["*ab*", "ab*", "*ab", "a?b", "*", "**", "a*b*", "*é*", "l*", "*s"]]
+    + [(lambda c: matchers.matcher((PATH_GLOB, c)), c) for c in ["a/**", "a/b", "**", "a/*.txt", "**/x", "a/?"]]
+    + [(lambda c: matchers.matcher((HOST_WILD, c)), c) for c in ["*.a.b", "**.a.b", "a.*.b", "*.é.a.b"]]
+    + [(lambda c: matchers.matcher((HOST_EXACT, c)), c) for c in ["a.b", "ab", ""]],
+)
+def test_native_matchers_answer_as_the_python_ones(make, const):
+    """The closures _accel.c tests natively give the answers their Python bodies give."""
+    m = make(const)
+    kind = accel.required().native_kind(m)
+    assert kind is not None or const in ("a.*.b",), const  # (a.*.b: a regex of its own, called)
+    # a scan decider over one rule whose only check is m: "YES" when it matches, else "NO"
+    fn = accel.required().Decider(0, 0, -1, (3,), 1, object(), "NO", {5: "YES"}, {}, {}, {}, (), {}, (), (),
+                                  ((5, ((0, m),)),))
+    for v in MATCHED_VALUES:
+        assert fn((v,)) == ("YES" if m(v) else "NO"), (const, v)
