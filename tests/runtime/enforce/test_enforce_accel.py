@@ -323,7 +323,7 @@ def test_polc_accel_switch_in_a_fresh_process(tmp_path):
 
 MATCHED_VALUES = ["", "a", "ab", "xaby", "a/b", "a/b/c", "a/bc", "a/", "a", "x.a.b", "a.b", "y.x.a.b", ".a.b", "x..a.b",
                   "ab.a.b", "é.a.b", "aéb", "a\nb", "a/b/c.txt", "logs/l1/x.log", "a.b.", "cd", "xcdx", "ls", "lsx",
-                  "**", "a\0b", "ΑΒ", "ab" * 50]
+                  "**", "a\0b", "\u0391\u0392", "ab" * 50, "\U0001f600.a.b"]
 
 
 @pytest.mark.parametrize(
