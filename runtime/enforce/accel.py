@@ -14,15 +14,16 @@ it imports; ``0`` forces the pure-Python path; ``1`` requires the extension
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from .. import patterns
 from ..catalog import COMMAND, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
 from ..errors import ConfigError
 from ..format.opcodes import HOST_EXACT, HOST_WILD, PATH_GLOB
-from . import matchers
 from .decision import Decision
 from .index import BIG, segment_prefixes, segment_prefixes_get, suffixes, suffixes_get
+from .matchers import _true, matcher, str_glob
 from .normalize import (
     HOST_MEMO,
     PATH_MEMO,
@@ -43,7 +44,7 @@ TYPE_CODES = {HOST: 0, PORT: 1, PATH: 2, STRING: 3, INT: 4, COMMAND: 5}
 _module: Any = None
 _import_error: str | None = None
 try:
-    from . import _accel  # type: ignore[attr-defined]
+    from ._accel import configure as _configure  # type: ignore[import-not-found]
 except ImportError as exc:  # not built (no compiler at install time), or built for another Python
     _import_error = f"{type(exc).__name__}: {exc}"
 else:
@@ -63,18 +64,18 @@ else:
     # The closures _accel.c tests natively (each body is re-stated there): built once here to
     # find their code objects. A closure whose code is not one of these is called.
     _MATCHERS = {
-        "eq": _closure(matchers.matcher((HOST_EXACT, "a.b")), "c"),
-        "same": _closure(matchers.matcher((PATH_GLOB, "a/b")), "const"),
-        "under": _closure(matchers.matcher((PATH_GLOB, "a/**")), "prefix", "slash"),
-        "contains": _closure(matchers.str_glob("*ab*"), "core"),
-        "starts": _closure(matchers.str_glob("ab*"), "core"),
-        "ends": _closure(matchers.str_glob("*ab"), "core"),
-        "one_label": _closure(matchers.matcher((HOST_WILD, "*.a.b")), "parent", "n"),
-        "some_labels": _closure(matchers.matcher((HOST_WILD, "**.a.b")), "parent", "n"),
+        "eq": _closure(matcher((HOST_EXACT, "a.b")), "c"),
+        "same": _closure(matcher((PATH_GLOB, "a/b")), "const"),
+        "under": _closure(matcher((PATH_GLOB, "a/**")), "prefix", "slash"),
+        "contains": _closure(str_glob("*ab*"), "core"),
+        "starts": _closure(str_glob("ab*"), "core"),
+        "ends": _closure(str_glob("*ab"), "core"),
+        "one_label": _closure(matcher((HOST_WILD, "*.a.b")), "parent", "n"),
+        "some_labels": _closure(matcher((HOST_WILD, "**.a.b")), "parent", "n"),
         "fullmatch": _closure(patterns.string_matcher("a?b"), "fullmatch"),
     }
 
-    _accel.configure(
+    _configure(
         {
             "host_memo": HOST_MEMO.data,
             "path_memo": PATH_MEMO.data,
@@ -92,11 +93,11 @@ else:
             "port_max": PORT_MAX,
             "big": BIG,
             "matchers": _MATCHERS,
-            "true": matchers.matcher((PATH_GLOB, "**")),
+            "true": _true,
             "decision": Decision,
         }
     )
-    _module = _accel
+    _module = sys.modules[__name__.rpartition(".")[0] + "._accel"]
 
 _enabled: bool | None = None
 
