@@ -92,7 +92,7 @@ static PyTypeObject DeciderType;
 /* The scan state of one decision. */
 typedef struct {
     long long best;
-    PyObject *best_obj; /* borrowed: the rank object of the best entry (alive in a bucket) */
+    PyObject *best_obj; /* a strong reference to the rank object of the best entry, or NULL */
     PyObject **vals;
     int ipos;
 } Scan;
@@ -304,7 +304,8 @@ scan_bucket(Scan *s, PyObject *bucket)
         }
         if (matched) {
             s->best = rv;
-            s->best_obj = r;
+            Py_INCREF(r);
+            Py_XSETREF(s->best_obj, r);
             break;
         }
     }
@@ -425,6 +426,7 @@ decide(DeciderObject *self, PyObject *args)
     PyObject *vals[MAX_PARAMS] = {NULL};
     PyObject *result = NULL;
     Py_ssize_t nt = self->ntypes;
+    Scan s = {g_big, NULL, vals, self->ipos};
     for (Py_ssize_t i = 0; i < nt; i++) {
         int r = normalize_arg(self, self->types[i], PyTuple_GET_ITEM(args, i), &vals[i]);
         if (r <= 0) {
@@ -433,7 +435,6 @@ decide(DeciderObject *self, PyObject *args)
             goto done;
         }
     }
-    Scan s = {g_big, NULL, vals, self->ipos};
     PyObject *k = self->kind != K_SCAN ? vals[self->pos] : NULL;
     if (self->kind == K_HOST) {
         if (PyUnicode_CheckExact(k)) {
@@ -541,7 +542,6 @@ decide(DeciderObject *self, PyObject *args)
     }
     {
         PyObject *best = s.best_obj;
-        Py_INCREF(best);
         PyObject *d = PyDict_GetItemWithError(self->decisions, best);
         if (d != NULL) {
             Py_INCREF(d);
@@ -550,9 +550,9 @@ decide(DeciderObject *self, PyObject *args)
         else if (!PyErr_Occurred()) {
             result = plan_method(self, s_ranked_decision, best);
         }
-        Py_DECREF(best);
     }
 done:
+    Py_XDECREF(s.best_obj);
     for (Py_ssize_t i = 0; i < nt; i++)
         Py_XDECREF(vals[i]);
     return result;
