@@ -49,11 +49,26 @@ static PyObject *s_wrong_arity, *s_bad_argument, *s_ranked_decision, *s_audit;
  * closure): their test is done here on exact str values, exactly as their Python body
  * reads; any other value, or a closure whose cells hold something unexpected, calls the
  * function itself. configure() gives each code object and the indices of its cells. */
-enum { M_EQ = 0, M_SAME, M_UNDER, M_CONTAINS, M_STARTS, M_ENDS, M_ONE_LABEL, M_SOME_LABELS, M_FULLMATCH, M_KINDS };
-static const char *matcher_names[M_KINDS] = {"eq", "same", "under", "contains", "starts", "ends", "one_label",
-                                              "some_labels", "fullmatch"};
+enum {
+    M_EQ = 0,
+    M_SAME,
+    M_UNDER,
+    M_CONTAINS,
+    M_STARTS,
+    M_ENDS,
+    M_ONE_LABEL,
+    M_SOME_LABELS,
+    M_FULLMATCH,
+    M_SEGMENTS_IN,
+    M_SEGMENTS_END,
+    M_KINDS
+};
+static const char *matcher_names[M_KINDS] = {"eq",          "same",      "under",        "contains",
+                                              "starts",      "ends",      "one_label",    "some_labels",
+                                              "fullmatch",   "segments_in", "segments_end"};
+#define MAX_CELLS 4
 static PyObject *g_codes[M_KINDS];
-static Py_ssize_t g_cells[M_KINDS][2];
+static Py_ssize_t g_cells[M_KINDS][MAX_CELLS];
 static PyObject *g_true_fn;
 
 /* The slot of Decision.audit (a __slots__ member) for a direct read; -1: read it by name. */
@@ -214,6 +229,31 @@ run_check(PyObject *fn, PyObject *v)
                     return 1;
                 Py_ssize_t dot = PyUnicode_FindChar(v, '.', 0, len - n, 1);
                 return dot == -2 ? -1 : dot < 0;
+            }
+            case M_SEGMENTS_IN: {
+                /* v == lit or v.startswith(head) or v.endswith(tail) or inner in v */
+                PyObject *lit = cell_str(fn, kind, 0), *head = cell_str(fn, kind, 1);
+                PyObject *tail = cell_str(fn, kind, 2), *inner = cell_str(fn, kind, 3);
+                if (lit == NULL || head == NULL || tail == NULL || inner == NULL || !is_str)
+                    break;
+                if (PyUnicode_Compare(v, lit) == 0)
+                    return 1;
+                Py_ssize_t r = PyUnicode_Tailmatch(v, head, 0, PY_SSIZE_T_MAX, -1);
+                if (r != 0)
+                    return r < 0 ? -1 : 1;
+                r = PyUnicode_Tailmatch(v, tail, 0, PY_SSIZE_T_MAX, 1);
+                if (r != 0)
+                    return r < 0 ? -1 : 1;
+                return PyUnicode_Contains(v, inner);
+            }
+            case M_SEGMENTS_END: {
+                /* v == lit or v.endswith(tail) */
+                PyObject *lit = cell_str(fn, kind, 0), *tail = cell_str(fn, kind, 1);
+                if (lit == NULL || tail == NULL || !is_str)
+                    break;
+                if (PyUnicode_Compare(v, lit) == 0)
+                    return 1;
+                return (int)PyUnicode_Tailmatch(v, tail, 0, PY_SSIZE_T_MAX, 1);
             }
             case M_FULLMATCH: { /* fullmatch(value) is not None: the compiled pattern's own method */
                 PyObject *m = cell_obj(fn, kind, 0);
@@ -1044,12 +1084,12 @@ configure(PyObject *mod, PyObject *d)
         }
         PyObject *code, *cells;
         if (!PyArg_ParseTuple(spec, "O!O!", &PyCode_Type, &code, &PyTuple_Type, &cells) || PyTuple_GET_SIZE(cells) < 1
-            || PyTuple_GET_SIZE(cells) > 2) {
+            || PyTuple_GET_SIZE(cells) > MAX_CELLS) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "configure(): matcher %s must be (code, (cell index, ...))", matcher_names[k]);
             return NULL;
         }
-        for (Py_ssize_t j = 0; j < 2; j++) {
+        for (Py_ssize_t j = 0; j < MAX_CELLS; j++) {
             Py_ssize_t idx = j < PyTuple_GET_SIZE(cells) ? PyLong_AsSsize_t(PyTuple_GET_ITEM(cells, j)) : -1;
             if (idx == -1 && PyErr_Occurred())
                 return NULL;

@@ -73,6 +73,8 @@ else:
         "one_label": _closure(matcher((HOST_WILD, "*.a.b")), "parent", "n"),
         "some_labels": _closure(matcher((HOST_WILD, "**.a.b")), "parent", "n"),
         "fullmatch": _closure(patterns.string_matcher("a?b"), "fullmatch"),
+        "segments_in": _closure(matcher((PATH_GLOB, "**/a/**")), "lit", "head", "tail", "inner"),
+        "segments_end": _closure(matcher((PATH_GLOB, "**/a")), "lit", "tail"),
     }
 
     _configure(

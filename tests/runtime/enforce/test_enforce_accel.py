@@ -321,7 +321,7 @@ def test_polc_accel_switch_in_a_fresh_process(tmp_path):
     assert bad.returncode != 0 and "POLC_ACCEL='fast': expected 0" in bad.stderr, bad.stderr
 
 
-MATCHED_VALUES = ["", "a", "ab", "xaby", "a/b", "a/b/c", "a/bc", "a/", "a", "x.a.b", "a.b", "y.x.a.b", ".a.b", "x..a.b",
+MATCHED_VALUES = ["", "a", "ab", "xaby", "a/b", "a/b/c", "a/bc", "a/", "a", "x/a/b", "x/a/b/y", "ba/b", "x/ab/y", "x.a.b", "a.b", "y.x.a.b", ".a.b", "x..a.b",
                   "ab.a.b", "é.a.b", "aéb", "a\nb", "a/b/c.txt", "logs/l1/x.log", "a.b.", "cd", "xcdx", "ls", "lsx",
                   "**", "a\0b", "\u0391\u0392", "ab" * 50, "\U0001f600.a.b"]
 
@@ -329,7 +329,7 @@ MATCHED_VALUES = ["", "a", "ab", "xaby", "a/b", "a/b/c", "a/bc", "a/", "a", "x.a
 @pytest.mark.parametrize(
     "make, const",
     [(matchers.str_glob, c) for c in ["*ab*", "ab*", "*ab", "a?b", "*", "**", "a*b*", "*é*", "l*", "*s"]]
-    + [(lambda c: matchers.matcher((PATH_GLOB, c)), c) for c in ["a/**", "a/b", "**", "a/*.txt", "**/x", "a/?"]]
+    + [(lambda c: matchers.matcher((PATH_GLOB, c)), c) for c in ["a/**", "a/b", "**", "a/*.txt", "**/x", "a/?", "**/a/**", "**/a/b/**", "**/a/b", "**/b"]]
     + [(lambda c: matchers.matcher((HOST_WILD, c)), c) for c in ["*.a.b", "**.a.b", "a.*.b", "*.é.a.b"]]
     + [(lambda c: matchers.matcher((HOST_EXACT, c)), c) for c in ["a.b", "ab", ""]],
 )
