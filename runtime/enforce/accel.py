@@ -7,8 +7,10 @@ run in C over the data the Python linker prepared; the pure-Python deciders
 same Decision objects for every request (tests/runtime/enforce/test_enforce_accel.py).
 
 ``POLC_ACCEL`` is read once, on first use: unset, the extension is used when
-it imports; ``0`` forces the pure-Python path; ``1`` requires the extension
-(an error when it is not built). Anything else is an error that says so.
+it imports and configures; ``0`` forces the pure-Python path; ``1`` requires the
+extension (an error, with the reason, when it is not built or could not be wired
+up). Anything else is an error that says so. Importing this package never fails
+because of the extension: a failure to configure it leaves the pure-Python path.
 """
 
 from __future__ import annotations
@@ -61,45 +63,52 @@ else:
         code = fn.__code__
         return code, tuple(code.co_freevars.index(c) for c in cells)
 
-    # The closures _accel.c tests natively (each body is re-stated there): built once here to
-    # find their code objects. A closure whose code is not one of these is called.
-    _MATCHERS = {
-        "eq": _closure(matcher((HOST_EXACT, "a.b")), "c"),
-        "same": _closure(matcher((PATH_GLOB, "a/b")), "const"),
-        "under": _closure(matcher((PATH_GLOB, "a/**")), "prefix", "slash"),
-        "contains": _closure(str_glob("*ab*"), "core"),
-        "starts": _closure(str_glob("ab*"), "core"),
-        "ends": _closure(str_glob("*ab"), "core"),
-        "one_label": _closure(matcher((HOST_WILD, "*.a.b")), "parent", "n"),
-        "some_labels": _closure(matcher((HOST_WILD, "**.a.b")), "parent", "n"),
-        "fullmatch": _closure(patterns.string_matcher("a?b"), "fullmatch"),
-        "segments_in": _closure(matcher((PATH_GLOB, "**/a/**")), "lit", "head", "tail", "inner"),
-        "segments_end": _closure(matcher((PATH_GLOB, "**/a")), "lit", "tail"),
-    }
-
-    _configure(
-        {
-            "host_memo": HOST_MEMO.data,
-            "path_memo": PATH_MEMO.data,
-            "suffixes_memo": _dict_of(suffixes_get),
-            "segments_memo": _dict_of(segment_prefixes_get),
-            "norm_host": norm_host,
-            "norm_path": norm_path,
-            "norm_port": norm_port,
-            "norm_string": norm_string,
-            "norm_int": norm_int,
-            "norm_command": norm_command,
-            "suffixes": suffixes,
-            "segment_prefixes": segment_prefixes,
-            "port_min": PORT_MIN,
-            "port_max": PORT_MAX,
-            "big": BIG,
-            "matchers": _MATCHERS,
-            "true": _true,
-            "decision": Decision,
+    # Anything that goes wrong while the extension is wired up (a matcher closure whose
+    # cells changed, a memo that is not a dict, an error from configure itself) leaves it
+    # unused: the pure-Python path decides, and POLC_ACCEL=1 reports why.
+    try:
+        # The closures _accel.c tests natively (each body is re-stated there): built once here to
+        # find their code objects. A closure whose code is not one of these is called.
+        _MATCHERS = {
+            "eq": _closure(matcher((HOST_EXACT, "a.b")), "c"),
+            "same": _closure(matcher((PATH_GLOB, "a/b")), "const"),
+            "under": _closure(matcher((PATH_GLOB, "a/**")), "prefix", "slash"),
+            "contains": _closure(str_glob("*ab*"), "core"),
+            "starts": _closure(str_glob("ab*"), "core"),
+            "ends": _closure(str_glob("*ab"), "core"),
+            "one_label": _closure(matcher((HOST_WILD, "*.a.b")), "parent", "n"),
+            "some_labels": _closure(matcher((HOST_WILD, "**.a.b")), "parent", "n"),
+            "fullmatch": _closure(patterns.string_matcher("a?b"), "fullmatch"),
+            "segments_in": _closure(matcher((PATH_GLOB, "**/a/**")), "lit", "head", "tail", "inner"),
+            "segments_end": _closure(matcher((PATH_GLOB, "**/a")), "lit", "tail"),
         }
-    )
-    _module = sys.modules[__name__.rpartition(".")[0] + "._accel"]
+
+        _configure(
+            {
+                "host_memo": HOST_MEMO.data,
+                "path_memo": PATH_MEMO.data,
+                "suffixes_memo": _dict_of(suffixes_get),
+                "segments_memo": _dict_of(segment_prefixes_get),
+                "norm_host": norm_host,
+                "norm_path": norm_path,
+                "norm_port": norm_port,
+                "norm_string": norm_string,
+                "norm_int": norm_int,
+                "norm_command": norm_command,
+                "suffixes": suffixes,
+                "segment_prefixes": segment_prefixes,
+                "port_min": PORT_MIN,
+                "port_max": PORT_MAX,
+                "big": BIG,
+                "matchers": _MATCHERS,
+                "true": _true,
+                "decision": Decision,
+            }
+        )
+        _module = sys.modules[__name__.rpartition(".")[0] + "._accel"]
+    except Exception as exc:
+        _module = None
+        _import_error = f"configuring the extension failed: {type(exc).__name__}: {exc}"
 
 _enabled: bool | None = None
 
@@ -117,7 +126,7 @@ def _from_env() -> bool:
         return False
     if raw == "1":
         if _module is None:
-            raise ConfigError(f"{ENV}={raw!r}: the C accelerator is not built ({_import_error}); unset it or set 0")
+            raise ConfigError(f"{ENV}={raw!r}: the C accelerator is not available ({_import_error}); unset it or set 0")
         return True
     if not raw.strip():
         raise ConfigError(f"{ENV}={raw!r}: set but empty; give 0 or 1, or unset it")
@@ -141,5 +150,5 @@ def module() -> Any:
 def required() -> Any:
     """The extension module, asked for explicitly (``Snapshot(accel=True)``): an error when not built."""
     if _module is None:
-        raise RuntimeError(f"the C accelerator is not built ({_import_error})")
+        raise RuntimeError(f"the C accelerator is not available ({_import_error})")
     return _module

@@ -343,3 +343,68 @@ def test_native_matchers_answer_as_the_python_ones(make, const):
                                   ((5, ((0, m),)),))
     for v in MATCHED_VALUES:
         assert fn((v,)) == ("YES" if m(v) else "NO"), (const, v)
+
+
+# A fresh process in which wiring the extension up fails, two ways: configure() itself
+# raises (the module is replaced by one whose configure raises), or a matcher closure's
+# cell is renamed (the closure accel.py inspects no longer has the cell it names, so
+# co_freevars.index raises ValueError before configure is called).
+_BROKEN_CONFIGURE = """
+import sys, types
+fake = types.ModuleType("polc.runtime.enforce._accel")
+def configure(cfg):
+    raise RuntimeError("configure exploded")
+fake.configure = configure
+sys.modules["polc.runtime.enforce._accel"] = fake
+"""
+_RENAMED_CELL = """
+import sys, importlib.abc, importlib.machinery
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "polc.runtime.enforce.matchers":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            def str_glob(glob):
+                renamed = glob
+                return lambda v: renamed in v
+            module.str_glob = str_glob
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hook())
+"""
+_AFTER = """
+import polc.runtime.enforce
+from polc.runtime.enforce import Snapshot, accel
+from polc.runtime.errors import ConfigError
+try:
+    accel.enabled()
+except ConfigError as exc:
+    print("refused:", exc)
+else:
+    s = Snapshot({}, None)
+    d = s.fast_check("m", "network.outbound", "h", 1)
+    print("available", accel.available(), "accelerated", s.accelerated, "allowed", d.allowed)
+"""
+
+
+@pytest.mark.parametrize(
+    "prelude, reason",
+    [(_BROKEN_CONFIGURE, "RuntimeError: configure exploded"), (_RENAMED_CELL, "ValueError")],
+    ids=["configure-raises", "renamed-cell"],
+)
+def test_a_failure_to_configure_the_extension_leaves_the_pure_path(prelude, reason):
+    unset = _run(prelude + _AFTER, None)
+    assert unset.returncode == 0, unset.stderr
+    assert unset.stdout.split() == ["available", "False", "accelerated", "False", "allowed", "False"], unset.stdout
+    off = _run(prelude + _AFTER, "0")
+    assert off.returncode == 0, off.stderr
+    assert "refused" not in off.stdout
+    on = _run(prelude + _AFTER, "1")
+    assert on.returncode == 0, on.stderr
+    assert "refused: POLC_ACCEL='1': the C accelerator is not available (configuring the extension failed" in on.stdout
+    assert reason in on.stdout, on.stdout
+    agent = _run(prelude + "from polc.runtime import PolicyAgent\nPolicyAgent('/nonexistent', reload=False)\n", "1")
+    assert agent.returncode != 0 and "configuring the extension failed" in agent.stderr, agent.stderr
