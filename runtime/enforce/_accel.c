@@ -135,6 +135,18 @@ in_range(PyObject *lo, PyObject *v, PyObject *hi)
     return PyObject_RichCompareBool(v, hi, Py_LE);
 }
 
+/* fn(arg), holding a strong reference to fn across the call: fn may be borrowed from a
+ * closure cell or a module global that Python code run by the call (a signal handler, a
+ * __hash__, configure()) could rebind, which would free fn while it runs. */
+static PyObject *
+call_held(PyObject *fn, PyObject *arg)
+{
+    Py_INCREF(fn);
+    PyObject *r = PyObject_CallOneArg(fn, arg);
+    Py_DECREF(fn);
+    return r;
+}
+
 /* The contents of cell ``which`` of a recognised closure fn, if it is an exact str (else NULL). */
 static PyObject *
 cell_str(PyObject *fn, int kind, int which)
@@ -259,7 +271,7 @@ run_check(PyObject *fn, PyObject *v)
                 PyObject *m = cell_obj(fn, kind, 0);
                 if (m == NULL || !PyCFunction_Check(m) || !is_str)
                     break;
-                PyObject *r = PyObject_CallOneArg(m, v);
+                PyObject *r = call_held(m, v); /* m is borrowed from the cell */
                 if (r == NULL)
                     return -1;
                 int found = r != Py_None;
@@ -376,7 +388,7 @@ memo_or_call(PyObject *memo, PyObject *fn, PyObject *key)
     }
     if (PyErr_Occurred())
         return NULL;
-    return PyObject_CallOneArg(fn, key);
+    return call_held(fn, key);
 }
 
 /* plan.<name>(args): a new reference or NULL. */
@@ -395,10 +407,10 @@ normalize_arg(DeciderObject *self, int typ, PyObject *a, PyObject **out)
     PyObject *v = NULL;
     switch (typ) {
     case PT_HOST:
-        v = PyUnicode_CheckExact(a) ? memo_or_call(g_host_memo, g_norm_host, a) : PyObject_CallOneArg(g_norm_host, a);
+        v = PyUnicode_CheckExact(a) ? memo_or_call(g_host_memo, g_norm_host, a) : call_held(g_norm_host, a);
         break;
     case PT_PATH:
-        v = PyUnicode_CheckExact(a) ? memo_or_call(g_path_memo, g_norm_path, a) : PyObject_CallOneArg(g_norm_path, a);
+        v = PyUnicode_CheckExact(a) ? memo_or_call(g_path_memo, g_norm_path, a) : call_held(g_norm_path, a);
         break;
     case PT_PORT:
         if (PyLong_CheckExact(a)) {
@@ -411,7 +423,7 @@ normalize_arg(DeciderObject *self, int typ, PyObject *a, PyObject **out)
             }
             PyErr_Clear();
         }
-        v = PyObject_CallOneArg(g_norm_port, a);
+        v = call_held(g_norm_port, a);
         break;
     case PT_STRING:
         if (PyUnicode_CheckExact(a)) {
@@ -419,7 +431,7 @@ normalize_arg(DeciderObject *self, int typ, PyObject *a, PyObject **out)
             v = a;
         }
         else {
-            v = PyObject_CallOneArg(g_norm_string, a);
+            v = call_held(g_norm_string, a);
         }
         break;
     case PT_INT:
@@ -428,11 +440,11 @@ normalize_arg(DeciderObject *self, int typ, PyObject *a, PyObject **out)
             v = a;
         }
         else {
-            v = PyObject_CallOneArg(g_norm_int, a);
+            v = call_held(g_norm_int, a);
         }
         break;
     case PT_COMMAND:
-        v = PyObject_CallOneArg(g_norm_command, a);
+        v = call_held(g_norm_command, a);
         break;
     default:
         PyErr_SetString(PyExc_ValueError, "polc accel: unknown parameter type");

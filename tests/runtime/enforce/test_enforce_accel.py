@@ -408,3 +408,37 @@ def test_a_failure_to_configure_the_extension_leaves_the_pure_path(prelude, reas
     assert reason in on.stdout, on.stdout
     agent = _run(prelude + "from polc.runtime import PolicyAgent\nPolicyAgent('/nonexistent', reload=False)\n", "1")
     assert agent.returncode != 0 and "configuring the extension failed" in agent.stderr, agent.stderr
+
+
+_REBOUND_DURING_MATCH = """
+import re, signal
+from polc.runtime import patterns
+from polc.runtime.enforce import accel
+m = patterns.string_matcher("a?b")
+cell = m.__closure__[m.__code__.co_freevars.index("fullmatch")]
+pat = re.compile("(?:x|xx|xxx)*y")  # backtracks for a long time on a run of x without y
+re.purge()
+cell.cell_contents = pat.fullmatch  # the cell now holds the only reference to the pattern
+del pat
+fired = []
+def handler(signum, frame):
+    cell.cell_contents = None
+    fired.append([bytearray(200) for _ in range(2000)])  # reuse the freed memory
+signal.signal(signal.SIGALRM, handler)
+fn = accel.required().Decider(0, 0, -1, (3,), 1, object(), "NO", {5: "YES"}, {}, {}, {}, (), {}, (), (),
+                              ((5, ((0, m),)),))
+signal.setitimer(signal.ITIMER_REAL, 0.02)
+r = fn(("x" * 26,))
+during = bool(fired)
+print(r, during)
+"""
+
+
+def test_a_fullmatch_rebound_by_a_signal_handler_during_the_match_stays_alive():
+    """sre runs signal handlers during a long match; one that rebinds the matcher's cell
+    must not free the bound fullmatch (and its pattern) while it runs."""
+    env = {**os.environ, "PYTHONMALLOC": "debug"}
+    proc = subprocess.run([sys.executable, "-c", _REBOUND_DURING_MATCH], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert proc.stdout.split() == ["NO", "True"], proc.stdout
