@@ -900,6 +900,10 @@ Checker_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject 
         PyTuple_SET_ITEM(args, i - 2, argv[i]);
     }
     PyObject *result = NULL;
+    /* Only an exact str module and capability reach the cache and the plans (a str
+     * subclass's own __eq__/__hash__ could match another module's key): _miss decides the rest. */
+    if (!PyUnicode_CheckExact(module) || !PyUnicode_CheckExact(capability))
+        goto miss;
     if (self->cache != NULL) {
         PyObject *key = PyTuple_Pack(3, module, capability, args);
         if (key == NULL)

@@ -317,6 +317,11 @@ class Snapshot:
         return mod
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
+        # Only an exact str module and capability reach the cache and the plans: a str
+        # subclass's own __eq__/__hash__ could match another module's key there. _miss
+        # decides the rest (a subclass as the plain string it holds, anything else denied).
+        if type(module) is not str or type(capability) is not str:
+            return self._miss(module, capability, args, False)
         try:
             if self._cache_size:
                 d = self._cache.get((module, capability, args))
