@@ -421,7 +421,11 @@ class Snapshot:
                 )
             timed = cacheable and self._volatile(module, capability)
             if timed:
-                hit = self._timed.get((module, capability, args))
+                try:
+                    hit = self._timed.get((module, capability, args))
+                except Exception:  # an argument's own __eq__/__hash__ raised: decided uncached, as in check()
+                    hit = None
+                    timed = cacheable = False
                 if hit is not None and hit[1] > time.monotonic():
                     for a in args:
                         if type(a) is not str and type(a) is not int:

@@ -386,3 +386,25 @@ def test_a_str_subclass_pretending_to_be_another_module_gets_nothing_of_its(acce
     assert honest.allowed and honest.module == "tenant.a", honest
     assert all(type(k[0]) is str and type(k[1]) is str for k in s._cache)
     assert all(type(m) is str and type(c) is str for m, c in s._plans)
+
+
+class RaisingEq(str):
+    def __eq__(self, other):
+        raise RuntimeError("hostile eq")
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("accel", _paths())
+def test_a_hostile_argument_of_a_volatile_capability_is_decided_as_uncached(accel):
+    """The short-lived cache of volatile (command) decisions: an argument whose __eq__
+    raises on a hash match is decided as without the cache, not as an internal error."""
+    rules = [("entitle", "process.exec", ("ls",))]
+    cached = Snapshot({"m": linked("m", rules)}, None, accel=accel)
+    uncached = Snapshot({"m": linked("m", rules)}, None, cache_size=0, accel=accel)
+    for s in (cached, uncached):
+        s.fast_check("m", "process.exec", "ls")  # a timed entry for the plain string
+    want = uncached.fast_check("m", "process.exec", RaisingEq("ls"))
+    for check in (cached.check, cached.fast_check):
+        got = check("m", "process.exec", RaisingEq("ls"))
+        assert (got.allowed, got.reason) == (want.allowed, want.reason), (got, want)
