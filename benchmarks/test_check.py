@@ -11,6 +11,8 @@ peers), the Python loop that issues the calls included.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 import polc_side
@@ -19,7 +21,9 @@ from peers import available_peers
 from reference import Reference
 
 SIZES = [(10, 20), (1000, 20), (10, 1000)]
-ENGINES = ["polc-cached", "polc-uncached", "dict-loop", "cedar", "casbin"]
+# polc-uncached-pure: the uncached check on the pure-Python path (POLC_ACCEL=0's), beside the
+# C accelerator's (polc-uncached, when it is built) in the same run
+ENGINES = ["polc-cached", "polc-uncached", "polc-uncached-pure", "dict-loop", "cedar", "casbin"]
 BAR_UNCACHED = {(10, 20): 3.0, (1000, 20): 3.0, (10, 1000): 5.0}
 
 _setups: dict = {}
@@ -45,6 +49,19 @@ def _agree_polc(agent, wl, ref_answers) -> None:
     assert not bad, f"polc disagrees with the reference on {len(bad)} of {len(wl.requests)} requests, e.g. {bad[:5]}"
 
 
+def _pure_python(agent):
+    """An engine deciding as ``agent`` on the pure-Python path (None when that is the agent's own)."""
+    try:
+        from polc.runtime.enforce import Snapshot
+    except ImportError:
+        return None
+    s = agent.snapshot
+    if not getattr(s, "accelerated", False):
+        return None
+    pure = Snapshot(s.modules, s.glob, cache_size=0, pending=s.pending, accel=False)
+    return SimpleNamespace(check=pure.check)
+
+
 @pytest.fixture(scope="module")
 def setups(tree):
     def get(size):
@@ -67,6 +84,10 @@ def setups(tree):
             if uncached is not None:
                 _agree_polc(uncached, wl, answers)
                 engines["polc-uncached"] = uncached
+                pure = _pure_python(uncached)
+                if pure is not None:
+                    _agree_polc(pure, wl, answers)
+                    engines["polc-uncached-pure"] = pure
         for name, cls in available_peers().items():
             eng = cls(wl)
             _agree(name, eng.check, wl, answers)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
-from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot
+from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot, accel
 from .errors import PolicyDenied, PolicyLoadError
 from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
@@ -132,6 +132,7 @@ class PolicyAgent:
             pull_interval=pull_interval,
             endpoint=endpoint,
         )
+        accel.enabled()  # POLC_ACCEL read (and refused when it cannot be understood) here, not at the first load
         self.policy_dir: str = config.policy_dir
         self.reload_interval: float = config.reload_interval
         self.reload: bool = config.reload
@@ -591,9 +592,10 @@ class PolicyAgent:
     def _publish(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
         # The one assignment readers see: ``agent.check`` is the new snapshot's
-        # bound method (an instance attribute shadowing the method above), so
-        # a check reads the snapshot exactly once and pays no extra frame.
-        self.check = snapshot.check  # type: ignore[method-assign]  # the documented swap
+        # check (an instance attribute shadowing the method above: its bound
+        # method, or the C accelerator's equivalent, Snapshot.fast_check), so a
+        # check reads the snapshot exactly once and pays no extra frame.
+        self.check = snapshot.fast_check  # type: ignore[method-assign]  # the documented swap
 
     # -- reloading ---------------------------------------------------------
 

@@ -28,10 +28,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, src / name)
     for name in PACKAGE_DIRS:
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
@@ -135,3 +135,12 @@ def test_mypy_strict_sees_decision_in_a_user_script(installed: Path, tmp_path: P
     assert re.fullmatch(r"polc\.runtime\.[\w.]*\bDecision", revealed[0]), out
     assert re.fullmatch(r"polc\.runtime\.[\w.]*\bPolicyAgent", revealed[1]), out
     assert "Any" not in out
+
+
+def test_wheel_ships_the_c_accelerator_where_a_compiler_is_found(wheel: Path) -> None:
+    """setup.py's optional extension: built when a C compiler is at hand (docs/runtime.md, POLC_ACCEL)."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: the wheel is pure Python (the accelerator is optional)")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert [n for n in names if re.fullmatch(r"polc/runtime/enforce/_accel\..*\.so", n)], names

@@ -135,6 +135,26 @@ def _path_glob(const: str) -> Matcher:
             return v == const
 
         return same
+    # "**/L/**" and "**/L" with literal segments L (a deny of "**/.ssh/**"): the segments L
+    # anywhere in the path / at its end, without a regex. Normalised paths have no empty
+    # segment and no leading or trailing "/", so "/L/" in v covers every inner position.
+    if len(segs) >= 2 and segs[0] == "**" and not any(_GLOB_CHARS & set(s) for s in segs[1:-1]):
+        if segs[-1] == "**" and len(segs) >= 3:
+            lit = "/".join(segs[1:-1])
+            head, tail, inner = lit + "/", "/" + lit, "/" + lit + "/"
+
+            def segments_in(v: str) -> bool:
+                return v == lit or v.startswith(head) or v.endswith(tail) or inner in v
+
+            return segments_in
+        if not _GLOB_CHARS & set(segs[-1]):
+            lit = "/".join(segs[1:])
+            tail = "/" + lit
+
+            def segments_end(v: str) -> bool:
+                return v == lit or v.endswith(tail)
+
+            return segments_end
     return patterns.path_matcher(const)
 
 

@@ -19,6 +19,7 @@ from .. import patterns
 from ..catalog import BUILTINS, GLOBAL_MODULE, Capability
 from ..format.opcodes import ENTITLE
 from ..memo import Memo, put_bounded
+from .accel import TYPE_CODES
 from .deciders import NAMESPACE, Decider, decider_code
 from .decision import Decision
 from .index import (
@@ -152,6 +153,7 @@ class Plan:
         mod: LinkedModule | None,
         glob: LinkedModule | None,
         memo: dict[int, Decision] | None = None,
+        accel: Any = None,
     ) -> None:
         self.fn: Decider = self.decide
         self.module = module
@@ -197,14 +199,15 @@ class Plan:
             no_ent = self._memo[-1] = Decision(audit, "deny", "no entitlement", None, module, rev, audit)
         self.no_entitlement = no_ent
         self._tiers = (gtabs[0], mtabs[0], mtabs[1], gtabs[1])  # in Tier order
-        self._fuse(sig)
+        self._fuse(sig, accel)
 
-    def _fuse(self, sig: Capability) -> None:
+    def _fuse(self, sig: Capability, accel: Any = None) -> None:
         """Build the fused decider when the tables index compatibly (else keep ``decide``).
 
         The index is the largest table's; a table indexing another argument joins as a
         scan of its flat copy (a small table of ``_global``'s: ``Table.flat``), else the
-        plan stays sequential."""
+        plan stays sequential. ``accel``: the C extension (:mod:`~polc.runtime.enforce.accel`),
+        whose Decider takes the same values as the generated code, or None for that code."""
         tiers = self._tiers
         indexed = [t for t in tiers if t is not None and t.kind != SCAN]
         shape = None
@@ -251,6 +254,26 @@ class Plan:
             depths = _share(tuple(sorted({d for t, _ in idx for d in t.depths})))
             pfx_lens = _share(tuple(sorted({n for t, _ in idx for n in t.pfx_lens})))
             ip = _concat([r[4] for _, r in idx])
+        if accel is not None:
+            self.fn = accel.Decider(
+                kind,
+                pos,
+                ipos,
+                tuple([TYPE_CODES[t] for t in types]),
+                self.arity,
+                self,
+                self.no_entitlement,
+                self._memo,
+                exact,
+                wild1,
+                wildn,
+                depths,
+                pfx,
+                pfx_lens,
+                ip,
+                rest,
+            )
+            return
         flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
         code, names = decider_code((types, kind, pos, flags))
         values: dict[str, object] = {

@@ -18,11 +18,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Literal, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, Protocol
 
 from .. import patterns
 from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, ROOTED_AT_SLASH
+from .accel import module as _accel_module
+from .accel import required as _accel_required
 from .deciders import Decider
 from .decision import Decision
 from .link import LinkedModule
@@ -203,10 +205,12 @@ class Snapshot:
     # Decision memos they share.
     __slots__ = (
         "__weakref__",
+        "_accel",
         "_cache",
         "_cache_budget",
         "_cache_bytes",
         "_cache_size",
+        "_checker",
         "_claims",
         "_conflicts",
         "_decisions",
@@ -227,6 +231,7 @@ class Snapshot:
         cache_size: int = 65536,
         cache_bytes: int = CACHE_BYTES,
         pending: Pending | None = None,
+        accel: bool | None = None,
         _owned: bool = False,
     ) -> None:
         # ``_owned``: ``modules`` is a fresh dict this snapshot may keep (replace()),
@@ -251,6 +256,28 @@ class Snapshot:
         # package name -> governing module, built on the first governor() call (see there)
         self._claims: dict[str, str] | None = None
         self._conflicts: dict[str, tuple[str, ...]] = {}
+        # The C accelerator (accel.py; None: the pure-Python path). ``accel`` None: POLC_ACCEL decides.
+        self._accel: Any = _accel_module() if accel is None else (_accel_required() if accel else None)
+        self._checker: Any = None
+
+    @property
+    def fast_check(self) -> Callable[..., Decision]:
+        """:meth:`check`, in C when the accelerator is on (the same decisions; what the agent
+        publishes as ``agent.check``); the bound method itself when it is off."""
+        checker = self._checker
+        if checker is None:
+            accel = self._accel
+            if accel is None:
+                return self.check
+            cache = self._cache if self._cache_size else None
+            checker = self._checker = accel.Checker(cache, self._plans, self._miss, _log_audit)
+        fn: Callable[..., Decision] = checker
+        return fn
+
+    @property
+    def accelerated(self) -> bool:
+        """Are this snapshot's deciders and :attr:`fast_check` the C accelerator's?"""
+        return self._accel is not None
 
     def replace(
         self,
@@ -278,6 +305,7 @@ class Snapshot:
             cache_size=self._cache_size,
             cache_bytes=self._cache_budget,
             pending=self.pending if pending is False else pending,
+            accel=self._accel is not None,
             _owned=True,
         )
 
@@ -289,6 +317,11 @@ class Snapshot:
         return mod
 
     def check(self, module: str, capability: str, *args: object) -> Decision:
+        # Only an exact str module and capability reach the cache and the plans: a str
+        # subclass's own __eq__/__hash__ could match another module's key there. _miss
+        # decides the rest (a subclass as the plain string it holds, anything else denied).
+        if type(module) is not str or type(capability) is not str:
+            return self._miss(module, capability, args, False)
         try:
             if self._cache_size:
                 d = self._cache.get((module, capability, args))
@@ -388,7 +421,11 @@ class Snapshot:
                 )
             timed = cacheable and self._volatile(module, capability)
             if timed:
-                hit = self._timed.get((module, capability, args))
+                try:
+                    hit = self._timed.get((module, capability, args))
+                except Exception:  # an argument's own __eq__/__hash__ raised: decided uncached, as in check()
+                    hit = None
+                    timed = cacheable = False
                 if hit is not None and hit[1] > time.monotonic():
                     for a in args:
                         if type(a) is not str and type(a) is not int:
@@ -462,7 +499,7 @@ class Snapshot:
         memo = self._decisions.get(module)
         if memo is None:
             memo = self._decisions[module] = {}
-        plan = Plan(module, capability, self.module(module), self.glob, memo)
+        plan = Plan(module, capability, self.module(module), self.glob, memo, self._accel)
         fn = plan.fn
         if capability in ROOTED_AT_SLASH:
             fn = _rooted(fn)
@@ -510,4 +547,6 @@ class Snapshot:
         return f"<Snapshot {len(self.modules)} modules{g}{p}>"
 
 
-EMPTY_SNAPSHOT = Snapshot({}, None, unavailable="policy not loaded yet (PolicyAgent.start() not called)")
+EMPTY_SNAPSHOT = Snapshot(
+    {}, None, unavailable="policy not loaded yet (PolicyAgent.start() not called)", accel=False
+)

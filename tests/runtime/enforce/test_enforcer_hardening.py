@@ -329,3 +329,82 @@ def test_check_never_raises_and_never_allows_a_non_value(values, cache_size):
             # only real strings and ints (or subclasses, decided as their plain values) are ever allowed
             assert isinstance(module, str) and isinstance(cap, str)
             assert all(type(a) in (str, int) or issubclass(type(a), (str, int)) for a in args)
+
+
+def _paths():
+    from polc.runtime.enforce import accel
+
+    marks = [] if accel.available() else [pytest.mark.skip(reason="the C accelerator is not built")]
+    return [pytest.param(False, id="pure"), pytest.param(True, id="accel", marks=marks)]
+
+
+class Pretends(str):
+    """A str subclass whose hash and equality claim to be another string."""
+
+    claims = ""
+
+    def __hash__(self):
+        return hash(self.claims)
+
+    def __eq__(self, other):
+        return True
+
+    __ne__ = lambda self, other: False  # noqa: E731
+
+
+class PretendsTenantA(Pretends):
+    claims = "tenant.a"
+
+
+class PretendsOutbound(Pretends):
+    claims = "network.outbound"
+
+
+@pytest.mark.parametrize("accel", _paths())
+@pytest.mark.parametrize("cache_size", [0, 1024], ids=["uncached", "cached"])
+@pytest.mark.parametrize("via", ["check", "fast_check"])
+def test_a_str_subclass_pretending_to_be_another_module_gets_nothing_of_its(accel, cache_size, via):
+    """A module or capability that is not an exact str never reaches the cache or the
+    plans (where its own __eq__/__hash__ could match another module's key): it is decided
+    as the plain string it holds."""
+    s = Snapshot(
+        {"tenant.a": linked("tenant.a", [("entitle", "network.outbound", ("api.acme.com", 443))])},
+        None,
+        cache_size=cache_size,
+        accel=accel,
+    )
+    check = getattr(s, via)
+    assert check("tenant.a", "network.outbound", "api.acme.com", 443).allowed  # the cache and the plan warmed
+    assert check("tenant.a", "network.outbound", "api.acme.com", 443).allowed
+    evil = check(PretendsTenantA("tenant.evil"), "network.outbound", "api.acme.com", 443)
+    assert not evil.allowed and "tenant.a" not in evil.reason and evil.module != "tenant.a", evil
+    s.check("tenant.a", "env.read", "HOME")  # a plan for another capability of tenant.a
+    other = check("tenant.a", PretendsOutbound("env.read"), "api.acme.com", 443)
+    assert not other.allowed, other
+    # an honest subclass is decided as the plain string it holds (and is not cached)
+    honest = check(PretendsTenantA("tenant.a"), "network.outbound", "api.acme.com", 443)
+    assert honest.allowed and honest.module == "tenant.a", honest
+    assert all(type(k[0]) is str and type(k[1]) is str for k in s._cache)
+    assert all(type(m) is str and type(c) is str for m, c in s._plans)
+
+
+class RaisingEq(str):
+    def __eq__(self, other):
+        raise RuntimeError("hostile eq")
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("accel", _paths())
+def test_a_hostile_argument_of_a_volatile_capability_is_decided_as_uncached(accel):
+    """The short-lived cache of volatile (command) decisions: an argument whose __eq__
+    raises on a hash match is decided as without the cache, not as an internal error."""
+    rules = [("entitle", "process.exec", ("ls",))]
+    cached = Snapshot({"m": linked("m", rules)}, None, accel=accel)
+    uncached = Snapshot({"m": linked("m", rules)}, None, cache_size=0, accel=accel)
+    for s in (cached, uncached):
+        s.fast_check("m", "process.exec", "ls")  # a timed entry for the plain string
+    want = uncached.fast_check("m", "process.exec", RaisingEq("ls"))
+    for check in (cached.check, cached.fast_check):
+        got = check("m", "process.exec", RaisingEq("ls"))
+        assert (got.allowed, got.reason) == (want.allowed, want.reason), (got, want)
