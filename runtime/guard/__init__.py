@@ -112,22 +112,34 @@ def install(
             )
         if not getattr(agent, "ready", False):
             raise GuardError("start the agent before installing the guard (agent.start(), or use it as a context)")
+        from .accel import AccelError, choose
+
+        try:
+            accel = choose()
+        except AccelError as exc:
+            raise GuardError(str(exc)) from None
         guard = Guard(agent, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base,
                       log_interval=log_interval)  # fmt: skip
-        from .events import HANDLERS
+        from .attribution import INHERITED, POLC
+        from .events import ALWAYS, HANDLERS
         from .wrappers import install_wrappers
 
+        guard.accel = accel
         guard.snapshot()
         install_wrappers(guard)
         logging.getLogger("polc").addFilter(_QuietSnapshotAudit(guard))
         os.register_at_fork(after_in_child=guard.after_fork_in_child)
         guard.handlers.update(HANDLERS)
-        sys.addaudithook(guard.hook)
+        if accel is not None:
+            accel.install(guard.hook, agent, INHERITED, POLC, tuple(HANDLERS), tuple(ALWAYS))
+        else:
+            sys.addaudithook(guard.hook)
         agent._guard = guard
         _installed = guard
     logging.getLogger("polc.guard").info(
-        "guard installed: %s mode, unlisted packages %s, base %s%s",
+        "guard installed: %s mode, %s hook, unlisted packages %s, base %s%s",
         mode,
+        "C" if guard.accel is not None else "Python",
         "governed by _global" if unlisted == "global" else "unchecked",
         guard.base,
         f", observing to {guard.observer.path}" if guard.observer is not None else "",

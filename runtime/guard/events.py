@@ -26,7 +26,7 @@ from .core import Found, Guard
 from .effects import ALLOWED
 from .paths import Undecidable, as_text
 
-__all__ = ["HANDLERS", "deny_self", "executable_of", "module_name"]
+__all__ = ["ALWAYS", "HANDLERS", "deny_self", "executable_of", "module_name"]
 
 Handler = Callable[[Guard, tuple[Any, ...], FrameType, int], None]
 
@@ -515,3 +515,7 @@ HANDLERS: dict[str, Handler] = {
     "sys.settrace": _self_protection("sys.settrace"),
     "sys.setprofile": _self_protection("sys.setprofile"),
 }
+
+# Events whose handler has work to do whoever raised them (the paths it resolves may change,
+# the working directory is read again): the C hook passes them on without looking at the stack.
+ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.chdir"})

@@ -197,21 +197,21 @@ def _open_at(guard: Guard) -> None:
 
 def detached(guard: Guard, inherited: Inherited | None, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` attributed to ``inherited`` alone, not to the code below on the stack: walks
-    from inside stop at this frame (an anchor set for the call; its callers are deliberately left
-    out), and the inherited packages are replaced for the call."""
+    from inside stop at this frame (its callers are deliberately left out), and the inherited
+    packages are replaced for the call."""
     tid = _get_ident()
-    anchors = guard._anchors
-    saved = anchors.get(tid)
-    anchors[tid] = [_getframe(), 0, 0, 0]
+    stops = guard.stops
+    saved = stops.get(tid)
+    stops[tid] = _getframe()
     token = INHERITED.set(inherited)
     try:
         return fn(*args)
     finally:
         INHERITED.reset(token)
         if saved is None:
-            anchors.pop(tid, None)
+            stops.pop(tid, None)
         else:
-            anchors[tid] = saved
+            stops[tid] = saved
 
 
 def _logging(guard: Guard) -> None:
@@ -241,7 +241,7 @@ def _logging(guard: Guard) -> None:
 def _signals(guard: Guard) -> None:
     """A Python signal handler runs on top of whatever code the signal interrupted: that code did
     not call it. Handlers set with ``signal.signal`` run with the walk stopped at their own frame
-    (an anchor set for the call) and with the packages of the code that *set* the handler."""
+    (walks stop there) and with the packages of the code that *set* the handler."""
     import signal
 
     orig_signal = signal.signal

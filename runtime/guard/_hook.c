@@ -1,0 +1,351 @@
+/* polc.runtime.guard._hook: the guard's audit hook in C (optional; runtime/guard/accel.py).
+ *
+ * One hook registered with PySys_AddAuditHook filters what the pure-Python
+ * hook (Guard.hook) would find nothing to do for, and calls that hook for
+ * everything else:
+ *
+ *   - an event no handler wants: returns at once (a hash probe of its name);
+ *   - an event whose handler has work to do whoever raised it (one that
+ *     changes how paths resolve): always calls the Python hook;
+ *   - otherwise the calling stack is walked, every frame, outwards from the
+ *     frame that called the operation; each frame's module name
+ *     (f_globals["__name__"]) is looked up in the guard's classification of
+ *     the current snapshot (a dict: name -> owner, None when ungoverned).
+ *     The Python hook is called unless every frame's module is known to be
+ *     ungoverned or polc's own, nothing was inherited through a hand-off,
+ *     and the classification belongs to the agent's current snapshot.
+ *
+ * So the C hook only ever skips the Python hook where it would have found
+ * nothing governed; whenever it cannot tell (a name not classified yet, a
+ * new snapshot, an error of its own) it calls the Python hook, which
+ * decides, and whose exceptions (a denial, a fault: fail closed) propagate.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* 3.11: walk the interpreter's frames without making a frame object of each */
+#define POLC_FRAME_WALK_INTERNAL 1
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#endif
+
+#define TABLE_SIZE 256 /* a power of two, well above the number of events */
+
+typedef struct {
+    char *name;      /* NULL: an empty slot */
+    PyObject *event; /* the name as a str, passed to the Python hook */
+    int always;      /* always call the Python hook */
+} Slot;
+
+static Slot table[TABLE_SIZE];
+static PyObject *dispatch = NULL;     /* the Python hook: dispatch(event, args) */
+static PyObject *agent = NULL;        /* the agent: its _snapshot is the current snapshot */
+static PyObject *inherited = NULL;    /* the context variable of what a hand-off carries */
+static PyObject *polc_owner = NULL;   /* the owner of polc's own frames */
+static PyObject *names = NULL;        /* module name -> owner or None, for the snapshot below */
+static PyObject *names_snap = NULL;
+static PyObject *str_name = NULL;     /* "__name__" */
+static PyObject *str_snapshot = NULL; /* "_snapshot" */
+static PyInterpreterState *main_interp = NULL;
+static int installed = 0;
+static unsigned long long skipped = 0, dispatched = 0;
+
+static size_t
+hash_name(const char *s)
+{
+    size_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static Slot *
+lookup(const char *event)
+{
+    size_t i = hash_name(event) & (TABLE_SIZE - 1);
+    for (;;) {
+        Slot *slot = &table[i];
+        if (slot->name == NULL)
+            return NULL;
+        if (strcmp(slot->name, event) == 0)
+            return slot;
+        i = (i + 1) & (TABLE_SIZE - 1);
+    }
+}
+
+/* 1: the module of these globals may be governed (or cannot be told): the Python hook decides;
+   0: known ungoverned or polc's own. Never leaves an exception set. */
+static int
+globals_need_python(PyObject *globals)
+{
+    if (globals == NULL || !PyDict_Check(globals))
+        return 1;
+    PyObject *name = PyDict_GetItemWithError(globals, str_name); /* borrowed */
+    if (name == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        return 0; /* no __name__: the Python walk classifies it as ungoverned */
+    }
+    if (!PyUnicode_CheckExact(name))
+        return 0; /* the Python walk ignores a name that is not a plain str */
+    Py_INCREF(name); /* the lookup below may run code that changes the globals */
+    PyObject *owner = PyDict_GetItemWithError(names, name); /* borrowed */
+    Py_DECREF(name);
+    if (owner == NULL) {
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        return 1; /* not classified yet */
+    }
+    return !(owner == Py_None || owner == polc_owner);
+}
+
+/* 1: a frame of the calling stack may be governed; 0: none is. */
+static int
+stack_needs_python(void)
+{
+#ifdef POLC_FRAME_WALK_INTERNAL
+    PyThreadState *tstate = PyThreadState_Get();
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+    PyObject *last = NULL;
+    for (; f != NULL; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue; /* not started: f_back skips it too */
+        PyObject *g = f->f_globals;
+        if (g == last)
+            continue;
+        last = g;
+        if (globals_need_python(g))
+            return 1;
+    }
+    return 0;
+#else
+    PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
+    Py_XINCREF(f);
+    PyObject *last = NULL;
+    while (f != NULL) {
+        PyObject *g = PyFrame_GetGlobals(f); /* new */
+        if (g == NULL) {
+            PyErr_Clear();
+            Py_DECREF(f);
+            return 1;
+        }
+        int need = g != last && globals_need_python(g);
+        last = g;
+        Py_DECREF(g); /* the frame keeps it alive */
+        if (need) {
+            Py_DECREF(f);
+            return 1;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f); /* new */
+        Py_DECREF(f);
+        f = back;
+    }
+    return 0;
+#endif
+}
+
+/* 1: the Python hook must see this event; 0: it would find nothing governed. */
+static int
+needs_python(void)
+{
+    if (names == NULL)
+        return 1;
+    PyObject *snap = PyObject_GetAttr(agent, str_snapshot);
+    if (snap == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    Py_DECREF(snap); /* only its identity is compared; the agent holds it */
+    if (snap != names_snap)
+        return 1;
+    PyObject *carried = NULL;
+    if (PyContextVar_Get(inherited, Py_None, &carried) < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    int truth = carried == Py_None ? 0 : PyObject_IsTrue(carried);
+    Py_XDECREF(carried);
+    if (truth != 0) {
+        if (truth < 0)
+            PyErr_Clear();
+        return 1;
+    }
+    return stack_needs_python();
+}
+
+static int
+polc_guard_c_hook(const char *event, PyObject *args, void *data)
+{
+    (void)data;
+    if (!installed || event == NULL)
+        return 0;
+    Slot *slot = lookup(event);
+    if (slot == NULL)
+        return 0;
+    if (PyInterpreterState_Get() != main_interp)
+        return 0; /* the guard's Python hook is the main interpreter's only */
+    if (!slot->always && !needs_python()) {
+        skipped++;
+        return 0;
+    }
+    dispatched++;
+    PyObject *stack[2] = {slot->event, args != NULL ? args : Py_None};
+    PyObject *res = PyObject_Vectorcall(dispatch, stack, 2, NULL);
+    if (res == NULL)
+        return -1; /* a denial or a fault: the operation does not happen */
+    Py_DECREF(res);
+    return 0;
+}
+
+static PyObject *
+install(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install(dispatch, agent, inherited, polc_owner, events, always)");
+        return NULL;
+    }
+    if (installed) {
+        PyErr_SetString(PyExc_RuntimeError, "the guard's C hook is already installed");
+        return NULL;
+    }
+    if (!PyCallable_Check(argv[0]) || !PyTuple_Check(argv[4]) || !PyTuple_Check(argv[5])) {
+        PyErr_SetString(PyExc_TypeError, "dispatch must be callable; events and always tuples");
+        return NULL;
+    }
+    PyObject *events = argv[4], *always = argv[5];
+    Py_ssize_t n = PyTuple_GET_SIZE(events);
+    if (n >= TABLE_SIZE / 2) {
+        PyErr_SetString(PyExc_ValueError, "too many events");
+        return NULL;
+    }
+    Slot fresh[TABLE_SIZE];
+    memset(fresh, 0, sizeof(fresh));
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *ev = PyTuple_GET_ITEM(events, k);
+        if (!PyUnicode_CheckExact(ev)) {
+            PyErr_SetString(PyExc_TypeError, "event names must be str");
+            goto fail;
+        }
+        const char *text = PyUnicode_AsUTF8(ev);
+        if (text == NULL)
+            goto fail;
+        int is_always = PySequence_Contains(always, ev);
+        if (is_always < 0)
+            goto fail;
+        size_t i = hash_name(text) & (TABLE_SIZE - 1);
+        while (fresh[i].name != NULL) {
+            if (strcmp(fresh[i].name, text) == 0) {
+                PyErr_SetString(PyExc_ValueError, "an event is named twice");
+                goto fail;
+            }
+            i = (i + 1) & (TABLE_SIZE - 1);
+        }
+        size_t len = strlen(text);
+        char *copy = PyMem_RawMalloc(len + 1);
+        if (copy == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(copy, text, len + 1);
+        Py_INCREF(ev);
+        fresh[i].name = copy;
+        fresh[i].event = ev;
+        fresh[i].always = is_always;
+    }
+    if (str_name == NULL && (str_name = PyUnicode_InternFromString("__name__")) == NULL)
+        goto fail;
+    if (str_snapshot == NULL && (str_snapshot = PyUnicode_InternFromString("_snapshot")) == NULL)
+        goto fail;
+    memcpy(table, fresh, sizeof(table));
+    Py_INCREF(argv[0]);
+    Py_INCREF(argv[1]);
+    Py_INCREF(argv[2]);
+    Py_INCREF(argv[3]);
+    dispatch = argv[0];
+    agent = argv[1];
+    inherited = argv[2];
+    polc_owner = argv[3];
+    main_interp = PyInterpreterState_Get();
+    installed = 1;
+    if (PySys_AddAuditHook(polc_guard_c_hook, NULL) < 0) {
+        installed = 0; /* refused (by another hook): the table stays, unused */
+        return NULL;
+    }
+    Py_RETURN_NONE;
+fail:
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        if (fresh[i].name != NULL) {
+            PyMem_RawFree(fresh[i].name);
+            Py_DECREF(fresh[i].event);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+set_names(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 2 || !PyDict_CheckExact(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "set_names(names: dict, snapshot)");
+        return NULL;
+    }
+    PyObject *old_names = names, *old_snap = names_snap;
+    Py_INCREF(argv[0]);
+    Py_INCREF(argv[1]);
+    names = argv[0];
+    names_snap = argv[1];
+    Py_XDECREF(old_names);
+    Py_XDECREF(old_snap);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stats(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return Py_BuildValue("{s:K,s:K,s:O}", "skipped", skipped, "dispatched", dispatched, "installed",
+                         installed ? Py_True : Py_False);
+}
+
+static PyMethodDef methods[] = {
+    {"install", (PyCFunction)(void (*)(void))install, METH_FASTCALL,
+     "install(dispatch, agent, inherited, polc_owner, events, always): register the C audit hook"},
+    {"set_names", (PyCFunction)(void (*)(void))set_names, METH_FASTCALL,
+     "set_names(names, snapshot): the classification of module names for one snapshot"},
+    {"stats", stats, METH_NOARGS, "how many handled events were skipped in C and passed to Python"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "polc.runtime.guard._hook",
+    "The guard's audit hook in C (runtime/guard/_hook.c).", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__hook(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+#ifdef POLC_FRAME_WALK_INTERNAL
+    if (PyModule_AddStringConstant(m, "frame_walk", "internal") < 0) {
+#else
+    if (PyModule_AddStringConstant(m, "frame_walk", "public") < 0) {
+#endif
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
