@@ -125,6 +125,7 @@ def install(
         from .wrappers import install_wrappers
 
         guard.accel = accel
+        guard._walk = getattr(accel, "walk", None)  # the C walk exists on CPython 3.11
         guard.snapshot()
         install_wrappers(guard)
         logging.getLogger("polc").addFilter(_QuietSnapshotAudit(guard))

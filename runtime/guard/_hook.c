@@ -205,6 +205,143 @@ polc_guard_c_hook(const char *event, PyObject *args, void *data)
     return 0;
 }
 
+#ifdef POLC_FRAME_WALK_INTERNAL
+#define MAX_FOUND 64
+
+/* walk(frame, names, stop): Guard.attribute's walk of the stack from ``frame`` outwards (not
+   past ``stop``), over the interpreter's frames; only the innermost frame of each governed
+   module is made a frame object. Returns (found or None, polc_inner), or None when the Python
+   walk must do it (a module name not classified yet, a frame not on this thread's stack). */
+static PyObject *
+walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 3 || !PyFrame_Check(argv[0]) || !PyDict_CheckExact(argv[1])) {
+        PyErr_SetString(PyExc_TypeError, "walk(frame, names: dict, stop)");
+        return NULL;
+    }
+    if (polc_owner == NULL)
+        Py_RETURN_NONE;
+    PyFrameObject *frame = (PyFrameObject *)argv[0];
+    PyObject *table_names = argv[1];
+    PyObject *stop = argv[2];
+    _PyInterpreterFrame *start = frame->f_frame;
+    PyThreadState *tstate = PyThreadState_Get();
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+    while (f != NULL && f != start)
+        f = f->previous;
+    if (f == NULL || frame->f_back != NULL)
+        Py_RETURN_NONE; /* not a frame of this thread's stack: the Python walk follows f_back */
+    PyObject *modules[MAX_FOUND], *packages[MAX_FOUND];
+    Py_ssize_t depth[MAX_FOUND];
+    int n = 0, polc_inner = 0;
+    Py_ssize_t idx = 0;
+    PyObject *last = NULL;
+    for (; f != NULL; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+        if (stop != Py_None && (PyObject *)f->frame_obj == stop)
+            break;
+        PyObject *g = f->f_globals;
+        if (g != last) {
+            last = g;
+            if (g == NULL || !PyDict_Check(g))
+                Py_RETURN_NONE;
+            PyObject *name = PyDict_GetItemWithError(g, str_name);
+            if (name == NULL && PyErr_Occurred()) {
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            if (name != NULL && PyUnicode_CheckExact(name)) {
+                Py_INCREF(name);
+                PyObject *owner = PyDict_GetItemWithError(table_names, name);
+                Py_DECREF(name);
+                if (owner == NULL) {
+                    if (PyErr_Occurred())
+                        PyErr_Clear();
+                    Py_RETURN_NONE; /* not classified yet: the Python walk classifies it */
+                }
+                if (owner == polc_owner) {
+                    if (n == 0)
+                        polc_inner = 1;
+                }
+                else if (owner != Py_None) {
+                    if (!PyTuple_CheckExact(owner) || PyTuple_GET_SIZE(owner) != 2)
+                        Py_RETURN_NONE;
+                    PyObject *module = PyTuple_GET_ITEM(owner, 0);
+                    int seen = 0;
+                    for (int k = 0; k < n; k++) {
+                        int eq = PyObject_RichCompareBool(modules[k], module, Py_EQ);
+                        if (eq < 0) {
+                            PyErr_Clear();
+                            Py_RETURN_NONE;
+                        }
+                        if (eq) {
+                            seen = 1;
+                            break;
+                        }
+                    }
+                    if (!seen) {
+                        if (n == MAX_FOUND)
+                            Py_RETURN_NONE;
+                        modules[n] = module; /* borrowed: the owner tuples are held by the names table */
+                        packages[n] = PyTuple_GET_ITEM(owner, 1);
+                        depth[n] = idx;
+                        n++;
+                    }
+                }
+            }
+        }
+        idx++;
+    }
+    for (int k = 0; k < n; k++) { /* the lookups above may have run code: hold what is used */
+        Py_INCREF(modules[k]);
+        Py_INCREF(packages[k]);
+    }
+    PyObject *found = NULL, *result = NULL;
+    PyFrameObject *cursor = frame;
+    Py_INCREF(cursor);
+    Py_ssize_t at = 0;
+    if (n > 0) {
+        found = PyDict_New();
+        if (found == NULL)
+            goto done;
+        for (int k = 0; k < n; k++) {
+            while (at < depth[k]) { /* the frame objects up to this one (what f_back would make) */
+                PyFrameObject *back = PyFrame_GetBack(cursor);
+                Py_DECREF(cursor);
+                cursor = back;
+                at++;
+                if (cursor == NULL) { /* the stack changed under us: the Python walk decides */
+                    Py_CLEAR(found);
+                    if (PyErr_Occurred())
+                        goto done; /* no memory for a frame object: raised (a fault: denied) */
+                    result = Py_None;
+                    Py_INCREF(result);
+                    goto done;
+                }
+            }
+            PyObject *entry = PyTuple_Pack(2, packages[k], (PyObject *)cursor);
+            if (entry == NULL || PyDict_SetItem(found, modules[k], entry) < 0) {
+                Py_XDECREF(entry);
+                Py_CLEAR(found);
+                goto done;
+            }
+            Py_DECREF(entry);
+        }
+    }
+    result = Py_BuildValue("(OO)", found != NULL ? found : Py_None, polc_inner ? Py_True : Py_False);
+done:
+    Py_XDECREF(found);
+    Py_XDECREF(cursor);
+    for (int k = 0; k < n; k++) {
+        Py_DECREF(modules[k]);
+        Py_DECREF(packages[k]);
+    }
+    return result;
+}
+#endif
+
 static PyObject *
 install(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
 {
@@ -324,6 +461,10 @@ static PyMethodDef methods[] = {
      "install(dispatch, agent, inherited, polc_owner, events, always): register the C audit hook"},
     {"set_names", (PyCFunction)(void (*)(void))set_names, METH_FASTCALL,
      "set_names(names, snapshot): the classification of module names for one snapshot"},
+#ifdef POLC_FRAME_WALK_INTERNAL
+    {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
+     "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},
+#endif
     {"stats", stats, METH_NOARGS, "how many handled events were skipped in C and passed to Python"},
     {NULL, NULL, 0, NULL},
 };

@@ -118,6 +118,7 @@ class Guard:
         # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
         self.stops: dict[int, FrameType] = {}
         self.accel: Any = None  # the C hook's module (runtime/guard/accel.py), once installed with it
+        self._walk: Callable[[FrameType, dict[str, Owner | None], FrameType | None], Any] | None = None
         self.handlers: dict[str, Callable[[Guard, tuple[Any, ...], FrameType, int], None]] = {}
         self.hook = self._make_hook()
 
@@ -237,10 +238,16 @@ class Guard:
         """
         if self.agent._snapshot is not self._snap:
             self._switch(self.agent._snapshot)
-        names_get = self._names.get
         stop = self.stops.get(tid) if self.stops else None
-        found: Found | None = None
-        polc_inner = False
+        walk = self._walk
+        walked = walk(f, self._names, stop) if walk is not None and f is not None else None
+        if walked is not None:  # the C walk (runtime/guard/_hook.c): the same result, without frame objects
+            found, polc_inner = walked
+            f = None
+        else:
+            found = None
+            polc_inner = False
+        names_get = self._names.get
         last = None
         while f is not None:
             if f is stop:

@@ -72,7 +72,7 @@ def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):
     assert len(lines) == len(set(lines))
 
 
-def test_anchored_walks_agree_with_full_walks(tree):
+def test_attribution_walks_agree_with_plain_walks(tree):
     r = subprocess.run([sys.executable, "anchors.py", str(tree / "policies")], cwd=tree / "app", env=child_env(),
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
