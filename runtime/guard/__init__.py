@@ -132,7 +132,7 @@ def install(
         os.register_at_fork(after_in_child=guard.after_fork_in_child)
         guard.handlers.update(HANDLERS)
         if accel is not None:
-            accel.install(guard.hook, agent, INHERITED, POLC, tuple(HANDLERS), tuple(ALWAYS))
+            accel.install(guard.from_c, agent, INHERITED, POLC, tuple(HANDLERS), tuple(ALWAYS))
         else:
             sys.addaudithook(guard.hook)
         agent._guard = guard

@@ -2,7 +2,7 @@
  *
  * One hook registered with PySys_AddAuditHook filters what the pure-Python
  * hook (Guard.hook) would find nothing to do for, and calls that hook for
- * everything else:
+ * everything else (with the calling frame, Guard.from_c):
  *
  *   - an event no handler wants: returns at once (a hash probe of its name);
  *   - an event whose handler has work to do whoever raised it (one that
@@ -42,7 +42,7 @@ typedef struct {
 } Slot;
 
 static Slot table[TABLE_SIZE];
-static PyObject *dispatch = NULL;     /* the Python hook: dispatch(event, args) */
+static PyObject *dispatch = NULL;     /* the Python hook: dispatch(event, args, frame) */
 static PyObject *agent = NULL;        /* the agent: its _snapshot is the current snapshot */
 static PyObject *inherited = NULL;    /* the context variable of what a hand-off carries */
 static PyObject *polc_owner = NULL;   /* the owner of polc's own frames */
@@ -197,8 +197,9 @@ polc_guard_c_hook(const char *event, PyObject *args, void *data)
         return 0;
     }
     dispatched++;
-    PyObject *stack[2] = {slot->event, args != NULL ? args : Py_None};
-    PyObject *res = PyObject_Vectorcall(dispatch, stack, 2, NULL);
+    PyObject *frame = (PyObject *)PyEval_GetFrame(); /* borrowed: what sys._getframe(1) is in a Python hook */
+    PyObject *stack[3] = {slot->event, args != NULL ? args : Py_None, frame != NULL ? frame : Py_None};
+    PyObject *res = PyObject_Vectorcall(dispatch, stack, 3, NULL);
     if (res == NULL)
         return -1; /* a denial or a fault: the operation does not happen */
     Py_DECREF(res);

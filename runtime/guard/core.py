@@ -114,6 +114,8 @@ class Guard:
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
+        # (module, host, port) the current snapshot allowed to connect to by itself (no audit rule)
+        self.connects: dict[tuple[str, str, int], None] = {}
         self._classifier: Classifier | None = None
         # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
         self.stops: dict[int, FrameType] = {}
@@ -125,13 +127,29 @@ class Guard:
     # -- the hook -----------------------------------------------------------
 
     def _make_hook(self) -> Callable[[str, tuple[Any, ...]], None]:
+        getframe = sys._getframe
+
+        def polc_guard_hook(event: str, args: tuple[Any, ...]) -> None:
+            if event in handlers:
+                try:
+                    frame = getframe(1)
+                except ValueError:  # no Python caller: the interpreter itself (running the main script)
+                    frame = None
+                run(event, args, frame)
+
+        handlers = self.handlers
+        run = self.from_c = self._make_run()
+        return polc_guard_hook
+
+    def _make_run(self) -> Callable[[str, tuple[Any, ...], FrameType | None], None]:
+        """What the hook does for a handled event raised from ``frame``; the C hook
+        (runtime/guard/_hook.c) calls it directly, with the frame."""
         handlers_get = self.handlers.get
         busy = self._busy
         get_ident = _thread.get_ident
-        getframe = sys._getframe
         guard = self
 
-        def polc_guard_hook(event: str, args: tuple[Any, ...]) -> None:
+        def polc_guard_run(event: str, args: tuple[Any, ...], frame: FrameType | None) -> None:
             handler = handlers_get(event)
             if handler is None:
                 return
@@ -140,10 +158,6 @@ class Guard:
                 return
             busy.add(tid)
             try:
-                try:
-                    frame = getframe(1)
-                except ValueError:  # no Python caller: the interpreter itself (running the main script)
-                    frame = None
                 handler(guard, args, frame, tid)  # type: ignore[arg-type]  # handlers accept None
             except PolicyDenied:
                 raise
@@ -154,7 +168,7 @@ class Guard:
             finally:
                 busy.discard(tid)
 
-        return polc_guard_hook
+        return polc_guard_run
 
     def busy(self, tid: int) -> bool:
         return tid in self._busy
@@ -205,6 +219,7 @@ class Guard:
         """A new snapshot: what was classified and decided for the old one goes."""
         self._names = {}
         self._fs = {}
+        self.connects = {}
         self._classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
         self._snap = snap
         if self.accel is not None:
@@ -407,6 +422,12 @@ class Guard:
                 self.counters.add(package, capability, ALLOWED)
                 continue
             self.apply(module, package, where, capability, spelled, d)
+
+    def remember_connect(self, key: tuple[str, str, int]) -> None:
+        connects = self.connects
+        if len(connects) >= _MAX_FS:
+            connects.clear()
+        connects[key] = None
 
     def in_policy_dir(self, real: str) -> bool:
         return (real + "/").startswith(self.policy_dir)

@@ -263,7 +263,11 @@ def _gethostbyname(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) 
 def _connect_decision(guard: Guard, module: str, host: str, port: int) -> tuple[Decision, tuple[object, ...]]:
     snap = guard.snapshot()
     d = snap.check(module, _NET_OUT, host, port)
-    if d.effect == "allow" or d.rule is not None or not _is_ip(host):
+    if d.effect == "allow":
+        if not d.audit:  # the snapshot alone allowed it: the same answer until the next snapshot
+            guard.remember_connect((module, host, port))
+        return d, (host, port)
+    if d.rule is not None or not _is_ip(host):
         return d, (host, port)
     for name in guard.names_for(module, host):
         dn = snap.check(module, _NET_OUT, name, port)
@@ -293,7 +297,11 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
         name = _host_text(host)
         number = int.__index__(port)
         quiet = guard.observer is None
+        allowed = guard.connects
         for module, (package, where) in found.items():
+            if quiet and (module, name, number) in allowed:  # allowed by this snapshot before: counted
+                guard.counters.add(package, _NET_OUT, ALLOWED)
+                continue
             d, shown = _connect_decision(guard, module, name, number)
             if quiet and d.effect == "allow":  # the common case, without a call
                 guard.counters.add(package, _NET_OUT, ALLOWED)
@@ -334,7 +342,13 @@ def _search_path(env: object) -> str:
                     raise Undecidable("a PATH that is not a string")
                 return os.fsdecode(value)
         return os.defpath
-    value = os.environ.get("PATH")  # what os.get_exec_path() reads, without its warnings filter
+    environ = os.environ
+    data = getattr(environ, "_data", None) if isinstance(environ, os._Environ) else None
+    if type(data) is dict:  # os.environ's own bytes, without its (guarded) item read
+        raw = data.get(b"PATH")
+        if type(raw) is bytes:
+            return os.fsdecode(raw)
+    value = environ.get("PATH")  # what os.get_exec_path() reads, without its warnings filter
     return value if value is not None else os.defpath
 
 

@@ -280,8 +280,23 @@ def _signals(guard: Guard) -> None:
 # -- the environment ------------------------------------------------------------------
 
 
+def _exempt_read(key: object, f: FrameType | None) -> bool:
+    """A read ENV_EXEMPT lets through (asked of the first caller outside os and collections.abc):
+    decided before the guard's machinery is entered; anything unusual goes the checked way."""
+    caller = f
+    while caller is not None and module_name(caller) in _PASS_THROUGH:
+        caller = caller.f_back
+    if caller is None or type(key) is not str:
+        return False
+    module = module_name(caller)
+    if module is None:
+        return False
+    exempt = ENV_EXEMPT.get(module, ())
+    return exempt is None or key in exempt
+
+
 def _environment(guard: Guard) -> None:
-    busy = guard.busy
+    busy = guard._busy
 
     def check(key: object, f: FrameType | None, tid: int) -> None:
         caller = f
@@ -310,8 +325,10 @@ def _environment(guard: Guard) -> None:
         """os.environ whose item reads are ``env.read`` requests."""
 
         def __getitem__(self, key: Any) -> Any:
-            if not busy(_get_ident()):
-                guard.run_guarded(check, key, _getframe(1))
+            if _get_ident() not in busy:
+                f = _getframe(1)
+                if not _exempt_read(key, f):
+                    guard.run_guarded(check, key, f)
             return base.__getitem__(self, key)
 
     GuardedEnviron.__name__ = base.__name__
