@@ -264,8 +264,6 @@ def _connect_decision(guard: Guard, module: str, host: str, port: int) -> tuple[
     snap = guard.snapshot()
     d = snap.check(module, _NET_OUT, host, port)
     if d.effect == "allow":
-        if not d.audit:  # the snapshot alone allowed it: the same answer until the next snapshot
-            guard.remember_connect((module, host, port))
         return d, (host, port)
     if d.rule is not None or not _is_ip(host):
         return d, (host, port)
@@ -294,16 +292,21 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
         if listen:
             guard.decide(found, "network.listen", (int.__index__(port),))
             return
-        name = _host_text(host)
         number = int.__index__(port)
         quiet = guard.observer is None
         allowed = guard.connects
+        plain = type(host) is str  # the address as given keys what this snapshot allowed before
+        name: str | None = None
         for module, (package, where) in found.items():
-            if quiet and (module, name, number) in allowed:  # allowed by this snapshot before: counted
+            if quiet and plain and (module, host, number) in allowed:  # the common case: counted
                 guard.counters.add(package, _NET_OUT, ALLOWED)
                 continue
+            if name is None:
+                name = _host_text(host)
             d, shown = _connect_decision(guard, module, name, number)
-            if quiet and d.effect == "allow":  # the common case, without a call
+            if quiet and d.effect == "allow":
+                if plain and not d.audit and shown[0] == name:  # the snapshot alone allowed it
+                    guard.remember_connect((module, host, number))
                 guard.counters.add(package, _NET_OUT, ALLOWED)
                 continue
             guard.apply(module, package, where, _NET_OUT, (name, number), d, shown)
