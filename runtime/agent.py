@@ -435,7 +435,7 @@ class PolicyAgent:
                     self._watcher = None
         while not stop.wait(self.reload_interval):
             try:
-                self._poll()
+                self._poll(tick=True)
             except Exception:  # the poller must survive anything
                 logger.exception("policy reload step failed; retrying in %gs", self.reload_interval)
 
@@ -687,13 +687,15 @@ class PolicyAgent:
         sweep: bool = True,
         names: Iterable[str] | None = None,
         lazily: bool = False,
+        tick: bool = False,
     ) -> ReloadResult:
         """One step under the step lock, then the delivery of its events.
 
         ``before`` runs first under the same lock (a pulled set's switch), so
         the step sees the whole new set and no step sees half of it.
         ``names``: examine only those entries (what inotify reported);
-        ``sweep=False``: list the directory, no sweep (a ``..data`` swap).
+        ``sweep=False``: list the directory, no sweep (a ``..data`` swap);
+        ``tick``: one tick of the polling loop (the sweep only when due).
         """
         upto = 0
         with self._lock:
@@ -702,7 +704,9 @@ class PolicyAgent:
                 if before is not None:
                     before()
                 with fast_switch:
-                    if names is not None:
+                    if tick:
+                        events, result = self._poller.run_tick(self.sweep_interval)
+                    elif names is not None:
                         events, result = self._poller.run_names(names)
                     elif initial and lazily:
                         threshold = BACKGROUND_MIN if self.background_load is None else 0

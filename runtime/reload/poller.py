@@ -48,7 +48,7 @@ from ..events import (
     ReloadFailure,
     ReloadResult,
 )
-from . import outcomes
+from . import dirlist, outcomes
 from .filestate import FileState, SweepEntry, is_racy
 from .loading import LazyModules
 from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
@@ -56,7 +56,7 @@ from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
 if TYPE_CHECKING:
     from ..format.reader import Trust
 
-__all__ = ["SUFFIX", "SWEEP_CHUNK", "SWEEP_DIR_CHECK_S", "InForce", "Poller"]
+__all__ = ["POLL_SWEEP_DUTY", "SUFFIX", "SWEEP_CHUNK", "SWEEP_DIR_CHECK_S", "InForce", "Poller"]
 
 logger = logging.getLogger("polc")
 
@@ -66,11 +66,20 @@ SUFFIX = ".bin"
 # lands during a long sweep is published without waiting for the sweep.
 SWEEP_CHUNK = 64
 SWEEP_DIR_CHECK_S = 0.005
+# Polling (run_tick): the directory's own stat every tick, and the full sweep
+# (in-place rewrites, everything else) only once the time since the last
+# sweep is at least its duration / POLL_SWEEP_DUTY (every tick while the
+# sweep is cheap; at most every sweep_cap seconds apart).
+POLL_SWEEP_DUTY = 0.05
+SWEEP_STAT_GUESS_S = 2e-6  # one file's share of a sweep, until one is measured
+# Entry types whose change can change what a symlinked name resolves to:
+# then the directory is listed whole (every symlink re-examined).
+_STRUCTURAL = frozenset((dirlist.DT_UNKNOWN, dirlist.DT_DIR, dirlist.DT_LNK))
 
 DirKey = tuple[int, int, int, int]  # (st_mtime_ns, st_ino, st_ctime_ns, st_dev) of the directory
 # A new listing: the candidate names, the names that can have changed at the
-# directory level (in listing order), and how many names were already known.
-Listing = tuple[list[str], list[str], int]
+# directory level, and the recorded names gone.
+Listing = tuple[list[str], list[str], list[str]]
 _LogLine = tuple[int, str, *tuple[object, ...]]  # level, format, arguments
 
 _first = itemgetter(0)
@@ -131,7 +140,13 @@ class Poller:
         self.dir_racy = True
         self.names: list[str] = []
         self.paths: dict[str, str] = {}
-        self._pending_dir: tuple[DirKey, bool, list[str]] | None = None
+        self._pending_dir: tuple[DirKey, bool, list[str], dirlist.Listing | None] | None = None
+        # The raw listing the recorded names came from (reload/dirlist.py), or None.
+        self.raw_listing: dirlist.Listing | None = None
+        # Polling: when the next full sweep is due (time.monotonic), and the
+        # longest time between two (the agent's sweep_interval); see run_tick.
+        self.next_sweep = 0.0
+        self.sweep_cap = 60.0
         # What the sweep stats, of every file whose recorded stat can be trusted,
         # in name order; every other file (racy or unreadable) is examined on
         # every step.
@@ -162,6 +177,21 @@ class Poller:
 
     # -- one step ------------------------------------------------------------
 
+    def run_tick(self, sweep_cap: float) -> tuple[list[ReloadEvent], ReloadResult]:
+        """One tick of the polling loop: the directory's stat (listed only when it
+        changed, or changed too recently to be trusted) and the files whose stat
+        cannot be trusted; the full step with the sweep when it is due.
+
+        The sweep (in-place rewrites, anything the directory's stat does not
+        show) is due once the time since the last one is at least its
+        duration / POLL_SWEEP_DUTY, and at most ``sweep_cap`` seconds after it:
+        every tick while it is cheap, less often on large trees.
+        """
+        self.sweep_cap = sweep_cap
+        if time.monotonic() >= self.next_sweep:
+            return self.run_step(False)
+        return self._step(False, sweep=False, relist=False)
+
     def run_step(self, initial: bool = False, *, sweep: bool = True) -> tuple[list[ReloadEvent], ReloadResult]:
         """One poll: the events committed (to be delivered) and what changed.
 
@@ -169,10 +199,16 @@ class Poller:
         examine what the listing shows, without the per-file sweep (a
         ``..data`` swap reported by the watcher).
         """
+        return self._step(initial, sweep=sweep, relist=not sweep)
+
+    def _step(self, initial: bool, *, sweep: bool, relist: bool) -> tuple[list[ReloadEvent], ReloadResult]:
+        """:meth:`run_step`; with ``sweep`` and ``relist`` False, a polling tick
+        without the sweep: the directory listed only if its stat changed, and
+        the files whose stat cannot be trusted examined."""
         now_ns = time.time_ns()
         events: list[ReloadEvent] = []
         result = ReloadResult()
-        if not sweep:
+        if relist:
             self.dir_key = None
         if self.sweep_stale:
             self.sweep_stale = False
@@ -197,8 +233,9 @@ class Poller:
             # sweep that costs one stat per file (slow under a GIL convoy).
             self._dir_phase(listing, now_ns, initial, done, events, result)
             if initial:
+                self._schedule_first_sweep()
                 return events, result
-        if not sweep:
+        if not sweep and relist:
             self.last_reload = time.time()
             return events, result
 
@@ -208,8 +245,8 @@ class Poller:
         changed: list[str] = []
         stat = os.stat
         clock = time.monotonic
-        last_dir_check = clock()
-        n = len(entries)
+        last_dir_check = started = clock()
+        n = len(entries) if sweep else 0
         chunk = SWEEP_CHUNK
         for lo in range(0, n, chunk):
             if lo and clock() - last_dir_check >= SWEEP_DIR_CHECK_S:
@@ -228,6 +265,9 @@ class Poller:
                     continue
                 if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
                     changed.append(name)
+        if sweep:
+            took = clock() - started
+            self.next_sweep = clock() + min(self.sweep_cap, took / POLL_SWEEP_DUTY)
         changed += recheck  # racy or unreadable files: examined every step
 
         # Decide, read, verify and link without touching any state, then
@@ -268,7 +308,7 @@ class Poller:
             return self._dir_unavailable(exc, True)
         self.dir_error = None
         assert listing is not None  # dir_key is None: always listed
-        _names, first, _known = listing
+        _names, first, _gone = listing
         glob_name = GLOBAL_MODULE + SUFFIX
         rest = [name for name in first if name != glob_name]
         if len(rest) <= threshold:
@@ -285,7 +325,14 @@ class Poller:
             outcome = self.examine(glob_name, now_ns)
             if outcome is not None:
                 found.append(outcome)
+        self._schedule_first_sweep()
         return self.commit(found, [], True)
+
+    def _schedule_first_sweep(self) -> None:
+        """After the first load (every file just examined): the first polling sweep
+        after the time a sweep of this many files would take / POLL_SWEEP_DUTY."""
+        guess = (len(self.files) + len(self.pending)) * SWEEP_STAT_GUESS_S
+        self.next_sweep = time.monotonic() + min(self.sweep_cap, guess / POLL_SWEEP_DUTY)
 
     def commit_loaded(self, found: list[Outcome]) -> tuple[list[ReloadEvent], ReloadResult]:
         """Commit outcomes the loader (or checks) examined; publish the whole snapshot
@@ -414,10 +461,14 @@ class Poller:
 
         Returns the candidate names; the names that can have changed
         at the directory level — new, symlinks, or whose directory entry's
-        inode differs from the recorded one (renamed over: atomic drops) —
-        in listing order; and how many names were already known (fewer than
-        the recorded files: some are gone). The directory entries give all
-        that without a system call per name.
+        inode differs from the recorded one (renamed over: atomic drops);
+        and the recorded names gone. The directory entries give all that
+        without a system call per name.
+
+        With a raw listing recorded (reload/dirlist.py), only the records
+        between the two listings' common prefix and suffix are decoded; a
+        change of a directory, a symlink or an entry of unknown type there
+        lists the directory whole, as does anything unexpected.
         """
         st = os.stat(self.policy_dir)
         if not stat_mod.S_ISDIR(st.st_mode):
@@ -425,14 +476,24 @@ class Poller:
         key = (st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
         if key == self.dir_key and (changed_only or not self.dir_racy):
             return None
+        racy = is_racy(st, now_ns)
         suffix = SUFFIX
+        # Read before the names are: a change in between shows in the next
+        # comparison with it (and is examined again), never the other way.
+        raw = dirlist.read_raw(self.policy_dir, st.st_size)
+        base = self.raw_listing
+        if raw is not None and base is not None and self.dir_key is not None and key[3] == self.dir_key[3]:
+            listing = self._list_changes(key, racy, base, raw)
+            if listing is not None:
+                return listing
+        marked = dirlist.mark(raw) if raw is not None else None
         if not self.files and not self.pending:
             # Nothing recorded (the first load): every name is new, and the
             # names alone are needed; os.listdir builds no DirEntry per name
             # (a third of the time at 100,000 files).
             names = [n for n in os.listdir(self.policy_dir) if n.endswith(suffix) and n[0] != "."]
-            self._pending_dir = (key, is_racy(st, now_ns), names)
-            return names, list(names), 0
+            self._pending_dir = (key, racy, names, marked)
+            return names, list(names), []
         names = []
         first = []
         known = 0
@@ -454,9 +515,63 @@ class Poller:
                             first.append(name)
                     except OSError:
                         first.append(name)
+        gone: list[str] = []
+        if known < len(self.files):
+            seen = set(names)
+            gone = [name for name in self.files if name not in seen]
         # Recorded (and sorted, after publishing) by the directory phase that uses this listing.
-        self._pending_dir = (key, is_racy(st, now_ns), names)
-        return names, first, known
+        self._pending_dir = (key, racy, names, marked)
+        return names, first, gone
+
+    def _list_changes(self, key: DirKey, racy: bool, base: dirlist.Listing, raw: bytes) -> Listing | None:
+        """The listing from the records that changed since ``base``; None: list it whole."""
+        found = dirlist.diff(base, raw)
+        if found is None:
+            return None
+        marked, olds, news = found
+        structural = _STRUCTURAL
+        for entries in (olds, news):
+            for name, (_ino, kind) in entries.items():
+                if kind in structural and name not in (".", ".."):
+                    return None
+        suffix = SUFFIX
+        files = self.files
+        pending = self.pending
+        first: list[str] = []
+        gone: list[str] = []
+        added: list[str] = []
+        removed: list[str] = []
+        for name, (ino, _kind) in news.items():
+            if not name.endswith(suffix) or name[0] == "." or len(name) <= len(suffix):
+                continue
+            if name not in olds:
+                added.append(name)
+            elif olds[name][0] == ino:
+                continue  # the same entry (a neighbour changed)
+            state = files.get(name)
+            if state is None:
+                if name not in pending:
+                    first.append(name)
+            elif state.ino != ino:
+                first.append(name)
+        for name in olds:
+            if name not in news and name.endswith(suffix) and name[0] != "." and len(name) > len(suffix):
+                removed.append(name)
+                if name in files:
+                    gone.append(name)
+        names = self.names
+        if added or removed:
+            names = names.copy()
+            for name in removed:
+                i = bisect.bisect_left(names, name)
+                if i < len(names) and names[i] == name:
+                    del names[i]
+            for name in added:
+                i = bisect.bisect_left(names, name)
+                if i == len(names) or names[i] != name:
+                    names.insert(i, name)
+        self._pending_dir = (key, racy, names, marked)
+        return names, first, gone
 
     def _dir_unavailable(
         self,
@@ -493,18 +608,13 @@ class Poller:
     ) -> None:
         """Examine and commit what a new listing shows: new names, names whose
         directory entry points elsewhere (renames, symlinks) and names gone."""
-        names, first, known = listing
-        files = self.files
+        _names, first, gone = listing
         found: list[Outcome] = []
         for name in first:
             done.add(name)
             outcome = self.examine(name, now_ns)
             if outcome is not None:
                 found.append(outcome)
-        gone: list[str] = []
-        if known < len(files):
-            seen = set(names)
-            gone = [name for name in files if name not in seen]
         if not found and not gone and not initial:
             # The same names, nothing changed (a dot-file came or went, or
             # the directory's stat was racy): record the listing only.
@@ -731,7 +841,7 @@ class Poller:
 
     def _record_listing(self) -> None:
         if self._pending_dir is not None:
-            self.dir_key, self.dir_racy, names = self._pending_dir
+            self.dir_key, self.dir_racy, names, self.raw_listing = self._pending_dir
             names.sort()
             self.names = names
             self._pending_dir = None
@@ -820,6 +930,7 @@ class Poller:
         self.pending = set()
         self.deferred = set()
         self.dir_key = None
+        self.raw_listing = None
         self.names = []
         self.sweep = []
         self.recheck = []
@@ -850,6 +961,8 @@ class Poller:
         self.deferred = set()
         self.dir_key = None
         self.dir_racy = True
+        self.raw_listing = None
+        self.next_sweep = 0.0
         self.names = []
         self._pending_dir = None
         self.sweep = []

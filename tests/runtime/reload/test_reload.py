@@ -390,16 +390,21 @@ def test_exception_in_one_poll_is_survived(pdir, agents, caplog, monkeypatch):
 
 
 def test_exception_in_listing_is_survived(pdir, agents, caplog, monkeypatch):
+    # The directory is listed with getdents64 (reload/dirlist.py) where libc
+    # has it, else with os.scandir: the first listing of either kind raises.
     a = agents(pdir)
-    real = os.scandir
     state = {"armed": True}
 
-    def boom(path):
-        if state.pop("armed", False):
-            raise MemoryError("injected")  # not an OSError: the loop's own net
-        return real(path)
+    def arm(real):
+        def boom(*args):
+            if state.pop("armed", False):
+                raise MemoryError("injected")  # not an OSError: the loop's own net
+            return real(*args)
 
-    monkeypatch.setattr(poller_mod.os, "scandir", boom)
+        return boom
+
+    monkeypatch.setattr(poller_mod.os, "scandir", arm(os.scandir))
+    monkeypatch.setattr(poller_mod.dirlist, "read_raw", arm(poller_mod.dirlist.read_raw))
     write_artifact(pdir, "tenant.new", [("entitle", "threads.create", ())])
     wait_for(lambda: a.check("tenant.new", "threads.create"))
     assert not state
