@@ -79,10 +79,48 @@ lookup(const char *event)
     }
 }
 
+/* The verdict of globals_need_python per module globals, for one classification (generation)
+   and one version of the dict (ma_version_tag changes with every change to it, __name__ too).
+   An entry holds a reference to its dict, so its address is not reused while it is there. */
+#define VERDICTS 512
+typedef struct {
+    PyObject *globals;
+    uint64_t version;
+    unsigned long generation;
+    int verdict;
+} Verdict;
+static Verdict verdicts[VERDICTS];
+static unsigned long generation = 1; /* set_names starts a new one */
+
+static int globals_lookup(PyObject *globals);
+
 /* 1: the module of these globals may be governed (or cannot be told): the Python hook decides;
    0: known ungoverned or polc's own. Never leaves an exception set. */
 static int
 globals_need_python(PyObject *globals)
+{
+    if (globals == NULL || !PyDict_CheckExact(globals))
+        return globals_lookup(globals);
+    Verdict *v = &verdicts[((uintptr_t)globals >> 4) & (VERDICTS - 1)];
+    uint64_t version = ((PyDictObject *)globals)->ma_version_tag;
+    if (v->globals == globals && v->version == version && v->generation == generation)
+        return v->verdict;
+    int verdict = globals_lookup(globals);
+    if (verdict == 0 && ((PyDictObject *)globals)->ma_version_tag == version) {
+        /* known ungoverned (not "not classified yet", which changes): remembered */
+        PyObject *old = v->globals;
+        Py_INCREF(globals);
+        v->globals = globals;
+        v->version = version;
+        v->generation = generation;
+        v->verdict = 0;
+        Py_XDECREF(old); /* last: freeing it may run code that comes back here */
+    }
+    return verdict;
+}
+
+static int
+globals_lookup(PyObject *globals)
 {
     if (globals == NULL || !PyDict_Check(globals))
         return 1;
@@ -443,6 +481,7 @@ set_names(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
     Py_INCREF(argv[1]);
     names = argv[0];
     names_snap = argv[1];
+    generation++; /* what was remembered for the old classification no longer holds */
     Py_XDECREF(old_names);
     Py_XDECREF(old_snap);
     Py_RETURN_NONE;
