@@ -141,6 +141,9 @@ class _Build:
         """unit index -> the source's stat key, taken before it was read, and when."""
         self.hits: dict[int, list[Place]] = {}
         """unit index -> its modules' places, for the files the manifest found unchanged (not read)."""
+        self.present: frozenset[str] | None = None
+        """The output directory's names, listed once holding the lock (None: not listed): an
+        artifact absent from it is not up to date, without a ``stat`` or ``open`` to say so."""
 
     # -- before anything is read ---------------------------------------------
 
@@ -183,6 +186,11 @@ class _Build:
 
     def run(self, lock_fd: int | None = None) -> None:
         """Read, compile, write and report (holding the output lock when writing)."""
+        if self.write and not self.force:
+            try:
+                self.present = frozenset(os.listdir(self.out))
+            except OSError:
+                self.present = None  # each artifact is looked at on its own
         hits = self._unchanged()
         datas = read_sources([w for i, w in enumerate(self.walked) if i not in hits], self.srcs, self.stdin)
         units = [
@@ -274,6 +282,8 @@ class _Build:
                 continue
             akeys: list[StatKey | None] = []
             for n in names:
+                if not self._may_exist(n):
+                    break
                 akey = None
                 if manifest is not None:
                     try:
@@ -329,10 +339,19 @@ class _Build:
             self._out_prefix = os.path.join(self.out, "")
         return self._out_prefix + module + ".bin"
 
+    def _may_exist(self, module: str) -> bool:
+        """False when the output directory's listing has no artifact for ``module``."""
+        present = self.present
+        return present is None or module + ".bin" in present
+
     def _decide(self, m: ModuleOutcome, o: FileOutcome, decls: Declarations) -> str:
         """Up to date, or staged for writing (renamed over the artifact only if it is committed)."""
         m.artifact = self._artifact(m.module)
-        if not self.force and up_to_date(m.artifact, m.module, o.source, o.digest, decls, self.signer):
+        if (
+            not self.force
+            and self._may_exist(m.module)
+            and up_to_date(m.artifact, m.module, o.source, o.digest, decls, self.signer)
+        ):
             return UP_TO_DATE
         assert self.writer is not None and m.data is not None
         self.writer.stage(m, m.data if self.sign_key is None else sign_artifact(m.data, self.sign_key))

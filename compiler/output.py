@@ -131,33 +131,65 @@ def remove_debris(out: str, *, now: float | None = None) -> int:
     return removed
 
 
+STAGE_BATCH = 8
+"""Artifacts staged per task of the writer threads: one task (a future, a thread woken) per
+artifact cost the parent more than the writes it hands over."""
+
+
+def _stage_batch(directory: str, datas: list[bytes]) -> list[str | OSError]:
+    """Stage each of ``datas`` (:func:`stage_file`): its temporary file's path, or why not."""
+    out: list[str | OSError] = []
+    for data in datas:
+        try:
+            out.append(stage_file(directory, data, prefix=TEMP_PREFIX))
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
 class Writer:
     """Atomic artifact writes: ``stage`` (write + fsync a temporary file, in a thread), ``commit``, ``finish``.
 
     Like ``polc.runtime.format.writer.write_atomic`` for each file -- a temporary
     file in the same directory, written and fsynced, then renamed over the
     artifact; on failure removed and the artifact unchanged -- except that the
-    writes and fsyncs run in a few threads (fsync releases the GIL), and the
-    directory is fsynced once, after all the renames, instead of once per file.
-    ``finish`` renames the committed files; ``discard`` removes any temporary
-    file left. Threads start on the first ``stage``: with worker processes,
-    only after they have all been forked.
+    writes and fsyncs run in a few threads (fsync releases the GIL), STAGE_BATCH
+    files per task, and the directory is fsynced once, after all the renames,
+    instead of once per file. ``finish`` renames the committed files;
+    ``discard`` removes any temporary file left. Threads start on the first
+    batch: with worker processes, only after they have all been forked.
     """
 
     def __init__(self, directory: str) -> None:
         self.directory = os.path.abspath(directory)  # absolute: mkstemp then never calls getcwd
         self.pool: ThreadPoolExecutor | None = None
-        self.staged: dict[int, tuple[ModuleOutcome, Future[str]]] = {}
+        # id(module outcome) -> (it, the future of its batch, its place in the batch)
+        self.staged: dict[int, tuple[ModuleOutcome, Future[list[str | OSError]], int]] = {}
+        self.batches: list[Future[list[str | OSError]]] = []
+        self.pending: list[tuple[ModuleOutcome, bytes]] = []
         self.committed: list[ModuleOutcome] = []
 
     def stage(self, m: ModuleOutcome, data: bytes) -> None:
-        """Start writing ``data`` for ``m`` (whose artifact is in this writer's directory)."""
+        """Have ``data`` written for ``m`` (whose artifact is in this writer's directory)."""
+        self.pending.append((m, data))
+        if len(self.pending) >= STAGE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Start writing what :meth:`stage` has collected."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
         if self.pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             process_umask()  # read before any thread runs
             self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="polc-write")
-        self.staged[id(m)] = (m, self.pool.submit(stage_file, self.directory, data, prefix=TEMP_PREFIX))
+        fut = self.pool.submit(_stage_batch, self.directory, [data for _, data in pending])
+        self.batches.append(fut)
+        for k, (m, _) in enumerate(pending):
+            self.staged[id(m)] = (m, fut, k)
 
     def commit(self, m: ModuleOutcome) -> None:
         """Have ``finish`` rename ``m``'s staged file over its artifact."""
@@ -167,12 +199,12 @@ class Writer:
         """Rename every committed file, remove the rest; the modules that failed, with why."""
         failures: list[tuple[ModuleOutcome, OSError]] = []
         renamed = False
+        self.flush()
         for m in self.committed:
-            _, fut = self.staged.pop(id(m))
-            try:
-                tmp = fut.result()
-            except OSError as exc:
-                failures.append((m, exc))
+            _, fut, k = self.staged.pop(id(m))
+            tmp = fut.result()[k]
+            if isinstance(tmp, OSError):
+                failures.append((m, tmp))
                 continue
             assert m.artifact is not None
             try:
@@ -190,10 +222,14 @@ class Writer:
 
     def discard(self) -> None:
         """Remove every staged file not renamed; stop the threads."""
-        for _, fut in self.staged.values():
-            with contextlib.suppress(OSError):  # its write failed: no file
-                _unlink(fut.result())
+        self.pending = []  # never written
+        for _, fut, k in self.staged.values():
+            with contextlib.suppress(OSError):  # its batch failed: no file
+                tmp = fut.result()[k]
+                if not isinstance(tmp, OSError):  # its write failed: no file
+                    _unlink(tmp)
         self.staged.clear()
+        self.batches = []
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None

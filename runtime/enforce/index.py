@@ -44,7 +44,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final, NewType, Protocol
 
-from ..catalog import GLOBAL_MODULE, HOST, INT, PATH, PORT, STRING
+from ..catalog import HOST, INT, PATH, PORT, STRING
 from ..format.opcodes import DENY, HOST_CIDR, HOST_EXACT, HOST_WILD, INT_RANGE, PATH_GLOB, STR_EXACT, STR_GLOB
 from ..memo import Memo
 from .matchers import SHARE_MAX, Checks, Instr, IntRange, checks_get, checks_of
@@ -113,7 +113,14 @@ PREFIX: Final = BucketKind(5)
 SEGMENTS: Final = BucketKind(6)
 LAST_SEGMENT: Final = BucketKind(7)
 BUCKET_KIND_NAMES: Final = (
-    "EXACT", "ONE_LABEL", "SOME_LABELS", "INNER_WILD", "CIDR", "PREFIX", "SEGMENTS", "LAST_SEGMENT",
+    "EXACT",
+    "ONE_LABEL",
+    "SOME_LABELS",
+    "INNER_WILD",
+    "CIDR",
+    "PREFIX",
+    "SEGMENTS",
+    "LAST_SEGMENT",
 )
 
 
@@ -147,7 +154,7 @@ Bucket = tuple[Entry, ...]
 
 
 class RuleOwner(Protocol):
-    """What a table needs of the linked module its rules come from."""
+    """What a plan needs of the linked module a table's rules come from (to word a Decision)."""
 
     @property
     def name(self) -> str: ...
@@ -372,7 +379,6 @@ class Table:
         "ip",
         "ipos",
         "kind",
-        "owner",
         "pfx",
         "pfx_lens",
         "pos",
@@ -384,9 +390,11 @@ class Table:
     )
 
     def __init__(
-        self, owner: RuleOwner, effect: int, rules: list[tuple[int, tuple[Instr, ...]]], types: tuple[str, ...]
+        self, glob: bool, effect: int, rules: list[tuple[int, tuple[Instr, ...]]], types: tuple[str, ...]
     ) -> None:
-        self.owner = owner
+        # A table is a pure function of these four (``glob``: the rules are ``_global``'s), and
+        # keeps nothing of the module they come from: equal tables of two modules may be one
+        # object (link.py), and a plan takes the deciding rule's module from its tier.
         self.effect = effect
         self.size = len(rules)
         pos, kind, keys = self._choose(rules, types)
@@ -396,7 +404,6 @@ class Table:
         # shared by every plan and snapshot): ``(rank, checks)``, or ``(rank, lo, hi, checks)``
         # when the capability has a port/int parameter (its range check taken out, ``ipos``).
         # The rank is ``tier << TIER_SHIFT | index`` with the tier this table has in every plan.
-        glob = owner.name == GLOBAL_MODULE
         if effect == DENY:  # noqa: SIM108 - two nested conditional expressions read worse
             tier = GLOBAL_DENY if glob else MODULE_DENY
         else:

@@ -2,6 +2,15 @@
 
 Linking a module never looks at any other module, so a tenant's artifact
 is linked once and reused by every snapshot until it changes.
+
+What is equal between modules is one object (hash-consing by content, in
+bounded process-wide memos): a :class:`~.index.Table` is a pure function of
+its rules' source indices and arguments, its effect, its capability's
+parameter types and whether it is ``_global``'s, and keeps nothing of its
+module, so modules whose tables are equal share one (their plans take the
+deciding rule's module, location and revision from the plan's tiers); so
+are the ``caps`` dict of an equal capability table, the ``volatile`` set
+and the packed line/column array.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import COMMAND, Capability
+from ..catalog import COMMAND, GLOBAL_MODULE, Capability
 from ..format.opcodes import DENY
 from ..memo import Memo
 from .index import Table
@@ -44,6 +53,59 @@ _chain = chain.from_iterable
 
 def _line_cols(rules: Iterable[Any]) -> Iterable[int]:
     return _chain(map(_LINE_COL, rules))
+
+
+# Shared between modules, keyed by content (each bounded, cleared whole when full: a cleared
+# memo only means later modules get their own copies until it fills again). Small on purpose:
+# a key holds its rules' argument tuples alive, which for tables no other module repeats costs
+# more than the sharing saves (4,096 entries: +1.3 KB per module at 1,000 modules); a table
+# many modules repeat is back in the memo right after a clearing.
+_SHARE_TABLES_MAX = 1 << 9
+_SHARE_RULES = 32  # larger tables are rarely equal to another module's: not worth the key
+_TABLES: Memo[tuple[Any, ...], Table] = Memo("shared tables", _SHARE_TABLES_MAX)
+_tables_get = _TABLES.get
+_CAPS: Memo[tuple[Capability, ...], dict[str, Capability]] = Memo("shared capability dicts", SHARE_MAX)
+_caps_get = _CAPS.get
+_VOLATILE: Memo[frozenset[str], frozenset[str]] = Memo("shared volatile sets", SHARE_MAX)
+_WHERE: Memo[tuple[str, bytes], array[int]] = Memo("shared line/column arrays", _SHARE_TABLES_MAX)
+_where_get = _WHERE.get
+
+
+def _where_of(rules: tuple[Any, ...]) -> array[int]:
+    """The packed ``line, col`` of every rule (rule i at 2i, 2i+1), in the smallest item size
+    that holds them; one object for equal arrays."""
+    w: array[int]
+    try:
+        w = array("H", _line_cols(rules))
+    except OverflowError:
+        try:
+            w = array("I", _line_cols(rules))
+        except OverflowError:  # a line or column past 2**32 - 1 (the verifier allows 2**63 - 1)
+            w = array("q", _line_cols(rules))
+    key = (w.typecode, w.tobytes())
+    shared = _where_get(key)
+    return shared if shared is not None else _WHERE.put(key, w)
+
+
+def _caps_of(caps: tuple[Capability, ...]) -> dict[str, Capability]:
+    """name -> Capability of a capability table; one dict for equal tables (never written)."""
+    d = _caps_get(caps)
+    if d is None:
+        d = _CAPS.put(caps, {c.name: c for c in caps})
+    return d
+
+
+def _table(glob: bool, effect: int, group: list[tuple[int, tuple[Instr, ...]]], types: tuple[str, ...]) -> Table:
+    """The table of these rules: an equal one already linked (any module's), else a new one."""
+    if len(group) > _SHARE_RULES:
+        return Table(glob, effect, group, types)
+    # flat, so that the key is one tuple: (glob, effect, types, index, args, index, args, ...);
+    # arguments are verified, decoded tuples of exact str/int values, so equal means same rules
+    key = (glob, effect, types, *_chain(group))
+    t = _tables_get(key)
+    if t is None:
+        t = _TABLES.put(key, Table(glob, effect, group, types))
+    return t
 
 
 class LinkedModule:
@@ -85,13 +147,9 @@ class LinkedModule:
         self.governs: tuple[str, ...] = artifact.governs  # verified: sorted, unique, interned
         rules = artifact.rules
         self.rule_count: int = len(rules)
-        caps: dict[str, Capability] = {c.name: c for c in artifact.caps}
+        caps = _caps_of(artifact.caps)
         # line, col of rule i at 2i, 2i+1: one object per module, not one string per rule
-        self._where: array[int]
-        try:
-            self._where = array("I", _line_cols(rules))
-        except OverflowError:  # a line or column past 2**32 - 1 (the verifier allows 2**63 - 1)
-            self._where = array("q", _line_cols(rules))
+        self._where: array[int] = _where_of(rules)
         grouped: dict[tuple[str, int], list[tuple[int, tuple[Instr, ...]]]] = {}
         get = grouped.get
         for index, effect, cap, _line, _col, args in rules:
@@ -100,11 +158,13 @@ class LinkedModule:
             if g is None:
                 g = grouped[key] = []
             g.append((index, args))
+        glob = self.name == GLOBAL_MODULE
         tables: dict[str, list[Table | None]] = {}
         for (cap_name, effect), group in grouped.items():
             sig = caps.get(cap_name)
             if sig is None:  # rule of a capability missing from caps: the verifier forbids it
                 sig = next(r.cap for r in rules if r.cap.name == cap_name)
+                caps = dict(caps)  # never the shared dict
                 caps[cap_name] = sig
             slot = tables.get(cap_name)
             if slot is None:
@@ -112,10 +172,12 @@ class LinkedModule:
             types = types_of(sig)
             if COMMAND in types:
                 group = [(index, command_args(args, types, effect)) for index, args in group]
-            slot[0 if effect == DENY else 1] = Table(self, effect, group, types)
+            slot[0 if effect == DENY else 1] = _table(glob, effect, group, types)
         self.caps = caps
         # capabilities whose decisions depend on the file system (a command parameter): never cached
-        self.volatile: frozenset[str] = frozenset(n for n, c in caps.items() if COMMAND in types_of(c))
+        self.volatile: frozenset[str] = _VOLATILE.intern(
+            frozenset(n for n, c in caps.items() if COMMAND in types_of(c))
+        )
         self.tables: dict[str, tuple[Table | None, Table | None]] = {k: (v[0], v[1]) for k, v in tables.items()}
 
     def location(self, index: int) -> str:

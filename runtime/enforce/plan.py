@@ -21,7 +21,20 @@ from ..format.opcodes import ENTITLE
 from ..memo import Memo, put_bounded
 from .deciders import NAMESPACE, Decider, decider_code
 from .decision import Decision
-from .index import BUCKETS, EMPTY_MAP, SCAN, TIER_MASK, TIER_SHIFT, TIERS, Bucket, Table, int_pos, rank_obj
+from .index import (
+    BUCKETS,
+    EMPTY_MAP,
+    GLOBAL_DENY,
+    GLOBAL_ENTITLE,
+    SCAN,
+    TIER_MASK,
+    TIER_SHIFT,
+    TIERS,
+    Bucket,
+    Table,
+    int_pos,
+    rank_obj,
+)
 from .link import LinkedModule, types_of
 from .matchers import SHARE_MAX
 from .normalize import MEMO_MAX, NORMALIZERS, normalizer_of
@@ -130,7 +143,7 @@ class Plan:
     are memoised per module, not per plan (``memo``, shared by a module's plans in a
     snapshot: rank -> Decision, -1 -> the module's "no entitlement")."""
 
-    __slots__ = ("_memo", "_tiers", "arity", "cap", "error", "fn", "module", "no_entitlement", "sig")
+    __slots__ = ("_glob", "_memo", "_mod", "_tiers", "arity", "cap", "error", "fn", "module", "no_entitlement", "sig")
 
     def __init__(
         self,
@@ -145,6 +158,10 @@ class Plan:
         self.cap = cap_name
         self.error: Decision | None = None
         self._tiers = _NOTIERS
+        # the modules whose rules the tiers hold: a rule's module and location come from these,
+        # never from the table (equal tables are one object shared by every module that has one)
+        self._mod = mod
+        self._glob = glob
         self._memo: dict[int, Decision] = memo if memo is not None else {}
         sig = (mod.caps.get(cap_name) if mod else None) or (glob.caps.get(cap_name) if glob else None)
         if sig is None:
@@ -255,7 +272,10 @@ class Plan:
     def _ranked_decision(self, rank: int) -> Decision:
         table = self._tiers[rank >> TIER_SHIFT]
         assert table is not None  # a rank is only ever found in one of the plan's tables
-        d = self._decision(table, rank & TIER_MASK)
+        tier = rank >> TIER_SHIFT
+        owner = self._glob if tier == GLOBAL_DENY or tier == GLOBAL_ENTITLE else self._mod  # noqa: SIM109
+        assert owner is not None  # a tier holds a table only when its module is there
+        d = self._decision(table, owner, rank & TIER_MASK)
         # -1, the module's "no entitlement", outlives a clearing: its plans share it
         return put_bounded(self._memo, DECISIONS_MAX, rank, d, keep=-1)
 
@@ -306,8 +326,7 @@ class Plan:
             reason = f"invalid arguments for {self.cap}"
         return Decision(False, "deny", reason, None, self.module, self.no_entitlement.revision)
 
-    def _decision(self, table: Table, i: int) -> Decision:
-        owner = table.owner
+    def _decision(self, table: Table, owner: LinkedModule, i: int) -> Decision:
         if table.effect == ENTITLE:
             return Decision(
                 True, "allow", _reason("entitled by ", owner.name), owner.location(i), self.module, owner.revision

@@ -248,14 +248,18 @@ def check_code_count(n: int, arity: int) -> None:
 
 
 def verify_consts(chunk: tuple[Any, ...], start: int = 0) -> tuple[str, ...]:
-    """The entries ``start``, ``start + 1``, ... of ``consts``, checked and interned."""
-    try:
-        return tuple(map(sys.intern, chunk))
-    except TypeError:
+    """The entries ``start``, ``start + 1``, ... of ``consts``, checked (exact ``str`` each).
+
+    Not interned: a constant outlives linking only inside a decoded argument,
+    and equal arguments are one shared tuple (``arguments.decode_arg``'s
+    memo), so equal constants of two artifacts are already one object; the
+    interpreter's table of interned strings would add an entry per distinct
+    constant (about 0.5-0.8 KB per 20-rule module at 10,000 modules)."""
+    if set(map(type, chunk)) - {str}:
         for k, c in enumerate(chunk):
             if type(c) is not str:
-                raise VerifyError(f"consts[{start + k}]: expected str, got {_tname(c)}") from None
-        raise
+                raise VerifyError(f"consts[{start + k}]: expected str, got {_tname(c)}")
+    return chunk if type(chunk) is tuple else tuple(chunk)
 
 
 # Verified capability tables, process-wide: raw ``caps`` -> the verified tuple.

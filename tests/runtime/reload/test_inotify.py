@@ -310,7 +310,7 @@ def _blocked(agent: PolicyAgent) -> bool:
 # -- fallbacks -------------------------------------------------------------------------------
 
 _EXHAUST = r"""
-import ctypes, os, sys
+import ctypes, os, sys, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
 fds = []
 while True:
@@ -319,7 +319,19 @@ while True:
         break
     fds.append(fd)
 print(len(fds), ctypes.get_errno(), flush=True)
-sys.stdin.read()  # hold them until the test closes stdin
+# Other processes of this user may close an instance meanwhile: take it too,
+# until the test closes stdin (the agent must find none left).
+done = threading.Event()
+def keep_taking():
+    while not done.is_set():
+        fd = libc.inotify_init1(os.O_CLOEXEC)
+        if fd >= 0:
+            fds.append(fd)
+        else:
+            time.sleep(0.0005)
+threading.Thread(target=keep_taking, daemon=True).start()
+sys.stdin.read()
+done.set()
 """
 
 
