@@ -25,13 +25,21 @@
 #include <Python.h>
 #include <string.h>
 
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-/* 3.11: walk the interpreter's frames without making a frame object of each */
+/* CPython 3.11 only, with the GIL: the walks read the interpreter's frames and the verdict
+   cache relies on PyDictObject.ma_version_tag changing with every change of a dict (PEP 699
+   gives no such promise from 3.12 on). Elsewhere the build fails, setup.py's optional=True
+   makes that "not built", and the guard uses its Python hook. */
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
+#error "polc.runtime.guard._hook is for CPython 3.11 only (the Python hook is used elsewhere)"
+#endif
+#ifdef Py_GIL_DISABLED
+#error "polc.runtime.guard._hook needs the GIL (the Python hook is used without it)"
+#endif
 #define POLC_FRAME_WALK_INTERNAL 1
 #define Py_BUILD_CORE 1
 #include "internal/pycore_frame.h"
+#include "internal/pycore_dict.h"
 #undef Py_BUILD_CORE
-#endif
 
 #define TABLE_SIZE 256 /* a power of two, well above the number of events */
 
@@ -52,6 +60,9 @@ static PyObject *str_name = NULL;     /* "__name__" */
 static PyObject *str_snapshot = NULL; /* "_snapshot" */
 static PyInterpreterState *main_interp = NULL;
 static int installed = 0;
+static int hook_added = 0;  /* the hook is in the runtime's list (it saw the probe) */
+static int probing = 0, probe_seen = 0;
+#define PROBE_EVENT "polc.guard.probe"
 static unsigned long long skipped = 0, dispatched = 0;
 
 static size_t
@@ -94,6 +105,24 @@ static unsigned long generation = 1; /* set_names starts a new one */
 
 static int globals_lookup(PyObject *globals);
 
+/* An exact dict whose keys are all exact str: looking a str up in it runs no Python code
+   (no key's __eq__ or __hash__). Any other dict goes to the Python side. */
+static int
+plain_dict(PyObject *d)
+{
+    return d != NULL && PyDict_CheckExact(d) && ((PyDictObject *)d)->ma_keys->dk_kind != DICT_KEYS_GENERAL;
+}
+
+static void
+clear_verdicts(void)
+{
+    for (int i = 0; i < VERDICTS; i++) {
+        PyObject *old = verdicts[i].globals;
+        verdicts[i].globals = NULL;
+        Py_XDECREF(old);
+    }
+}
+
 /* 1: the module of these globals may be governed (or cannot be told): the Python hook decides;
    0: known ungoverned or polc's own. Never leaves an exception set. */
 static int
@@ -122,8 +151,8 @@ globals_need_python(PyObject *globals)
 static int
 globals_lookup(PyObject *globals)
 {
-    if (globals == NULL || !PyDict_Check(globals))
-        return 1;
+    if (!plain_dict(globals) || !plain_dict(names))
+        return 1; /* a lookup could run foreign code: the Python hook decides */
     PyObject *name = PyDict_GetItemWithError(globals, str_name); /* borrowed */
     if (name == NULL) {
         if (PyErr_Occurred()) {
@@ -164,29 +193,6 @@ stack_needs_python(void)
             return 1;
     }
     return 0;
-#else
-    PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
-    Py_XINCREF(f);
-    PyObject *last = NULL;
-    while (f != NULL) {
-        PyObject *g = PyFrame_GetGlobals(f); /* new */
-        if (g == NULL) {
-            PyErr_Clear();
-            Py_DECREF(f);
-            return 1;
-        }
-        int need = g != last && globals_need_python(g);
-        last = g;
-        Py_DECREF(g); /* the frame keeps it alive */
-        if (need) {
-            Py_DECREF(f);
-            return 1;
-        }
-        PyFrameObject *back = PyFrame_GetBack(f); /* new */
-        Py_DECREF(f);
-        f = back;
-    }
-    return 0;
 #endif
 }
 
@@ -225,6 +231,10 @@ polc_guard_c_hook(const char *event, PyObject *args, void *data)
     (void)data;
     if (!installed || event == NULL)
         return 0;
+    if (probing && strcmp(event, PROBE_EVENT) == 0) {
+        probe_seen = 1;
+        return 0;
+    }
     Slot *slot = lookup(event);
     if (slot == NULL)
         return 0;
@@ -236,6 +246,12 @@ polc_guard_c_hook(const char *event, PyObject *args, void *data)
     }
     dispatched++;
     PyObject *frame = (PyObject *)PyEval_GetFrame(); /* borrowed: what sys._getframe(1) is in a Python hook */
+    if (frame == NULL && PyThreadState_Get()->cframe->current_frame != NULL) {
+        /* there is a caller, but no memory for its frame object (PyEval_GetFrame cleared the
+           error): without the frame nothing would be attributed, so the operation is refused */
+        PyErr_NoMemory();
+        return -1;
+    }
     PyObject *stack[3] = {slot->event, args != NULL ? args : Py_None, frame != NULL ? frame : Py_None};
     PyObject *res = PyObject_Vectorcall(dispatch, stack, 3, NULL);
     if (res == NULL)
@@ -263,6 +279,8 @@ walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
         Py_RETURN_NONE;
     PyFrameObject *frame = (PyFrameObject *)argv[0];
     PyObject *table_names = argv[1];
+    if (!plain_dict(table_names))
+        Py_RETURN_NONE; /* a lookup in it could run foreign code */
     PyObject *stop = argv[2];
     _PyInterpreterFrame *start = frame->f_frame;
     PyThreadState *tstate = PyThreadState_Get();
@@ -284,12 +302,12 @@ walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
         PyObject *g = f->f_globals;
         if (g != last) {
             last = g;
-            if (g == NULL || !PyDict_Check(g))
-                Py_RETURN_NONE;
+            if (!plain_dict(g))
+                goto python; /* a lookup could run foreign code: the Python walk does it */
             PyObject *name = PyDict_GetItemWithError(g, str_name);
             if (name == NULL && PyErr_Occurred()) {
                 PyErr_Clear();
-                Py_RETURN_NONE;
+                goto python;
             }
             if (name != NULL && PyUnicode_CheckExact(name)) {
                 Py_INCREF(name);
@@ -298,22 +316,23 @@ walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
                 if (owner == NULL) {
                     if (PyErr_Occurred())
                         PyErr_Clear();
-                    Py_RETURN_NONE; /* not classified yet: the Python walk classifies it */
+                    goto python; /* not classified yet: the Python walk classifies it */
                 }
                 if (owner == polc_owner) {
                     if (n == 0)
                         polc_inner = 1;
                 }
                 else if (owner != Py_None) {
-                    if (!PyTuple_CheckExact(owner) || PyTuple_GET_SIZE(owner) != 2)
-                        Py_RETURN_NONE;
+                    if (!PyTuple_CheckExact(owner) || PyTuple_GET_SIZE(owner) != 2 ||
+                        !PyUnicode_CheckExact(PyTuple_GET_ITEM(owner, 0)))
+                        goto python;
                     PyObject *module = PyTuple_GET_ITEM(owner, 0);
                     int seen = 0;
                     for (int k = 0; k < n; k++) {
                         int eq = PyObject_RichCompareBool(modules[k], module, Py_EQ);
                         if (eq < 0) {
                             PyErr_Clear();
-                            Py_RETURN_NONE;
+                            goto python;
                         }
                         if (eq) {
                             seen = 1;
@@ -322,9 +341,10 @@ walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
                     }
                     if (!seen) {
                         if (n == MAX_FOUND)
-                            Py_RETURN_NONE;
-                        modules[n] = module; /* borrowed: the owner tuples are held by the names table */
-                        packages[n] = PyTuple_GET_ITEM(owner, 1);
+                            goto python;
+                        /* held from here: the table may change before they are used */
+                        modules[n] = Py_NewRef(module);
+                        packages[n] = Py_NewRef(PyTuple_GET_ITEM(owner, 1));
                         depth[n] = idx;
                         n++;
                     }
@@ -332,10 +352,6 @@ walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
             }
         }
         idx++;
-    }
-    for (int k = 0; k < n; k++) { /* the lookups above may have run code: hold what is used */
-        Py_INCREF(modules[k]);
-        Py_INCREF(packages[k]);
     }
     PyObject *found = NULL, *result = NULL;
     PyFrameObject *cursor = frame;
@@ -378,8 +394,31 @@ done:
         Py_DECREF(packages[k]);
     }
     return result;
+python: /* the Python walk decides: what was held goes */
+    for (int k = 0; k < n; k++) {
+        Py_DECREF(modules[k]);
+        Py_DECREF(packages[k]);
+    }
+    Py_RETURN_NONE;
 }
 #endif
+
+/* What install() set up, released (a failed install, or one before another). */
+static void
+release_state(void)
+{
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        if (table[i].name != NULL) {
+            PyMem_RawFree(table[i].name);
+            Py_CLEAR(table[i].event);
+            table[i].name = NULL;
+        }
+    }
+    Py_CLEAR(dispatch);
+    Py_CLEAR(agent);
+    Py_CLEAR(inherited);
+    Py_CLEAR(polc_owner);
+}
 
 static PyObject *
 install(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
@@ -442,6 +481,7 @@ install(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
         goto fail;
     if (str_snapshot == NULL && (str_snapshot = PyUnicode_InternFromString("_snapshot")) == NULL)
         goto fail;
+    release_state(); /* what a failed install() before this one left */
     memcpy(table, fresh, sizeof(table));
     Py_INCREF(argv[0]);
     Py_INCREF(argv[1]);
@@ -453,11 +493,32 @@ install(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
     polc_owner = argv[3];
     main_interp = PyInterpreterState_Get();
     installed = 1;
-    if (PySys_AddAuditHook(polc_guard_c_hook, NULL) < 0) {
-        installed = 0; /* refused (by another hook): the table stays, unused */
-        return NULL;
+    /* PySys_AddAuditHook returns 0 without adding the hook when an existing hook refuses
+       (raises RuntimeError on sys.addaudithook): a private event tells whether it is there */
+    if (!hook_added && PySys_AddAuditHook(polc_guard_c_hook, NULL) < 0)
+        goto refused;
+    probing = 1;
+    probe_seen = 0;
+    int rc = PySys_Audit(PROBE_EVENT, NULL);
+    probing = 0;
+    if (probe_seen) {
+        hook_added = 1;
+        if (rc < 0)
+            PyErr_Clear(); /* a later hook refused the probe: this one is there all the same */
+    }
+    else if (rc < 0)
+        goto refused;
+    else {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the guard's C audit hook was not added: it did not see the probe event "
+                        "(another audit hook refused sys.addaudithook)");
+        goto refused;
     }
     Py_RETURN_NONE;
+refused:
+    installed = 0;
+    release_state();
+    return NULL;
 fail:
     for (int i = 0; i < TABLE_SIZE; i++) {
         if (fresh[i].name != NULL) {
@@ -484,6 +545,16 @@ set_names(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
     generation++; /* what was remembered for the old classification no longer holds */
     Py_XDECREF(old_names);
     Py_XDECREF(old_snap);
+    clear_verdicts(); /* and the globals it held (exec'd namespaces, unloaded modules) go */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bump(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    generation++; /* the table changed in place: no verdict remembered before holds */
     Py_RETURN_NONE;
 }
 
@@ -505,6 +576,7 @@ static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},
 #endif
+    {"bump", bump, METH_NOARGS, "bump(): the names table changed in place; forget the verdicts"},
     {"stats", stats, METH_NOARGS, "how many handled events were skipped in C and passed to Python"},
     {NULL, NULL, 0, NULL},
 };
@@ -517,6 +589,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__hook(void)
 {
+    if ((Py_Version >> 16) != (PY_VERSION_HEX >> 16)) {
+        PyErr_Format(PyExc_ImportError,
+                     "polc.runtime.guard._hook was built for Python %d.%d, not this one (%lu.%lu)",
+                     PY_MAJOR_VERSION, PY_MINOR_VERSION, Py_Version >> 24, (Py_Version >> 16) & 0xff);
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
