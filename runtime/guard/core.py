@@ -241,6 +241,10 @@ class Guard:
         if len(names) >= _MAX_NAMES:
             names.clear()
         names[name] = owner
+        if self.accel is not None:
+            # the table changed in place (an entry the C hook remembered a verdict by may be gone,
+            # or back with another owner after the clear): its verdicts must be looked up again
+            self.accel.bump()
         return owner
 
     def attribute(self, f: FrameType | None, tid: int) -> tuple[Found | None, bool]:

@@ -4,6 +4,7 @@ across a change of the names table, a hook another audit hook kept from being ad
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -120,6 +121,53 @@ def test_set_names_lets_go_of_remembered_globals(c_only):
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "False"]
+
+
+# unlisted="global": a name's classification depends on the file of the globals it is first seen
+# in. The service's own "extlib" (below the base directory) is classified ungoverned, then the
+# table fills up and is cleared, and "extlib" comes back governed by _global from a copy below
+# site-packages. The Python hook now attributes the service's extlib to _global too; so must the C one.
+RECLASSIFIED = """
+    import json, os, sys
+    from polc.runtime import PolicyAgent, PolicyDenied
+    from polc.runtime.guard import core
+
+    agent = PolicyAgent(sys.argv[1], reload_interval=0).start()
+    guard = agent.guard(base=os.getcwd(), unlisted="global")
+    secret = os.path.abspath("secret.txt")
+
+    def module(file):
+        g = {"__name__": "extlib", "__file__": file}
+        exec(compile("def read(path):\\n    with open(path) as f:\\n        return f.read()\\n", file, "exec"), g)
+        return g["read"]
+
+    in_base = module(os.path.abspath("extlib.py"))
+    in_site = module(os.path.join(os.path.dirname(os.getcwd()), "site-packages", "extlib", "__init__.py"))
+
+    def attempt(fn):
+        try:
+            fn(secret)
+            return "allowed"
+        except PolicyDenied:
+            return "denied"
+
+    out = {"base": [attempt(in_base), attempt(in_base)]}
+    for i in range(core._MAX_NAMES):  # as a long-running service's classification does
+        guard._classify(f"filler{i}", {})
+    out["site"] = attempt(in_site)
+    out["base_again"] = attempt(in_base)
+    out["hook"] = guard.status()["hook"]
+    print(json.dumps(out))
+"""
+
+
+def test_verdicts_follow_a_names_table_changed_in_place(tree, guard_hook):
+    r = run_child(RECLASSIFIED, str(tree / "policies"), cwd=tree / "app")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["hook"] == guard_hook
+    assert out["base"] == ["allowed", "allowed"] and out["site"] == "denied"
+    assert out["base_again"] == "denied"  # "extlib" is _global's now, for either hook
 
 
 def test_c_install_after_a_refused_one(c_only):
