@@ -170,6 +170,54 @@ def test_verdicts_follow_a_names_table_changed_in_place(tree, guard_hook):
     assert out["base_again"] == "denied"  # "extlib" is _global's now, for either hook
 
 
+REFUSED = """
+    import json, os, sys
+
+    armed = [True]
+
+    def refuse(event, args):
+        if event == "sys.addaudithook" and armed[0]:
+            raise RuntimeError("no more hooks")
+
+    sys.addaudithook(refuse)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.getcwd()), "site-packages"))
+    from polc.runtime import PolicyAgent, PolicyDenied
+    from polc.runtime import guard as guard_pkg
+    from polc.runtime.guard import GuardError
+    import vendorlib
+
+    agent = PolicyAgent(sys.argv[1], reload_interval=0).start()
+    out = {}
+    try:
+        agent.guard(base=os.getcwd())
+        out["first"] = "installed"
+    except GuardError as exc:
+        out["first"] = str(exc)
+    out["current_after_refusal"] = guard_pkg.current() is not None
+    armed[0] = False
+    guard = agent.guard(base=os.getcwd())
+    try:
+        vendorlib.read("secret.txt")
+        out["read"] = "allowed"
+    except PolicyDenied:
+        out["read"] = "denied"
+    out["hook"] = guard.status()["hook"]
+    out["denied"] = guard.status()["packages"]["vendorlib"]["fs.read"]["denied"]
+    print(json.dumps(out))
+"""
+
+
+def test_a_hook_another_hook_refused_is_not_claimed_installed(tree, guard_hook):
+    r = run_child(REFUSED, str(tree / "policies"), cwd=tree / "app")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["hook"] == guard_hook
+    assert "the guard is not installed" in out["first"] and "did not see the probe" in out["first"], out["first"]
+    assert out["current_after_refusal"] is False
+    # installed once the refusal stops, and one hook decides each operation once
+    assert out["read"] == "denied" and out["denied"] == 1
+
+
 def test_c_install_after_a_refused_one(c_only):
     r = run_child("""
         import contextvars, sys
