@@ -1,7 +1,7 @@
 """Which audit hook the guard installs: the C one (runtime/guard/_hook.c) or the pure-Python one.
 
 ``POLC_GUARD_ACCEL`` decides: unset, the C hook when the extension was built
-(``pip install`` builds it where a compiler is found), else the Python hook;
+(``pip install`` builds it on CPython 3.11 where a compiler is found), else the Python hook;
 ``1``, the C hook, and an error when it was not built; ``0``, the Python hook.
 Anything else is an error: a setting that cannot be read is not guessed at.
 Both hooks decide alike; the C one skips calling the Python one for events
