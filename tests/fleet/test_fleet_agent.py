@@ -86,6 +86,8 @@ def test_failures_keep_the_set_and_say_why_in_status(site, origin, trust, tmp_pa
     origin.faults.clear()
     site.publish(V2)
     wait_for(lambda: ok(agent, "a2.example"), timeout=10)
+    # The pull's outcome is recorded right after its switch (status() takes no lock).
+    wait_for(lambda: agent.status()["source"]["consecutive_failures"] == 0, timeout=10)
     src = agent.status()["source"]
     assert src["consecutive_failures"] == 0 and src["last_error"] is None and src["last_success"]
 
