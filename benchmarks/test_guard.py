@@ -306,37 +306,67 @@ _AB_COUNTS = {"ignored-event": 20000, "open-governed": 2000, "open-ungoverned": 
               "subprocess-governed": 20}  # fmt: skip
 
 
-def test_interleaved_with_and_without(world):
-    """The same figures from two fresh processes, one guarded and one not, asked in turn (15 bursts
-    each): the load of a shared machine weighs on both alike. No pytest stack under the calls."""
+def _ab_processes(world) -> dict[str, list[str] | dict[str, str]]:
+    """The interleaved processes: without the guard, with its C hook, with its pure-Python hook, and,
+    when GUARD_AB_AGAINST names another checkout's interpreter (``../base/.venv/bin/python``), with
+    that checkout's guard: its ratios come out of the same run."""
     here = Path(__file__).parent
+    args = [str(world["root"]), *map(str, world["address"])]
+    env = {k: v for k, v in os.environ.items() if k != "POLC_GUARD_ACCEL"}
+    procs: dict[str, list[str] | dict[str, str]] = {
+        "off": [sys.executable, str(here / "guard_ab.py"), args[0], "off", *args[1:]],
+        "on": [sys.executable, str(here / "guard_ab.py"), args[0], "on", *args[1:]],
+        "on-python": [sys.executable, str(here / "guard_ab.py"), args[0], "on", *args[1:]],
+    }
+    envs = {"off": env, "on": env, "on-python": {**env, "POLC_GUARD_ACCEL": "0"}}
+    other = os.environ.get("GUARD_AB_AGAINST")
+    if other:
+        checkout = Path(other).absolute().parents[2]  # not resolved: a venv's python is a symlink
+        procs["against"] = [other, str(checkout / "benchmarks" / "guard_ab.py"), args[0], "on", *args[1:]]
+        envs["against"] = env
+    return {"argv": procs, "env": envs}  # type: ignore[dict-item]
+
+
+def test_interleaved_with_and_without(world):
+    """The same figures from fresh processes, one unguarded and the others guarded, asked in turn
+    (15 bursts each): the load of a shared machine weighs on all alike. No pytest stack under the
+    calls. The recorded figure is the installed default (the C hook where it is built); the
+    pure-Python hook's (and GUARD_AB_AGAINST's) ratios are printed beside it."""
+    spec = _ab_processes(world)
     procs = {}
-    for mode in ("off", "on"):
-        procs[mode] = subprocess.Popen([sys.executable, str(here / "guard_ab.py"), str(world["root"]), mode,
-                                        *map(str, world["address"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True, cwd=world["base"])  # fmt: skip
+    for mode, argv in spec["argv"].items():  # type: ignore[union-attr]
+        procs[mode] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                       cwd=world["base"], env=spec["env"][mode])  # type: ignore[index]  # fmt: skip
+    lines = []
     try:
         for name, count in _AB_COUNTS.items():
-            ratios, offs, ons = [], [], []
+            ratios: dict[str, list[float]] = {mode: [] for mode in procs}
+            times: dict[str, list[float]] = {mode: [] for mode in procs}
             for _ in range(5 if SMALL else 15):
                 per = {}
                 for mode, proc in procs.items():
                     proc.stdin.write(f"{name} {count}\n")
                     proc.stdin.flush()
                     per[mode] = float(proc.stdout.readline())
-                ratios.append(per["on"] / per["off"])
-                offs.append(per["off"])
-                ons.append(per["on"])
-            off, on = statistics.median(offs), statistics.median(ons)
+                for mode in procs:
+                    ratios[mode].append(per[mode] / per["off"])
+                    times[mode].append(per[mode])
+            med = {mode: statistics.median(times[mode]) for mode in procs}
+            off, on = med["off"], med["on"]
             if name == "ignored-event":
                 record("guard.ab.ignored-event", "an ignored audit event, added (interleaved processes)",
                        (on - off) * 1e9, "ns", bar=300, note=f"{off * 1e9:.0f} ns without")  # fmt: skip
+                shown = {mode: f"+{(med[mode] - off) * 1e9:.0f} ns" for mode in procs if mode != "off"}
             else:
                 bar, title = _BARS[name]
-                record(f"guard.ab.{name}", title + " (interleaved processes)", round(statistics.median(ratios), 3),
+                record(f"guard.ab.{name}", title + " (interleaved processes)", round(statistics.median(ratios["on"]), 3),
                        "x", bar=bar, note=f"{off * 1e6:.2f} us -> {on * 1e6:.2f} us")  # fmt: skip
+                shown = {mode: f"{statistics.median(ratios[mode]):.2f}x ({med[mode] * 1e6:.2f} us)"
+                         for mode in procs if mode != "off"}  # fmt: skip
+            lines.append(f"{name}: off {off * 1e6:.3f} us; " + "; ".join(f"{m} {v}" for m, v in shown.items()))
     finally:
         for proc in procs.values():
             proc.stdin.close()
             proc.wait(timeout=60)
             proc.stdout.close()
+    print("\n" + "\n".join(lines))

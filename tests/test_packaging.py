@@ -137,10 +137,12 @@ def test_mypy_strict_sees_decision_in_a_user_script(installed: Path, tmp_path: P
     assert "Any" not in out
 
 
-def test_wheel_ships_the_c_accelerator_where_a_compiler_is_found(wheel: Path) -> None:
-    """setup.py's optional extension: built when a C compiler is at hand (docs/runtime.md, POLC_ACCEL)."""
+def test_wheel_ships_the_c_accelerators_where_a_compiler_is_found(wheel: Path) -> None:
+    """setup.py's optional extensions: built when a C compiler is at hand (POLC_ACCEL in
+    docs/runtime.md, POLC_GUARD_ACCEL in docs/guard.md)."""
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler: the wheel is pure Python (the accelerator is optional)")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
     assert [n for n in names if re.fullmatch(r"polc/runtime/enforce/_accel\..*\.so", n)], names
+    assert [n for n in names if re.fullmatch(r"polc/runtime/guard/_hook\..*\.so", n)], names

@@ -15,6 +15,7 @@ before the operation happens. docs/guard.md has the model and its limits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -89,6 +90,29 @@ class _QuietSnapshotAudit(logging.Filter):
         return True
 
 
+_PROBE = "polc.guard.probe"
+
+
+def _add_python_hook(guard: Guard) -> None:
+    """``sys.addaudithook(guard.hook)``, and a private event the hook must see: the call returns
+    without adding the hook when an existing hook refuses (raises on ``sys.addaudithook``)."""
+    from .core import GuardError
+
+    seen: list[bool] = []
+    guard.handlers[_PROBE] = lambda _guard, _args, _frame, _tid: seen.append(True)
+    try:
+        sys.addaudithook(guard.hook)
+        with contextlib.suppress(Exception):  # a later hook refused the private event: seen decides
+            sys.audit(_PROBE)
+    finally:
+        del guard.handlers[_PROBE]
+    if not seen:
+        raise GuardError(
+            "the guard is not installed: its audit hook did not see the probe event "
+            "(another audit hook refused sys.addaudithook)"
+        )
+
+
 def install(
     agent: Any,
     *,
@@ -112,22 +136,38 @@ def install(
             )
         if not getattr(agent, "ready", False):
             raise GuardError("start the agent before installing the guard (agent.start(), or use it as a context)")
+        from .accel import AccelError, choose
+
+        try:
+            accel = choose()
+        except AccelError as exc:
+            raise GuardError(str(exc)) from None
         guard = Guard(agent, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base,
                       log_interval=log_interval)  # fmt: skip
-        from .events import HANDLERS
+        from .attribution import INHERITED, POLC
+        from .events import ALWAYS, HANDLERS
         from .wrappers import install_wrappers
 
+        guard.accel = accel
+        guard._walk = getattr(accel, "walk", None)  # the C walk exists on CPython 3.11
         guard.snapshot()
+        guard.handlers.update(HANDLERS)
+        if accel is not None:
+            try:  # the C hook checks by itself that it was added (a probe event it must see)
+                accel.install(guard.from_c, agent, INHERITED, POLC, tuple(HANDLERS), tuple(ALWAYS))
+            except RuntimeError as exc:
+                raise GuardError(f"the guard is not installed: {exc}") from None
+        else:
+            _add_python_hook(guard)
         install_wrappers(guard)
         logging.getLogger("polc").addFilter(_QuietSnapshotAudit(guard))
         os.register_at_fork(after_in_child=guard.after_fork_in_child)
-        guard.handlers.update(HANDLERS)
-        sys.addaudithook(guard.hook)
         agent._guard = guard
         _installed = guard
     logging.getLogger("polc.guard").info(
-        "guard installed: %s mode, unlisted packages %s, base %s%s",
+        "guard installed: %s mode, %s hook, unlisted packages %s, base %s%s",
         mode,
+        "C" if guard.accel is not None else "Python",
         "governed by _global" if unlisted == "global" else "unchecked",
         guard.base,
         f", observing to {guard.observer.path}" if guard.observer is not None else "",

@@ -11,13 +11,12 @@ attributed (:meth:`Guard.decide`): the first deny raises
 :class:`~polc.runtime.PolicyDenied` out of the hook, so the operation does
 not happen.
 
-Attribution walks ``f_back`` from the frame that called the operation. A
-per-thread *anchor* saves most of the walk: a frame (not a generator's or a
-coroutine's, whose caller changes between resumptions) whose module and all
-of whose callers were found ungoverned in an earlier walk; while it runs its
-callers cannot change, so a walk that reaches it stops there. Anchors,
-module classifications and remembered file-system decisions belong to one
-policy snapshot and are dropped when the agent swaps it.
+Attribution walks ``f_back`` from the frame that called the operation to
+the outermost one, every frame. Module classifications and remembered
+file-system decisions belong to one policy snapshot and are dropped when
+the agent swaps it. Where the C hook (runtime/guard/_hook.c) is installed it
+calls :meth:`Guard.hook` only for events it cannot tell need nothing
+(runtime/guard/accel.py); the classification it reads is this guard's.
 """
 
 from __future__ import annotations
@@ -45,11 +44,8 @@ logger = logging.getLogger("polc.guard")
 
 _MISS = object()
 _dict_get = dict.get
-_GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # CO_GENERATOR, CO_COROUTINE, CO_ITERABLE_COROUTINE, CO_ASYNC_GENERATOR
 _MAX_NAMES = 16384
 _MAX_FS = 65536
-_MAX_ANCHORS = 1024
-_RETRY_NEARER = 256  # hits of an anchor after which a nearer one is tried
 
 # Found: security module -> (package, innermost frame of it, or the site of a hand-off)
 Found = dict[str, tuple[str, "FrameType | str"]]
@@ -117,23 +113,43 @@ class Guard:
         self._resolved_lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
-        # thread -> [anchor frame, its distance, the distance of the last anchor that missed, hits since]
-        self._anchors: dict[int, list[Any]] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
+        # (module, host, port) the current snapshot allowed to connect to by itself (no audit rule)
+        self.connects: dict[tuple[str, str, int], None] = {}
         self._classifier: Classifier | None = None
+        # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
+        self.stops: dict[int, FrameType] = {}
+        self.accel: Any = None  # the C hook's module (runtime/guard/accel.py), once installed with it
+        self._walk: Callable[[FrameType, dict[str, Owner | None], FrameType | None], Any] | None = None
         self.handlers: dict[str, Callable[[Guard, tuple[Any, ...], FrameType, int], None]] = {}
         self.hook = self._make_hook()
 
     # -- the hook -----------------------------------------------------------
 
     def _make_hook(self) -> Callable[[str, tuple[Any, ...]], None]:
+        getframe = sys._getframe
+
+        def polc_guard_hook(event: str, args: tuple[Any, ...]) -> None:
+            if event in handlers:
+                try:
+                    frame = getframe(1)
+                except ValueError:  # no Python caller: the interpreter itself (running the main script)
+                    frame = None
+                run(event, args, frame)
+
+        handlers = self.handlers
+        run = self.from_c = self._make_run()
+        return polc_guard_hook
+
+    def _make_run(self) -> Callable[[str, tuple[Any, ...], FrameType | None], None]:
+        """What the hook does for a handled event raised from ``frame``; the C hook
+        (runtime/guard/_hook.c) calls it directly, with the frame."""
         handlers_get = self.handlers.get
         busy = self._busy
         get_ident = _thread.get_ident
-        getframe = sys._getframe
         guard = self
 
-        def polc_guard_hook(event: str, args: tuple[Any, ...]) -> None:
+        def polc_guard_run(event: str, args: tuple[Any, ...], frame: FrameType | None) -> None:
             handler = handlers_get(event)
             if handler is None:
                 return
@@ -142,10 +158,6 @@ class Guard:
                 return
             busy.add(tid)
             try:
-                try:
-                    frame = getframe(1)
-                except ValueError:  # no Python caller: the interpreter itself (running the main script)
-                    frame = None
                 handler(guard, args, frame, tid)  # type: ignore[arg-type]  # handlers accept None
             except PolicyDenied:
                 raise
@@ -156,7 +168,7 @@ class Guard:
             finally:
                 busy.discard(tid)
 
-        return polc_guard_hook
+        return polc_guard_run
 
     def busy(self, tid: int) -> bool:
         return tid in self._busy
@@ -204,12 +216,14 @@ class Guard:
     # -- attribution --------------------------------------------------------
 
     def _switch(self, snap: Snapshot) -> None:
-        """A new snapshot: what was classified, anchored and decided for the old one goes."""
+        """A new snapshot: what was classified and decided for the old one goes."""
         self._names = {}
-        self._anchors = {}
         self._fs = {}
+        self.connects = {}
         self._classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
         self._snap = snap
+        if self.accel is not None:
+            self.accel.set_names(self._names, snap)
 
     def snapshot(self) -> Snapshot:
         snap: Snapshot = self.agent._snapshot
@@ -227,6 +241,10 @@ class Guard:
         if len(names) >= _MAX_NAMES:
             names.clear()
         names[name] = owner
+        if self.accel is not None:
+            # the table changed in place (an entry the C hook remembered a verdict by may be gone,
+            # or back with another owner after the clear): its verdicts must be looked up again
+            self.accel.bump()
         return owner
 
     def attribute(self, f: FrameType | None, tid: int) -> tuple[Found | None, bool]:
@@ -239,16 +257,19 @@ class Guard:
         """
         if self.agent._snapshot is not self._snap:
             self._switch(self.agent._snapshot)
+        stop = self.stops.get(tid) if self.stops else None
+        walk = self._walk
+        walked = walk(f, self._names, stop) if walk is not None and f is not None else None
+        if walked is not None:  # the C walk (runtime/guard/_hook.c): the same result, without frame objects
+            found, polc_inner = walked
+            f = None
+        else:
+            found = None
+            polc_inner = False
         names_get = self._names.get
-        state = self._anchors.get(tid)
-        anchor = state[0] if state is not None else None
-        found: Found | None = None
-        polc_inner = False
-        outer_governed: FrameType | None = None  # the outermost governed frame walked
-        first = f
         last = None
         while f is not None:
-            if f is anchor:
+            if f is stop:
                 break
             g = f.f_globals
             if g is not last:
@@ -267,22 +288,12 @@ class Guard:
                             found = {module: (o[1], f)}  # type: ignore[index]
                         elif module not in found:
                             found[module] = (o[1], f)  # type: ignore[index]
-                        # the rest of this run of the module's frames: the outermost one counts
-                        outer_governed = f
+                        # the rest of this run of the module's frames: the innermost one counts
                         f = f.f_back
-                        while f is not None and f is not anchor and f.f_globals is g:
-                            outer_governed = f
+                        while f is not None and f is not stop and f.f_globals is g:
                             f = f.f_back
                         continue
             f = f.f_back
-        if first is not None:
-            if f is None:  # the anchor was not on this stack: it was too near; go half as far again
-                distance = state[1] if state is not None else 0
-                self._anchor(tid, first, distance + max(1, distance // 2), distance, outer_governed, None)
-            else:
-                state[3] += 1  # type: ignore[index]  # f is the anchor: state is set
-                if state[3] >= _RETRY_NEARER or (state[1] > 8 and state[1] >= 2 * (state[2] + 1)):  # type: ignore[index]
-                    self._nearer(tid, state, first, outer_governed, f)  # type: ignore[arg-type]
         inherited = INHERITED.get()
         if inherited:
             if found is None:
@@ -291,61 +302,6 @@ class Guard:
                 if module not in found:
                     found[module] = (package, site)
         return found, polc_inner
-
-    def _anchor(
-        self,
-        tid: int,
-        first: FrameType,
-        target: int,
-        floor: int,
-        outer_governed: FrameType | None,
-        stop: FrameType | None,
-    ) -> None:
-        """Anchor this thread's walks at the frame ``target`` frames out from ``first``.
-
-        Never inward of or at a governed frame (``outer_governed``, the
-        outermost one this walk met), never a generator's or a coroutine's
-        frame, never at or past ``stop`` (the anchor the walk stopped at,
-        or None: the stack's end). Every frame up to ``stop`` was classified
-        by this walk, and the callers of ``stop`` are all ungoverned: so are
-        the callers of the new anchor. ``floor`` is the distance of the last
-        anchor this thread's stacks did not reach: anchors go out past it
-        after a miss, and come back in no further than just past it after
-        long walks, so they settle on the innermost frame that outlives the
-        operations under it (a request handler, a loop).
-        """
-        cand: FrameType | None = first
-        n = 0
-        past_governed = outer_governed is None
-        while cand is not None and cand is not stop:
-            if cand is outer_governed:
-                past_governed = True
-            elif past_governed and n >= target:
-                try:
-                    flags = cand.f_code.co_flags  # audited attribute: ignored, we are inside the hook
-                except Exception:
-                    return
-                if not flags & _GENERATOR_FLAGS:
-                    break
-            cand = cand.f_back
-            n += 1
-        if cand is None or cand is stop:
-            return  # nothing usable between the operation and the old anchor or the stack's end
-        anchors = self._anchors
-        if len(anchors) >= _MAX_ANCHORS:
-            anchors.clear()
-        anchors[tid] = [cand, n, floor, 0]
-
-    def _nearer(
-        self, tid: int, state: list[Any], first: FrameType, outer_governed: FrameType | None, stop: FrameType
-    ) -> None:
-        """Try an anchor nearer than a faraway one that held (the walk to it was long), or, every
-        _RETRY_NEARER hits, nearer than the last miss too (stacks change shape)."""
-        floor = 0 if state[3] >= _RETRY_NEARER else state[2]
-        self._anchor(tid, first, max(state[1] // 2, floor + 1), floor, outer_governed, stop)
-        if self._anchors.get(tid) is state:  # no nearer frame would do: keep this one for a while
-            state[2] = state[1]
-            state[3] = 0
 
     def inherit(self, f: FrameType | None, tid: int) -> Inherited | None:
         """What a hand-off started from ``f`` carries: the attributed packages and their sites."""
@@ -471,6 +427,12 @@ class Guard:
                 continue
             self.apply(module, package, where, capability, spelled, d)
 
+    def remember_connect(self, key: tuple[str, str, int]) -> None:
+        connects = self.connects
+        if len(connects) >= _MAX_FS:
+            connects.clear()
+        connects[key] = None
+
     def in_policy_dir(self, real: str) -> bool:
         return (real + "/").startswith(self.policy_dir)
 
@@ -479,6 +441,7 @@ class Guard:
     def status(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "hook": "C" if self.accel is not None else "Python",
             "unlisted": self.unlisted,
             "base": self.base,
             "roots": {name: directory for name, directory in self.roots.roots},
@@ -494,7 +457,8 @@ class Guard:
         self._busy.intersection_update({me})
         self._no_inherit.intersection_update({me})
         self.pending_lookups.clear()
-        self._anchors = {}
+        for tid in [t for t in self.stops if t != me]:
+            self.stops.pop(tid, None)
         self._resolved_lock = threading.Lock()
         self.counters.reset_after_fork()
         self.limiter.reset_after_fork()

@@ -26,7 +26,7 @@ from .core import Found, Guard
 from .effects import ALLOWED
 from .paths import Undecidable, as_text
 
-__all__ = ["HANDLERS", "deny_self", "executable_of", "module_name"]
+__all__ = ["ALWAYS", "HANDLERS", "deny_self", "executable_of", "module_name"]
 
 Handler = Callable[[Guard, tuple[Any, ...], FrameType, int], None]
 
@@ -263,7 +263,9 @@ def _gethostbyname(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) 
 def _connect_decision(guard: Guard, module: str, host: str, port: int) -> tuple[Decision, tuple[object, ...]]:
     snap = guard.snapshot()
     d = snap.check(module, _NET_OUT, host, port)
-    if d.effect == "allow" or d.rule is not None or not _is_ip(host):
+    if d.effect == "allow":
+        return d, (host, port)
+    if d.rule is not None or not _is_ip(host):
         return d, (host, port)
     for name in guard.names_for(module, host):
         dn = snap.check(module, _NET_OUT, name, port)
@@ -290,12 +292,21 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
         if listen:
             guard.decide(found, "network.listen", (int.__index__(port),))
             return
-        name = _host_text(host)
         number = int.__index__(port)
         quiet = guard.observer is None
+        allowed = guard.connects
+        plain = type(host) is str  # the address as given keys what this snapshot allowed before
+        name: str | None = None
         for module, (package, where) in found.items():
+            if quiet and plain and (module, host, number) in allowed:  # the common case: counted
+                guard.counters.add(package, _NET_OUT, ALLOWED)
+                continue
+            if name is None:
+                name = _host_text(host)
             d, shown = _connect_decision(guard, module, name, number)
-            if quiet and d.effect == "allow":  # the common case, without a call
+            if quiet and d.effect == "allow":
+                if plain and not d.audit and shown[0] == name:  # the snapshot alone allowed it
+                    guard.remember_connect((module, host, number))
                 guard.counters.add(package, _NET_OUT, ALLOWED)
                 continue
             guard.apply(module, package, where, _NET_OUT, (name, number), d, shown)
@@ -334,7 +345,13 @@ def _search_path(env: object) -> str:
                     raise Undecidable("a PATH that is not a string")
                 return os.fsdecode(value)
         return os.defpath
-    value = os.environ.get("PATH")  # what os.get_exec_path() reads, without its warnings filter
+    environ = os.environ
+    data = getattr(environ, "_data", None) if isinstance(environ, os._Environ) else None
+    if type(data) is dict:  # os.environ's own bytes, without its (guarded) item read
+        raw = data.get(b"PATH")
+        if type(raw) is bytes:
+            return os.fsdecode(raw)
+    value = environ.get("PATH")  # what os.get_exec_path() reads, without its warnings filter
     return value if value is not None else os.defpath
 
 
@@ -515,3 +532,7 @@ HANDLERS: dict[str, Handler] = {
     "sys.settrace": _self_protection("sys.settrace"),
     "sys.setprofile": _self_protection("sys.setprofile"),
 }
+
+# Events whose handler has work to do whoever raised them (the paths it resolves may change,
+# the working directory is read again): the C hook passes them on without looking at the stack.
+ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.chdir"})

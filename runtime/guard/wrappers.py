@@ -197,21 +197,21 @@ def _open_at(guard: Guard) -> None:
 
 def detached(guard: Guard, inherited: Inherited | None, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` attributed to ``inherited`` alone, not to the code below on the stack: walks
-    from inside stop at this frame (an anchor set for the call; its callers are deliberately left
-    out), and the inherited packages are replaced for the call."""
+    from inside stop at this frame (its callers are deliberately left out), and the inherited
+    packages are replaced for the call."""
     tid = _get_ident()
-    anchors = guard._anchors
-    saved = anchors.get(tid)
-    anchors[tid] = [_getframe(), 0, 0, 0]
+    stops = guard.stops
+    saved = stops.get(tid)
+    stops[tid] = _getframe()
     token = INHERITED.set(inherited)
     try:
         return fn(*args)
     finally:
         INHERITED.reset(token)
         if saved is None:
-            anchors.pop(tid, None)
+            stops.pop(tid, None)
         else:
-            anchors[tid] = saved
+            stops[tid] = saved
 
 
 def _logging(guard: Guard) -> None:
@@ -241,7 +241,7 @@ def _logging(guard: Guard) -> None:
 def _signals(guard: Guard) -> None:
     """A Python signal handler runs on top of whatever code the signal interrupted: that code did
     not call it. Handlers set with ``signal.signal`` run with the walk stopped at their own frame
-    (an anchor set for the call) and with the packages of the code that *set* the handler."""
+    (walks stop there) and with the packages of the code that *set* the handler."""
     import signal
 
     orig_signal = signal.signal
@@ -280,8 +280,23 @@ def _signals(guard: Guard) -> None:
 # -- the environment ------------------------------------------------------------------
 
 
+def _exempt_read(key: object, f: FrameType | None) -> bool:
+    """A read ENV_EXEMPT lets through (asked of the first caller outside os and collections.abc):
+    decided before the guard's machinery is entered; anything unusual goes the checked way."""
+    caller = f
+    while caller is not None and module_name(caller) in _PASS_THROUGH:
+        caller = caller.f_back
+    if caller is None or type(key) is not str:
+        return False
+    module = module_name(caller)
+    if module is None:
+        return False
+    exempt = ENV_EXEMPT.get(module, ())
+    return exempt is None or key in exempt
+
+
 def _environment(guard: Guard) -> None:
-    busy = guard.busy
+    busy = guard._busy
 
     def check(key: object, f: FrameType | None, tid: int) -> None:
         caller = f
@@ -310,8 +325,10 @@ def _environment(guard: Guard) -> None:
         """os.environ whose item reads are ``env.read`` requests."""
 
         def __getitem__(self, key: Any) -> Any:
-            if not busy(_get_ident()):
-                guard.run_guarded(check, key, _getframe(1))
+            if _get_ident() not in busy:
+                f = _getframe(1)
+                if not _exempt_read(key, f):
+                    guard.run_guarded(check, key, f)
             return base.__getitem__(self, key)
 
     GuardedEnviron.__name__ = base.__name__

@@ -14,6 +14,14 @@ import pytest
 from support.guard import TREE, CountingServer, compile_policies
 
 
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def guard_hook(request, monkeypatch) -> str:
+    """Every test of the guard runs with each hook (runtime/guard/accel.py): the C one, which the
+    install builds, and the pure-Python one. The children inherit the choice from the environment."""
+    monkeypatch.setenv("POLC_GUARD_ACCEL", "1" if request.param == "C" else "0")
+    return request.param
+
+
 @pytest.fixture
 def server_factory():
     servers = []

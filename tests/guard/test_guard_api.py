@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from support.guard import child_env
 
 
@@ -70,7 +72,7 @@ def test_audit_mode_lets_everything_happen_and_says_would_deny(tree):
     assert len(lines) == len(set(lines))
 
 
-def test_anchored_walks_agree_with_full_walks(tree):
+def test_attribution_walks_agree_with_plain_walks(tree):
     r = subprocess.run([sys.executable, "anchors.py", str(tree / "policies")], cwd=tree / "app", env=child_env(),
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -85,3 +87,14 @@ def test_importing_the_runtime_does_not_import_the_guard():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", ["yes", " 1"])
+def test_accel_setting_is_validated(tree, monkeypatch, value):
+    """POLC_GUARD_ACCEL is 0, 1 or unset; anything else stops the install, saying so."""
+    monkeypatch.setenv("POLC_GUARD_ACCEL", value)
+    cfg = {"policies": str(tree / "policies"), "mode": "enforce"}
+    r = subprocess.run([sys.executable, "api.py", json.dumps(cfg)], cwd=tree / "app", env=child_env(),
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode != 0
+    assert "POLC_GUARD_ACCEL must be 0" in r.stderr

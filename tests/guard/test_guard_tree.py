@@ -24,7 +24,7 @@ def run_service(tree, libm, servers, unlisted="allow"):
     return json.loads(r.stdout), r.stderr
 
 
-def test_governed_package_entitled_denied_and_laundered(tree, libm, server_factory):
+def test_governed_package_entitled_denied_and_laundered(tree, libm, server_factory, guard_hook):
     a, b, s = server_factory("127.0.0.1"), server_factory("127.0.0.2"), server_factory("127.0.0.1")
     res, stderr = run_service(tree, libm, (a, b, s))
     app = tree / "app"
@@ -103,6 +103,7 @@ def test_governed_package_entitled_denied_and_laundered(tree, libm, server_facto
     assert counts["network.outbound"]["denied"] >= 7
     assert counts["fs.read"]["allowed"] >= 1 and counts["fs.read"]["denied"] >= 3
     assert res["status"]["faults"] == 0
+    assert res["status"]["hook"] == guard_hook
 
 
 def test_unlisted_global_governs_unlisted_packages_by_global_alone(tree, libm, server_factory):

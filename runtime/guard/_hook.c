@@ -1,0 +1,610 @@
+/* polc.runtime.guard._hook: the guard's audit hook in C (optional; runtime/guard/accel.py).
+ *
+ * One hook registered with PySys_AddAuditHook filters what the pure-Python
+ * hook (Guard.hook) would find nothing to do for, and calls that hook for
+ * everything else (with the calling frame, Guard.from_c):
+ *
+ *   - an event no handler wants: returns at once (a hash probe of its name);
+ *   - an event whose handler has work to do whoever raised it (one that
+ *     changes how paths resolve): always calls the Python hook;
+ *   - otherwise the calling stack is walked, every frame, outwards from the
+ *     frame that called the operation; each frame's module name
+ *     (f_globals["__name__"]) is looked up in the guard's classification of
+ *     the current snapshot (a dict: name -> owner, None when ungoverned).
+ *     The Python hook is called unless every frame's module is known to be
+ *     ungoverned or polc's own, nothing was inherited through a hand-off,
+ *     and the classification belongs to the agent's current snapshot.
+ *
+ * So the C hook only ever skips the Python hook where it would have found
+ * nothing governed; whenever it cannot tell (a name not classified yet, a
+ * new snapshot, an error of its own) it calls the Python hook, which
+ * decides, and whose exceptions (a denial, a fault: fail closed) propagate.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* CPython 3.11 only, with the GIL: the walks read the interpreter's frames and the verdict
+   cache relies on PyDictObject.ma_version_tag changing with every change of a dict (PEP 699
+   gives no such promise from 3.12 on). Elsewhere the build fails, setup.py's optional=True
+   makes that "not built", and the guard uses its Python hook. */
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
+#error "polc.runtime.guard._hook is for CPython 3.11 only (the Python hook is used elsewhere)"
+#endif
+#ifdef Py_GIL_DISABLED
+#error "polc.runtime.guard._hook needs the GIL (the Python hook is used without it)"
+#endif
+#define POLC_FRAME_WALK_INTERNAL 1
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#include "internal/pycore_dict.h"
+#undef Py_BUILD_CORE
+
+#define TABLE_SIZE 256 /* a power of two, well above the number of events */
+
+typedef struct {
+    char *name;      /* NULL: an empty slot */
+    PyObject *event; /* the name as a str, passed to the Python hook */
+    int always;      /* always call the Python hook */
+} Slot;
+
+static Slot table[TABLE_SIZE];
+static PyObject *dispatch = NULL;     /* the Python hook: dispatch(event, args, frame) */
+static PyObject *agent = NULL;        /* the agent: its _snapshot is the current snapshot */
+static PyObject *inherited = NULL;    /* the context variable of what a hand-off carries */
+static PyObject *polc_owner = NULL;   /* the owner of polc's own frames */
+static PyObject *names = NULL;        /* module name -> owner or None, for the snapshot below */
+static PyObject *names_snap = NULL;
+static PyObject *str_name = NULL;     /* "__name__" */
+static PyObject *str_snapshot = NULL; /* "_snapshot" */
+static PyInterpreterState *main_interp = NULL;
+static int installed = 0;
+static int hook_added = 0;  /* the hook is in the runtime's list (it saw the probe) */
+static int probing = 0, probe_seen = 0;
+#define PROBE_EVENT "polc.guard.probe"
+static unsigned long long skipped = 0, dispatched = 0;
+
+static size_t
+hash_name(const char *s)
+{
+    size_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static Slot *
+lookup(const char *event)
+{
+    size_t i = hash_name(event) & (TABLE_SIZE - 1);
+    for (;;) {
+        Slot *slot = &table[i];
+        if (slot->name == NULL)
+            return NULL;
+        if (strcmp(slot->name, event) == 0)
+            return slot;
+        i = (i + 1) & (TABLE_SIZE - 1);
+    }
+}
+
+/* The verdict of globals_need_python per module globals, for one classification (generation)
+   and one version of the dict (ma_version_tag changes with every change to it, __name__ too).
+   An entry holds a reference to its dict, so its address is not reused while it is there. */
+#define VERDICTS 512
+typedef struct {
+    PyObject *globals;
+    uint64_t version;
+    unsigned long generation;
+    int verdict;
+} Verdict;
+static Verdict verdicts[VERDICTS];
+static unsigned long generation = 1; /* set_names starts a new one */
+
+static int globals_lookup(PyObject *globals);
+
+/* An exact dict whose keys are all exact str: looking a str up in it runs no Python code
+   (no key's __eq__ or __hash__). Any other dict goes to the Python side. */
+static int
+plain_dict(PyObject *d)
+{
+    return d != NULL && PyDict_CheckExact(d) && ((PyDictObject *)d)->ma_keys->dk_kind != DICT_KEYS_GENERAL;
+}
+
+static void
+clear_verdicts(void)
+{
+    for (int i = 0; i < VERDICTS; i++) {
+        PyObject *old = verdicts[i].globals;
+        verdicts[i].globals = NULL;
+        Py_XDECREF(old);
+    }
+}
+
+/* 1: the module of these globals may be governed (or cannot be told): the Python hook decides;
+   0: known ungoverned or polc's own. Never leaves an exception set. */
+static int
+globals_need_python(PyObject *globals)
+{
+    if (globals == NULL || !PyDict_CheckExact(globals))
+        return globals_lookup(globals);
+    Verdict *v = &verdicts[((uintptr_t)globals >> 4) & (VERDICTS - 1)];
+    uint64_t version = ((PyDictObject *)globals)->ma_version_tag;
+    if (v->globals == globals && v->version == version && v->generation == generation)
+        return v->verdict;
+    int verdict = globals_lookup(globals);
+    if (verdict == 0 && ((PyDictObject *)globals)->ma_version_tag == version) {
+        /* known ungoverned (not "not classified yet", which changes): remembered */
+        PyObject *old = v->globals;
+        Py_INCREF(globals);
+        v->globals = globals;
+        v->version = version;
+        v->generation = generation;
+        v->verdict = 0;
+        Py_XDECREF(old); /* last: freeing it may run code that comes back here */
+    }
+    return verdict;
+}
+
+static int
+globals_lookup(PyObject *globals)
+{
+    if (!plain_dict(globals) || !plain_dict(names))
+        return 1; /* a lookup could run foreign code: the Python hook decides */
+    PyObject *name = PyDict_GetItemWithError(globals, str_name); /* borrowed */
+    if (name == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        return 0; /* no __name__: the Python walk classifies it as ungoverned */
+    }
+    if (!PyUnicode_CheckExact(name))
+        return 0; /* the Python walk ignores a name that is not a plain str */
+    Py_INCREF(name); /* the lookup below may run code that changes the globals */
+    PyObject *owner = PyDict_GetItemWithError(names, name); /* borrowed */
+    Py_DECREF(name);
+    if (owner == NULL) {
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        return 1; /* not classified yet */
+    }
+    return !(owner == Py_None || owner == polc_owner);
+}
+
+/* 1: a frame of the calling stack may be governed; 0: none is. */
+static int
+stack_needs_python(void)
+{
+#ifdef POLC_FRAME_WALK_INTERNAL
+    PyThreadState *tstate = PyThreadState_Get();
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+    PyObject *last = NULL;
+    for (; f != NULL; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue; /* not started: f_back skips it too */
+        PyObject *g = f->f_globals;
+        if (g == last)
+            continue;
+        last = g;
+        if (globals_need_python(g))
+            return 1;
+    }
+    return 0;
+#endif
+}
+
+/* 1: the Python hook must see this event; 0: it would find nothing governed. */
+static int
+needs_python(void)
+{
+    if (names == NULL)
+        return 1;
+    PyObject *snap = PyObject_GetAttr(agent, str_snapshot);
+    if (snap == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    Py_DECREF(snap); /* only its identity is compared; the agent holds it */
+    if (snap != names_snap)
+        return 1;
+    PyObject *carried = NULL;
+    if (PyContextVar_Get(inherited, Py_None, &carried) < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    int truth = carried == Py_None ? 0 : PyObject_IsTrue(carried);
+    Py_XDECREF(carried);
+    if (truth != 0) {
+        if (truth < 0)
+            PyErr_Clear();
+        return 1;
+    }
+    return stack_needs_python();
+}
+
+static int
+polc_guard_c_hook(const char *event, PyObject *args, void *data)
+{
+    (void)data;
+    if (!installed || event == NULL)
+        return 0;
+    if (probing && strcmp(event, PROBE_EVENT) == 0) {
+        probe_seen = 1;
+        return 0;
+    }
+    Slot *slot = lookup(event);
+    if (slot == NULL)
+        return 0;
+    if (PyInterpreterState_Get() != main_interp)
+        return 0; /* the guard's Python hook is the main interpreter's only */
+    if (!slot->always && !needs_python()) {
+        skipped++;
+        return 0;
+    }
+    dispatched++;
+    PyObject *frame = (PyObject *)PyEval_GetFrame(); /* borrowed: what sys._getframe(1) is in a Python hook */
+    if (frame == NULL && PyThreadState_Get()->cframe->current_frame != NULL) {
+        /* there is a caller, but no memory for its frame object (PyEval_GetFrame cleared the
+           error): without the frame nothing would be attributed, so the operation is refused */
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *stack[3] = {slot->event, args != NULL ? args : Py_None, frame != NULL ? frame : Py_None};
+    PyObject *res = PyObject_Vectorcall(dispatch, stack, 3, NULL);
+    if (res == NULL)
+        return -1; /* a denial or a fault: the operation does not happen */
+    Py_DECREF(res);
+    return 0;
+}
+
+#ifdef POLC_FRAME_WALK_INTERNAL
+#define MAX_FOUND 64
+
+/* walk(frame, names, stop): Guard.attribute's walk of the stack from ``frame`` outwards (not
+   past ``stop``), over the interpreter's frames; only the innermost frame of each governed
+   module is made a frame object. Returns (found or None, polc_inner), or None when the Python
+   walk must do it (a module name not classified yet, a frame not on this thread's stack). */
+static PyObject *
+walk(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 3 || !PyFrame_Check(argv[0]) || !PyDict_CheckExact(argv[1])) {
+        PyErr_SetString(PyExc_TypeError, "walk(frame, names: dict, stop)");
+        return NULL;
+    }
+    if (polc_owner == NULL)
+        Py_RETURN_NONE;
+    PyFrameObject *frame = (PyFrameObject *)argv[0];
+    PyObject *table_names = argv[1];
+    if (!plain_dict(table_names))
+        Py_RETURN_NONE; /* a lookup in it could run foreign code */
+    PyObject *stop = argv[2];
+    _PyInterpreterFrame *start = frame->f_frame;
+    PyThreadState *tstate = PyThreadState_Get();
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+    while (f != NULL && f != start)
+        f = f->previous;
+    if (f == NULL || frame->f_back != NULL)
+        Py_RETURN_NONE; /* not a frame of this thread's stack: the Python walk follows f_back */
+    PyObject *modules[MAX_FOUND], *packages[MAX_FOUND];
+    Py_ssize_t depth[MAX_FOUND];
+    int n = 0, polc_inner = 0;
+    Py_ssize_t idx = 0;
+    PyObject *last = NULL;
+    for (; f != NULL; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+        if (stop != Py_None && (PyObject *)f->frame_obj == stop)
+            break;
+        PyObject *g = f->f_globals;
+        if (g != last) {
+            last = g;
+            if (!plain_dict(g))
+                goto python; /* a lookup could run foreign code: the Python walk does it */
+            PyObject *name = PyDict_GetItemWithError(g, str_name);
+            if (name == NULL && PyErr_Occurred()) {
+                PyErr_Clear();
+                goto python;
+            }
+            if (name != NULL && PyUnicode_CheckExact(name)) {
+                Py_INCREF(name);
+                PyObject *owner = PyDict_GetItemWithError(table_names, name);
+                Py_DECREF(name);
+                if (owner == NULL) {
+                    if (PyErr_Occurred())
+                        PyErr_Clear();
+                    goto python; /* not classified yet: the Python walk classifies it */
+                }
+                if (owner == polc_owner) {
+                    if (n == 0)
+                        polc_inner = 1;
+                }
+                else if (owner != Py_None) {
+                    if (!PyTuple_CheckExact(owner) || PyTuple_GET_SIZE(owner) != 2 ||
+                        !PyUnicode_CheckExact(PyTuple_GET_ITEM(owner, 0)))
+                        goto python;
+                    PyObject *module = PyTuple_GET_ITEM(owner, 0);
+                    int seen = 0;
+                    for (int k = 0; k < n; k++) {
+                        int eq = PyObject_RichCompareBool(modules[k], module, Py_EQ);
+                        if (eq < 0) {
+                            PyErr_Clear();
+                            goto python;
+                        }
+                        if (eq) {
+                            seen = 1;
+                            break;
+                        }
+                    }
+                    if (!seen) {
+                        if (n == MAX_FOUND)
+                            goto python;
+                        /* held from here: the table may change before they are used */
+                        modules[n] = Py_NewRef(module);
+                        packages[n] = Py_NewRef(PyTuple_GET_ITEM(owner, 1));
+                        depth[n] = idx;
+                        n++;
+                    }
+                }
+            }
+        }
+        idx++;
+    }
+    PyObject *found = NULL, *result = NULL;
+    PyFrameObject *cursor = frame;
+    Py_INCREF(cursor);
+    Py_ssize_t at = 0;
+    if (n > 0) {
+        found = PyDict_New();
+        if (found == NULL)
+            goto done;
+        for (int k = 0; k < n; k++) {
+            while (at < depth[k]) { /* the frame objects up to this one (what f_back would make) */
+                PyFrameObject *back = PyFrame_GetBack(cursor);
+                Py_DECREF(cursor);
+                cursor = back;
+                at++;
+                if (cursor == NULL) { /* the stack changed under us: the Python walk decides */
+                    Py_CLEAR(found);
+                    if (PyErr_Occurred())
+                        goto done; /* no memory for a frame object: raised (a fault: denied) */
+                    result = Py_None;
+                    Py_INCREF(result);
+                    goto done;
+                }
+            }
+            PyObject *entry = PyTuple_Pack(2, packages[k], (PyObject *)cursor);
+            if (entry == NULL || PyDict_SetItem(found, modules[k], entry) < 0) {
+                Py_XDECREF(entry);
+                Py_CLEAR(found);
+                goto done;
+            }
+            Py_DECREF(entry);
+        }
+    }
+    result = Py_BuildValue("(OO)", found != NULL ? found : Py_None, polc_inner ? Py_True : Py_False);
+done:
+    Py_XDECREF(found);
+    Py_XDECREF(cursor);
+    for (int k = 0; k < n; k++) {
+        Py_DECREF(modules[k]);
+        Py_DECREF(packages[k]);
+    }
+    return result;
+python: /* the Python walk decides: what was held goes */
+    for (int k = 0; k < n; k++) {
+        Py_DECREF(modules[k]);
+        Py_DECREF(packages[k]);
+    }
+    Py_RETURN_NONE;
+}
+#endif
+
+/* What install() set up, released (a failed install, or one before another). */
+static void
+release_state(void)
+{
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        if (table[i].name != NULL) {
+            PyMem_RawFree(table[i].name);
+            Py_CLEAR(table[i].event);
+            table[i].name = NULL;
+        }
+    }
+    Py_CLEAR(dispatch);
+    Py_CLEAR(agent);
+    Py_CLEAR(inherited);
+    Py_CLEAR(polc_owner);
+}
+
+static PyObject *
+install(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install(dispatch, agent, inherited, polc_owner, events, always)");
+        return NULL;
+    }
+    if (installed) {
+        PyErr_SetString(PyExc_RuntimeError, "the guard's C hook is already installed");
+        return NULL;
+    }
+    if (!PyCallable_Check(argv[0]) || !PyTuple_Check(argv[4]) || !PyTuple_Check(argv[5])) {
+        PyErr_SetString(PyExc_TypeError, "dispatch must be callable; events and always tuples");
+        return NULL;
+    }
+    PyObject *events = argv[4], *always = argv[5];
+    Py_ssize_t n = PyTuple_GET_SIZE(events);
+    if (n >= TABLE_SIZE / 2) {
+        PyErr_SetString(PyExc_ValueError, "too many events");
+        return NULL;
+    }
+    Slot fresh[TABLE_SIZE];
+    memset(fresh, 0, sizeof(fresh));
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *ev = PyTuple_GET_ITEM(events, k);
+        if (!PyUnicode_CheckExact(ev)) {
+            PyErr_SetString(PyExc_TypeError, "event names must be str");
+            goto fail;
+        }
+        const char *text = PyUnicode_AsUTF8(ev);
+        if (text == NULL)
+            goto fail;
+        int is_always = PySequence_Contains(always, ev);
+        if (is_always < 0)
+            goto fail;
+        size_t i = hash_name(text) & (TABLE_SIZE - 1);
+        while (fresh[i].name != NULL) {
+            if (strcmp(fresh[i].name, text) == 0) {
+                PyErr_SetString(PyExc_ValueError, "an event is named twice");
+                goto fail;
+            }
+            i = (i + 1) & (TABLE_SIZE - 1);
+        }
+        size_t len = strlen(text);
+        char *copy = PyMem_RawMalloc(len + 1);
+        if (copy == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(copy, text, len + 1);
+        Py_INCREF(ev);
+        fresh[i].name = copy;
+        fresh[i].event = ev;
+        fresh[i].always = is_always;
+    }
+    if (str_name == NULL && (str_name = PyUnicode_InternFromString("__name__")) == NULL)
+        goto fail;
+    if (str_snapshot == NULL && (str_snapshot = PyUnicode_InternFromString("_snapshot")) == NULL)
+        goto fail;
+    release_state(); /* what a failed install() before this one left */
+    memcpy(table, fresh, sizeof(table));
+    Py_INCREF(argv[0]);
+    Py_INCREF(argv[1]);
+    Py_INCREF(argv[2]);
+    Py_INCREF(argv[3]);
+    dispatch = argv[0];
+    agent = argv[1];
+    inherited = argv[2];
+    polc_owner = argv[3];
+    main_interp = PyInterpreterState_Get();
+    installed = 1;
+    /* PySys_AddAuditHook returns 0 without adding the hook when an existing hook refuses
+       (raises RuntimeError on sys.addaudithook): a private event tells whether it is there */
+    if (!hook_added && PySys_AddAuditHook(polc_guard_c_hook, NULL) < 0)
+        goto refused;
+    probing = 1;
+    probe_seen = 0;
+    int rc = PySys_Audit(PROBE_EVENT, NULL);
+    probing = 0;
+    if (probe_seen) {
+        hook_added = 1;
+        if (rc < 0)
+            PyErr_Clear(); /* a later hook refused the probe: this one is there all the same */
+    }
+    else if (rc < 0)
+        goto refused;
+    else {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the guard's C audit hook was not added: it did not see the probe event "
+                        "(another audit hook refused sys.addaudithook)");
+        goto refused;
+    }
+    Py_RETURN_NONE;
+refused:
+    installed = 0;
+    release_state();
+    return NULL;
+fail:
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        if (fresh[i].name != NULL) {
+            PyMem_RawFree(fresh[i].name);
+            Py_DECREF(fresh[i].event);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+set_names(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 2 || !PyDict_CheckExact(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "set_names(names: dict, snapshot)");
+        return NULL;
+    }
+    PyObject *old_names = names, *old_snap = names_snap;
+    Py_INCREF(argv[0]);
+    Py_INCREF(argv[1]);
+    names = argv[0];
+    names_snap = argv[1];
+    generation++; /* what was remembered for the old classification no longer holds */
+    Py_XDECREF(old_names);
+    Py_XDECREF(old_snap);
+    clear_verdicts(); /* and the globals it held (exec'd namespaces, unloaded modules) go */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bump(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    generation++; /* the table changed in place: no verdict remembered before holds */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stats(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return Py_BuildValue("{s:K,s:K,s:O}", "skipped", skipped, "dispatched", dispatched, "installed",
+                         installed ? Py_True : Py_False);
+}
+
+static PyMethodDef methods[] = {
+    {"install", (PyCFunction)(void (*)(void))install, METH_FASTCALL,
+     "install(dispatch, agent, inherited, polc_owner, events, always): register the C audit hook"},
+    {"set_names", (PyCFunction)(void (*)(void))set_names, METH_FASTCALL,
+     "set_names(names, snapshot): the classification of module names for one snapshot"},
+#ifdef POLC_FRAME_WALK_INTERNAL
+    {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
+     "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},
+#endif
+    {"bump", bump, METH_NOARGS, "bump(): the names table changed in place; forget the verdicts"},
+    {"stats", stats, METH_NOARGS, "how many handled events were skipped in C and passed to Python"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "polc.runtime.guard._hook",
+    "The guard's audit hook in C (runtime/guard/_hook.c).", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__hook(void)
+{
+    if ((Py_Version >> 16) != (PY_VERSION_HEX >> 16)) {
+        PyErr_Format(PyExc_ImportError,
+                     "polc.runtime.guard._hook was built for Python %d.%d, not this one (%lu.%lu)",
+                     PY_MAJOR_VERSION, PY_MINOR_VERSION, Py_Version >> 24, (Py_Version >> 16) & 0xff);
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+#ifdef POLC_FRAME_WALK_INTERNAL
+    if (PyModule_AddStringConstant(m, "frame_walk", "internal") < 0) {
+#else
+    if (PyModule_AddStringConstant(m, "frame_walk", "public") < 0) {
+#endif
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
