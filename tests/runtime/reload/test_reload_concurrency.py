@@ -111,4 +111,4 @@ def test_readers_see_old_or_new_policy_across_1000_swaps(tmp_path: Path):
     assert swaps == SWAPS
     assert not problems, problems[:5]
     assert all(c > 0 for c in counts), counts
-    assert elapsed < 60, elapsed
+    assert elapsed < 300, elapsed  # a GIL convoy would stall far longer (35 s here on a quiet 2-core VM)
