@@ -15,7 +15,9 @@ before the operation happens. docs/guard.md has the model and its limits.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -145,7 +147,7 @@ def install(
         guard = Guard(agent, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base,
                       log_interval=log_interval)  # fmt: skip
         from .attribution import INHERITED, POLC
-        from .events import ALWAYS, HANDLERS
+        from .events import ALWAYS, HANDLERS, MEMO_EVENTS
         from .wrappers import install_wrappers
 
         guard.accel = accel
@@ -157,6 +159,9 @@ def install(
                 accel.install(guard.from_c, agent, INHERITED, POLC, tuple(HANDLERS), tuple(ALWAYS))
             except RuntimeError as exc:
                 raise GuardError(f"the guard is not installed: {exc}") from None
+            # the requests whose allows the C hook answers from the guard's memo (Guard.remember)
+            accel.configure_memo(MEMO_EVENTS, _socket.socket.__dict__["family"], (_socket.AF_INET, _socket.AF_INET6),
+                                 guard._busy, guard.stops, os, itertools.count)  # fmt: skip
         else:
             _add_python_hook(guard)
         install_wrappers(guard)

@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <time.h>
 
 /* CPython 3.11 only, with the GIL: the walks read the interpreter's frames and the verdict
    cache relies on PyDictObject.ma_version_tag changing with every change of a dict (PEP 699
@@ -47,7 +48,12 @@ typedef struct {
     char *name;      /* NULL: an empty slot */
     PyObject *event; /* the name as a str, passed to the Python hook */
     int always;      /* always call the Python hook */
+    int memo;        /* MEMO_ADDRESS, MEMO_POPEN: allows remembered per request (configure_memo) */
 } Slot;
+
+/* Kinds of events whose allowed requests the Python side remembers, per snapshot, in the memo
+   dict (Guard.memo): key -> (the allowed counter to advance, valid until (time.monotonic())). */
+enum { MEMO_NONE = 0, MEMO_ADDRESS = 1, MEMO_POPEN = 2 };
 
 static Slot table[TABLE_SIZE];
 static PyObject *dispatch = NULL;     /* the Python hook: dispatch(event, args, frame) */
@@ -63,7 +69,19 @@ static int installed = 0;
 static int hook_added = 0;  /* the hook is in the runtime's list (it saw the probe) */
 static int probing = 0, probe_seen = 0;
 #define PROBE_EVENT "polc.guard.probe"
-static unsigned long long skipped = 0, dispatched = 0;
+static unsigned long long skipped = 0, dispatched = 0, remembered = 0;
+
+/* configure_memo() and set_names() */
+static PyObject *memo = NULL;         /* this snapshot's remembered allows, or NULL */
+static PyObject *busy = NULL;         /* the guard's set of thread ids inside a handler */
+static PyObject *stops = NULL;        /* the guard's thread id -> frame its walks stop at */
+static PyObject *family_descr = NULL; /* _socket.socket's family getter */
+static long inet_families[2];
+static PyObject *os_dict = NULL;      /* the os module's namespace */
+static PyObject *os_environ = NULL;   /* os.environ when the memo was configured */
+static PyTypeObject *count_type = NULL;
+static PyObject *str_environ = NULL, *str_data = NULL, *bytes_path = NULL;
+static PyObject *tag_address = NULL, *tag_exec = NULL;
 
 static size_t
 hash_name(const char *s)
@@ -225,6 +243,230 @@ needs_python(void)
     return stack_needs_python();
 }
 
+#define MAX_OWNERS 8
+
+/* The remembered-allow fast path of an address (socket.connect, socket.sendto) or a
+   subprocess.Popen event: 0, nothing governed is on the stack (as needs_python() == 0);
+   1, every governed module on the stack was allowed this very request before under the current
+   snapshot (its allowed counter is advanced here, as the Python hook would); 2, anything else:
+   the Python hook decides. Holds a strong reference to everything it reads across any call that
+   could run other code; never leaves an exception set. */
+static int
+memo_fast(Slot *slot, PyObject *args)
+{
+    if (names == NULL || memo == NULL || !PyDict_CheckExact(memo))
+        return 2;
+    PyObject *snap = PyObject_GetAttr(agent, str_snapshot);
+    if (snap == NULL) {
+        PyErr_Clear();
+        return 2;
+    }
+    Py_DECREF(snap); /* only its identity is compared; the agent holds it */
+    if (snap != names_snap)
+        return 2;
+    PyObject *carried = NULL;
+    if (PyContextVar_Get(inherited, Py_None, &carried) < 0) {
+        PyErr_Clear();
+        return 2;
+    }
+    int truth = carried == Py_None ? 0 : PyObject_IsTrue(carried);
+    Py_XDECREF(carried);
+    if (truth != 0) {
+        if (truth < 0)
+            PyErr_Clear();
+        return 2;
+    }
+    if (stops == NULL || !PyDict_CheckExact(stops) || PyDict_GET_SIZE(stops) != 0)
+        return 2; /* a detached call's walk stops part-way: the Python walk knows where */
+
+    /* the governed owners (module, package) of the stack, innermost package per module */
+    PyObject *modules[MAX_OWNERS], *packages[MAX_OWNERS], *counters[MAX_OWNERS];
+    int n = 0, result = 2;
+    PyThreadState *tstate = PyThreadState_Get();
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+    PyObject *last = NULL;
+    for (; f != NULL; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+        PyObject *g = f->f_globals;
+        if (g == last)
+            continue;
+        last = g;
+        if (!globals_need_python(g))
+            continue; /* known ungoverned or polc's own */
+        if (!plain_dict(g) || !plain_dict(names))
+            goto out;
+        PyObject *name = PyDict_GetItemWithError(g, str_name);
+        if (name == NULL || !PyUnicode_CheckExact(name)) {
+            PyErr_Clear();
+            goto out;
+        }
+        PyObject *owner = PyDict_GetItemWithError(names, name); /* str keys: no foreign code */
+        if (owner == NULL) {
+            PyErr_Clear();
+            goto out; /* not classified yet */
+        }
+        if (owner == Py_None || owner == polc_owner)
+            continue;
+        if (!PyTuple_CheckExact(owner) || PyTuple_GET_SIZE(owner) != 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(owner, 0)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(owner, 1)))
+            goto out;
+        PyObject *module = PyTuple_GET_ITEM(owner, 0);
+        int seen = 0;
+        for (int k = 0; k < n; k++) {
+            if (PyUnicode_Compare(modules[k], module) == 0) { /* exact str: no foreign code */
+                seen = 1;
+                break;
+            }
+        }
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            goto out;
+        }
+        if (seen)
+            continue;
+        if (n == MAX_OWNERS)
+            goto out;
+        modules[n] = Py_NewRef(module);
+        packages[n] = Py_NewRef(PyTuple_GET_ITEM(owner, 1));
+        counters[n] = NULL;
+        n++;
+    }
+    if (n == 0) {
+        result = 0;
+        goto out;
+    }
+    PyObject *tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (tid == NULL) {
+        PyErr_Clear();
+        goto out;
+    }
+    int inside = busy != NULL && PySet_CheckExact(busy) ? PySet_Contains(busy, tid) : -1;
+    Py_DECREF(tid);
+    if (inside != 0) { /* the guard's own work (or cannot tell): the Python hook's to skip */
+        if (inside < 0)
+            PyErr_Clear();
+        goto out;
+    }
+
+    /* the request as the Python side keyed it */
+    PyObject *tag, *what = NULL, *detail = NULL; /* detail: the port, or os.environ's raw PATH */
+    if (!PyTuple_CheckExact(args))
+        goto out;
+    if (slot->memo == MEMO_ADDRESS) {
+        if (PyTuple_GET_SIZE(args) != 2 || family_descr == NULL)
+            goto out;
+        PyObject *sock = PyTuple_GET_ITEM(args, 0), *address = PyTuple_GET_ITEM(args, 1);
+        descrgetfunc get = Py_TYPE(family_descr)->tp_descr_get;
+        if (get == NULL)
+            goto out;
+        PyObject *family = get(family_descr, sock, (PyObject *)Py_TYPE(sock)); /* TypeError: not a socket */
+        if (family == NULL) {
+            PyErr_Clear();
+            goto out;
+        }
+        long fam = PyLong_CheckExact(family) ? PyLong_AsLong(family) : -1;
+        Py_DECREF(family);
+        if (fam == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        if (fam != inet_families[0] && fam != inet_families[1])
+            goto out;
+        if (!PyTuple_CheckExact(address) || PyTuple_GET_SIZE(address) < 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(address, 0)) || !PyLong_CheckExact(PyTuple_GET_ITEM(address, 1)))
+            goto out;
+        tag = tag_address;
+        what = Py_NewRef(PyTuple_GET_ITEM(address, 0));
+        detail = Py_NewRef(PyTuple_GET_ITEM(address, 1));
+    }
+    else if (slot->memo == MEMO_POPEN) {
+        if (PyTuple_GET_SIZE(args) != 4 || PyTuple_GET_ITEM(args, 2) != Py_None || PyTuple_GET_ITEM(args, 3) != Py_None)
+            goto out; /* a cwd or an environment of its own: the Python hook */
+        PyObject *executable = PyTuple_GET_ITEM(args, 0), *argv = PyTuple_GET_ITEM(args, 1);
+        if (executable == Py_None) {
+            if (PyList_CheckExact(argv) && PyList_GET_SIZE(argv) > 0)
+                executable = PyList_GET_ITEM(argv, 0);
+            else if (PyTuple_CheckExact(argv) && PyTuple_GET_SIZE(argv) > 0)
+                executable = PyTuple_GET_ITEM(argv, 0);
+            else
+                goto out;
+        }
+        if (!PyUnicode_CheckExact(executable))
+            goto out;
+        what = Py_NewRef(executable);
+        /* the PATH a bare name is looked up on: os.environ's own bytes, as events.executable_of reads them */
+        if (os_dict == NULL || !plain_dict(os_dict))
+            goto out_key;
+        PyObject *environ = PyDict_GetItemWithError(os_dict, str_environ);
+        if (environ == NULL || environ != os_environ) {
+            PyErr_Clear();
+            goto out_key;
+        }
+        Py_INCREF(environ);
+        PyObject *data = PyObject_GetAttr(environ, str_data);
+        Py_DECREF(environ);
+        if (data == NULL || !PyDict_CheckExact(data)) {
+            PyErr_Clear();
+            Py_XDECREF(data);
+            goto out_key;
+        }
+        PyObject *raw = PyDict_GetItemWithError(data, bytes_path);
+        if (raw == NULL && PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_DECREF(data);
+            goto out_key;
+        }
+        detail = raw != NULL ? Py_NewRef(raw) : Py_NewRef(Py_None);
+        Py_DECREF(data);
+        if (detail != Py_None && !PyBytes_CheckExact(detail))
+            goto out_key;
+        tag = tag_exec;
+    }
+    else
+        goto out;
+
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        goto out_key;
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    for (int k = 0; k < n; k++) {
+        PyObject *key = PyTuple_Pack(5, tag, modules[k], packages[k], what, detail);
+        if (key == NULL) {
+            PyErr_Clear();
+            goto out_key;
+        }
+        /* the memo's keys are tuples of exact str, int, bytes or None (Guard.remember): comparing them runs no foreign code */
+        PyObject *hit = PyDict_GetItemWithError(memo, key);
+        Py_DECREF(key);
+        if (hit == NULL) {
+            PyErr_Clear();
+            goto out_key; /* not remembered: the Python hook decides (and remembers an allow) */
+        }
+        if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2 || count_type == NULL ||
+            !Py_IS_TYPE(PyTuple_GET_ITEM(hit, 0), count_type) || !PyFloat_CheckExact(PyTuple_GET_ITEM(hit, 1)))
+            goto out_key;
+        if (!(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(hit, 1)) > now))
+            goto out_key; /* expired: decided again */
+        counters[k] = Py_NewRef(PyTuple_GET_ITEM(hit, 0));
+    }
+    for (int k = 0; k < n; k++) { /* allowed: counted as the Python hook counts it */
+        PyObject *r = PyIter_Next(counters[k]);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    result = 1;
+out_key:
+    Py_XDECREF(what);
+    Py_XDECREF(detail);
+out:
+    for (int k = 0; k < n; k++) {
+        Py_DECREF(modules[k]);
+        Py_DECREF(packages[k]);
+        Py_XDECREF(counters[k]);
+    }
+    return result;
+}
+
 static int
 polc_guard_c_hook(const char *event, PyObject *args, void *data)
 {
@@ -240,9 +482,22 @@ polc_guard_c_hook(const char *event, PyObject *args, void *data)
         return 0;
     if (PyInterpreterState_Get() != main_interp)
         return 0; /* the guard's Python hook is the main interpreter's only */
-    if (!slot->always && !needs_python()) {
-        skipped++;
-        return 0;
+    if (!slot->always) {
+        if (slot->memo != MEMO_NONE) {
+            int fast = memo_fast(slot, args);
+            if (fast == 0) {
+                skipped++;
+                return 0;
+            }
+            if (fast == 1) {
+                remembered++;
+                return 0;
+            }
+        }
+        else if (!needs_python()) {
+            skipped++;
+            return 0;
+        }
     }
     dispatched++;
     PyObject *frame = (PyObject *)PyEval_GetFrame(); /* borrowed: what sys._getframe(1) is in a Python hook */
@@ -418,6 +673,12 @@ release_state(void)
     Py_CLEAR(agent);
     Py_CLEAR(inherited);
     Py_CLEAR(polc_owner);
+    Py_CLEAR(busy); /* (the memo, like the names, is set_names' and stays) */
+    Py_CLEAR(stops);
+    Py_CLEAR(family_descr);
+    Py_CLEAR(os_dict);
+    Py_CLEAR(os_environ);
+    Py_CLEAR(count_type);
 }
 
 static PyObject *
@@ -533,20 +794,104 @@ static PyObject *
 set_names(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
 {
     (void)self;
-    if (argc != 2 || !PyDict_CheckExact(argv[0])) {
-        PyErr_SetString(PyExc_TypeError, "set_names(names: dict, snapshot)");
+    if ((argc != 2 && argc != 3) || !PyDict_CheckExact(argv[0]) ||
+        (argc == 3 && argv[2] != Py_None && !PyDict_CheckExact(argv[2]))) {
+        PyErr_SetString(PyExc_TypeError, "set_names(names: dict, snapshot, memo: dict | None = None)");
         return NULL;
     }
-    PyObject *old_names = names, *old_snap = names_snap;
+    PyObject *old_names = names, *old_snap = names_snap, *old_memo = memo;
     Py_INCREF(argv[0]);
     Py_INCREF(argv[1]);
     names = argv[0];
     names_snap = argv[1];
+    memo = argc == 3 && argv[2] != Py_None ? Py_NewRef(argv[2]) : NULL;
     generation++; /* what was remembered for the old classification no longer holds */
     Py_XDECREF(old_names);
     Py_XDECREF(old_snap);
+    Py_XDECREF(old_memo);
     clear_verdicts(); /* and the globals it held (exec'd namespaces, unloaded modules) go */
     Py_RETURN_NONE;
+}
+
+/* configure_memo(kinds, family, families, busy, stops, os, count_type): which events have a
+   remembered-allow fast path (kinds: event name -> 1 for an address, 2 for subprocess.Popen), and
+   what it reads. After install(); set_names(..., memo) then gives each snapshot's memo. */
+static PyObject *
+configure_memo(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 7 || !PyDict_CheckExact(argv[0]) || !PyTuple_CheckExact(argv[2]) || PyTuple_GET_SIZE(argv[2]) != 2 ||
+        !PySet_CheckExact(argv[3]) || !PyDict_CheckExact(argv[4]) || !PyModule_Check(argv[5]) || !PyType_Check(argv[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure_memo(kinds: dict, family, families: (int, int), busy: set, stops: dict, os, count_type)");
+        return NULL;
+    }
+    if (!installed) {
+        PyErr_SetString(PyExc_RuntimeError, "install() the hook first");
+        return NULL;
+    }
+    if (Py_TYPE(argv[1])->tp_descr_get == NULL) {
+        PyErr_SetString(PyExc_TypeError, "family must be a descriptor");
+        return NULL;
+    }
+    long fams[2];
+    for (int i = 0; i < 2; i++) {
+        PyObject *v = PyTuple_GET_ITEM(argv[2], i);
+        if (!PyLong_Check(v) || ((fams[i] = PyLong_AsLong(v)) == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "families must be two ints");
+            return NULL;
+        }
+    }
+    int kinds[TABLE_SIZE];
+    for (int i = 0; i < TABLE_SIZE; i++)
+        kinds[i] = MEMO_NONE;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(argv[0], &pos, &key, &value)) {
+        const char *text = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        long kind = PyLong_Check(value) ? PyLong_AsLong(value) : -1;
+        if (text == NULL || (kind != MEMO_ADDRESS && kind != MEMO_POPEN)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "kinds: event name -> 1 (address) or 2 (subprocess.Popen)");
+            return NULL;
+        }
+        Slot *slot = lookup(text);
+        if (slot == NULL || slot->always) {
+            PyErr_Format(PyExc_ValueError, "%s is not an event the hook handles on the stack", text);
+            return NULL;
+        }
+        kinds[slot - table] = (int)kind;
+    }
+    PyObject *env = PyObject_GetAttrString(argv[5], "environ");
+    if (env == NULL)
+        return NULL;
+    if (str_environ == NULL && (str_environ = PyUnicode_InternFromString("environ")) == NULL)
+        goto fail;
+    if (str_data == NULL && (str_data = PyUnicode_InternFromString("_data")) == NULL)
+        goto fail;
+    if (bytes_path == NULL && (bytes_path = PyBytes_FromString("PATH")) == NULL)
+        goto fail;
+    if (tag_address == NULL && (tag_address = PyUnicode_InternFromString("network.outbound")) == NULL)
+        goto fail;
+    if (tag_exec == NULL && (tag_exec = PyUnicode_InternFromString("process.exec")) == NULL)
+        goto fail;
+    PyObject *d = PyModule_GetDict(argv[5]); /* borrowed */
+    Py_XSETREF(family_descr, Py_NewRef(argv[1]));
+    Py_XSETREF(busy, Py_NewRef(argv[3]));
+    Py_XSETREF(stops, Py_NewRef(argv[4]));
+    Py_XSETREF(os_dict, Py_NewRef(d));
+    Py_XSETREF(os_environ, env);
+    Py_XSETREF(count_type, (PyTypeObject *)Py_NewRef(argv[6]));
+    inet_families[0] = fams[0];
+    inet_families[1] = fams[1];
+    for (int i = 0; i < TABLE_SIZE; i++)
+        if (table[i].name != NULL)
+            table[i].memo = kinds[i];
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(env);
+    return NULL;
 }
 
 static PyObject *
@@ -563,21 +908,23 @@ stats(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:O}", "skipped", skipped, "dispatched", dispatched, "installed",
-                         installed ? Py_True : Py_False);
+    return Py_BuildValue("{s:K,s:K,s:K,s:O}", "skipped", skipped, "dispatched", dispatched, "remembered",
+                         remembered, "installed", installed ? Py_True : Py_False);
 }
 
 static PyMethodDef methods[] = {
     {"install", (PyCFunction)(void (*)(void))install, METH_FASTCALL,
      "install(dispatch, agent, inherited, polc_owner, events, always): register the C audit hook"},
     {"set_names", (PyCFunction)(void (*)(void))set_names, METH_FASTCALL,
-     "set_names(names, snapshot): the classification of module names for one snapshot"},
+     "set_names(names, snapshot, memo=None): the classification of module names, and the remembered allows, of one snapshot"},
+    {"configure_memo", (PyCFunction)(void (*)(void))configure_memo, METH_FASTCALL,
+     "configure_memo(kinds, family, families, busy, stops, os, count_type): the remembered-allow fast path"},
 #ifdef POLC_FRAME_WALK_INTERNAL
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},
 #endif
     {"bump", bump, METH_NOARGS, "bump(): the names table changed in place; forget the verdicts"},
-    {"stats", stats, METH_NOARGS, "how many handled events were skipped in C and passed to Python"},
+    {"stats", stats, METH_NOARGS, "how many handled events were skipped in C, allowed as remembered in C, and passed to Python"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -114,8 +115,10 @@ class Guard:
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
-        # (module, host, port) the current snapshot allowed to connect to by itself (no audit rule)
-        self.connects: dict[tuple[str, str, int], None] = {}
+        # requests the current snapshot allowed by itself (no audit rule, no observer), keyed as
+        # (capability, module, package, what, detail): the counter to advance and until when the
+        # allow holds (time.monotonic()); the C hook answers a repeat from here (Guard.remember)
+        self.memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
         self._classifier: Classifier | None = None
         # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
         self.stops: dict[int, FrameType] = {}
@@ -219,11 +222,11 @@ class Guard:
         """A new snapshot: what was classified and decided for the old one goes."""
         self._names = {}
         self._fs = {}
-        self.connects = {}
+        self.memo = {}
         self._classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
         self._snap = snap
         if self.accel is not None:
-            self.accel.set_names(self._names, snap)
+            self.accel.set_names(self._names, snap, self.memo)
 
     def snapshot(self) -> Snapshot:
         snap: Snapshot = self.agent._snapshot
@@ -427,11 +430,15 @@ class Guard:
                 continue
             self.apply(module, package, where, capability, spelled, d)
 
-    def remember_connect(self, key: tuple[str, str, int]) -> None:
-        connects = self.connects
-        if len(connects) >= _MAX_FS:
-            connects.clear()
-        connects[key] = None
+    def remember(self, capability: str, module: str, package: str, what: str, detail: object, until: float) -> None:
+        """Remember that this snapshot allowed ``capability`` for ``module`` (``package``'s
+        frame innermost) by itself, for the request keyed by ``what`` and ``detail`` as the
+        event gave them (exact str, and an int, bytes or None), until ``until`` (monotonic).
+        Only for a quiet guard (no observer): every request is logged otherwise."""
+        memo = self.memo
+        if len(memo) >= _MAX_FS:
+            memo.clear()
+        memo[(capability, module, package, what, detail)] = (self.counters.counter(package, capability, ALLOWED), until)
 
     def in_policy_dir(self, real: str) -> bool:
         return (real + "/").startswith(self.policy_dir)

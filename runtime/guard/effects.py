@@ -59,6 +59,15 @@ class Counters:
             counter = self._counts.setdefault(key, itertools.count())
         next(counter)
 
+    def counter(self, package: str, capability: str, kind: int) -> itertools.count[int]:
+        """The count ``add(package, capability, kind)`` advances (the guard's memo keeps it, and
+        the C hook advances it for a remembered allow)."""
+        key = (package, capability, kind)
+        counter = self._counts.get(key)
+        if counter is None:
+            counter = self._counts.setdefault(key, itertools.count())
+        return counter
+
     def fault(self) -> None:
         next(self._faults)
 

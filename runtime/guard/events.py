@@ -26,12 +26,14 @@ from .core import Found, Guard
 from .effects import ALLOWED
 from .paths import Undecidable, as_text
 
-__all__ = ["ALWAYS", "HANDLERS", "deny_self", "executable_of", "module_name"]
+__all__ = ["ALWAYS", "HANDLERS", "MEMO_EVENTS", "deny_self", "executable_of", "module_name"]
 
 Handler = Callable[[Guard, tuple[Any, ...], FrameType, int], None]
 
 _dict_get = dict.get
 _NET_OUT = "network.outbound"
+_EXEC = "process.exec"
+_FOREVER = float("inf")  # an allowed address holds for the snapshot's life
 _ACCMODE = os.O_ACCMODE
 _WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _family_of = _socket.socket.__dict__["family"].__get__  # the C getter: no Python property, no enum
@@ -294,19 +296,21 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
             return
         number = int.__index__(port)
         quiet = guard.observer is None
-        allowed = guard.connects
+        memo_get = guard.memo.get
         plain = type(host) is str  # the address as given keys what this snapshot allowed before
         name: str | None = None
         for module, (package, where) in found.items():
-            if quiet and plain and (module, host, number) in allowed:  # the common case: counted
-                guard.counters.add(package, _NET_OUT, ALLOWED)
-                continue
+            if quiet and plain:
+                hit = memo_get((_NET_OUT, module, package, host, number))
+                if hit is not None:  # the common case: counted (the C hook answers it by itself)
+                    next(hit[0])
+                    continue
             if name is None:
                 name = _host_text(host)
             d, shown = _connect_decision(guard, module, name, number)
             if quiet and d.effect == "allow":
                 if plain and not d.audit and shown[0] == name:  # the snapshot alone allowed it
-                    guard.remember_connect((module, host, number))
+                    guard.remember(_NET_OUT, module, package, host, number, _FOREVER)
                 guard.counters.add(package, _NET_OUT, ALLOWED)
                 continue
             guard.apply(module, package, where, _NET_OUT, (name, number), d, shown)
@@ -404,13 +408,66 @@ def _exec(guard: Guard, f: FrameType, tid: int, program: str) -> None:
         guard.decide(found, "process.exec", (program,))
 
 
+def _environ_path() -> tuple[bool, bytes | None]:
+    """os.environ's own PATH bytes (None: unset), as :func:`_search_path` reads them and the C
+    hook keys a remembered exec by; ``(False, None)`` when os.environ is not the usual mapping."""
+    environ = os.environ
+    data = getattr(environ, "_data", None) if isinstance(environ, os._Environ) else None
+    if type(data) is not dict:
+        return False, None
+    raw = data.get(b"PATH")
+    if raw is not None and type(raw) is not bytes:
+        return False, None
+    return True, raw
+
+
+def _lookup_until(program: str, now: float) -> float | None:
+    """Until when the program ``executable_of(program)`` just gave holds (None: not to be
+    remembered): an absolute path, RESOLVE_TTL; a bare name, its PATH lookup's own expiry; a
+    relative path depends on the working directory and is never remembered."""
+    if program.startswith("/"):
+        return now + RESOLVE_TTL
+    if "/" in program:
+        return None
+    hit = _FOUND.get((program, _search_path(None)))
+    return hit[1] if hit is not None else None
+
+
 def _popen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     executable, argv, cwd, env = args
     if executable is None:
         executable = argv[0] if type(argv) in (list, tuple) and argv else argv
     found, _ = guard.attribute(f, tid)
-    if found:
-        guard.decide(found, "process.exec", (executable_of(executable, cwd, env),))
+    if not found:
+        return
+    # a program named as a plain str, this process's working directory and environment, no
+    # observer: an allow is remembered (keyed by os.environ's PATH as it is), and a repeat
+    # counted without being decided again (the C hook does that by itself)
+    quiet = guard.observer is None and cwd is None and env is None and type(executable) is str
+    keyed, raw = _environ_path() if quiet else (False, None)
+    now = time.monotonic()
+    if keyed:
+        memo_get = guard.memo.get
+        hits = []
+        for module, (package, _where) in found.items():
+            hit = memo_get((_EXEC, module, package, executable, raw))
+            if hit is None or not hit[1] > now:
+                break
+            hits.append(hit[0])
+        else:
+            for counter in hits:
+                next(counter)
+            return
+    program = executable_of(executable, cwd, env)
+    until = _lookup_until(executable, now) if keyed else None
+    snap = guard.snapshot()
+    for module, (package, where) in found.items():
+        d = snap.check(module, _EXEC, program)
+        if until is not None and d.effect == "allow" and not d.audit:
+            guard.remember(_EXEC, module, package, executable, raw, until)
+            guard.counters.add(package, _EXEC, ALLOWED)
+            continue
+        guard.apply(module, package, where, _EXEC, (program,), d)
 
 
 def _system(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
@@ -532,6 +589,11 @@ HANDLERS: dict[str, Handler] = {
     "sys.settrace": _self_protection("sys.settrace"),
     "sys.setprofile": _self_protection("sys.setprofile"),
 }
+
+# Events whose allowed requests the guard remembers per snapshot (Guard.remember) and the C hook
+# answers by itself when repeated: 1, an address (the socket's family, the host as given and the
+# port); 2, subprocess.Popen (the program as given, os.environ's PATH; no cwd or env of its own).
+MEMO_EVENTS = {"socket.connect": 1, "socket.sendto": 1, "subprocess.Popen": 2}
 
 # Events whose handler has work to do whoever raised them (the paths it resolves may change,
 # the working directory is read again): the C hook passes them on without looking at the stack.

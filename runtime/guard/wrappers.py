@@ -286,7 +286,11 @@ def _exempt_read(key: object, f: FrameType | None) -> bool:
     caller = f
     while caller is not None and module_name(caller) in _PASS_THROUGH:
         caller = caller.f_back
-    if caller is None or type(key) is not str:
+    if caller is None:
+        return False
+    if type(key) is bytes:  # os.environb's keys (os.get_exec_path tries b"PATH" on os.environ too)
+        key = os.fsdecode(key)
+    elif type(key) is not str:
         return False
     module = module_name(caller)
     if module is None:

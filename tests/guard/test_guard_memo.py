@@ -1,0 +1,259 @@
+"""Allows the guard remembers per snapshot (connects to an address, execs of a program on PATH),
+and answers again without deciding (the C hook by itself): a repeat is counted like a decided
+allow, and nothing that could change the answer is answered from memory — a reload, another
+governed package on the stack, another PATH, a working directory or environment of the call's
+own, a PATH lookup that now finds another file. Each scenario runs in a child process under the
+real guard (audit hooks cannot be removed), with real sockets and real programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from support.guard import child_env, compile_policies
+
+VENDOR = """
+import socket, subprocess
+
+def connect(address):
+    s = socket.socket()
+    try:
+        s.connect(address)
+    finally:
+        s.close()
+
+def run(argv, **kw):
+    return subprocess.run(argv, **kw).returncode
+"""
+CALLER = """
+import memovendor
+
+def connect(address):
+    return memovendor.connect(address)
+"""
+
+
+class Listener:
+    """A loopback TCP listener that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.accepted = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    server = Listener()
+    yield server
+    server.close()
+
+
+def _tree(tmp_path: Path, vendor_rules: str) -> Path:
+    site = tmp_path / "site-packages"
+    (site / "memovendor").mkdir(parents=True)
+    (site / "memovendor" / "__init__.py").write_text(VENDOR)
+    (site / "memocaller").mkdir()
+    (site / "memocaller" / "__init__.py").write_text(CALLER)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "_global.pol").write_text("security module _global { }\n")
+    (src / "memovendor.pol").write_text(f"security module memovendor {{\n{vendor_rules}\n}}\n")
+    (src / "memocaller.pol").write_text("security module memocaller { }\n")
+    compile_policies(src, tmp_path / "policies")
+    return tmp_path
+
+
+PRELUDE = """
+import json, os, subprocess, sys
+sys.path.insert(0, sys.argv[1] + "/site-packages")
+from polc.runtime import PolicyAgent, PolicyDenied
+agent = PolicyAgent(sys.argv[1] + "/policies", reload_interval=0).start()
+agent.guard(base=sys.argv[1])
+import memovendor, memocaller
+try:
+    from polc.runtime.guard import _hook
+except ImportError:
+    _hook = None
+
+def remembered():
+    return _hook.stats()["remembered"] if _hook is not None and os.environ.get("POLC_GUARD_ACCEL") == "1" else None
+
+def attempt(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+        return "ok"
+    except PolicyDenied as exc:
+        return "denied: " + str(exc)
+
+def allowed(package, capability):
+    return agent.status()["guard"]["packages"].get(package, {}).get(capability, {}).get("allowed", 0)
+"""
+
+
+def run_child(tree: Path, code: str, *args: str) -> dict:
+    script = textwrap.dedent(PRELUDE) + textwrap.dedent(code)
+    r = subprocess.run([sys.executable, "-c", script, str(tree), *args], env=child_env(), capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_repeated_connects_are_counted_and_a_reload_ends_what_was_remembered(tmp_path, listener, guard_hook):
+    tree = _tree(tmp_path, '    entitle module to network.outbound("127.0.0.1", *);')
+    deny = tmp_path / "deny-src"
+    deny.mkdir()
+    (deny / "_global.pol").write_text("security module _global { }\n")
+    (deny / "memovendor.pol").write_text("security module memovendor { deny module to network.outbound; }\n")
+    (deny / "memocaller.pol").write_text("security module memocaller { }\n")
+    out = run_child(tree, """
+        address = ("127.0.0.1", int(sys.argv[2]))
+        before = remembered()
+        results = [attempt(memovendor.connect, address) for _ in range(40)]
+        after = remembered()
+        counted = allowed("memovendor", "network.outbound")
+        # the vendor is blocked: a new policy, reloaded
+        r = subprocess.run([sys.executable, "-m", "polc", "compile", sys.argv[3], "-o", sys.argv[1] + "/policies"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        agent.reload_now()
+        blocked = attempt(memovendor.connect, address)
+        print(json.dumps({"results": results, "counted": counted, "blocked": blocked,
+                          "remembered": None if before is None else after - before}))
+    """, str(listener.port), str(deny))
+    assert out["results"] == ["ok"] * 40
+    assert out["counted"] == 40  # each connect counted once, decided or remembered
+    assert out["blocked"].startswith("denied: polc: memovendor may not network.outbound('127.0.0.1', ")
+    assert listener.accepted == 40  # the refused connect never reached the listener
+    if guard_hook == "C":
+        assert out["remembered"] >= 39  # all but the first answered by the C hook itself
+
+
+def test_another_governed_package_on_the_stack_is_asked_again(tmp_path, listener, guard_hook):
+    tree = _tree(tmp_path, '    entitle module to network.outbound("127.0.0.1", *);')
+    out = run_child(tree, """
+        address = ("127.0.0.1", int(sys.argv[2]))
+        alone = [attempt(memovendor.connect, address) for _ in range(5)]
+        through = attempt(memocaller.connect, address)  # memocaller has no entitlement of its own
+        again = attempt(memovendor.connect, address)
+        print(json.dumps({"alone": alone, "through": through, "again": again}))
+    """, str(listener.port))
+    assert out["alone"] == ["ok"] * 5
+    assert out["through"].startswith("denied: polc: memocaller may not network.outbound('127.0.0.1', ")
+    assert out["again"] == "ok"
+    assert listener.accepted == 6
+
+
+def _tools(tmp_path: Path) -> tuple[Path, Path]:
+    """Two directories, each with an executable ``tool``: ``allowed/tool`` and ``other/tool``."""
+    dirs = []
+    for name in ("allowed", "other"):
+        d = tmp_path / name
+        d.mkdir()
+        tool = d / "tool"
+        tool.write_text("#!/bin/sh\nexit 0\n")
+        tool.chmod(0o755)
+        dirs.append(d)
+    return dirs[0], dirs[1]
+
+
+def test_a_remembered_exec_is_not_reused_for_another_path_cwd_or_environment(tmp_path, guard_hook):
+    allowed_dir, other_dir = _tools(tmp_path)
+    tree = _tree(tmp_path, f'    entitle module to process.exec("{allowed_dir}/tool");')
+    out = run_child(tree, """
+        good, bad = sys.argv[2], sys.argv[3]
+        os.environ["PATH"] = good
+        first = [attempt(memovendor.run, ["tool"]) for _ in range(5)]
+        os.environ["PATH"] = bad  # the same name now finds another program
+        switched = attempt(memovendor.run, ["tool"])
+        os.environ["PATH"] = good
+        back = attempt(memovendor.run, ["tool"])
+        own_env = attempt(memovendor.run, ["tool"], env={"PATH": bad})
+        own_cwd = attempt(memovendor.run, ["./tool"], cwd=bad)
+        relative = attempt(memovendor.run, ["./tool"], cwd=good)
+        print(json.dumps({"first": first, "switched": switched, "back": back, "own_env": own_env,
+                          "own_cwd": own_cwd, "relative": relative}))
+    """, str(allowed_dir), str(other_dir))
+    assert out["first"] == ["ok"] * 5
+    denied = f"denied: polc: memovendor may not process.exec('{other_dir}/tool')"
+    assert out["switched"].startswith(denied)
+    assert out["back"] == "ok"
+    assert out["own_env"].startswith(denied)
+    assert out["own_cwd"].startswith(f"denied: polc: memovendor may not process.exec('{other_dir}/./tool')")
+    assert out["relative"] == "ok"
+
+
+def test_a_remembered_exec_lasts_no_longer_than_its_path_lookup(tmp_path, guard_hook):
+    """A program that appears earlier on PATH is what runs after at most the lookup's lifetime
+    (one second): the remembered allow of the old one ends with it."""
+    allowed_dir, other_dir = _tools(tmp_path)
+    early = tmp_path / "early"
+    early.mkdir()
+    tree = _tree(tmp_path, f'    entitle module to process.exec("{allowed_dir}/tool");')
+    out = run_child(tree, """
+        import shutil, time
+        good, bad, early = sys.argv[2], sys.argv[3], sys.argv[4]
+        os.environ["PATH"] = early + os.pathsep + good
+        first = [attempt(memovendor.run, ["tool"]) for _ in range(3)]
+        shutil.copy(bad + "/tool", early + "/tool")  # now found first, and not entitled
+        deadline = time.monotonic() + 30
+        later = "ok"
+        while later == "ok" and time.monotonic() < deadline:
+            later = attempt(memovendor.run, ["tool"])
+        print(json.dumps({"first": first, "later": later}))
+    """, str(allowed_dir), str(other_dir), str(early))
+    assert out["first"] == ["ok"] * 3
+    assert out["later"].startswith(f"denied: polc: memovendor may not process.exec('{early}/tool')")
+
+
+def test_an_observed_guard_remembers_nothing(tmp_path, listener, guard_hook):
+    """With --observe every request is logged, so nothing is answered from memory."""
+    tree = _tree(tmp_path, '    entitle module to network.outbound("127.0.0.1", *);')
+    log = tmp_path / "observed.jsonl"
+    code = textwrap.dedent(PRELUDE).replace("agent.guard(base=sys.argv[1])",
+                                            f"agent.guard(base=sys.argv[1], observe={str(log)!r})")  # fmt: skip
+    code += textwrap.dedent("""
+        address = ("127.0.0.1", int(sys.argv[2]))
+        results = [attempt(memovendor.connect, address) for _ in range(5)]
+        print(json.dumps({"results": results, "remembered": remembered(),
+                          "counted": allowed("memovendor", "network.outbound")}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(tree), str(listener.port)], env=child_env(),
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["results"] == ["ok"] * 5
+    assert out["counted"] == 5
+    if guard_hook == "C":
+        assert out["remembered"] == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["capability"] for line in lines] == ["network.outbound"]
+    assert os.path.exists(log)
