@@ -22,11 +22,12 @@ run: $(STAMP)
 	$(BIN)/polc compile $(SRC) -o $(OUT)
 	$(BIN)/polc run $(OUT) --listen $(LISTEN)
 
-# The policies' own tests (every rule of $(SRC) reached), then the test suite. Both
-# run; the status is pytest's when it fails (5: nothing collected), else polc test's.
+# The policies' own tests (every rule of $(SRC) reached), then the test suite, one pytest
+# process per CPU (tests/parallel.py; POLC_TEST_JOBS=1 for one). Both run; the status is
+# pytest's when it fails (5: nothing collected), else polc test's.
 test: $(STAMP)
 	$(BIN)/polc test $(SRC) --coverage --fail-under 100; policy=$$?; \
-	$(BIN)/python -m pytest -q; suite=$$?; \
+	$(BIN)/python tests/parallel.py -q; suite=$$?; \
 	if [ $$suite -ne 0 ]; then exit $$suite; fi; exit $$policy
 
 # Lint (product code, tests and benchmarks; the tests' idioms are configured in

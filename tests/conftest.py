@@ -19,6 +19,36 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "policies-src"
 
 
+# -- shares of the suite (tests/parallel.py runs one process per share) -----------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shard", default=None, metavar="K/N",
+                     help="run only share K (0-based) of N of the collected tests (tests/parallel.py)")  # fmt: skip
+
+
+def _shard(value: str) -> tuple[int, int]:
+    k, sep, n = value.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise pytest.UsageError(f"--shard takes K/N with 0 <= K < N, not {value!r}")
+    return int(k), int(n)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    value = config.getoption("--shard")
+    if value is None:
+        return
+    k, n = _shard(value)
+    # every n-th test in collection order: neighbours (a file's tests, a directory's files) cost
+    # alike, so the shares come out even; a module or session fixture is set up in each share
+    # that uses it. Every share computes the same split from the same collection.
+    keep = items[k::n]
+    deselected = [item for i, item in enumerate(items) if i % n != k]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = keep
+
+
 @pytest.fixture
 def examples_dir() -> Path:
     """The repository's example policy sources (policies-src/)."""

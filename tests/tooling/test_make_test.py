@@ -41,7 +41,7 @@ def test_make_test_runs_both_and_fails_when_either_fails(tmp_path, polc_rc, pyth
                        capture_output=True, text=True, env=env, timeout=120)
     assert log.read_text().splitlines() == [
         "polc test policies-src --coverage --fail-under 100",
-        "python -m pytest -q",
+        "python tests/parallel.py -q",
     ]
     if error is None:
         assert p.returncode == 0, p.stderr
