@@ -31,6 +31,7 @@ address = (sys.argv[3], int(sys.argv[4]))
 CASES = {
     "ignored-event": (event, ()),
     "open-governed": (benchvendor.deep, (DEPTH, benchvendor.read, file)),
+    "walk-governed-60": (benchvendor.deep, (60, benchvendor.read, file)),
     "open-ungoverned": (deep, (DEPTH, read, file)),
     "connect-governed": (benchvendor.deep, (DEPTH, benchvendor.connect, address)),
     "subprocess-governed": (benchvendor.deep, (DEPTH, benchvendor.run, ["true"])),

@@ -302,8 +302,8 @@ def test_import_200_stdlib_modules(world):
            note=f"{statistics.median(times['off']) * 1000:.0f} ms -> {statistics.median(times['on']) * 1000:.0f} ms")  # fmt: skip
 
 
-_AB_COUNTS = {"ignored-event": 20000, "open-governed": 2000, "open-ungoverned": 2000, "connect-governed": 300,
-              "subprocess-governed": 20}  # fmt: skip
+_AB_COUNTS = {"ignored-event": 20000, "open-governed": 2000, "walk-governed-60": 2000, "open-ungoverned": 2000,
+              "connect-governed": 300, "subprocess-governed": 20}  # fmt: skip
 
 
 def _ab_processes(world) -> dict[str, list[str] | dict[str, str]]:
@@ -338,6 +338,7 @@ def test_interleaved_with_and_without(world):
         procs[mode] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                        cwd=world["base"], env=spec["env"][mode])  # type: ignore[index]  # fmt: skip
     lines = []
+    added10: dict[str, list[float]] = {}  # per mode, the time each burst of open-governed added
     try:
         for name, count in _AB_COUNTS.items():
             ratios: dict[str, list[float]] = {mode: [] for mode in procs}
@@ -353,6 +354,16 @@ def test_interleaved_with_and_without(world):
                     times[mode].append(per[mode])
             med = {mode: statistics.median(times[mode]) for mode in procs}
             off, on = med["off"], med["on"]
+            if name == "walk-governed-60":  # per frame: (added at 60 frames - added at 10) / 50, per burst
+                added = {mode: [times[mode][i] - times["off"][i] for i in range(len(times["off"]))] for mode in procs}
+                per = {mode: (statistics.median(added[mode]) - statistics.median(added10[mode])) / (60 - DEPTH)
+                       for mode in procs if mode != "off"}  # fmt: skip
+                record("guard.ab.per-frame", "stack attribution, added per governed frame crossed (interleaved processes)",
+                       per["on"] * 1e6, "us", bar=0.25, note="(added at 60 frames - added at 10) / 50")  # fmt: skip
+                lines.append("per-frame: " + "; ".join(f"{m} {v * 1e9:.0f} ns" for m, v in per.items()))
+                continue
+            if name == "open-governed":
+                added10.update({mode: [times[mode][i] - times["off"][i] for i in range(len(times["off"]))] for mode in procs})
             if name == "ignored-event":
                 record("guard.ab.ignored-event", "an ignored audit event, added (interleaved processes)",
                        (on - off) * 1e9, "ns", bar=300, note=f"{off * 1e9:.0f} ns without")  # fmt: skip
