@@ -147,7 +147,7 @@ def install(
         guard = Guard(agent, roots=roots, mode=mode, observe=observe, unlisted=unlisted, base=base,
                       log_interval=log_interval)  # fmt: skip
         from .attribution import INHERITED, POLC
-        from .events import ALWAYS, HANDLERS, MEMO_EVENTS
+        from .events import ALWAYS, HANDLERS, MEMO_EVENTS, OPEN_EXEMPT
         from .wrappers import install_wrappers
 
         guard.accel = accel
@@ -161,7 +161,7 @@ def install(
                 raise GuardError(f"the guard is not installed: {exc}") from None
             # the requests whose allows the C hook answers from the guard's memo (Guard.remember)
             accel.configure_memo(MEMO_EVENTS, _socket.socket.__dict__["family"], (_socket.AF_INET, _socket.AF_INET6),
-                                 guard._busy, guard.stops, os, itertools.count)  # fmt: skip
+                                 guard._busy, guard.stops, os, itertools.count, OPEN_EXEMPT)  # fmt: skip
         else:
             _add_python_hook(guard)
         install_wrappers(guard)

@@ -48,12 +48,12 @@ typedef struct {
     char *name;      /* NULL: an empty slot */
     PyObject *event; /* the name as a str, passed to the Python hook */
     int always;      /* always call the Python hook */
-    int memo;        /* MEMO_ADDRESS, MEMO_POPEN: allows remembered per request (configure_memo) */
+    int memo;        /* MEMO_ADDRESS, MEMO_POPEN, MEMO_OPEN: allows remembered per request (configure_memo) */
 } Slot;
 
 /* Kinds of events whose allowed requests the Python side remembers, per snapshot, in the memo
    dict (Guard.memo): key -> (the allowed counter to advance, valid until (time.monotonic())). */
-enum { MEMO_NONE = 0, MEMO_ADDRESS = 1, MEMO_POPEN = 2 };
+enum { MEMO_NONE = 0, MEMO_ADDRESS = 1, MEMO_POPEN = 2, MEMO_OPEN = 3 };
 
 static Slot table[TABLE_SIZE];
 static PyObject *dispatch = NULL;     /* the Python hook: dispatch(event, args, frame) */
@@ -81,7 +81,9 @@ static PyObject *os_dict = NULL;      /* the os module's namespace */
 static PyObject *os_environ = NULL;   /* os.environ when the memo was configured */
 static PyTypeObject *count_type = NULL;
 static PyObject *str_environ = NULL, *str_data = NULL, *bytes_path = NULL;
-static PyObject *tag_address = NULL, *tag_exec = NULL;
+static PyObject *tag_address = NULL, *tag_exec = NULL, *tag_read = NULL, *tag_write = NULL;
+static PyObject *open_exempt = NULL;  /* module names whose own opens the Python hook examines first */
+static long o_accmode, o_rdonly, o_wronly, o_write_flags; /* os.O_ACCMODE, ..., O_CREAT | O_TRUNC | O_APPEND */
 
 static size_t
 hash_name(const char *s)
@@ -280,8 +282,9 @@ memo_fast(Slot *slot, PyObject *args)
         return 2; /* a detached call's walk stops part-way: the Python walk knows where */
 
     /* the governed owners (module, package) of the stack, innermost package per module */
-    PyObject *modules[MAX_OWNERS], *packages[MAX_OWNERS], *counters[MAX_OWNERS];
-    int n = 0, result = 2;
+    PyObject *modules[MAX_OWNERS], *packages[MAX_OWNERS], *counters[2 * MAX_OWNERS];
+    int n = 0, ncounters = 0, result = 2;
+    PyObject *inner_globals = NULL;
     PyThreadState *tstate = PyThreadState_Get();
     _PyInterpreterFrame *f = tstate->cframe->current_frame;
     PyObject *last = NULL;
@@ -289,6 +292,8 @@ memo_fast(Slot *slot, PyObject *args)
         if (_PyFrame_IsIncomplete(f))
             continue;
         PyObject *g = f->f_globals;
+        if (inner_globals == NULL)
+            inner_globals = Py_NewRef(g); /* the innermost frame's: looked at once a governed frame is found */
         if (g == last)
             continue;
         last = g;
@@ -306,6 +311,8 @@ memo_fast(Slot *slot, PyObject *args)
             PyErr_Clear();
             goto out; /* not classified yet */
         }
+        if (owner == polc_owner && n == 0 && slot->memo == MEMO_OPEN)
+            goto out; /* polc's own frame innermost to every governed one (its reads of the policy directory) */
         if (owner == Py_None || owner == polc_owner)
             continue;
         if (!PyTuple_CheckExact(owner) || PyTuple_GET_SIZE(owner) != 2 ||
@@ -329,12 +336,27 @@ memo_fast(Slot *slot, PyObject *args)
             goto out;
         modules[n] = Py_NewRef(module);
         packages[n] = Py_NewRef(PyTuple_GET_ITEM(owner, 1));
-        counters[n] = NULL;
         n++;
     }
     if (n == 0) {
         result = 0;
         goto out;
+    }
+    if (slot->memo == MEMO_OPEN) {
+        /* the import system, tokenize (linecache) innermost: the Python hook tells whether the open
+           is the interpreter's own (not attributed, not counted) */
+        PyObject *inner = inner_globals != NULL && plain_dict(inner_globals) ?
+                          PyDict_GetItemWithError(inner_globals, str_name) : NULL;
+        if (inner == NULL || !PyUnicode_CheckExact(inner) || open_exempt == NULL) {
+            PyErr_Clear();
+            goto out;
+        }
+        int exempt = PySet_Contains(open_exempt, inner); /* a frozenset of str, an exact str: no foreign code */
+        if (exempt != 0) {
+            if (exempt < 0)
+                PyErr_Clear();
+            goto out;
+        }
     }
     PyObject *tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
     if (tid == NULL) {
@@ -350,7 +372,7 @@ memo_fast(Slot *slot, PyObject *args)
     }
 
     /* the request as the Python side keyed it */
-    PyObject *tag, *what = NULL, *detail = NULL; /* detail: the port, or os.environ's raw PATH */
+    PyObject *tags[2] = {NULL, NULL}, *what = NULL, *detail = NULL; /* detail: the port, os.environ's raw PATH, the flags */
     if (!PyTuple_CheckExact(args))
         goto out;
     if (slot->memo == MEMO_ADDRESS) {
@@ -374,7 +396,7 @@ memo_fast(Slot *slot, PyObject *args)
         if (!PyTuple_CheckExact(address) || PyTuple_GET_SIZE(address) < 2 ||
             !PyUnicode_CheckExact(PyTuple_GET_ITEM(address, 0)) || !PyLong_CheckExact(PyTuple_GET_ITEM(address, 1)))
             goto out;
-        tag = tag_address;
+        tags[0] = tag_address;
         what = Py_NewRef(PyTuple_GET_ITEM(address, 0));
         detail = Py_NewRef(PyTuple_GET_ITEM(address, 1));
     }
@@ -419,7 +441,37 @@ memo_fast(Slot *slot, PyObject *args)
         Py_DECREF(data);
         if (detail != Py_None && !PyBytes_CheckExact(detail))
             goto out_key;
-        tag = tag_exec;
+        tags[0] = tag_exec;
+    }
+    else if (slot->memo == MEMO_OPEN) {
+        /* open(path, mode, flags): an absolute str path without NUL, int flags, as events._open keys it */
+        if (PyTuple_GET_SIZE(args) != 3)
+            goto out;
+        PyObject *path = PyTuple_GET_ITEM(args, 0), *flags = PyTuple_GET_ITEM(args, 2);
+        if (!PyUnicode_CheckExact(path) || !PyLong_CheckExact(flags) || PyUnicode_READY(path) < 0 ||
+            PyUnicode_GET_LENGTH(path) == 0 || PyUnicode_READ_CHAR(path, 0) != '/') {
+            PyErr_Clear();
+            goto out;
+        }
+        Py_ssize_t nul = PyUnicode_FindChar(path, 0, 0, PyUnicode_GET_LENGTH(path), 1);
+        if (nul != -1) {
+            if (nul == -2)
+                PyErr_Clear();
+            goto out;
+        }
+        long fl = PyLong_AsLong(flags);
+        if (fl == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto out;
+        }
+        long access = fl & o_accmode;
+        int i = 0;
+        if (access != o_wronly)
+            tags[i++] = tag_read;
+        if (access != o_rdonly || (fl & o_write_flags))
+            tags[i++] = tag_write;
+        what = Py_NewRef(path);
+        detail = Py_NewRef(flags);
     }
     else
         goto out;
@@ -428,8 +480,9 @@ memo_fast(Slot *slot, PyObject *args)
     if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
         goto out_key;
     double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-    for (int k = 0; k < n; k++) {
-        PyObject *key = PyTuple_Pack(5, tag, modules[k], packages[k], what, detail);
+    for (int k = 0; k < n; k++)
+    for (int t = 0; t < 2 && tags[t] != NULL; t++) {
+        PyObject *key = PyTuple_Pack(5, tags[t], modules[k], packages[k], what, detail);
         if (key == NULL) {
             PyErr_Clear();
             goto out_key;
@@ -446,9 +499,9 @@ memo_fast(Slot *slot, PyObject *args)
             goto out_key;
         if (!(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(hit, 1)) > now))
             goto out_key; /* expired: decided again */
-        counters[k] = Py_NewRef(PyTuple_GET_ITEM(hit, 0));
+        counters[ncounters++] = Py_NewRef(PyTuple_GET_ITEM(hit, 0));
     }
-    for (int k = 0; k < n; k++) { /* allowed: counted as the Python hook counts it */
+    for (int k = 0; k < ncounters; k++) { /* allowed: counted as the Python hook counts it */
         PyObject *r = PyIter_Next(counters[k]);
         if (r == NULL)
             PyErr_Clear();
@@ -462,8 +515,10 @@ out:
     for (int k = 0; k < n; k++) {
         Py_DECREF(modules[k]);
         Py_DECREF(packages[k]);
-        Py_XDECREF(counters[k]);
     }
+    for (int k = 0; k < ncounters; k++)
+        Py_DECREF(counters[k]);
+    Py_XDECREF(inner_globals);
     return result;
 }
 
@@ -679,6 +734,7 @@ release_state(void)
     Py_CLEAR(os_dict);
     Py_CLEAR(os_environ);
     Py_CLEAR(count_type);
+    Py_CLEAR(open_exempt);
 }
 
 static PyObject *
@@ -820,12 +876,42 @@ static PyObject *
 configure_memo(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
 {
     (void)self;
-    if (argc != 7 || !PyDict_CheckExact(argv[0]) || !PyTuple_CheckExact(argv[2]) || PyTuple_GET_SIZE(argv[2]) != 2 ||
-        !PySet_CheckExact(argv[3]) || !PyDict_CheckExact(argv[4]) || !PyModule_Check(argv[5]) || !PyType_Check(argv[6])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "configure_memo(kinds: dict, family, families: (int, int), busy: set, stops: dict, os, count_type)");
+    if (argc != 8 || !PyDict_CheckExact(argv[0]) || !PyTuple_CheckExact(argv[2]) || PyTuple_GET_SIZE(argv[2]) != 2 ||
+        !PySet_CheckExact(argv[3]) || !PyDict_CheckExact(argv[4]) || !PyModule_Check(argv[5]) || !PyType_Check(argv[6]) ||
+        !PyFrozenSet_CheckExact(argv[7])) {
+        PyErr_SetString(PyExc_TypeError, "configure_memo(kinds: dict, family, families: (int, int), busy: set, "
+                                         "stops: dict, os, count_type, open_exempt: frozenset)");
         return NULL;
     }
+    {
+        Py_ssize_t pos = 0;
+        PyObject *item;
+        Py_hash_t hash;
+        while (_PySet_NextEntry(argv[7], &pos, &item, &hash)) {
+            if (!PyUnicode_CheckExact(item)) {
+                PyErr_SetString(PyExc_TypeError, "open_exempt must hold str only");
+                return NULL;
+            }
+        }
+    }
+    long os_flags[5];
+    static const char *flag_names[5] = {"O_ACCMODE", "O_RDONLY", "O_WRONLY", "O_CREAT", "O_TRUNC"};
+    for (int i = 0; i < 5; i++) {
+        PyObject *v = PyObject_GetAttrString(argv[5], flag_names[i]);
+        if (v == NULL)
+            return NULL;
+        os_flags[i] = PyLong_AsLong(v);
+        Py_DECREF(v);
+        if (os_flags[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *append = PyObject_GetAttrString(argv[5], "O_APPEND");
+    if (append == NULL)
+        return NULL;
+    long o_append = PyLong_AsLong(append);
+    Py_DECREF(append);
+    if (o_append == -1 && PyErr_Occurred())
+        return NULL;
     if (!installed) {
         PyErr_SetString(PyExc_RuntimeError, "install() the hook first");
         return NULL;
@@ -851,9 +937,9 @@ configure_memo(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
     while (PyDict_Next(argv[0], &pos, &key, &value)) {
         const char *text = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
         long kind = PyLong_Check(value) ? PyLong_AsLong(value) : -1;
-        if (text == NULL || (kind != MEMO_ADDRESS && kind != MEMO_POPEN)) {
+        if (text == NULL || (kind != MEMO_ADDRESS && kind != MEMO_POPEN && kind != MEMO_OPEN)) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError, "kinds: event name -> 1 (address) or 2 (subprocess.Popen)");
+            PyErr_SetString(PyExc_ValueError, "kinds: event name -> 1 (address), 2 (subprocess.Popen) or 3 (open)");
             return NULL;
         }
         Slot *slot = lookup(text);
@@ -876,6 +962,10 @@ configure_memo(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
         goto fail;
     if (tag_exec == NULL && (tag_exec = PyUnicode_InternFromString("process.exec")) == NULL)
         goto fail;
+    if (tag_read == NULL && (tag_read = PyUnicode_InternFromString("fs.read")) == NULL)
+        goto fail;
+    if (tag_write == NULL && (tag_write = PyUnicode_InternFromString("fs.write")) == NULL)
+        goto fail;
     PyObject *d = PyModule_GetDict(argv[5]); /* borrowed */
     Py_XSETREF(family_descr, Py_NewRef(argv[1]));
     Py_XSETREF(busy, Py_NewRef(argv[3]));
@@ -883,6 +973,11 @@ configure_memo(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
     Py_XSETREF(os_dict, Py_NewRef(d));
     Py_XSETREF(os_environ, env);
     Py_XSETREF(count_type, (PyTypeObject *)Py_NewRef(argv[6]));
+    Py_XSETREF(open_exempt, Py_NewRef(argv[7]));
+    o_accmode = os_flags[0];
+    o_rdonly = os_flags[1];
+    o_wronly = os_flags[2];
+    o_write_flags = os_flags[3] | os_flags[4] | o_append;
     inet_families[0] = fams[0];
     inet_families[1] = fams[1];
     for (int i = 0; i < TABLE_SIZE; i++)
@@ -918,7 +1013,7 @@ static PyMethodDef methods[] = {
     {"set_names", (PyCFunction)(void (*)(void))set_names, METH_FASTCALL,
      "set_names(names, snapshot, memo=None): the classification of module names, and the remembered allows, of one snapshot"},
     {"configure_memo", (PyCFunction)(void (*)(void))configure_memo, METH_FASTCALL,
-     "configure_memo(kinds, family, families, busy, stops, os, count_type): the remembered-allow fast path"},
+     "configure_memo(kinds, family, families, busy, stops, os, count_type, open_exempt): the remembered-allow fast path"},
 #ifdef POLC_FRAME_WALK_INTERNAL
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},

@@ -419,16 +419,28 @@ class Guard:
         fs[key] = result
         return result
 
-    def fs(self, found: Found, capability: str, real: str) -> None:
+    def fs(self, found: Found, capability: str, real: str, remember: tuple[str, int, float] | None = None) -> None:
+        """Decide ``capability`` on the resolved path ``real`` for every attributed module.
+
+        ``remember``: ``(path, flags, until)`` of an ``open`` whose allows may be remembered
+        (the path as the event gave it, absolute; until when its resolution holds)."""
         snap = self.snapshot()
         remembered = self._fs.get
         for module, (package, where) in found.items():
             hit = remembered((module, capability, real))
             d, spelled = hit if hit is not None else self.fs_decision(snap, module, capability, real)
             if d.effect == "allow" and self.observer is None:  # the common case, without a call
+                if remember is not None and not d.audit:
+                    self.remember(capability, module, package, remember[0], remember[1], remember[2])
                 self.counters.add(package, capability, ALLOWED)
                 continue
             self.apply(module, package, where, capability, spelled, d)
+
+    def paths_changed(self) -> None:
+        """Something in this process renamed, removed or linked a file: every path is resolved
+        again, and nothing remembered is reused (opens were remembered by the path as given)."""
+        self.paths.changed()
+        self.memo.clear()
 
     def remember(self, capability: str, module: str, package: str, what: str, detail: object, until: float) -> None:
         """Remember that this snapshot allowed ``capability`` for ``module`` (``package``'s

@@ -26,7 +26,7 @@ from .core import Found, Guard
 from .effects import ALLOWED
 from .paths import Undecidable, as_text
 
-__all__ = ["ALWAYS", "HANDLERS", "MEMO_EVENTS", "deny_self", "executable_of", "module_name"]
+__all__ = ["ALWAYS", "HANDLERS", "MEMO_EVENTS", "OPEN_EXEMPT", "deny_self", "executable_of", "module_name"]
 
 Handler = Callable[[Guard, tuple[Any, ...], FrameType, int], None]
 
@@ -133,16 +133,20 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     write = access != os.O_RDONLY or bool(flags & _WRITE_FLAGS)
     read = access != os.O_WRONLY
     paths = guard.paths
+    remember: tuple[str, int, float] | None = None
     if type(path) is str and path.startswith("/") and "\0" not in path:
-        real = paths.real(path)  # the common case, without the general conversions
+        real, until = paths.real_until(path)  # the common case, without the general conversions
+        if guard.observer is None:
+            # allowed: remembered by the path as given and the flags while the resolution holds
+            remember = (path, flags, until)
     else:
         real = paths.resolve(paths.absolute(as_text(path)), follow=True)
     if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
         return
     if read:
-        guard.fs(found, "fs.read", real)
+        guard.fs(found, "fs.read", real, remember)
     if write:
-        guard.fs(found, "fs.write", real)
+        guard.fs(found, "fs.write", real, remember)
 
 
 def _listing(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
@@ -157,7 +161,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
 
     def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         if changes:
-            guard.paths.changed()
+            guard.paths_changed()
         if module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
             return  # importlib writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
@@ -170,7 +174,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
 
 def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
-    guard.paths.changed()
+    guard.paths_changed()
     if module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
         return
     _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
@@ -184,7 +188,7 @@ def _link(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
 
 def _symlink(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     _src, dst, dir_fd = args
-    guard.paths.changed()
+    guard.paths_changed()
     if type(dir_fd) is int and dir_fd < 0:
         dir_fd = None
     _fs(guard, f, tid, "fs.write", dst, dir_fd, False)
@@ -592,8 +596,12 @@ HANDLERS: dict[str, Handler] = {
 
 # Events whose allowed requests the guard remembers per snapshot (Guard.remember) and the C hook
 # answers by itself when repeated: 1, an address (the socket's family, the host as given and the
-# port); 2, subprocess.Popen (the program as given, os.environ's PATH; no cwd or env of its own).
-MEMO_EVENTS = {"socket.connect": 1, "socket.sendto": 1, "subprocess.Popen": 2}
+# port); 2, subprocess.Popen (the program as given, os.environ's PATH; no cwd or env of its own);
+# 3, open (an absolute path as given, the flags; while its resolution holds, and never after a
+# rename, removal or link in this process).
+MEMO_EVENTS = {"socket.connect": 1, "socket.sendto": 1, "subprocess.Popen": 2, "open": 3}
+# The callers of an open that may be the interpreter's own (the C hook leaves those to _open).
+OPEN_EXEMPT = frozenset(_IMPORT_SYSTEM | {"tokenize"})
 
 # Events whose handler has work to do whoever raised them (the paths it resolves may change,
 # the working directory is read again): the C hook passes them on without looking at the stack.

@@ -106,6 +106,12 @@ class PathResolver:
         remembered[path] = (real, now + RESOLVE_TTL)
         return real
 
+    def real_until(self, path: str) -> tuple[str, float]:
+        """``real(path)`` and until when (``time.monotonic()``) that resolution is reused."""
+        real = self.real(path)
+        hit = self._real.get(path)
+        return real, (hit[1] if hit is not None and hit[0] == real else 0.0)
+
     def changed(self) -> None:
         """Something in this process renamed, removed or linked a file: resolve everything again."""
         self._real = {}

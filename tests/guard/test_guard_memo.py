@@ -1,8 +1,10 @@
-"""Allows the guard remembers per snapshot (connects to an address, execs of a program on PATH),
+"""Allows the guard remembers per snapshot (connects to an address, execs of a program on PATH,
+opens of an absolute path),
 and answers again without deciding (the C hook by itself): a repeat is counted like a decided
 allow, and nothing that could change the answer is answered from memory — a reload, another
 governed package on the stack, another PATH, a working directory or environment of the call's
-own, a PATH lookup that now finds another file. Each scenario runs in a child process under the
+own, a PATH lookup that now finds another file, a symlink repointed here or by another
+process, another open mode. Each scenario runs in a child process under the
 real guard (audit hooks cannot be removed), with real sockets and real programs."""
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def connect(address):
 
 def run(argv, **kw):
     return subprocess.run(argv, **kw).returncode
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
 """
 CALLER = """
 import memovendor
@@ -257,3 +267,76 @@ def test_an_observed_guard_remembers_nothing(tmp_path, listener, guard_hook):
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["capability"] for line in lines] == ["network.outbound"]
     assert os.path.exists(log)
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """data/ (entitled), secret.txt (not), data/link -> data/ok.txt."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ok.txt").write_text("ok")
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(data / "ok.txt", data / "link")
+    return data, data / "link", tmp_path / "secret.txt"
+
+
+def test_remembered_opens_end_when_a_symlink_is_repointed_here(tmp_path, guard_hook):
+    data, link, secret = _files(tmp_path)
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    out = run_child(tree, """
+        link, secret = sys.argv[2], sys.argv[3]
+        before = remembered()
+        first = [attempt(memovendor.read, link) for _ in range(20)]
+        after = remembered()
+        counted = allowed("memovendor", "fs.read")
+        os.remove(link)
+        os.symlink(secret, link)  # repointed by this process: seen at once
+        repointed = attempt(memovendor.read, link)
+        print(json.dumps({"first": first, "counted": counted, "repointed": repointed,
+                          "remembered": None if before is None else after - before}))
+    """, str(link), str(secret))
+    assert out["first"] == ["ok"] * 20
+    assert out["counted"] == 20
+    assert out["repointed"].startswith("denied: polc: memovendor may not fs.read(")
+    assert "secret.txt" in out["repointed"]
+    if guard_hook == "C":
+        assert out["remembered"] >= 19
+
+
+def test_remembered_opens_end_when_another_process_repoints_a_symlink(tmp_path, guard_hook):
+    """Another process's change raises no event here: it is seen once the path's resolution
+    expires (one second), as for any resolution the guard reuses."""
+    data, link, secret = _files(tmp_path)
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    out = run_child(tree, """
+        import time
+        link, secret = sys.argv[2], sys.argv[3]
+        first = [attempt(memovendor.read, link) for _ in range(5)]
+        # repointed by another process (no audit event here): ln -sfn replaces the link
+        r = subprocess.run(["ln", "-sfn", secret, link + ".new"], capture_output=True)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(["mv", "-T", link + ".new", link], capture_output=True)
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 30
+        later = "ok"
+        while later == "ok" and time.monotonic() < deadline:
+            later = attempt(memovendor.read, link)
+        print(json.dumps({"first": first, "later": later}))
+    """, str(link), str(secret))
+    assert out["first"] == ["ok"] * 5
+    assert out["later"].startswith("denied: polc: memovendor may not fs.read(")
+    assert "secret.txt" in out["later"]
+
+
+def test_a_remembered_read_is_not_a_write(tmp_path, guard_hook):
+    data, _link, _secret = _files(tmp_path)
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    target = data / "ok.txt"
+    out = run_child(tree, """
+        path = sys.argv[2]
+        reads = [attempt(memovendor.read, path) for _ in range(5)]
+        written = attempt(memovendor.write, path, "overwritten")
+        print(json.dumps({"reads": reads, "written": written}))
+    """, str(target))
+    assert out["reads"] == ["ok"] * 5
+    assert out["written"].startswith("denied: polc: memovendor may not fs.write(")
+    assert target.read_text() == "ok"  # the write never happened
