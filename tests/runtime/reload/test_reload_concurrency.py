@@ -71,7 +71,7 @@ def test_readers_see_old_or_new_policy_across_1000_swaps(tmp_path: Path):
 
     stop = threading.Event()
     problems: list[object] = []
-    counts = [0] * 4
+    counts = [0] * 2
 
     def reader(k: int) -> None:
         n = 0
@@ -90,7 +90,7 @@ def test_readers_see_old_or_new_policy_across_1000_swaps(tmp_path: Path):
     # thread get the GIL back after each file operation (the GIL convoy of docs/runtime.md).
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
-    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(2)]
     try:
         for t in threads:
             t.start()
