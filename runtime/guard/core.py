@@ -119,6 +119,12 @@ class Guard:
         # (capability, module, package, what, detail): the counter to advance and until when the
         # allow holds (time.monotonic()); the C hook answers a repeat from here (Guard.remember)
         self.memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
+        # the memo with the snapshot whose decisions alone go in it (one attribute: a remember
+        # racing a switch in another thread sees both old or both new, never a mix)
+        self._memo_of: tuple[Snapshot | None, dict[tuple[object, ...], tuple[itertools.count[int], float]]] = (
+            None,
+            self.memo,
+        )
         self._classifier: Classifier | None = None
         # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
         self.stops: dict[int, FrameType] = {}
@@ -222,7 +228,9 @@ class Guard:
         """A new snapshot: what was classified and decided for the old one goes."""
         self._names = {}
         self._fs = {}
-        self.memo = {}
+        memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
+        self.memo = memo
+        self._memo_of = (snap, memo)
         self._classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
         self._snap = snap
         if self.accel is not None:
@@ -430,12 +438,18 @@ class Guard:
                 continue
             self.apply(module, package, where, capability, spelled, d)
 
-    def remember(self, capability: str, module: str, package: str, what: str, detail: object, until: float) -> None:
-        """Remember that this snapshot allowed ``capability`` for ``module`` (``package``'s
-        frame innermost) by itself, for the request keyed by ``what`` and ``detail`` as the
-        event gave them (exact str, and an int, bytes or None), until ``until`` (monotonic).
-        Only for a quiet guard (no observer): every request is logged otherwise."""
-        memo = self.memo
+    def remember(
+        self, snap: Snapshot, capability: str, module: str, package: str, what: str, detail: object, until: float
+    ) -> None:
+        """Remember that ``snap`` allowed ``capability`` for ``module`` (``package``'s frame
+        innermost) by itself, for the request keyed by ``what`` and ``detail`` as the event
+        gave them (exact str, and an int, bytes or None), until ``until`` (monotonic). Only for
+        a quiet guard (no observer): every request is logged otherwise. Nothing is remembered
+        when the guard has switched from ``snap`` since (another thread saw a reload while this
+        was decided): the new snapshot's memo holds its own decisions only."""
+        owner, memo = self._memo_of
+        if owner is not snap:
+            return
         if len(memo) >= _MAX_FS:
             memo.clear()
         memo[(capability, module, package, what, detail)] = (self.counters.counter(package, capability, ALLOWED), until)

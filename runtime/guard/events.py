@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from ..enforce.decision import Decision
+from ..enforce.snapshot import Snapshot
 from ..patterns import RESOLVE_TTL
 from .core import Found, Guard
 from .effects import ALLOWED
@@ -262,8 +263,9 @@ def _gethostbyname(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) 
     _lookup(guard, args[0], None, f, tid)
 
 
-def _connect_decision(guard: Guard, module: str, host: str, port: int) -> tuple[Decision, tuple[object, ...]]:
-    snap = guard.snapshot()
+def _connect_decision(
+    guard: Guard, snap: Snapshot, module: str, host: str, port: int
+) -> tuple[Decision, tuple[object, ...]]:
     d = snap.check(module, _NET_OUT, host, port)
     if d.effect == "allow":
         return d, (host, port)
@@ -299,6 +301,7 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
         memo_get = guard.memo.get
         plain = type(host) is str  # the address as given keys what this snapshot allowed before
         name: str | None = None
+        snap = guard.snapshot()  # what is decided below is remembered as this snapshot's only
         for module, (package, where) in found.items():
             if quiet and plain:
                 hit = memo_get((_NET_OUT, module, package, host, number))
@@ -307,10 +310,10 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
                     continue
             if name is None:
                 name = _host_text(host)
-            d, shown = _connect_decision(guard, module, name, number)
+            d, shown = _connect_decision(guard, snap, module, name, number)
             if quiet and d.effect == "allow":
                 if plain and not d.audit and shown[0] == name:  # the snapshot alone allowed it
-                    guard.remember(_NET_OUT, module, package, host, number, _FOREVER)
+                    guard.remember(snap, _NET_OUT, module, package, host, number, _FOREVER)
                 guard.counters.add(package, _NET_OUT, ALLOWED)
                 continue
             guard.apply(module, package, where, _NET_OUT, (name, number), d, shown)
@@ -464,7 +467,7 @@ def _popen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     for module, (package, where) in found.items():
         d = snap.check(module, _EXEC, program)
         if until is not None and d.effect == "allow" and not d.audit:
-            guard.remember(_EXEC, module, package, executable, raw, until)
+            guard.remember(snap, _EXEC, module, package, executable, raw, until)
             guard.counters.add(package, _EXEC, ALLOWED)
             continue
         guard.apply(module, package, where, _EXEC, (program,), d)

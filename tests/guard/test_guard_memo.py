@@ -257,3 +257,80 @@ def test_an_observed_guard_remembers_nothing(tmp_path, listener, guard_hook):
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["capability"] for line in lines] == ["network.outbound"]
     assert os.path.exists(log)
+
+
+def _deny_tree(tmp_path: Path) -> Path:
+    deny = tmp_path / "deny-src"
+    deny.mkdir()
+    (deny / "_global.pol").write_text("security module _global { }\n")
+    (deny / "memovendor.pol").write_text("security module memovendor { deny module to network.outbound; deny module to process.exec; }\n")
+    (deny / "memocaller.pol").write_text("security module memocaller { }\n")
+    return deny
+
+
+# A reload (and the switch to its snapshot, which any other thread's next handled event makes)
+# that lands while a request is being decided under the old snapshot: the old snapshot's allow
+# must not be remembered in the new snapshot's memo. The decided allow is held before it is
+# remembered, and another thread reloads meanwhile (the interleaving a thread switch gives,
+# made certain).
+RACE = """
+    import threading
+    from polc.runtime.guard import events
+    guard = agent._guard
+    go, done = threading.Event(), threading.Event()
+    held = []
+
+    def hold():
+        if not held:
+            held.append(True)
+            go.set()
+            assert done.wait(60)
+
+    def reloader():
+        assert go.wait(60)
+        r = subprocess.run([sys.executable, "-m", "polc", "compile", sys.argv[3], "-o", sys.argv[1] + "/policies"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        agent.reload_now()
+        guard.snapshot()  # what this thread's next handled event does
+        done.set()
+
+    remember = guard.remember
+
+    def racing(*args):  # the decision is made: the reload lands before it is remembered
+        hold()
+        remember(*args)
+
+    guard.remember = racing
+    threading.Thread(target=reloader, daemon=True).start()
+"""
+
+
+def test_an_allow_decided_under_the_old_snapshot_is_not_remembered_for_a_reload(tmp_path, listener, guard_hook):
+    tree = _tree(tmp_path, '    entitle module to network.outbound("127.0.0.1", *);')
+    out = run_child(tree, textwrap.dedent(RACE) + textwrap.dedent("""
+        address = ("127.0.0.1", int(sys.argv[2]))
+        during = attempt(memovendor.connect, address)  # decided before the reload: allowed
+        del guard.remember
+        after = [attempt(memovendor.connect, address) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(listener.port), str(_deny_tree(tmp_path)))
+    assert out["during"] == "ok"
+    denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
+    assert listener.accepted == 1
+
+
+def test_an_exec_allowed_under_the_old_snapshot_is_not_remembered_for_a_reload(tmp_path, guard_hook):
+    allowed_dir, _ = _tools(tmp_path)
+    tree = _tree(tmp_path, f'    entitle module to process.exec("{allowed_dir}/tool");')
+    out = run_child(tree, textwrap.dedent(RACE) + textwrap.dedent("""
+        os.environ["PATH"] = sys.argv[2]
+        during = attempt(memovendor.run, ["tool"])  # decided before the reload: allowed
+        del guard.remember
+        after = [attempt(memovendor.run, ["tool"]) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(allowed_dir), str(_deny_tree(tmp_path)))
+    assert out["during"] == "ok"
+    denied = f"denied: polc: memovendor may not process.exec('{allowed_dir}/tool')"
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
