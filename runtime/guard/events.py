@@ -365,11 +365,14 @@ def _search_path(env: object) -> str:
 _FOUND: dict[tuple[str, str], tuple[str, float]] = {}  # (name, PATH) -> (what a lookup found, reusable until)
 
 
-def executable_of(program: object, cwd: object = None, env: object = None, *, search: bool = True) -> str:
+def executable_of(
+    program: object, cwd: object = None, env: object = None, *, search: bool = True, path: str | None = None
+) -> str:
     """The program an exec runs, as an absolute path when it can be found (a bare name otherwise).
 
-    A lookup on PATH is reused for ``patterns.RESOLVE_TTL`` seconds at most, as the runtime's
-    own command lookups are (a PATH with relative entries: never).
+    ``path``: the PATH a bare name is looked up on, when the caller read it already (default:
+    :func:`_search_path` of ``env``). A lookup on PATH is reused for ``patterns.RESOLVE_TTL``
+    seconds at most, as the runtime's own command lookups are (a PATH with relative entries: never).
     """
     text = as_text(program)
     if not text:
@@ -381,7 +384,8 @@ def executable_of(program: object, cwd: object = None, env: object = None, *, se
         return posixpath.join(base, text)
     if not search:
         return text
-    path = _search_path(env)
+    if path is None:
+        path = _search_path(env)
     key = (text, path)
     now = time.monotonic()
     hit = _FOUND.get(key)
@@ -424,15 +428,15 @@ def _environ_path() -> tuple[bool, bytes | None]:
     return True, raw
 
 
-def _lookup_until(program: str, now: float) -> float | None:
-    """Until when the program ``executable_of(program)`` just gave holds (None: not to be
-    remembered): an absolute path, RESOLVE_TTL; a bare name, its PATH lookup's own expiry; a
-    relative path depends on the working directory and is never remembered."""
+def _lookup_until(program: str, now: float, path: str) -> float | None:
+    """Until when the program ``executable_of(program, path=path)`` just gave holds (None: not
+    to be remembered): an absolute path, RESOLVE_TTL; a bare name, its lookup's own expiry on
+    ``path``; a relative path depends on the working directory and is never remembered."""
     if program.startswith("/"):
         return now + RESOLVE_TTL
     if "/" in program:
         return None
-    hit = _FOUND.get((program, _search_path(None)))
+    hit = _FOUND.get((program, path))
     return hit[1] if hit is not None else None
 
 
@@ -461,8 +465,15 @@ def _popen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
             for counter in hits:
                 next(counter)
             return
-    program = executable_of(executable, cwd, env)
-    until = _lookup_until(executable, now) if keyed else None
+    if keyed:
+        # looked up on the very PATH the allow is keyed by (os.environ may change meanwhile: the
+        # package's other threads), as os.get_exec_path() reads it (unset: os.defpath)
+        path = os.fsdecode(raw) if raw is not None else os.defpath
+        program = executable_of(executable, cwd, env, path=path)
+        until = _lookup_until(executable, now, path)
+    else:
+        program = executable_of(executable, cwd, env)
+        until = None
     snap = guard.snapshot()
     for module, (package, where) in found.items():
         d = snap.check(module, _EXEC, program)

@@ -334,3 +334,30 @@ def test_an_exec_allowed_under_the_old_snapshot_is_not_remembered_for_a_reload(t
     assert out["during"] == "ok"
     denied = f"denied: polc: memovendor may not process.exec('{allowed_dir}/tool')"
     assert all(a.startswith(denied) for a in out["after"]), out["after"]
+
+
+def test_a_remembered_exec_is_keyed_by_the_path_it_was_looked_up_on(tmp_path, guard_hook):
+    """PATH changes while an exec is decided (the package's other thread, at a thread switch, made
+    certain here): the allow found on the new PATH is not remembered under the PATH read before."""
+    allowed_dir, other_dir = _tools(tmp_path)
+    tree = _tree(tmp_path, f'    entitle module to process.exec("{allowed_dir}/tool");')
+    out = run_child(tree, """
+        from polc.runtime.guard import events
+        good, bad = sys.argv[2], sys.argv[3]
+        lookup = events.executable_of
+
+        def switching(*args, **kw):
+            os.environ["PATH"] = good
+            return lookup(*args, **kw)
+
+        os.environ["PATH"] = bad
+        events.executable_of = switching
+        during = attempt(memovendor.run, ["tool"])
+        events.executable_of = lookup
+        os.environ["PATH"] = bad
+        after = [attempt(memovendor.run, ["tool"]) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """, str(allowed_dir), str(other_dir))
+    denied = f"denied: polc: memovendor may not process.exec('{other_dir}/tool')"
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
+    assert out["during"] == "ok" or out["during"].startswith(denied)
