@@ -115,6 +115,10 @@ class Guard:
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
+        self._fs_of: tuple[Snapshot | None, dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]]] = (
+            None,
+            self._fs,
+        )  # as _memo_of below: the snapshot whose decisions alone go in _fs
         # requests the current snapshot allowed by itself (no audit rule, no observer), keyed as
         # (capability, module, package, what, detail): the counter to advance and until when the
         # allow holds (time.monotonic()); the C hook answers a repeat from here (Guard.remember)
@@ -227,7 +231,9 @@ class Guard:
     def _switch(self, snap: Snapshot) -> None:
         """A new snapshot: what was classified and decided for the old one goes."""
         self._names = {}
-        self._fs = {}
+        fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
+        self._fs = fs
+        self._fs_of = (snap, fs)
         memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
         self.memo = memo
         self._memo_of = (snap, memo)
@@ -421,7 +427,9 @@ class Guard:
         if result is None:
             result = allowed or first
         assert result is not None
-        fs = self._fs
+        owner, fs = self._fs_of
+        if owner is not snap:
+            return result  # the guard switched from snap meanwhile (another thread saw a reload)
         if len(fs) >= _MAX_FS:
             fs.clear()
         fs[key] = result

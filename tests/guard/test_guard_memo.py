@@ -32,6 +32,10 @@ def connect(address):
 
 def run(argv, **kw):
     return subprocess.run(argv, **kw).returncode
+
+def read(path):
+    with open(path) as f:
+        return f.read()
 """
 CALLER = """
 import memovendor
@@ -361,3 +365,27 @@ def test_a_remembered_exec_is_keyed_by_the_path_it_was_looked_up_on(tmp_path, gu
     denied = f"denied: polc: memovendor may not process.exec('{other_dir}/tool')"
     assert all(a.startswith(denied) for a in out["after"]), out["after"]
     assert out["during"] == "ok" or out["during"].startswith(denied)
+
+
+def test_a_file_decision_of_the_old_snapshot_is_not_remembered_for_a_reload(tmp_path, guard_hook):
+    """The same race for the remembered file-system decisions (Guard.fs_decision)."""
+    data = tmp_path / "data.txt"
+    data.write_text("data")
+    tree = _tree(tmp_path, f'    entitle module to fs.read("/", "{str(data)[1:]}");')
+    deny = _deny_tree(tmp_path)
+    (deny / "memovendor.pol").write_text("security module memovendor { deny module to fs.read; }\n")
+    out = run_child(tree, textwrap.dedent(RACE).replace("    guard.remember = racing\n", "") + textwrap.dedent("""
+        candidates = guard.roots.candidates
+
+        def racing_candidates(real):
+            yield from candidates(real)
+            hold()  # every spelling decided: the reload lands before the decision is remembered
+
+        guard.roots.candidates = racing_candidates
+        during = attempt(memovendor.read, sys.argv[2])
+        guard.roots.candidates = candidates
+        after = [attempt(memovendor.read, sys.argv[2]) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(data), str(deny))
+    assert out["during"] == "ok"
+    assert all(a.startswith("denied: polc: memovendor may not fs.read(") for a in out["after"]), out["after"]
