@@ -130,6 +130,8 @@ class Guard:
             self.memo,
         )
         self._classifier: Classifier | None = None
+        # the classifier with the names table it fills (as _memo_of: one attribute)
+        self._classes_of: tuple[Classifier | None, dict[str, Owner | None]] = (None, self._names)
         # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
         self.stops: dict[int, FrameType] = {}
         self.accel: Any = None  # the C hook's module (runtime/guard/accel.py), once installed with it
@@ -230,14 +232,17 @@ class Guard:
 
     def _switch(self, snap: Snapshot) -> None:
         """A new snapshot: what was classified and decided for the old one goes."""
-        self._names = {}
+        names: dict[str, Owner | None] = {}
+        self._names = names
         fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
         self._fs = fs
         self._fs_of = (snap, fs)
         memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
         self.memo = memo
         self._memo_of = (snap, memo)
-        self._classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
+        classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
+        self._classifier = classifier
+        self._classes_of = (classifier, names)
         self._snap = snap
         if self.accel is not None:
             self.accel.set_names(self._names, snap, self.memo)
@@ -251,10 +256,11 @@ class Guard:
     def _classify(self, name: object, g: dict[str, Any]) -> Owner | None:
         if type(name) is not str:
             return None
-        classifier = self._classifier
+        # the classifier and the table of one snapshot (another thread may switch meanwhile: a
+        # name classified under the old snapshot must not go in the new one's table)
+        classifier, names = self._classes_of
         assert classifier is not None
         owner = classifier.classify(name, _dict_get(g, "__file__"))
-        names = self._names
         if len(names) >= _MAX_NAMES:
             names.clear()
         names[name] = owner

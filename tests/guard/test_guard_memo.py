@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -322,6 +323,9 @@ def test_an_allow_decided_under_the_old_snapshot_is_not_remembered_for_a_reload(
     assert out["during"] == "ok"
     denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
     assert all(a.startswith(denied) for a in out["after"]), out["after"]
+    assert out["during"] == "ok"
+    denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
     assert listener.accepted == 1
 
 
@@ -389,3 +393,31 @@ def test_a_file_decision_of_the_old_snapshot_is_not_remembered_for_a_reload(tmp_
     """), str(data), str(deny))
     assert out["during"] == "ok"
     assert all(a.startswith("denied: polc: memovendor may not fs.read(") for a in out["after"]), out["after"]
+
+
+def test_a_classification_of_the_old_snapshot_is_not_kept_for_a_reload(tmp_path, listener, guard_hook):
+    """The same race for the classification of module names (Guard._classify): memovendor is
+    ungoverned under the old policy and governed (denied) under the new one."""
+    tree = _tree(tmp_path, "")
+    (tmp_path / "src" / "memovendor.pol").unlink()
+    shutil.rmtree(tmp_path / "policies")
+    compile_policies(tmp_path / "src", tmp_path / "policies")
+    out = run_child(tree, textwrap.dedent(RACE).replace("    guard.remember = racing\n", "") + textwrap.dedent("""
+        classifier = guard._classifier
+        classify = classifier.classify
+
+        def racing_classify(name, file):
+            owner = classify(name, file)
+            if name == "memovendor":
+                hold()  # classified under the old snapshot: the reload lands before it is kept
+            return owner
+
+        classifier.classify = racing_classify
+        address = ("127.0.0.1", int(sys.argv[2]))
+        during = attempt(memovendor.connect, address)  # ungoverned under the old policy
+        after = [attempt(memovendor.connect, address) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(listener.port), str(_deny_tree(tmp_path)))
+    assert out["during"] == "ok"
+    denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
