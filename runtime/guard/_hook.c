@@ -276,8 +276,6 @@ memo_fast(Slot *slot, PyObject *args)
             PyErr_Clear();
         return 2;
     }
-    if (stops == NULL || !PyDict_CheckExact(stops) || PyDict_GET_SIZE(stops) != 0)
-        return 2; /* a detached call's walk stops part-way: the Python walk knows where */
 
     /* the governed owners (module, package) of the stack, innermost package per module */
     PyObject *modules[MAX_OWNERS], *packages[MAX_OWNERS], *counters[MAX_OWNERS];
@@ -333,9 +331,11 @@ memo_fast(Slot *slot, PyObject *args)
         n++;
     }
     if (n == 0) {
-        result = 0;
+        result = 0; /* nothing governed on the whole stack: none on the part a stop frame leaves either */
         goto out;
     }
+    if (stops == NULL || !PyDict_CheckExact(stops) || PyDict_GET_SIZE(stops) != 0)
+        goto out; /* a detached call's walk stops part-way: the Python walk knows where */
     PyObject *tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
     if (tid == NULL) {
         PyErr_Clear();

@@ -245,7 +245,7 @@ class Guard:
         self._classes_of = (classifier, names)
         self._snap = snap
         if self.accel is not None:
-            self.accel.set_names(self._names, snap, self.memo)
+            self.accel.set_names(names, snap, memo)  # this switch's own (another thread may switch meanwhile)
 
     def snapshot(self) -> Snapshot:
         snap: Snapshot = self.agent._snapshot
