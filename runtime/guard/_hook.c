@@ -278,8 +278,6 @@ memo_fast(Slot *slot, PyObject *args)
             PyErr_Clear();
         return 2;
     }
-    if (stops == NULL || !PyDict_CheckExact(stops) || PyDict_GET_SIZE(stops) != 0)
-        return 2; /* a detached call's walk stops part-way: the Python walk knows where */
 
     /* the governed owners (module, package) of the stack, innermost package per module */
     PyObject *modules[MAX_OWNERS], *packages[MAX_OWNERS], *counters[2 * MAX_OWNERS];
@@ -339,9 +337,11 @@ memo_fast(Slot *slot, PyObject *args)
         n++;
     }
     if (n == 0) {
-        result = 0;
+        result = 0; /* nothing governed on the whole stack: none on the part a stop frame leaves either */
         goto out;
     }
+    if (stops == NULL || !PyDict_CheckExact(stops) || PyDict_GET_SIZE(stops) != 0)
+        goto out; /* a detached call's walk stops part-way: the Python walk knows where */
     if (slot->memo == MEMO_OPEN) {
         /* the import system, tokenize (linecache) innermost: the Python hook tells whether the open
            is the interpreter's own (not attributed, not counted) */

@@ -115,11 +115,23 @@ class Guard:
         self._snap: Snapshot | None = None
         self._names: dict[str, Owner | None] = {}
         self._fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
+        self._fs_of: tuple[Snapshot | None, dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]]] = (
+            None,
+            self._fs,
+        )  # as _memo_of below: the snapshot whose decisions alone go in _fs
         # requests the current snapshot allowed by itself (no audit rule, no observer), keyed as
         # (capability, module, package, what, detail): the counter to advance and until when the
         # allow holds (time.monotonic()); the C hook answers a repeat from here (Guard.remember)
         self.memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
+        # the memo with the snapshot whose decisions alone go in it (one attribute: a remember
+        # racing a switch in another thread sees both old or both new, never a mix)
+        self._memo_of: tuple[Snapshot | None, dict[tuple[object, ...], tuple[itertools.count[int], float]]] = (
+            None,
+            self.memo,
+        )
         self._classifier: Classifier | None = None
+        # the classifier with the names table it fills (as _memo_of: one attribute)
+        self._classes_of: tuple[Classifier | None, dict[str, Owner | None]] = (None, self._names)
         # thread -> the frame walks stop at (not classified): a detached call's (wrappers.detached)
         self.stops: dict[int, FrameType] = {}
         self.accel: Any = None  # the C hook's module (runtime/guard/accel.py), once installed with it
@@ -220,13 +232,20 @@ class Guard:
 
     def _switch(self, snap: Snapshot) -> None:
         """A new snapshot: what was classified and decided for the old one goes."""
-        self._names = {}
-        self._fs = {}
-        self.memo = {}
-        self._classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
+        names: dict[str, Owner | None] = {}
+        self._names = names
+        fs: dict[tuple[str, str, str], tuple[Decision, tuple[str, str]]] = {}
+        self._fs = fs
+        self._fs_of = (snap, fs)
+        memo: dict[tuple[object, ...], tuple[itertools.count[int], float]] = {}
+        self.memo = memo
+        self._memo_of = (snap, memo)
+        classifier = Classifier(snap.governor, unlisted_global=self.unlisted == "global", base=self.base)
+        self._classifier = classifier
+        self._classes_of = (classifier, names)
         self._snap = snap
         if self.accel is not None:
-            self.accel.set_names(self._names, snap, self.memo)
+            self.accel.set_names(names, snap, memo)  # this switch's own (another thread may switch meanwhile)
 
     def snapshot(self) -> Snapshot:
         snap: Snapshot = self.agent._snapshot
@@ -237,10 +256,11 @@ class Guard:
     def _classify(self, name: object, g: dict[str, Any]) -> Owner | None:
         if type(name) is not str:
             return None
-        classifier = self._classifier
+        # the classifier and the table of one snapshot (another thread may switch meanwhile: a
+        # name classified under the old snapshot must not go in the new one's table)
+        classifier, names = self._classes_of
         assert classifier is not None
         owner = classifier.classify(name, _dict_get(g, "__file__"))
-        names = self._names
         if len(names) >= _MAX_NAMES:
             names.clear()
         names[name] = owner
@@ -413,7 +433,9 @@ class Guard:
         if result is None:
             result = allowed or first
         assert result is not None
-        fs = self._fs
+        owner, fs = self._fs_of
+        if owner is not snap:
+            return result  # the guard switched from snap meanwhile (another thread saw a reload)
         if len(fs) >= _MAX_FS:
             fs.clear()
         fs[key] = result
@@ -431,7 +453,7 @@ class Guard:
             d, spelled = hit if hit is not None else self.fs_decision(snap, module, capability, real)
             if d.effect == "allow" and self.observer is None:  # the common case, without a call
                 if remember is not None and not d.audit:
-                    self.remember(capability, module, package, remember[0], remember[1], remember[2])
+                    self.remember(snap, capability, module, package, remember[0], remember[1], remember[2])
                 self.counters.add(package, capability, ALLOWED)
                 continue
             self.apply(module, package, where, capability, spelled, d)
@@ -440,14 +462,20 @@ class Guard:
         """Something in this process renamed, removed or linked a file: every path is resolved
         again, and nothing remembered is reused (opens were remembered by the path as given)."""
         self.paths.changed()
-        self.memo.clear()
+        self._memo_of[1].clear()
 
-    def remember(self, capability: str, module: str, package: str, what: str, detail: object, until: float) -> None:
-        """Remember that this snapshot allowed ``capability`` for ``module`` (``package``'s
-        frame innermost) by itself, for the request keyed by ``what`` and ``detail`` as the
-        event gave them (exact str, and an int, bytes or None), until ``until`` (monotonic).
-        Only for a quiet guard (no observer): every request is logged otherwise."""
-        memo = self.memo
+    def remember(
+        self, snap: Snapshot, capability: str, module: str, package: str, what: str, detail: object, until: float
+    ) -> None:
+        """Remember that ``snap`` allowed ``capability`` for ``module`` (``package``'s frame
+        innermost) by itself, for the request keyed by ``what`` and ``detail`` as the event
+        gave them (exact str, and an int, bytes or None), until ``until`` (monotonic). Only for
+        a quiet guard (no observer): every request is logged otherwise. Nothing is remembered
+        when the guard has switched from ``snap`` since (another thread saw a reload while this
+        was decided): the new snapshot's memo holds its own decisions only."""
+        owner, memo = self._memo_of
+        if owner is not snap:
+            return
         if len(memo) >= _MAX_FS:
             memo.clear()
         memo[(capability, module, package, what, detail)] = (self.counters.counter(package, capability, ALLOWED), until)

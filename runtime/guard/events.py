@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from ..enforce.decision import Decision
+from ..enforce.snapshot import Snapshot
 from ..patterns import RESOLVE_TTL
 from .core import Found, Guard
 from .effects import ALLOWED
@@ -266,8 +267,9 @@ def _gethostbyname(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) 
     _lookup(guard, args[0], None, f, tid)
 
 
-def _connect_decision(guard: Guard, module: str, host: str, port: int) -> tuple[Decision, tuple[object, ...]]:
-    snap = guard.snapshot()
+def _connect_decision(
+    guard: Guard, snap: Snapshot, module: str, host: str, port: int
+) -> tuple[Decision, tuple[object, ...]]:
     d = snap.check(module, _NET_OUT, host, port)
     if d.effect == "allow":
         return d, (host, port)
@@ -303,6 +305,7 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
         memo_get = guard.memo.get
         plain = type(host) is str  # the address as given keys what this snapshot allowed before
         name: str | None = None
+        snap = guard.snapshot()  # what is decided below is remembered as this snapshot's only
         for module, (package, where) in found.items():
             if quiet and plain:
                 hit = memo_get((_NET_OUT, module, package, host, number))
@@ -311,10 +314,10 @@ def _address(guard: Guard, sock: object, address: object, f: FrameType, tid: int
                     continue
             if name is None:
                 name = _host_text(host)
-            d, shown = _connect_decision(guard, module, name, number)
+            d, shown = _connect_decision(guard, snap, module, name, number)
             if quiet and d.effect == "allow":
                 if plain and not d.audit and shown[0] == name:  # the snapshot alone allowed it
-                    guard.remember(_NET_OUT, module, package, host, number, _FOREVER)
+                    guard.remember(snap, _NET_OUT, module, package, host, number, _FOREVER)
                 guard.counters.add(package, _NET_OUT, ALLOWED)
                 continue
             guard.apply(module, package, where, _NET_OUT, (name, number), d, shown)
@@ -366,11 +369,14 @@ def _search_path(env: object) -> str:
 _FOUND: dict[tuple[str, str], tuple[str, float]] = {}  # (name, PATH) -> (what a lookup found, reusable until)
 
 
-def executable_of(program: object, cwd: object = None, env: object = None, *, search: bool = True) -> str:
+def executable_of(
+    program: object, cwd: object = None, env: object = None, *, search: bool = True, path: str | None = None
+) -> str:
     """The program an exec runs, as an absolute path when it can be found (a bare name otherwise).
 
-    A lookup on PATH is reused for ``patterns.RESOLVE_TTL`` seconds at most, as the runtime's
-    own command lookups are (a PATH with relative entries: never).
+    ``path``: the PATH a bare name is looked up on, when the caller read it already (default:
+    :func:`_search_path` of ``env``). A lookup on PATH is reused for ``patterns.RESOLVE_TTL``
+    seconds at most, as the runtime's own command lookups are (a PATH with relative entries: never).
     """
     text = as_text(program)
     if not text:
@@ -382,7 +388,8 @@ def executable_of(program: object, cwd: object = None, env: object = None, *, se
         return posixpath.join(base, text)
     if not search:
         return text
-    path = _search_path(env)
+    if path is None:
+        path = _search_path(env)
     key = (text, path)
     now = time.monotonic()
     hit = _FOUND.get(key)
@@ -425,15 +432,15 @@ def _environ_path() -> tuple[bool, bytes | None]:
     return True, raw
 
 
-def _lookup_until(program: str, now: float) -> float | None:
-    """Until when the program ``executable_of(program)`` just gave holds (None: not to be
-    remembered): an absolute path, RESOLVE_TTL; a bare name, its PATH lookup's own expiry; a
-    relative path depends on the working directory and is never remembered."""
+def _lookup_until(program: str, now: float, path: str) -> float | None:
+    """Until when the program ``executable_of(program, path=path)`` just gave holds (None: not
+    to be remembered): an absolute path, RESOLVE_TTL; a bare name, its lookup's own expiry on
+    ``path``; a relative path depends on the working directory and is never remembered."""
     if program.startswith("/"):
         return now + RESOLVE_TTL
     if "/" in program:
         return None
-    hit = _FOUND.get((program, _search_path(None)))
+    hit = _FOUND.get((program, path))
     return hit[1] if hit is not None else None
 
 
@@ -462,13 +469,20 @@ def _popen(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
             for counter in hits:
                 next(counter)
             return
-    program = executable_of(executable, cwd, env)
-    until = _lookup_until(executable, now) if keyed else None
+    if keyed:
+        # looked up on the very PATH the allow is keyed by (os.environ may change meanwhile: the
+        # package's other threads), as os.get_exec_path() reads it (unset: os.defpath)
+        path = os.fsdecode(raw) if raw is not None else os.defpath
+        program = executable_of(executable, cwd, env, path=path)
+        until = _lookup_until(executable, now, path)
+    else:
+        program = executable_of(executable, cwd, env)
+        until = None
     snap = guard.snapshot()
     for module, (package, where) in found.items():
         d = snap.check(module, _EXEC, program)
         if until is not None and d.effect == "allow" and not d.audit:
-            guard.remember(_EXEC, module, package, executable, raw, until)
+            guard.remember(snap, _EXEC, module, package, executable, raw, until)
             guard.counters.add(package, _EXEC, ALLOWED)
             continue
         guard.apply(module, package, where, _EXEC, (program,), d)

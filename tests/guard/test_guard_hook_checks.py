@@ -249,3 +249,48 @@ def test_c_install_after_a_refused_one(c_only):
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["refused", "False", "0", "True", "1"]
+
+
+def test_c_memo_path_skips_ungoverned_stacks_while_another_thread_is_detached(c_only):
+    """A stop frame of any thread (a detached call: a logging or signal handler running) sends
+    governed requests to the Python walk, which knows where it stops; a stack with nothing
+    governed on it is still skipped in C, as for every other event."""
+    r = run_child("""
+        import contextvars, itertools, os, socket, sys, _socket
+        from polc.runtime.guard import _hook
+
+        class Agent:
+            pass
+
+        agent = Agent()
+        agent._snapshot = object()
+        calls = []
+        _hook.install(lambda ev, a, f: calls.append(ev), agent, contextvars.ContextVar("x"), object(),
+                      ("socket.connect",), ())
+        names = {"__main__": None, "plain": None, "gov": ("modA", "pkgA")}
+        memo = {("network.outbound", "modA", "pkgA", "127.0.0.1", 9): (itertools.count(), float("inf"))}
+        _hook.set_names(names, agent._snapshot, memo)
+        stops = {}
+        _hook.configure_memo({"socket.connect": 1}, _socket.socket.__dict__["family"],
+                             (_socket.AF_INET, _socket.AF_INET6), set(), stops, os, itertools.count, frozenset())
+        s = socket.socket()
+        out = []
+        for name in ("plain", "gov"):
+            g = {"__name__": name, "sys": sys, "s": s}
+            exec("def f():\\n    sys.audit('socket.connect', s, ('127.0.0.1', 9))\\n", g)
+            for stop in ({}, {12345: None}):
+                stops.clear()
+                stops.update(stop)
+                before = dict(_hook.stats())
+                g["f"]()
+                after = _hook.stats()
+                out.append(" ".join(f"{k}+{after[k] - before[k]}" for k in ("skipped", "remembered", "dispatched")))
+        print("|".join(out))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().split("|") == [
+        "skipped+1 remembered+0 dispatched+0",  # ungoverned
+        "skipped+1 remembered+0 dispatched+0",  # ungoverned, another thread detached: still skipped
+        "skipped+0 remembered+1 dispatched+0",  # governed, remembered
+        "skipped+0 remembered+0 dispatched+1",  # governed, a stop frame somewhere: the Python walk
+    ], r.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -340,3 +341,162 @@ def test_a_remembered_read_is_not_a_write(tmp_path, guard_hook):
     assert out["reads"] == ["ok"] * 5
     assert out["written"].startswith("denied: polc: memovendor may not fs.write(")
     assert target.read_text() == "ok"  # the write never happened
+
+
+def _deny_tree(tmp_path: Path) -> Path:
+    deny = tmp_path / "deny-src"
+    deny.mkdir()
+    (deny / "_global.pol").write_text("security module _global { }\n")
+    (deny / "memovendor.pol").write_text("security module memovendor { deny module to network.outbound; deny module to process.exec; }\n")
+    (deny / "memocaller.pol").write_text("security module memocaller { }\n")
+    return deny
+
+
+# A reload (and the switch to its snapshot, which any other thread's next handled event makes)
+# that lands while a request is being decided under the old snapshot: the old snapshot's allow
+# must not be remembered in the new snapshot's memo. The decided allow is held before it is
+# remembered, and another thread reloads meanwhile (the interleaving a thread switch gives,
+# made certain).
+RACE = """
+    import threading
+    from polc.runtime.guard import events
+    guard = agent._guard
+    go, done = threading.Event(), threading.Event()
+    held = []
+
+    def hold():
+        if not held:
+            held.append(True)
+            go.set()
+            assert done.wait(60)
+
+    def reloader():
+        assert go.wait(60)
+        r = subprocess.run([sys.executable, "-m", "polc", "compile", sys.argv[3], "-o", sys.argv[1] + "/policies"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        agent.reload_now()
+        guard.snapshot()  # what this thread's next handled event does
+        done.set()
+
+    remember = guard.remember
+
+    def racing(*args):  # the decision is made: the reload lands before it is remembered
+        hold()
+        remember(*args)
+
+    guard.remember = racing
+    threading.Thread(target=reloader, daemon=True).start()
+"""
+
+
+def test_an_allow_decided_under_the_old_snapshot_is_not_remembered_for_a_reload(tmp_path, listener, guard_hook):
+    tree = _tree(tmp_path, '    entitle module to network.outbound("127.0.0.1", *);')
+    out = run_child(tree, textwrap.dedent(RACE) + textwrap.dedent("""
+        address = ("127.0.0.1", int(sys.argv[2]))
+        during = attempt(memovendor.connect, address)  # decided before the reload: allowed
+        del guard.remember
+        after = [attempt(memovendor.connect, address) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(listener.port), str(_deny_tree(tmp_path)))
+    assert out["during"] == "ok"
+    denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
+    assert out["during"] == "ok"
+    denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
+    assert listener.accepted == 1
+
+
+def test_an_exec_allowed_under_the_old_snapshot_is_not_remembered_for_a_reload(tmp_path, guard_hook):
+    allowed_dir, _ = _tools(tmp_path)
+    tree = _tree(tmp_path, f'    entitle module to process.exec("{allowed_dir}/tool");')
+    out = run_child(tree, textwrap.dedent(RACE) + textwrap.dedent("""
+        os.environ["PATH"] = sys.argv[2]
+        during = attempt(memovendor.run, ["tool"])  # decided before the reload: allowed
+        del guard.remember
+        after = [attempt(memovendor.run, ["tool"]) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(allowed_dir), str(_deny_tree(tmp_path)))
+    assert out["during"] == "ok"
+    denied = f"denied: polc: memovendor may not process.exec('{allowed_dir}/tool')"
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
+
+
+def test_a_remembered_exec_is_keyed_by_the_path_it_was_looked_up_on(tmp_path, guard_hook):
+    """PATH changes while an exec is decided (the package's other thread, at a thread switch, made
+    certain here): the allow found on the new PATH is not remembered under the PATH read before."""
+    allowed_dir, other_dir = _tools(tmp_path)
+    tree = _tree(tmp_path, f'    entitle module to process.exec("{allowed_dir}/tool");')
+    out = run_child(tree, """
+        from polc.runtime.guard import events
+        good, bad = sys.argv[2], sys.argv[3]
+        lookup = events.executable_of
+
+        def switching(*args, **kw):
+            os.environ["PATH"] = good
+            return lookup(*args, **kw)
+
+        os.environ["PATH"] = bad
+        events.executable_of = switching
+        during = attempt(memovendor.run, ["tool"])
+        events.executable_of = lookup
+        os.environ["PATH"] = bad
+        after = [attempt(memovendor.run, ["tool"]) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """, str(allowed_dir), str(other_dir))
+    denied = f"denied: polc: memovendor may not process.exec('{other_dir}/tool')"
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
+    assert out["during"] == "ok" or out["during"].startswith(denied)
+
+
+def test_a_file_decision_of_the_old_snapshot_is_not_remembered_for_a_reload(tmp_path, guard_hook):
+    """The same race for the remembered file-system decisions (Guard.fs_decision)."""
+    data = tmp_path / "data.txt"
+    data.write_text("data")
+    tree = _tree(tmp_path, f'    entitle module to fs.read("/", "{str(data)[1:]}");')
+    deny = _deny_tree(tmp_path)
+    (deny / "memovendor.pol").write_text("security module memovendor { deny module to fs.read; }\n")
+    out = run_child(tree, textwrap.dedent(RACE).replace("    guard.remember = racing\n", "") + textwrap.dedent("""
+        candidates = guard.roots.candidates
+
+        def racing_candidates(real):
+            yield from candidates(real)
+            hold()  # every spelling decided: the reload lands before the decision is remembered
+
+        guard.roots.candidates = racing_candidates
+        during = attempt(memovendor.read, sys.argv[2])
+        guard.roots.candidates = candidates
+        after = [attempt(memovendor.read, sys.argv[2]) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(data), str(deny))
+    assert out["during"] == "ok"
+    assert all(a.startswith("denied: polc: memovendor may not fs.read(") for a in out["after"]), out["after"]
+
+
+def test_a_classification_of_the_old_snapshot_is_not_kept_for_a_reload(tmp_path, listener, guard_hook):
+    """The same race for the classification of module names (Guard._classify): memovendor is
+    ungoverned under the old policy and governed (denied) under the new one."""
+    tree = _tree(tmp_path, "")
+    (tmp_path / "src" / "memovendor.pol").unlink()
+    shutil.rmtree(tmp_path / "policies")
+    compile_policies(tmp_path / "src", tmp_path / "policies")
+    out = run_child(tree, textwrap.dedent(RACE).replace("    guard.remember = racing\n", "") + textwrap.dedent("""
+        classifier = guard._classifier
+        classify = classifier.classify
+
+        def racing_classify(name, file):
+            owner = classify(name, file)
+            if name == "memovendor":
+                hold()  # classified under the old snapshot: the reload lands before it is kept
+            return owner
+
+        classifier.classify = racing_classify
+        address = ("127.0.0.1", int(sys.argv[2]))
+        during = attempt(memovendor.connect, address)  # ungoverned under the old policy
+        after = [attempt(memovendor.connect, address) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """), str(listener.port), str(_deny_tree(tmp_path)))
+    assert out["during"] == "ok"
+    denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
+    assert all(a.startswith(denied) for a in out["after"]), out["after"]
