@@ -54,6 +54,7 @@ from .loading import LazyModules
 from .outcomes import Failed, NewPolicy, Outcome, SamePolicy, Touched
 
 if TYPE_CHECKING:
+    from ..enforce.resident import Residency
     from ..format.reader import Trust
 
 __all__ = ["POLL_SWEEP_DUTY", "SUFFIX", "SWEEP_CHUNK", "SWEEP_DIR_CHECK_S", "InForce", "Poller"]
@@ -128,10 +129,13 @@ class Poller:
         trust: Trust | None,
         cache_size: int,
         publish: Callable[[Snapshot], None],
+        residency: Residency | None = None,
     ) -> None:
         self.policy_dir = policy_dir
         self.trust = trust
         self.cache_size = cache_size
+        # The budget of linked modules (enforce/resident.py), or None: every module stays linked.
+        self.residency = residency
         self._on_publish = publish
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self.files: dict[str, FileState] = {}
@@ -314,7 +318,7 @@ class Poller:
         if len(rest) <= threshold:
             self._dir_phase(listing, now_ns, True, set(), events, result)
             return events, result
-        self.loading = LazyModules(self.policy_dir, rest, self.trust)
+        self.loading = LazyModules(self.policy_dir, rest, self.trust, self.residency)
         self.pending = set(rest)
         self.deferred = set()
         self.load_total = len(rest)
@@ -398,6 +402,24 @@ class Poller:
         if i >= n and len(batch) < count:  # names the order missed (it is taken once)
             batch.extend(sorted(pending.difference(batch))[: count - len(batch)])
         return batch, i
+
+    def linked_status(self) -> dict[str, Any]:
+        """``status()["linked"]``: how many modules in force hold their tables, and how many
+        only their verified payload (linked again on their next check)."""
+        linked = compact = 0
+        for entry in self.in_force.values():
+            if entry.linked.linked:
+                linked += 1
+            else:
+                compact += 1
+        r = self.residency
+        return {
+            "budget": r.budget if r is not None else None,
+            "linked": linked,
+            "compact": compact,
+            "evictions": r.evictions if r is not None else 0,
+            "relinks": r.relinks if r is not None else 0,
+        }
 
     def loading_status(self) -> dict[str, Any] | None:
         """``status()["loading"]`` while modules are pending, else None."""
@@ -633,7 +655,13 @@ class Poller:
             path = self.paths[name] = os.path.join(self.policy_dir, name)
         in_force = self.in_force.get(name[: -len(SUFFIX)])
         return outcomes.examine(
-            name, path, self.files.get(name), in_force.linked if in_force else None, self.trust, now_ns
+            name,
+            path,
+            self.files.get(name),
+            in_force.linked if in_force else None,
+            self.trust,
+            now_ns,
+            self.residency,
         )
 
     # -- commit --------------------------------------------------------------
@@ -887,6 +915,7 @@ class Poller:
                 unavailable=self.global_error,
                 cache_size=self.cache_size,
                 pending=self.loading,
+                residency=self.residency,
             )
         return self.snapshot.replace(changed, unavailable=self.global_error)
 
