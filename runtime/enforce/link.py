@@ -163,6 +163,7 @@ class LinkedModule:
     __slots__ = (
         "__weakref__",
         "_minor",
+        "_packed",
         "_payload",
         "_residency",
         "_tables",
@@ -201,14 +202,18 @@ class LinkedModule:
         self._tables: dict[str, tuple[Table | None, Table | None]] | None = None
         # The verified payload (the bytes between the header and the trailer) and its format
         # minor, kept to link again after an eviction; only with a residency, never _global's.
+        # Evicted, the payload is kept deflated instead (``_packed``, resident.py): set before
+        # ``_payload`` is cleared, so a reader always finds one of them.
         self._minor = artifact.header.minor
         self._payload: bytes | None = None
+        self._packed: bytes | None = None
         self._residency: Residency | None = None
         if residency is None or data is None or self.name == GLOBAL_MODULE:
             self._tables = tables
             return
-        self._payload = bytes(data[HEADER_SIZE : HEADER_SIZE + artifact.header.payload_len])
+        self._payload = payload = bytes(data[HEADER_SIZE : HEADER_SIZE + artifact.header.payload_len])
         self._residency = residency
+        residency.sample(payload)
         residency.admit(self, tables, False)
 
     @property
@@ -229,9 +234,23 @@ class LinkedModule:
         """Does the module hold its tables now (False: held as its verified payload)?"""
         return self._tables is not None
 
+    def _pack(self) -> None:
+        """Evicted: keep the payload deflated (once; a module never packed keeps it raw)."""
+        residency = self._residency
+        payload = self._payload
+        if residency is None or payload is None:
+            return
+        packed = residency.pack(payload)
+        if packed is not None and len(packed) < len(payload):
+            self._packed = packed
+            self._payload = None
+
     def _relink(self, residency: Residency) -> dict[str, tuple[Table | None, Table | None]]:
         payload = self._payload
-        assert payload is not None
+        if payload is None:
+            packed = self._packed
+            assert packed is not None  # set before _payload was cleared
+            payload = residency.unpack(packed)
         # The very bytes verified when the module was linked first: decoded again, not
         # re-read; the same program, so equal tables (and the same decisions).
         program = read_program(payload, 0, len(payload), self._minor > FORMAT_MINOR, self._minor)
@@ -241,7 +260,7 @@ class LinkedModule:
     @property
     def compact(self) -> bool:
         """Can the module be evicted (it keeps its verified payload)?"""
-        return self._payload is not None
+        return self._residency is not None
 
     def location(self, index: int) -> str:
         """``file:line:col`` of rule ``index``."""

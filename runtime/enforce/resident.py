@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
@@ -48,6 +49,13 @@ __all__ = ["DEFAULT_LINKED_BUDGET", "Forgets", "Residency"]
 # up to this many modules is never re-linked at all.
 DEFAULT_LINKED_BUDGET = 4096
 
+# An evicted module's payload is kept deflated with a preset dictionary: the
+# first payloads this residency saw, up to ZDICT_BYTES (modules of one tree
+# share most of their strings and structure). 20-rule modules of the scale
+# trees: 927 bytes raw, ~150 deflated (~540 without the dictionary).
+ZDICT_BYTES = 8192
+_WBITS = -15  # raw deflate: the payload's own digest was checked when it was verified
+
 
 class Forgets(Protocol):
     """A snapshot, as the residency sees it: it can drop what it built from a module's tables."""
@@ -63,7 +71,7 @@ class Residency:
     is evicted when more than ``budget`` are linked. ``budget`` >= 1.
     """
 
-    __slots__ = ("_linked", "_lock", "_snapshots", "budget", "evictions", "relinks")
+    __slots__ = ("_linked", "_lock", "_samples", "_snapshots", "_zdict", "budget", "evictions", "relinks")
 
     def __init__(self, budget: int) -> None:
         if type(budget) is not int or budget < 1:
@@ -74,6 +82,35 @@ class Residency:
         self._snapshots: weakref.WeakSet[Forgets] = weakref.WeakSet()
         self.evictions = 0  # modules whose tables were dropped
         self.relinks = 0  # tables built again from a held payload
+        self._samples: list[bytes] = []  # the first payloads seen, until the dictionary is made
+        self._zdict: bytes | None = None  # fixed once made: every packed payload needs it
+
+    def sample(self, payload: bytes) -> None:
+        """A payload linked for the first time: part of the preset dictionary while it is not made."""
+        if self._zdict is not None:
+            return
+        with self._lock:
+            samples = self._samples
+            if self._zdict is None:
+                samples.append(payload)
+                if sum(map(len, samples)) >= ZDICT_BYTES:
+                    self._zdict = b"".join(samples)[-ZDICT_BYTES:]
+                    self._samples = []
+
+    def pack(self, payload: bytes) -> bytes | None:
+        """``payload`` deflated (None while there is no dictionary yet: kept as it is)."""
+        zdict = self._zdict
+        if zdict is None:
+            return None
+        c = zlib.compressobj(6, zlib.DEFLATED, _WBITS, zdict=zdict)
+        return c.compress(payload) + c.flush()
+
+    def unpack(self, packed: bytes) -> bytes:
+        """What :meth:`pack` was given."""
+        zdict = self._zdict
+        assert zdict is not None  # packed only once it is made, never changed after
+        d = zlib.decompressobj(_WBITS, zdict=zdict)
+        return d.decompress(packed) + d.flush()
 
     def register(self, snapshot: Forgets) -> None:
         """Have ``snapshot`` drop its plans of every module evicted from now on."""
@@ -99,6 +136,8 @@ class Residency:
                 self.evictions += 1
                 victims.append(victim)
             snapshots = list(self._snapshots) if victims else []
+        for victim in victims:
+            victim._pack()
         for snap in snapshots:
             for victim in victims:
                 snap.forget_plans(victim)
