@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .config import DEFAULT_RELOAD_INTERVAL, AgentConfig
 from .enforce import EMPTY_SNAPSHOT, Decision, Snapshot, accel
+from .enforce.resident import Residency
 from .errors import PolicyDenied, PolicyLoadError
 from .events import WATCH, ReloadEvent, ReloadFailure, ReloadResult
 from .reload import fork
@@ -93,7 +94,13 @@ class PolicyAgent:
     ``pull_interval`` seconds (``POLC_PULL_INTERVAL``, default 5, with
     jitter), verifies the signed manifest and every artifact, switches the
     whole set and reloads at once. ``endpoint`` (``POLC_SOURCE_ENDPOINT``)
-    is the S3 endpoint of an ``s3://`` source. A source needs ``trust`` with
+    is the S3 endpoint of an ``s3://`` source.
+
+    ``linked_budget`` (``POLC_LINKED_BUDGET``, default 4,096): how many
+    modules stay linked at once, the most recently used; the others keep
+    their verified bytes in memory and are linked again on their next
+    check, with the same decisions (docs/runtime.md, "Linked modules and
+    the budget"). 0 keeps every module linked. A source needs ``trust`` with
     a key marked ``manifest = true``. ``status()["source"]`` says how the
     pulls go.
 
@@ -117,6 +124,7 @@ class PolicyAgent:
         source: str | None = None,
         pull_interval: float | None = None,
         endpoint: str | None = None,
+        linked_budget: int | None = None,
     ) -> None:
         config = AgentConfig.resolve(
             policy_dir,
@@ -131,6 +139,7 @@ class PolicyAgent:
             source=source,
             pull_interval=pull_interval,
             endpoint=endpoint,
+            linked_budget=linked_budget,
         )
         accel.enabled()  # POLC_ACCEL read (and refused when it cannot be understood) here, not at the first load
         self.policy_dir: str = config.policy_dir
@@ -156,7 +165,14 @@ class PolicyAgent:
             self._puller = Puller(config.source, self.policy_dir, trust=config.trust, endpoint=config.endpoint)
 
         self._publish(EMPTY_SNAPSHOT)
-        self._poller = Poller(self.policy_dir, trust=self.trust, cache_size=config.cache_size, publish=self._publish)
+        self.linked_budget: int = config.linked_budget
+        self._poller = Poller(
+            self.policy_dir,
+            trust=self.trust,
+            cache_size=config.cache_size,
+            publish=self._publish,
+            residency=Residency(config.linked_budget) if config.linked_budget else None,
+        )
         self._lock = threading.Lock()  # serialises reload steps; checks never take it
         self._lock_owner: int | None = None  # ident of the thread running a step
         self._stop = threading.Event()  # the running poller's own stop flag
@@ -643,6 +659,7 @@ class PolicyAgent:
             "directory_error": poller.dir_error,
             "unavailable": snap.unavailable if self._ready else None,
             "loading": poller.loading_status(),
+            "linked": poller.linked_status(),
             # packages two modules in force claim: everything they do is denied (docs/runtime.md)
             # while modules are pending, {}: the claims of the whole set would link them all here
             "claim_conflicts": {p: list(names) for p, names in snap.conflicts.items()} if snap.pending is None else {},
@@ -770,6 +787,8 @@ class PolicyAgent:
                 self._poller.resync()
             self._lock_owner = None
         self._delivery.after_fork_in_child()
+        if self._poller.residency is not None:
+            self._poller.residency.after_fork_in_child()  # a check thread of the parent may have held its lock
         if self._puller is not None:
             # one process pulls into a directory: the child enforces what the parent's pulls switch
             self._puller._lock = threading.Lock()

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .enforce.resident import DEFAULT_LINKED_BUDGET
 from .errors import ConfigError, TrustConfigError
 
 if TYPE_CHECKING:
@@ -152,6 +153,18 @@ def env_seconds(name: str, environ: Mapping[str, str] | None = None) -> float | 
     return parse_seconds(raw, name)
 
 
+def parse_budget(value: object, origin: str) -> int:
+    """A number of linked modules: an int >= 0 (0: no bound); ``origin`` names the setting."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit() or not text.isascii():
+            raise ConfigError(f"{origin}={value!r}: expected a number of modules >= 0 (0: no bound)")
+        return int(text)
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{origin}={value!r}: expected a number of modules >= 0 (0: no bound)")
+    return value
+
+
 def resolve_trust(trust: Any) -> Trust | None:
     """The trust configuration an agent verifies with (None: signatures not required).
 
@@ -211,6 +224,7 @@ class AgentConfig:
     source: str | None = None  # the published set to pull (docs/fleet.md)
     pull_interval: float = DEFAULT_PULL_INTERVAL
     endpoint: str | None = None  # the S3 endpoint of an s3:// source
+    linked_budget: int = DEFAULT_LINKED_BUDGET  # modules kept linked at once (0: every one)
 
     @classmethod
     def resolve(
@@ -228,6 +242,7 @@ class AgentConfig:
         source: str | None = None,
         pull_interval: float | None = None,
         endpoint: str | None = None,
+        linked_budget: int | None = None,
     ) -> AgentConfig:
         """Resolve the agent's arguments (raises ConfigError, or TypeError for ``trust``)."""
         if policy_dir is None:
@@ -267,6 +282,13 @@ class AgentConfig:
             )
         if background_load is not None and not isinstance(background_load, bool):
             raise ConfigError(f"background_load={background_load!r}: expected True, False or None")
+        if linked_budget is None:
+            raw_budget = _raw("POLC_LINKED_BUDGET", None)
+            if raw_budget is not None and not raw_budget.strip():
+                raise _empty("POLC_LINKED_BUDGET", raw_budget, "a number of modules, or unset it")
+            budget = DEFAULT_LINKED_BUDGET if raw_budget is None else parse_budget(raw_budget, "POLC_LINKED_BUDGET")
+        else:
+            budget = parse_budget(linked_budget, "linked_budget")
         src, pull, ep = _resolve_source(source, pull_interval, endpoint)
         resolved_trust = resolve_trust(trust)
         if src is not None and not callable(getattr(resolved_trust, "verify_manifest", None)):
@@ -292,6 +314,7 @@ class AgentConfig:
             source=src,
             pull_interval=pull,
             endpoint=ep,
+            linked_budget=budget,
         )
 
 

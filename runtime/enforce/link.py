@@ -23,13 +23,16 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import COMMAND, GLOBAL_MODULE, Capability
+from ..format.header import FORMAT_MINOR, HEADER_SIZE
 from ..format.opcodes import DENY
+from ..format.payload import read_program
 from ..memo import Memo
 from .index import Table
 from .matchers import SHARE_MAX, Instr, command_args
 
 if TYPE_CHECKING:
     from ..format.reader import Artifact
+    from .resident import Residency
 
 __all__ = ["LinkedModule", "link", "types_of"]
 
@@ -108,8 +111,39 @@ def _table(glob: bool, effect: int, group: list[tuple[int, tuple[Instr, ...]]], 
     return t
 
 
+def _tables_of(
+    name: str, rules: tuple[Any, ...], caps: dict[str, Capability]
+) -> tuple[dict[str, Capability], dict[str, tuple[Table | None, Table | None]]]:
+    """The module's ``caps`` (``caps`` itself unless a rule's capability is missing from it) and
+    its tables: capability -> (deny table, entitle table)."""
+    grouped: dict[tuple[str, int], list[tuple[int, tuple[Instr, ...]]]] = {}
+    get = grouped.get
+    for index, effect, cap, _line, _col, args in rules:
+        key = (cap.name, effect)
+        g = get(key)
+        if g is None:
+            g = grouped[key] = []
+        g.append((index, args))
+    glob = name == GLOBAL_MODULE
+    tables: dict[str, list[Table | None]] = {}
+    for (cap_name, effect), group in grouped.items():
+        sig = caps.get(cap_name)
+        if sig is None:  # rule of a capability missing from caps: the verifier forbids it
+            sig = next(r.cap for r in rules if r.cap.name == cap_name)
+            caps = dict(caps)  # never the shared dict
+            caps[cap_name] = sig
+        slot = tables.get(cap_name)
+        if slot is None:
+            slot = tables[cap_name] = [None, None]
+        types = types_of(sig)
+        if COMMAND in types:
+            group = [(index, command_args(args, types, effect)) for index, args in group]
+        slot[0 if effect == DENY else 1] = _table(glob, effect, group, types)
+    return caps, {k: (v[0], v[1]) for k, v in tables.items()}
+
+
 class LinkedModule:
-    """One verified artifact, linked. Immutable; independent of other modules.
+    """One verified artifact, linked. Immutable (its decisions never change); independent of other modules.
 
     ``tables`` maps each capability its rules use to ``(deny table, entitle
     table)`` (either None when it has no rule of that effect); ``volatile``
@@ -118,10 +152,21 @@ class LinkedModule:
     ``governs`` statement binds (besides its own name). The deciding rule's ``file:line:col`` is
     formatted only when a Decision is built, from one packed line/column
     array per module.
+
+    Linked with a :class:`~.resident.Residency` (and the artifact's bytes), the
+    module keeps its verified payload and its tables only while the residency
+    keeps it among the modules linked: evicted, ``tables`` decodes the payload
+    again on its next use and builds equal tables. Without one, the tables
+    are built once and kept.
     """
 
     __slots__ = (
         "__weakref__",
+        "_minor",
+        "_packed",
+        "_payload",
+        "_residency",
+        "_tables",
         "_where",
         "audit",
         "caps",
@@ -132,11 +177,10 @@ class LinkedModule:
         "revision",
         "rule_count",
         "source",
-        "tables",
         "volatile",
     )
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, data: bytes | None = None, residency: Residency | None = None) -> None:
         self.name: str = _intern(artifact.module)
         self.mode: str = artifact.mode
         self.audit: bool = artifact.mode == "audit"
@@ -147,38 +191,76 @@ class LinkedModule:
         self.governs: tuple[str, ...] = artifact.governs  # verified: sorted, unique, interned
         rules = artifact.rules
         self.rule_count: int = len(rules)
-        caps = _caps_of(artifact.caps)
         # line, col of rule i at 2i, 2i+1: one object per module, not one string per rule
         self._where: array[int] = _where_of(rules)
-        grouped: dict[tuple[str, int], list[tuple[int, tuple[Instr, ...]]]] = {}
-        get = grouped.get
-        for index, effect, cap, _line, _col, args in rules:
-            key = (cap.name, effect)
-            g = get(key)
-            if g is None:
-                g = grouped[key] = []
-            g.append((index, args))
-        glob = self.name == GLOBAL_MODULE
-        tables: dict[str, list[Table | None]] = {}
-        for (cap_name, effect), group in grouped.items():
-            sig = caps.get(cap_name)
-            if sig is None:  # rule of a capability missing from caps: the verifier forbids it
-                sig = next(r.cap for r in rules if r.cap.name == cap_name)
-                caps = dict(caps)  # never the shared dict
-                caps[cap_name] = sig
-            slot = tables.get(cap_name)
-            if slot is None:
-                slot = tables[cap_name] = [None, None]
-            types = types_of(sig)
-            if COMMAND in types:
-                group = [(index, command_args(args, types, effect)) for index, args in group]
-            slot[0 if effect == DENY else 1] = _table(glob, effect, group, types)
+        caps, tables = _tables_of(self.name, rules, _caps_of(artifact.caps))
         self.caps = caps
         # capabilities whose decisions depend on the file system (a command parameter): never cached
         self.volatile: frozenset[str] = _VOLATILE.intern(
             frozenset(n for n, c in caps.items() if COMMAND in types_of(c))
         )
-        self.tables: dict[str, tuple[Table | None, Table | None]] = {k: (v[0], v[1]) for k, v in tables.items()}
+        self._tables: dict[str, tuple[Table | None, Table | None]] | None = None
+        # The verified payload (the bytes between the header and the trailer) and its format
+        # minor, kept to link again after an eviction; only with a residency, never _global's.
+        # Evicted, the payload is kept deflated instead (``_packed``, resident.py): set before
+        # ``_payload`` is cleared, so a reader always finds one of them.
+        self._minor = artifact.header.minor
+        self._payload: bytes | None = None
+        self._packed: bytes | None = None
+        self._residency: Residency | None = None
+        if residency is None or data is None or self.name == GLOBAL_MODULE:
+            self._tables = tables
+            return
+        self._payload = payload = bytes(data[HEADER_SIZE : HEADER_SIZE + artifact.header.payload_len])
+        self._residency = residency
+        residency.sample(payload)
+        residency.admit(self, tables, False)
+
+    @property
+    def tables(self) -> dict[str, tuple[Table | None, Table | None]]:
+        """capability -> (deny table, entitle table); built again from the payload if evicted."""
+        t = self._tables
+        residency = self._residency
+        if residency is None:
+            assert t is not None  # only a module with a residency is ever evicted
+            return t
+        if t is None:
+            return self._relink(residency)
+        residency.touch(self)
+        return t
+
+    @property
+    def linked(self) -> bool:
+        """Does the module hold its tables now (False: held as its verified payload)?"""
+        return self._tables is not None
+
+    def _pack(self) -> None:
+        """Evicted: keep the payload deflated (once; a module never packed keeps it raw)."""
+        residency = self._residency
+        payload = self._payload
+        if residency is None or payload is None:
+            return
+        packed = residency.pack(payload)
+        if packed is not None and len(packed) < len(payload):
+            self._packed = packed
+            self._payload = None
+
+    def _relink(self, residency: Residency) -> dict[str, tuple[Table | None, Table | None]]:
+        payload = self._payload
+        if payload is None:
+            packed = self._packed
+            assert packed is not None  # set before _payload was cleared
+            payload = residency.unpack(packed)
+        # The very bytes verified when the module was linked first: decoded again, not
+        # re-read; the same program, so equal tables (and the same decisions).
+        program = read_program(payload, 0, len(payload), self._minor > FORMAT_MINOR, self._minor)
+        _caps, tables = _tables_of(self.name, program.rules, self.caps)
+        return residency.admit(self, tables, True)
+
+    @property
+    def compact(self) -> bool:
+        """Can the module be evicted (it keeps its verified payload)?"""
+        return self._residency is not None
 
     def location(self, index: int) -> str:
         """``file:line:col`` of rule ``index``."""
@@ -189,6 +271,9 @@ class LinkedModule:
         return f"<LinkedModule {self.name} rev {self.revision} ({self.rule_count} rules, {self.mode})>"
 
 
-def link(artifact: Artifact) -> LinkedModule:
-    """Link one verified artifact (see runtime/format/reader.py) into indexed tables."""
-    return LinkedModule(artifact)
+def link(artifact: Artifact, data: bytes | None = None, residency: Residency | None = None) -> LinkedModule:
+    """Link one verified artifact (see runtime/format/reader.py) into indexed tables.
+
+    ``data``, the artifact's bytes, and ``residency``: the module's tables are kept
+    only while the residency keeps it linked (:class:`LinkedModule`)."""
+    return LinkedModule(artifact, data, residency)

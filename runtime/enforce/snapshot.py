@@ -30,6 +30,7 @@ from .decision import Decision
 from .link import LinkedModule
 from .normalize import int_text
 from .plan import Plan
+from .resident import Residency
 
 __all__ = ["CACHE_BYTES", "CONFLICT_PREFIX", "EMPTY_SNAPSHOT", "FAULTS", "FaultLog", "Pending", "Snapshot"]
 
@@ -215,6 +216,7 @@ class Snapshot:
         "_conflicts",
         "_decisions",
         "_plans",
+        "_residency",
         "_timed",
         "glob",
         "modules",
@@ -232,6 +234,7 @@ class Snapshot:
         cache_bytes: int = CACHE_BYTES,
         pending: Pending | None = None,
         accel: bool | None = None,
+        residency: Residency | None = None,
         _owned: bool = False,
     ) -> None:
         # ``_owned``: ``modules`` is a fresh dict this snapshot may keep (replace()),
@@ -259,6 +262,23 @@ class Snapshot:
         # The C accelerator (accel.py; None: the pure-Python path). ``accel`` None: POLC_ACCEL decides.
         self._accel: Any = _accel_module() if accel is None else (_accel_required() if accel else None)
         self._checker: Any = None
+        # The budget of linked modules (resident.py): its evictions drop this snapshot's plans
+        # of the module evicted, which hold its tables.
+        self._residency = residency
+        if residency is not None:
+            residency.register(self)
+
+    def forget_plans(self, module: LinkedModule) -> None:
+        """Drop the plans and Decision memo built from ``module``'s tables (it was evicted:
+        its next check builds them again, the same)."""
+        name = module.name
+        held = self.modules.get(name)
+        if held is not None and held is not module:
+            return  # another policy of the module (an older one evicted late)
+        plans = self._plans
+        for cap in module.caps:
+            plans.pop((name, cap), None)
+        self._decisions.pop(name, None)
 
     @property
     def fast_check(self) -> Callable[..., Decision]:
@@ -306,6 +326,7 @@ class Snapshot:
             cache_bytes=self._cache_budget,
             pending=self.pending if pending is False else pending,
             accel=self._accel is not None,
+            residency=self._residency,
             _owned=True,
         )
 

@@ -37,8 +37,8 @@ StatKey = tuple[int, int, int, int]  # (st_mtime_ns, st_size, st_ino, st_ctime_n
 ErrorKey = tuple[str, "int | None"]  # ("error", errno): the file could not be statted
 FileKey = StatKey | ErrorKey
 # What the sweep stats, per file whose recorded stat can be trusted:
-# (name, path, mtime_ns, size, ino, ctime_ns).
-SweepEntry = tuple[str, str, int, int, int, int]
+# (name, mtime_ns, size, ino, ctime_ns); the path is the directory's and the name.
+SweepEntry = tuple[str, int, int, int, int]
 ERROR: Final = "error"
 
 

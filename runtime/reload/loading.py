@@ -32,6 +32,7 @@ from .outcomes import Failed, NewPolicy, Outcome
 
 if TYPE_CHECKING:
     from ..enforce import LinkedModule
+    from ..enforce.resident import Residency
     from ..format.reader import Trust
 
 __all__ = ["BACKGROUND_MIN", "LOAD_PAUSES_GC", "GcPause", "LazyModules", "gc_paused", "load_order"]
@@ -109,11 +110,14 @@ class LazyModules:
     both then use.
     """
 
-    __slots__ = ("_names", "_prefix", "_results", "policy_dir", "total", "trust", "used")
+    __slots__ = ("_names", "_prefix", "_results", "policy_dir", "residency", "total", "trust", "used")
 
-    def __init__(self, policy_dir: str, names: list[str], trust: Trust | None) -> None:
+    def __init__(
+        self, policy_dir: str, names: list[str], trust: Trust | None, residency: Residency | None = None
+    ) -> None:
         self.policy_dir = policy_dir
         self.trust = trust
+        self.residency = residency
         self._prefix = os.path.join(policy_dir, "")
         self._names = frozenset(names)  # the file names pending when the load began
         self._results: dict[str, Outcome] = {}  # module -> its outcome, the first one kept
@@ -149,7 +153,7 @@ class LazyModules:
         name = module + SUFFIX
         path = self._prefix + name
         try:
-            o = outcomes.examine(name, path, None, None, self.trust, time.time_ns())
+            o = outcomes.examine(name, path, None, None, self.trust, time.time_ns(), self.residency)
         except Exception as exc:  # a fault, not the file: fail closed, keep the reason
             o = Failed(name, module, ("error", None), False, None, f"internal error: {type(exc).__name__}: {exc}")
         if o is None:  # pragma: no cover - examine always answers for a file never seen

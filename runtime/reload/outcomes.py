@@ -18,6 +18,7 @@ from ..format import reader as _reader
 from .filestate import FileKey, FileState, is_racy, stat_key
 
 if TYPE_CHECKING:
+    from ..enforce.resident import Residency
     from ..format.reader import Trust
 
 __all__ = ["Failed", "NewPolicy", "Outcome", "SamePolicy", "Touched", "examine"]
@@ -66,6 +67,7 @@ def examine(
     in_force: LinkedModule | None,
     trust: Trust | None,
     now_ns: int,
+    residency: Residency | None = None,
 ) -> Outcome | None:
     """One file: None when unchanged, else what it holds now.
 
@@ -73,6 +75,8 @@ def examine(
     policy of its module now. A file is read only when its stat differs from
     the recorded one or was racy; verified only when its bytes differ from the
     last bytes read; linked only when its payload differs from the policy in force.
+    With ``residency``, the linked module keeps its verified payload and its
+    tables only while the residency keeps it linked (enforce/resident.py).
     """
     module = name[: -len(".bin")]
     try:
@@ -102,4 +106,4 @@ def examine(
         return Failed(name, module, key, racy, content, str(exc))
     if in_force is not None and in_force.digest == art.digest_hex:
         return SamePolicy(name, module, key, racy, content)
-    return NewPolicy(name, module, key, racy, content, link(art))
+    return NewPolicy(name, module, key, racy, content, link(art, data, residency))

@@ -38,3 +38,21 @@ def test_status_through_folds_matches_the_files(tmp_path, monkeypatch):
             assert (last is None) if error is None else (error in (last or "")), (i, module, last)
     base, delta = a._poller._status
     assert len(delta) <= max(2, len(base) >> 3)  # folded along the way
+
+
+def test_a_module_without_error_keeps_no_status_object_of_its_own(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    write_artifact(d, "_global", [])
+    write_artifact(d, "t.ok", RULES)
+    (d / "t.bad.bin").write_bytes(b"junk")
+    a = PolicyAgent(d, reload=False).start()
+    base, delta = a._poller._status
+    kept = {**base, **delta}
+    assert kept["t.ok"] is a._poller.in_force["t.ok"]  # the policy in force itself, no dict
+    assert kept["t.bad"][1] and kept["t.bad"][2] == "t.bad.bin"
+    shown = a.status()["modules"]
+    assert shown["t.ok"]["last_error"] is None and shown["t.ok"]["rules"] == 1
+    assert shown["t.ok"]["file"] == "t.ok.bin" and shown["t.ok"]["revision"]
+    assert "not a polc artifact" in shown["t.bad"]["last_error"] and shown["t.bad"]["revision"] is None
+    assert a._poller.status_of("t.ok") == shown["t.ok"] and a._poller.status_of("nope") is None
