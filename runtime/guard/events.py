@@ -183,6 +183,9 @@ def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None
 
 def _link(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
+    # a hard link to a symlink (follow_symlinks=False) is a new symlink: a relative one points
+    # elsewhere from its new name, as a symlink made with os.symlink does
+    guard.paths_changed()
     # a hard link gives the file a second name: reading the source is needed, writing where the link goes
     _fs_two(guard, f, tid, (("fs.read", src, src_fd, True), ("fs.write", dst, dst_fd, False)))
 
@@ -197,6 +200,7 @@ def _symlink(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> Non
 
 def _chdir(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     guard.paths.chdir()  # the working directory is read again when next needed
+    guard.paths_changed()  # and /proc/self/cwd (an absolute path) now leads elsewhere
 
 
 # -- the network -----------------------------------------------------------------
@@ -619,4 +623,4 @@ OPEN_EXEMPT = frozenset(_IMPORT_SYSTEM | {"tokenize"})
 
 # Events whose handler has work to do whoever raised them (the paths it resolves may change,
 # the working directory is read again): the C hook passes them on without looking at the stack.
-ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.chdir"})
+ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.link", "os.chdir"})

@@ -11,8 +11,11 @@ points.
 Resolving costs an ``lstat`` per path component, so a resolution is
 reused, by the rule the runtime already applies to command lookups
 (``patterns.RESOLVE_TTL``): for at most one second, and never after a
-rename, removal or symlink creation anywhere in this process (every one
-raises an audit event the guard sees, governed or not). A symlink repointed
+rename, removal, link, symlink creation or change of directory anywhere in
+this process (every one raises an audit event the guard sees, governed or
+not). A path through ``/proc`` or ``/dev`` (``/proc/self/cwd``,
+``/proc/self/fd/N``, ``/dev/fd/N``: a chdir, ``dup2`` or ``close`` changes where
+it leads) is resolved every time. A symlink repointed
 by code in this process is seen at once; one repointed by another process,
 within a second. (The check and the operation remain two steps; see
 docs/guard.md, "Limits".)
@@ -100,6 +103,10 @@ class PathResolver:
         if hit is not None and hit[1] > now:
             return hit[0]
         real = posixpath.realpath(path)
+        if "/proc/" in path or "/dev/" in path or path.endswith(("/proc", "/dev")):
+            # through /proc/self/{cwd,root,fd/N} (/dev/fd, /dev/stdin, ...): another chdir, dup2
+            # or close changes where it leads, with no event the guard sees
+            return real
         remembered = self._real
         if len(remembered) >= _MAX_REMEMBERED:
             remembered.clear()
@@ -113,7 +120,8 @@ class PathResolver:
         return real, (hit[1] if hit is not None and hit[0] == real else 0.0)
 
     def changed(self) -> None:
-        """Something in this process renamed, removed or linked a file: resolve everything again."""
+        """Something in this process renamed, removed or linked a file, or changed directory:
+        resolve everything again."""
         self._real = {}
 
     def resolve(self, path: str, *, follow: bool = True) -> str:

@@ -500,3 +500,78 @@ def test_a_classification_of_the_old_snapshot_is_not_kept_for_a_reload(tmp_path,
     assert out["during"] == "ok"
     denied = "denied: polc: memovendor may not network.outbound('127.0.0.1', "
     assert all(a.startswith(denied) for a in out["after"]), out["after"]
+
+
+def test_a_remembered_open_through_proc_self_cwd_ends_at_a_chdir(tmp_path, guard_hook):
+    """/proc/self/cwd is where the working directory is: a chdir changes what a path through
+    it resolves to, so what was resolved (and remembered) through it is not reused."""
+    data, _link, _secret = _files(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ok.txt").write_text("secret")
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    out = run_child(tree, """
+        data, other = sys.argv[2], sys.argv[3]
+        os.chdir(data)
+        first = [memovendor.read("/proc/self/cwd/ok.txt") for _ in range(5)]
+        os.chdir(other)
+        try:
+            later = memovendor.read("/proc/self/cwd/ok.txt")
+        except PolicyDenied as exc:
+            later = "denied: " + str(exc)
+        print(json.dumps({"first": first, "later": later}))
+    """, str(data), str(other))
+    assert out["first"] == ["ok"] * 5
+    assert out["later"].startswith("denied: polc: memovendor may not fs.read(")
+
+
+def test_a_remembered_open_ends_when_a_hard_link_makes_a_symlink(tmp_path, guard_hook):
+    """os.link(..., follow_symlinks=False) of a symlink makes a new symlink (a relative one
+    points elsewhere from its new place): how the new name resolves changed, as at os.symlink."""
+    data, _link, _secret = _files(tmp_path)
+    (data / "a").mkdir()
+    os.symlink("../x.txt", data / "a" / "evil")  # data/a/evil -> data/x.txt (entitled)
+    (tmp_path / "x.txt").write_text("secret")  # data/sub -> ../x.txt is this one
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    out = run_child(tree, """
+        data = sys.argv[2]
+        sub = data + "/sub"
+        def content(path):
+            try:
+                return memovendor.read(path)
+            except PolicyDenied as exc:
+                return "denied: " + str(exc)
+            except OSError as exc:
+                return type(exc).__name__
+        first = [content(sub) for _ in range(3)]  # not there yet: allowed, then not found
+        os.link(data + "/a/evil", sub, follow_symlinks=False)  # sub is now a symlink to ../x.txt
+        later = content(sub)
+        print(json.dumps({"first": first, "later": later}))
+    """, str(data))
+    assert out["first"] == ["FileNotFoundError"] * 3
+    assert out["later"].startswith("denied: polc: memovendor may not fs.read(")
+    assert "x.txt" in out["later"]
+
+
+def test_a_path_through_proc_self_fd_is_resolved_at_every_open(tmp_path, guard_hook):
+    """/proc/self/fd/N leads where descriptor N is now: a dup2 (or a close and another open)
+    moves it with no event the guard sees, so such a path is not remembered."""
+    data, _link, _secret = _files(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ok.txt").write_text("secret")
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    out = run_child(tree, """
+        data, other = sys.argv[2], sys.argv[3]
+        n = os.open(data, os.O_RDONLY | os.O_DIRECTORY)  # the service's own descriptors
+        path = f"/proc/self/fd/{n}/ok.txt"
+        first = [memovendor.read(path) for _ in range(5)]
+        os.dup2(os.open(other, os.O_RDONLY | os.O_DIRECTORY), n)
+        try:
+            later = memovendor.read(path)
+        except PolicyDenied as exc:
+            later = "denied: " + str(exc)
+        print(json.dumps({"first": first, "later": later}))
+    """, str(data), str(other))
+    assert out["first"] == ["ok"] * 5
+    assert out["later"].startswith("denied: polc: memovendor may not fs.read(")
