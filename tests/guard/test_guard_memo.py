@@ -575,3 +575,25 @@ def test_a_path_through_proc_self_fd_is_resolved_at_every_open(tmp_path, guard_h
     """, str(data), str(other))
     assert out["first"] == ["ok"] * 5
     assert out["later"].startswith("denied: polc: memovendor may not fs.read(")
+
+
+def test_polc_reading_its_policy_directory_is_not_answered_from_a_remembered_open(tmp_path, guard_hook):
+    """polc's own frame innermost to the governed ones: its read of the policy directory is
+    neither decided nor counted as the governed package's (both hooks), even when the package's
+    own read of that very file was remembered."""
+    data, _link, _secret = _files(tmp_path)
+    tree = _tree(tmp_path, '    entitle module to fs.read("policies", "**");')
+    out = run_child(tree, """
+        path = sorted(os.path.join(sys.argv[1], "policies", n) for n in os.listdir(sys.argv[1] + "/policies"))[0]
+        own = [memovendor.read(path) is not None for _ in range(5)]  # the package's own reads: remembered
+        namespace = {"__name__": "polc.runtime.reader"}  # a frame of polc (the agent reading its bundle)
+        exec("def read(path):\\n    with open(path) as f:\\n        return f.read()\\n", namespace)
+        call = {"__name__": "memovendor"}  # memovendor calling into polc
+        exec("def call(fn, *args):\\n    return fn(*args)\\n", call)
+        before = allowed("memovendor", "fs.read")
+        for _ in range(5):
+            call["call"](namespace["read"], path)
+        print(json.dumps({"own": own, "counted": allowed("memovendor", "fs.read") - before}))
+    """)
+    assert out["own"] == [True] * 5
+    assert out["counted"] == 0
