@@ -134,12 +134,12 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     write = access != os.O_RDONLY or bool(flags & _WRITE_FLAGS)
     read = access != os.O_WRONLY
     paths = guard.paths
-    remember: tuple[str, int, float] | None = None
+    remember: tuple[str, int, float, int] | None = None
     if type(path) is str and path.startswith("/") and "\0" not in path:
-        real, until = paths.real_until(path)  # the common case, without the general conversions
+        real, until, generation = paths.real_until(path)  # the common case, without the general conversions
         if guard.observer is None:
             # allowed: remembered by the path as given and the flags while the resolution holds
-            remember = (path, flags, until)
+            remember = (path, flags, until, generation)
     else:
         real = paths.resolve(paths.absolute(as_text(path)), follow=True)
     if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):

@@ -597,3 +597,37 @@ def test_polc_reading_its_policy_directory_is_not_answered_from_a_remembered_ope
     """)
     assert out["own"] == [True] * 5
     assert out["counted"] == 0
+
+
+def test_an_open_resolved_before_another_thread_repoints_a_symlink_is_not_remembered(tmp_path, guard_hook):
+    """The symlink is repointed by another thread after the open's path was resolved and before
+    its allow is remembered: the allow is not reused once the change is seen."""
+    data, link, secret = _files(tmp_path)
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    out = run_child(tree, """
+        import threading
+        link, secret = sys.argv[2], sys.argv[3]
+        guard = agent._guard
+        remember = guard.remember
+        held = []
+
+        def repoint():
+            os.remove(link)
+            os.symlink(secret, link)
+
+        def racing(*args):  # resolved and decided: the other thread repoints the link now
+            if not held:
+                held.append(True)
+                t = threading.Thread(target=repoint)
+                t.start()
+                t.join(60)
+            remember(*args)
+
+        guard.remember = racing
+        during = attempt(memovendor.read, link)  # the open in flight: the check's own gap
+        guard.remember = remember
+        after = [attempt(memovendor.read, link) for _ in range(3)]
+        print(json.dumps({"during": during, "after": after}))
+    """, str(link), str(secret))
+    assert out["during"] == "ok"
+    assert all(a.startswith("denied: polc: memovendor may not fs.read(") for a in out["after"]), out["after"]
