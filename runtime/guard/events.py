@@ -583,13 +583,13 @@ HANDLERS: dict[str, Handler] = {
     "os.rmdir": _writes(0, 1, False, True),
     "os.mkdir": _writes(0, 2, False),
     "os.truncate": _writes(0, None, True),
-    "os.chmod": _writes(0, 2, True),
-    "os.chown": _writes(0, 3, True),
+    "os.chmod": _writes(0, 2, True, True),
+    "os.chown": _writes(0, 3, True, True),
     "os.utime": _writes(0, 3, True),
-    "os.chflags": _writes(0, None, True),
-    "os.lchflags": _writes(0, None, False),
-    "os.setxattr": _writes(0, None, True),
-    "os.removexattr": _writes(0, None, True),
+    "os.chflags": _writes(0, None, True, True),
+    "os.lchflags": _writes(0, None, False, True),
+    "os.setxattr": _writes(0, None, True, True),
+    "os.removexattr": _writes(0, None, True, True),
     "os.rename": _rename,
     "os.link": _link,
     "os.symlink": _symlink,
@@ -623,4 +623,7 @@ OPEN_EXEMPT = frozenset(_IMPORT_SYSTEM | {"tokenize"})
 
 # Events whose handler has work to do whoever raised them (the paths it resolves may change,
 # the working directory is read again): the C hook passes them on without looking at the stack.
-ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.link", "os.chdir"})
+# A change of mode, owner, ACL (an xattr) or flags can make a directory searchable, and a symlink
+# in it seen where the path resolved as a plain name before.
+ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.link", "os.chdir", "os.chmod",
+                    "os.chown", "os.chflags", "os.lchflags", "os.setxattr", "os.removexattr"})

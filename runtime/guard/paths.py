@@ -11,8 +11,8 @@ points.
 Resolving costs an ``lstat`` per path component, so a resolution is
 reused, by the rule the runtime already applies to command lookups
 (``patterns.RESOLVE_TTL``): for at most one second, and never after a
-rename, removal, link, symlink creation or change of directory anywhere in
-this process (every one raises an audit event the guard sees, governed or
+rename, removal, link, symlink creation, change of directory or of a
+mode, owner, ACL or flags anywhere in this process (every one raises an audit event the guard sees, governed or
 not). A path through ``/proc`` or ``/dev`` (``/proc/self/cwd``,
 ``/proc/self/fd/N``, ``/dev/fd/N``: a chdir, ``dup2`` or ``close`` changes where
 it leads) is resolved every time. A symlink repointed

@@ -631,3 +631,57 @@ def test_an_open_resolved_before_another_thread_repoints_a_symlink_is_not_rememb
     """, str(link), str(secret))
     assert out["during"] == "ok"
     assert all(a.startswith("denied: polc: memovendor may not fs.read(") for a in out["after"]), out["after"]
+
+
+@pytest.fixture
+def open_tmp():
+    """A scratch directory every user can reach (the child may give up root: see below)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="polc-memo-"))
+    path.chmod(0o755)
+    yield path
+    for p in path.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def test_a_remembered_open_ends_when_a_directory_becomes_searchable(open_tmp, guard_hook):
+    """A directory the process cannot search hides a symlink in it: the path resolves as if the
+    symlink were a plain name (the open then fails). A chmod that makes the directory searchable
+    changes where the path leads, as a symlink made there would."""
+    tmp_path = open_tmp
+    data, _link, secret = _files(tmp_path)
+    secret.chmod(0o644)
+    locked = data / "locked"
+    locked.mkdir()
+    os.symlink("../..", locked / "up")  # data/locked/up -> the tree itself
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");')
+    for p in [tree, *tree.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    if os.geteuid() == 0:
+        os.chown(locked, 65534, 65534)
+    locked.chmod(0)
+    out = run_child(tree, """
+        if os.geteuid() == 0:  # root searches any directory: the child runs as nobody
+            os.setgid(65534)
+            os.setuid(65534)
+        locked = sys.argv[2]
+        path = locked + "/up/secret.txt"  # data/locked/up/secret.txt while up cannot be seen
+        def content(path):
+            try:
+                return memovendor.read(path)
+            except PolicyDenied as exc:
+                return "denied: " + str(exc)
+            except OSError as exc:
+                return type(exc).__name__
+        first = [content(path) for _ in range(3)]
+        os.chmod(locked, 0o755)
+        later = content(path)
+        print(json.dumps({"first": first, "later": later}))
+    """, str(locked))
+    assert out["first"] == ["PermissionError"] * 3
+    assert out["later"].startswith("denied: polc: memovendor may not fs.read(")
+    assert "secret.txt" in out["later"]
