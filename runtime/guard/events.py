@@ -37,6 +37,7 @@ _EXEC = "process.exec"
 _FOREVER = float("inf")  # an allowed address holds for the snapshot's life
 _ACCMODE = os.O_ACCMODE
 _WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_WRITES = os.O_WRONLY | os.O_RDWR | _WRITE_FLAGS  # any of them: the open may write
 _family_of = _socket.socket.__dict__["family"].__get__  # the C getter: no Python property, no enum
 _INET = (_socket.AF_INET, _socket.AF_INET6)
 _UNIX = getattr(_socket, "AF_UNIX", None)
@@ -69,11 +70,24 @@ def _import_file(path: object) -> bool:
     return "/__pycache__/" in text and ".pyc." in name
 
 
-def _on_behalf_of_interpreter(f: FrameType, path: object) -> bool:
-    """Reads the interpreter makes for itself: imports, and linecache reading a source for a traceback."""
+def _bytecode_file(path: object) -> bool:
+    """What the import system writes: a __pycache__ directory, bytecode in it (and its temporary)."""
+    try:
+        text = as_text(path).rstrip("/")
+    except Undecidable:
+        return False
+    head, _, name = text.rpartition("/")
+    if name == "__pycache__":
+        return True
+    return head.endswith("/__pycache__") and (name.endswith(".pyc") or ".pyc." in name)
+
+
+def _on_behalf_of_interpreter(f: FrameType, path: object, write: bool = False) -> bool:
+    """Reads the interpreter makes for itself: imports, and linecache reading a source for a
+    traceback; ``write``: bytecode the import system caches (the only files it writes)."""
     name = module_name(f)
     if name in _IMPORT_SYSTEM:
-        return _import_file(path)
+        return _bytecode_file(path) if write else _import_file(path)
     if name == "tokenize" and module_name(f.f_back) == "linecache":
         try:
             return as_text(path).endswith(".py")
@@ -123,7 +137,7 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     if f is not None:
         caller = _dict_get(f.f_globals, "__name__")
         interpreter = type(caller) is str and (caller in _IMPORT_SYSTEM or caller == "tokenize")
-        if interpreter and _on_behalf_of_interpreter(f, path):
+        if interpreter and _on_behalf_of_interpreter(f, path, type(flags) is not int or bool(flags & _WRITES)):
             return
     found, polc_inner = guard.attribute(f, tid)
     if not found:
@@ -163,7 +177,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
     def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         if changes:
             guard.paths_changed()
-        if module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
+        if module_name(f) in _IMPORT_SYSTEM and _bytecode_file(args[position]):
             return  # importlib writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
         if type(fd) is int and fd < 0:
@@ -176,7 +190,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
 def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
     guard.paths_changed()
-    if module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
+    if module_name(f) in _IMPORT_SYSTEM and _bytecode_file(dst):
         return
     _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
 
