@@ -719,3 +719,22 @@ def test_a_governed_package_cannot_write_the_services_bytecode_through_the_impor
         print(json.dumps({"written": attempt(namespace["write"], target, b"injected bytecode")}))
     """)
     assert out["written"].startswith("denied: polc: memovendor may not fs.write(")
+
+
+def test_a_remembered_open_for_reading_and_writing_counts_each_capability_once(tmp_path, guard_hook):
+    data, _link, _secret = _files(tmp_path)
+    tree = _tree(tmp_path, '    entitle module to fs.read("data", "**");\n    entitle module to fs.write("data", "**");')
+    out = run_child(tree, """
+        path = sys.argv[2]
+        namespace = {"__name__": "memovendor"}
+        exec("def update(path):\\n    with open(path, 'r+') as f:\\n        f.read()\\n", namespace)
+        before = remembered()
+        for _ in range(10):
+            namespace["update"](path)
+        after = remembered()
+        print(json.dumps({"read": allowed("memovendor", "fs.read"), "write": allowed("memovendor", "fs.write"),
+                          "remembered": None if before is None else after - before}))
+    """, str(data / "ok.txt"))
+    assert (out["read"], out["write"]) == (10, 10)
+    if guard_hook == "C":
+        assert out["remembered"] >= 9
