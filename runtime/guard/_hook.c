@@ -295,7 +295,9 @@ memo_fast(Slot *slot, PyObject *args)
         if (g == last)
             continue;
         last = g;
-        if (!globals_need_python(g))
+        /* an open before the first governed frame: polc's own frame must be told from an ungoverned
+           one (the verdicts do not), it leaves the open to the Python hook below */
+        if (!(slot->memo == MEMO_OPEN && n == 0) && !globals_need_python(g))
             continue; /* known ungoverned or polc's own */
         if (!plain_dict(g) || !plain_dict(names))
             goto out;

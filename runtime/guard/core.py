@@ -441,11 +441,12 @@ class Guard:
         fs[key] = result
         return result
 
-    def fs(self, found: Found, capability: str, real: str, remember: tuple[str, int, float] | None = None) -> None:
+    def fs(self, found: Found, capability: str, real: str, remember: tuple[str, int, float, int] | None = None) -> None:
         """Decide ``capability`` on the resolved path ``real`` for every attributed module.
 
-        ``remember``: ``(path, flags, until)`` of an ``open`` whose allows may be remembered
-        (the path as the event gave it, absolute; until when its resolution holds)."""
+        ``remember``: ``(path, flags, until, generation)`` of an ``open`` whose allows may be
+        remembered (the path as the event gave it, absolute; until when its resolution holds,
+        and the resolver's generation it was made in)."""
         snap = self.snapshot()
         remembered = self._fs.get
         for module, (package, where) in found.items():
@@ -454,6 +455,11 @@ class Guard:
             if d.effect == "allow" and self.observer is None:  # the common case, without a call
                 if remember is not None and not d.audit:
                     self.remember(snap, capability, module, package, remember[0], remember[1], remember[2])
+                    if self.paths.generation != remember[3]:
+                        # a rename, removal, link, symlink or chdir in another thread since the
+                        # path was resolved: not reused (written first, then checked: a change
+                        # after the check clears the memo after the write)
+                        self._memo_of[1].pop((capability, module, package, remember[0], remember[1]), None)
                 self.counters.add(package, capability, ALLOWED)
                 continue
             self.apply(module, package, where, capability, spelled, d)
@@ -461,7 +467,7 @@ class Guard:
     def paths_changed(self) -> None:
         """Something in this process renamed, removed or linked a file: every path is resolved
         again, and nothing remembered is reused (opens were remembered by the path as given)."""
-        self.paths.changed()
+        self.paths.changed()  # the generation first, then the memo (Guard.fs checks in that order's reverse)
         self._memo_of[1].clear()
 
     def remember(

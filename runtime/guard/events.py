@@ -37,6 +37,7 @@ _EXEC = "process.exec"
 _FOREVER = float("inf")  # an allowed address holds for the snapshot's life
 _ACCMODE = os.O_ACCMODE
 _WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_WRITES = os.O_WRONLY | os.O_RDWR | _WRITE_FLAGS  # any of them: the open may write
 _family_of = _socket.socket.__dict__["family"].__get__  # the C getter: no Python property, no enum
 _INET = (_socket.AF_INET, _socket.AF_INET6)
 _UNIX = getattr(_socket, "AF_UNIX", None)
@@ -69,11 +70,24 @@ def _import_file(path: object) -> bool:
     return "/__pycache__/" in text and ".pyc." in name
 
 
-def _on_behalf_of_interpreter(f: FrameType, path: object) -> bool:
-    """Reads the interpreter makes for itself: imports, and linecache reading a source for a traceback."""
+def _bytecode_file(path: object) -> bool:
+    """What the import system writes: a __pycache__ directory, bytecode in it (and its temporary)."""
+    try:
+        text = as_text(path).rstrip("/")
+    except Undecidable:
+        return False
+    head, _, name = text.rpartition("/")
+    if name == "__pycache__":
+        return True
+    return head.endswith("/__pycache__") and (name.endswith(".pyc") or ".pyc." in name)
+
+
+def _on_behalf_of_interpreter(f: FrameType, path: object, write: bool = False) -> bool:
+    """Reads the interpreter makes for itself: imports, and linecache reading a source for a
+    traceback; ``write``: bytecode the import system caches (the only files it writes)."""
     name = module_name(f)
     if name in _IMPORT_SYSTEM:
-        return _import_file(path)
+        return _bytecode_file(path) if write else _import_file(path)
     if name == "tokenize" and module_name(f.f_back) == "linecache":
         try:
             return as_text(path).endswith(".py")
@@ -123,7 +137,7 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     if f is not None:
         caller = _dict_get(f.f_globals, "__name__")
         interpreter = type(caller) is str and (caller in _IMPORT_SYSTEM or caller == "tokenize")
-        if interpreter and _on_behalf_of_interpreter(f, path):
+        if interpreter and _on_behalf_of_interpreter(f, path, type(flags) is not int or bool(flags & _WRITES)):
             return
     found, polc_inner = guard.attribute(f, tid)
     if not found:
@@ -134,12 +148,12 @@ def _open(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     write = access != os.O_RDONLY or bool(flags & _WRITE_FLAGS)
     read = access != os.O_WRONLY
     paths = guard.paths
-    remember: tuple[str, int, float] | None = None
+    remember: tuple[str, int, float, int] | None = None
     if type(path) is str and path.startswith("/") and "\0" not in path:
-        real, until = paths.real_until(path)  # the common case, without the general conversions
+        real, until, generation = paths.real_until(path)  # the common case, without the general conversions
         if guard.observer is None:
             # allowed: remembered by the path as given and the flags while the resolution holds
-            remember = (path, flags, until)
+            remember = (path, flags, until, generation)
     else:
         real = paths.resolve(paths.absolute(as_text(path)), follow=True)
     if real == _NULL_DEVICE or (polc_inner and guard.in_policy_dir(real)):
@@ -163,7 +177,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
     def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         if changes:
             guard.paths_changed()
-        if module_name(f) in _IMPORT_SYSTEM and _import_file(args[position]):
+        if module_name(f) in _IMPORT_SYSTEM and _bytecode_file(args[position]):
             return  # importlib writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
         if type(fd) is int and fd < 0:
@@ -176,13 +190,16 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
 def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
     guard.paths_changed()
-    if module_name(f) in _IMPORT_SYSTEM and _import_file(dst):
+    if module_name(f) in _IMPORT_SYSTEM and _bytecode_file(dst):
         return
     _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
 
 
 def _link(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
+    # a hard link to a symlink (follow_symlinks=False) is a new symlink: a relative one points
+    # elsewhere from its new name, as a symlink made with os.symlink does
+    guard.paths_changed()
     # a hard link gives the file a second name: reading the source is needed, writing where the link goes
     _fs_two(guard, f, tid, (("fs.read", src, src_fd, True), ("fs.write", dst, dst_fd, False)))
 
@@ -197,6 +214,7 @@ def _symlink(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> Non
 
 def _chdir(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     guard.paths.chdir()  # the working directory is read again when next needed
+    guard.paths_changed()  # and /proc/self/cwd (an absolute path) now leads elsewhere
 
 
 # -- the network -----------------------------------------------------------------
@@ -579,13 +597,13 @@ HANDLERS: dict[str, Handler] = {
     "os.rmdir": _writes(0, 1, False, True),
     "os.mkdir": _writes(0, 2, False),
     "os.truncate": _writes(0, None, True),
-    "os.chmod": _writes(0, 2, True),
-    "os.chown": _writes(0, 3, True),
+    "os.chmod": _writes(0, 2, True, True),
+    "os.chown": _writes(0, 3, True, True),
     "os.utime": _writes(0, 3, True),
-    "os.chflags": _writes(0, None, True),
-    "os.lchflags": _writes(0, None, False),
-    "os.setxattr": _writes(0, None, True),
-    "os.removexattr": _writes(0, None, True),
+    "os.chflags": _writes(0, None, True, True),
+    "os.lchflags": _writes(0, None, False, True),
+    "os.setxattr": _writes(0, None, True, True),
+    "os.removexattr": _writes(0, None, True, True),
     "os.rename": _rename,
     "os.link": _link,
     "os.symlink": _symlink,
@@ -619,4 +637,7 @@ OPEN_EXEMPT = frozenset(_IMPORT_SYSTEM | {"tokenize"})
 
 # Events whose handler has work to do whoever raised them (the paths it resolves may change,
 # the working directory is read again): the C hook passes them on without looking at the stack.
-ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.chdir"})
+# A change of mode, owner, ACL (an xattr) or flags can make a directory searchable, and a symlink
+# in it seen where the path resolved as a plain name before.
+ALWAYS = frozenset({"os.remove", "os.rmdir", "os.rename", "os.symlink", "os.link", "os.chdir", "os.chmod",
+                    "os.chown", "os.chflags", "os.lchflags", "os.setxattr", "os.removexattr"})

@@ -11,8 +11,11 @@ points.
 Resolving costs an ``lstat`` per path component, so a resolution is
 reused, by the rule the runtime already applies to command lookups
 (``patterns.RESOLVE_TTL``): for at most one second, and never after a
-rename, removal or symlink creation anywhere in this process (every one
-raises an audit event the guard sees, governed or not). A symlink repointed
+rename, removal, link, symlink creation, change of directory or of a
+mode, owner, ACL or flags anywhere in this process (every one raises an audit event the guard sees, governed or
+not). A path through ``/proc`` or ``/dev`` (``/proc/self/cwd``,
+``/proc/self/fd/N``, ``/dev/fd/N``: a chdir, ``dup2`` or ``close`` changes where
+it leads) is resolved every time. A symlink repointed
 by code in this process is seen at once; one repointed by another process,
 within a second. (The check and the operation remain two steps; see
 docs/guard.md, "Limits".)
@@ -64,6 +67,7 @@ class PathResolver:
     def __init__(self) -> None:
         self._cwd: str | None = None
         self._real: dict[str, tuple[str, float]] = {}  # path -> (real path, reusable until)
+        self.generation = 0  # one more at every changed()
 
     def chdir(self) -> None:
         """The working directory may have changed: read it again when next needed."""
@@ -95,25 +99,33 @@ class PathResolver:
 
     def real(self, path: str) -> str:
         """``os.path.realpath(path)`` of an absolute path, reused as the module docstring says."""
-        hit = self._real.get(path)
+        remembered = self._real  # a resolution made across a changed() goes in the old table
+        hit = remembered.get(path)
         now = _monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
         real = posixpath.realpath(path)
-        remembered = self._real
+        if "/proc/" in path or "/dev/" in path or path.endswith(("/proc", "/dev")):
+            # through /proc/self/{cwd,root,fd/N} (/dev/fd, /dev/stdin, ...): another chdir, dup2
+            # or close changes where it leads, with no event the guard sees
+            return real
         if len(remembered) >= _MAX_REMEMBERED:
             remembered.clear()
         remembered[path] = (real, now + RESOLVE_TTL)
         return real
 
-    def real_until(self, path: str) -> tuple[str, float]:
-        """``real(path)`` and until when (``time.monotonic()``) that resolution is reused."""
+    def real_until(self, path: str) -> tuple[str, float, int]:
+        """``real(path)``, until when (``time.monotonic()``) that resolution is reused, and the
+        :attr:`generation` it belongs to (a later changed() ends it at once)."""
+        generation = self.generation
         real = self.real(path)
         hit = self._real.get(path)
-        return real, (hit[1] if hit is not None and hit[0] == real else 0.0)
+        return real, (hit[1] if hit is not None and hit[0] == real else 0.0), generation
 
     def changed(self) -> None:
-        """Something in this process renamed, removed or linked a file: resolve everything again."""
+        """Something in this process renamed, removed or linked a file, or changed directory:
+        resolve everything again."""
+        self.generation += 1
         self._real = {}
 
     def resolve(self, path: str, *, follow: bool = True) -> str:
