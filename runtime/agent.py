@@ -96,7 +96,7 @@ class PolicyAgent:
     whole set and reloads at once. ``endpoint`` (``POLC_SOURCE_ENDPOINT``)
     is the S3 endpoint of an ``s3://`` source.
 
-    ``linked_budget`` (``POLC_LINKED_BUDGET``, default 16,384): how many
+    ``linked_budget`` (``POLC_LINKED_BUDGET``, default 8,192): how many
     modules stay linked at once, the most recently used; the others keep
     their verified bytes in memory and are linked again on their next
     check, with the same decisions (docs/runtime.md, "Linked modules and

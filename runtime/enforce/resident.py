@@ -45,11 +45,11 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_LINKED_BUDGET", "Forgets", "Residency"]
 
 # Modules whose tables stay linked, by default (PolicyAgent(linked_budget=...),
-# POLC_LINKED_BUDGET): about 65-120 MB of tables and plans at most, and a
+# POLC_LINKED_BUDGET): about 35-65 MB of tables and plans at most, and a
 # directory of up to this many modules is never re-linked at all (a service
 # whose active set is below it never pays a re-link; one that needs less
 # memory at 100,000 modules sets a smaller budget: docs/runtime.md).
-DEFAULT_LINKED_BUDGET = 16384
+DEFAULT_LINKED_BUDGET = 8192
 
 # An evicted module's payload is kept deflated with a preset dictionary: the
 # first payloads this residency saw, up to ZDICT_BYTES (modules of one tree

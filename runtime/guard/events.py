@@ -82,12 +82,39 @@ def _bytecode_file(path: object) -> bool:
     return head.endswith("/__pycache__") and (name.endswith(".pyc") or ".pyc." in name)
 
 
+# importlib._bootstrap's entry points of an import the interpreter runs (an import statement,
+# importlib.import_module, importlib.reload): the bytecode written under one of them is the
+# import's own cache of a source file.
+_IMPORT_ENTRIES = frozenset({"_find_and_load", "_find_and_load_unlocked", "_load_unlocked", "_load", "_exec"})
+_BOOTSTRAP = frozenset({"importlib._bootstrap", "_frozen_importlib"})
+
+
+def _inside_import(f: FrameType | None) -> bool:
+    """Is the innermost run of import-system frames, from ``f`` outwards, part of an import
+    (it reaches an entry point of importlib._bootstrap before any other module's frame)? A
+    governed package calling importlib's writers itself, or through a loader of its own (its
+    frame sits in between), is not: its writes are checked like any other."""
+    while f is not None:
+        name = module_name(f)
+        if name not in _IMPORT_SYSTEM:
+            return False
+        if name in _BOOTSTRAP and f.f_code.co_name in _IMPORT_ENTRIES:
+            return True
+        f = f.f_back
+    return False
+
+
+def _import_write(f: FrameType | None, path: object) -> bool:
+    """Bytecode the import system caches during an import (the only files it writes)."""
+    return module_name(f) in _IMPORT_SYSTEM and _bytecode_file(path) and _inside_import(f)
+
+
 def _on_behalf_of_interpreter(f: FrameType, path: object, write: bool = False) -> bool:
     """Reads the interpreter makes for itself: imports, and linecache reading a source for a
-    traceback; ``write``: bytecode the import system caches (the only files it writes)."""
+    traceback; ``write``: bytecode the import system caches during an import."""
     name = module_name(f)
     if name in _IMPORT_SYSTEM:
-        return _bytecode_file(path) if write else _import_file(path)
+        return _import_write(f, path) if write else _import_file(path)
     if name == "tokenize" and module_name(f.f_back) == "linecache":
         try:
             return as_text(path).endswith(".py")
@@ -177,8 +204,8 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
     def handler(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
         if changes:
             guard.paths_changed()
-        if module_name(f) in _IMPORT_SYSTEM and _bytecode_file(args[position]):
-            return  # importlib writing bytecode into __pycache__
+        if _import_write(f, args[position]):
+            return  # an import writing bytecode into __pycache__
         fd = args[dir_fd] if dir_fd is not None and len(args) > dir_fd else None
         if type(fd) is int and fd < 0:
             fd = None  # no dir_fd given (the event carries AT_FDCWD's stand-in)
@@ -190,7 +217,7 @@ def _writes(position: int, dir_fd: int | None, follow: bool, changes: bool = Fal
 def _rename(guard: Guard, args: tuple[Any, ...], f: FrameType, tid: int) -> None:
     src, dst, src_fd, dst_fd = args
     guard.paths_changed()
-    if module_name(f) in _IMPORT_SYSTEM and _bytecode_file(dst):
+    if _import_write(f, dst):
         return
     _fs_two(guard, f, tid, (("fs.write", src, src_fd, False), ("fs.write", dst, dst_fd, False)))
 
