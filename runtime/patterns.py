@@ -943,6 +943,11 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
     pre_find, pre, pre_lens = _affix_table(affix[0], affix[2], False, none)
     suf_find, suf, suf_lens = _affix_table(affix[1], affix[3], True, none)
     file_min = min([k for _, k in file_paths + file_names], default=none)
+    # the smallest key of each part: a part that cannot beat the best match so far is skipped
+    exact_min = min([min(k) for k in exact.values()], default=none)
+    pre_min = min([min(k) for k in pre.values()], default=none)
+    suf_min = min([min(k) for k in suf.values()], default=none)
+    path_min = min(path_exact.values(), default=none)
     by_name = bool(file_names)
     inf = float("inf")
     # (epoch, PATH's memo key, expiry, file identity -> key): the file map in use
@@ -993,14 +998,14 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
         names = cmd.deny_names  # a bare request's text first: denies and entitles test it
         bare = cmd.bare
         for n in names:
-            if exact:
+            if exact_min < best:
                 e = exact.get(n)
                 if e is not None:
                     if e[0] < best:
                         best = e[0]
                     if bare and e[1] < best:
                         best = e[1]
-            if pre:
+            if pre_min < best:
                 if pre_find is not None:
                     m = pre_find(n)
                     e = pre[m[0]] if m is not None else None
@@ -1011,7 +1016,7 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
                         best = e[0]
                     if bare and e[1] < best:
                         best = e[1]
-            if suf:
+            if suf_min < best:
                 if suf_find is not None:
                     m = suf_find(n)
                     e = suf[m[0]] if m is not None else None
@@ -1037,7 +1042,7 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
                 if test(n):
                     best = r
                     break
-        if cmd.bare:
+        if cmd.bare and (ent_in or ent_glob):
             t = cmd.text
             for r, core in ent_in:
                 if r >= best:
@@ -1051,7 +1056,7 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
                 if test(t):
                     best = r
                     break
-        if path_exact:
+        if path_min < best:
             for p in cmd.paths:
                 hit = path_exact.get(p)
                 if hit is not None and hit < best:

@@ -294,7 +294,7 @@ class Plan:
             depths = _share(tuple(sorted({d for t, _ in idx for d in t.depths})))
             pfx_lens = _share(tuple(sorted({n for t, _ in idx for n in t.pfx_lens})))
             ip = _concat([r[4] for _, r in idx])
-        if accel is not None and commands is None:
+        if accel is not None:
             self.fn = accel.Decider(
                 kind,
                 pos,
@@ -312,6 +312,7 @@ class Plan:
                 pfx_lens,
                 ip,
                 rest,
+                commands,
             )
             return
         flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
