@@ -958,8 +958,14 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
     def files() -> dict[FileId, int]:
         """File identity -> smallest key of an exact constant that leads to that file."""
         now = time.monotonic()
-        where = _path_dirs()[1] if by_name else _ABSOLUTE
         st = state[0]
+        if st is not None and st[2] > now and st[0] == _epoch:
+            # kept for this very PATH value (one without relative entries: _path_dirs' key is
+            # the value itself), or the map needs no PATH
+            w = st[1]
+            if w is _ABSOLUTE or w is (environ_get(path_key) if environ_get is not None else _path_token()):
+                return st[3]
+        where = _path_dirs()[1] if by_name else _ABSOLUTE
         if st is not None and st[2] > now and st[0] == _epoch and where is not None and st[1] == where:
             return st[3]
         epoch = _epoch
@@ -987,10 +993,10 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
         if type(value) is str:
             fast = _commands_get(value)
             if fast is not None and fast[2] > time.monotonic():
-                if value.startswith("/"):
-                    if fast[1] is _ABSOLUTE:
-                        cmd = fast[0]
-                elif fast[1] is (environ_get(path_key) if environ_get is not None else _path_token()):
+                # command_of keeps _ABSOLUTE for a value starting with "/" and PATH's value for
+                # a bare name, so either token is current exactly when command_of's test holds
+                tok = fast[1]
+                if tok is _ABSOLUTE or tok is (environ_get(path_key) if environ_get is not None else _path_token()):
                     cmd = fast[0]
         if cmd is None:
             cmd = command_of(value)
