@@ -974,13 +974,14 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
         for const, key in file_paths:
             fid = _file_id(const)
             entry = _resolved_get(("id", const))
-            expiry = min(expiry, entry[1]) if entry is not None else now
+            # the expiry of the very answer used: another thread may have looked again since
+            expiry = min(expiry, entry[1]) if entry is not None and entry[0] == fid else now
             if fid is not None and out.get(fid, none) > key:
                 out[fid] = key
         for const, key in file_names:
             found = _which(const)
             entry = _resolved_get(("which", const, where)) if where is not None else None
-            expiry = min(expiry, entry[1]) if entry is not None else now
+            expiry = min(expiry, entry[1]) if entry is not None and entry[0] == found else now
             if found is not None and out.get(found[1], none) > key:
                 out[found[1]] = key
         if where is not None and expiry > now:

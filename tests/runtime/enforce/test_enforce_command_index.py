@@ -250,3 +250,48 @@ def test_rules_testing_more_than_the_command_keep_the_scan(tree):
     assert not uses_the_index(plan)
     assert s.check("m", "job.run", "q", f"{tree}/bin/other").allowed
     assert not s.check("m", "job.run", "q", f"{tree}/link/tool").allowed
+
+
+def test_the_file_map_expires_with_the_answer_it_used(tmp_path, monkeypatch):
+    """Another thread may look a constant up again between the index's lookup and its reading
+    of the remembered entry's expiry: the map must not keep the older answer until the newer
+    one's expiry (past RESOLVE_TTL after that older lookup)."""
+    from polc.runtime.enforce.matchers import str_glob
+    from polc.runtime.format.opcodes import STR_EXACT
+
+    none = 10**9
+    clock = [1000.0]
+    monkeypatch.setattr(patterns, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    const = str(exe(tmp_path / "a"))
+    exe(tmp_path / "b")
+    req = tmp_path / "hard"
+    os.link(const, req)  # the file that a is now
+    fn = patterns.command_matcher(STR_EXACT, const, deny=False, glob_matcher=str_glob)
+    first = patterns.command_index([(7, False, STR_EXACT, const, fn)], none, none)
+    try:
+        patterns._file_id(const)  # remembered at 1000, until 1000 + RESOLVE_TTL
+        patterns.command_of(str(req))
+        clock[0] += patterns.RESOLVE_TTL * 0.9
+        real = patterns._file_id
+        done = []
+
+        def another_thread_looks_again(path):
+            got = real(path)  # the remembered answer, fresh now
+            if path == const and not done:
+                done.append(path)
+                clock[0] += patterns.RESOLVE_TTL * 0.1  # the entry expired: a thread looks again
+                os.replace(tmp_path / "b", const)
+                st = os.stat(const)
+                patterns._resolved.put(("id", const), ((st.st_dev, st.st_ino), clock[0] + patterns.RESOLVE_TTL))
+            return got
+
+        monkeypatch.setattr(patterns, "_file_id", another_thread_looks_again)
+        first(str(req))  # builds the file map (from the answer of 1000)
+        assert done
+        monkeypatch.setattr(patterns, "_file_id", real)
+        clock[0] += patterns.RESOLVE_TTL * 0.8  # that answer is 1.8 RESOLVE_TTL old
+        cmd = patterns.command_of(str(req))
+        assert not fn(cmd)  # the matcher sees the newer answer: a is another file now
+        assert first(str(req)) == none
+    finally:
+        patterns.forget_resolutions()
