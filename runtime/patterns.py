@@ -53,6 +53,7 @@ __all__ = [
     "PatternError",
     "check_range",
     "cidr_network",
+    "command_index",
     "command_matcher",
     "command_of",
     "compile_command",
@@ -583,8 +584,15 @@ def _path_token() -> object:
     return os.environ.get("PATH")
 
 
+# Bumped by forget_resolutions(): what a command index derived from remembered answers
+# (command_index's file identities) is dropped with them.
+_epoch = 0
+
+
 def forget_resolutions() -> None:
     """Drop every remembered file-system answer (the next check looks again)."""
+    global _epoch
+    _epoch += 1
     _resolved.clear()
     _COMMANDS.clear()
 
@@ -716,8 +724,10 @@ def command_of(value: object) -> Command:
     if type(value) is not str or len(value) > MAX_COMMAND_LEN:
         return normalize_command(value)
     fast = _commands_get(value)
-    if fast is not None and fast[2] > time.monotonic() and fast[1] is (
-        _ABSOLUTE if value.startswith("/") else _path_token()
+    if (
+        fast is not None
+        and fast[2] > time.monotonic()
+        and fast[1] is (_ABSOLUTE if value.startswith("/") else _path_token())
     ):
         return fast[0]
     token: object = None
@@ -820,6 +830,258 @@ def command_matcher(
         return (cmd.bare and test(cmd.text)) or same_file(cmd)
 
     return entitle_name
+
+
+def _glob_shape(const: str) -> tuple[int, str] | None:
+    """A name glob ``P*``, ``*S`` or ``*X*`` (no other wildcard) as ``(shape, literal)``:
+    0 starts with, 1 ends with, 2 contains; None for any other glob."""
+    core = const.strip("*")
+    if not core or "*" in core or "?" in core or len(const) - len(core) > 2:
+        return None
+    lead, trail = const[0] == "*", const[-1] == "*"
+    return (2 if lead and trail else 0 if trail else 1), core
+
+
+# A command rule of command_index: (key, deny, opcode, constant, its command_matcher).
+CommandRule = tuple[int, bool, int, str, Callable[[Command], bool]]
+# Up to this many name-glob literals of one kind are probed with one regex (the longest
+# literal the name starts or ends with); more, with one dict probe per distinct length.
+_AFFIX_REGEX_MAX = 32
+
+
+_Keys = tuple[int, int]  # (smallest deny key, smallest entitle key)
+
+
+def _affix_table(
+    deny: dict[str, int], entitle: dict[str, int], suffix: bool, none: int
+) -> tuple[Callable[[str], re.Match[str] | None] | None, dict[str, _Keys], tuple[int, ...]]:
+    """How to find the smallest keys of the name globs ``P*`` (``*S`` when ``suffix``) a name
+    matches, given each side's literal -> smallest key.
+
+    ``(find, chain, lengths)``: ``chain`` maps every literal to the smallest deny and entitle
+    keys of the literals it starts (ends) with itself, so only the longest literal a name
+    starts (ends) with counts; ``find`` is a regex that finds that literal, or None (too many
+    literals for one regex): probe ``chain`` at each of ``lengths``, longest first."""
+    lits = set(deny) | set(entitle)
+    lengths = sorted({len(k) for k in lits})
+    chain: dict[str, _Keys] = {}
+    for lit in lits:
+        d = e = none
+        for k in lengths:
+            if k > len(lit):
+                break
+            part = lit[-k:] if suffix else lit[:k]
+            d = min(d, deny.get(part, none))
+            e = min(e, entitle.get(part, none))
+        chain[lit] = (d, e)
+    find = None
+    if 0 < len(lits) <= _AFFIX_REGEX_MAX:
+        # alternatives longest first: the first that matches is the longest literal the name
+        # starts with; for a suffix, the leftmost match that ends the name is the longest one
+        alts = "|".join(re.escape(lit) for lit in sorted(lits, key=lambda x: (-len(x), x)))
+        find = re.compile(f"(?:{alts})\\Z", re.DOTALL).search if suffix else re.compile(alts, re.DOTALL).match
+    return find, chain, tuple(reversed(lengths))
+
+
+def _longest(n: str, chain: dict[str, _Keys], lengths: tuple[int, ...], suffix: bool) -> _Keys | None:
+    """``chain``'s keys of the longest literal ``n`` starts (ends) with, None when none."""
+    for k in lengths:
+        if k <= len(n):
+            got = chain.get(n[-k:] if suffix else n[:k])
+            if got is not None:
+                return got
+    return None
+
+
+def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable[[object], int]:
+    """One matcher for many command rules: ``first(value)`` normalises a requested command
+    as :func:`command_of` does (the same memo, probed inline; ValueError for a malformed
+    one) and returns the smallest key of a rule whose ``command_matcher`` accepts it
+    (``any_key`` counts as a rule that accepts every command), ``none`` when no rule does.
+
+    Exactly what the rules' matchers decide, with probes instead of one call per rule:
+    exact names by name (a deny against every name of the request, an entitle against a
+    bare request's text), name globs ``P*``/``*S`` by the longest literal the name starts
+    or ends with, exact paths by path, and the exact constants that lead to the request's
+    file (``path_exact``'s ``_file_id``, ``same_file``'s ``_which``) through one map of file
+    identities. That map is built from the remembered lookups those matchers make, and used
+    until the first of them expires (so never longer than RESOLVE_TTL), for the PATH (and
+    working directory) ``_which`` remembered them for; ``forget_resolutions`` drops it.
+    ``*X*`` and other name globs, and path globs (through their own matcher), are scanned,
+    only those ranked before the best match so far.
+    """
+    exact: dict[str, _Keys] = {}
+    path_exact: dict[str, int] = {}
+    affix: list[dict[str, int]] = [{}, {}, {}, {}]  # deny starts, deny ends, entitle starts, entitle ends
+    deny_in: list[tuple[int, str]] = []
+    ent_in: list[tuple[int, str]] = []
+    deny_glob: list[tuple[int, Callable[[str], bool]]] = []
+    ent_glob: list[tuple[int, Callable[[str], bool]]] = []
+    path_glob: list[tuple[int, Callable[[Command], bool]]] = []
+    file_paths: list[tuple[str, int]] = []
+    file_names: list[tuple[str, int]] = []
+    for key, deny, op, const, fn in sorted(rules, key=lambda r: r[0]):
+        if const.startswith("/"):
+            if op == STR_GLOB:
+                path_glob.append((key, fn))
+            else:
+                path_exact[const] = min(key, path_exact.get(const, none))
+                file_paths.append((const, key))
+        elif op != STR_GLOB:
+            d, e = exact.get(const, (none, none))
+            exact[const] = (min(d, key), e) if deny else (d, min(e, key))
+            file_names.append((const, key))
+        else:
+            shape = _glob_shape(const)
+            if shape is None:
+                (deny_glob if deny else ent_glob).append((key, _string_matcher_cached(const)))
+            elif shape[0] == 2:
+                (deny_in if deny else ent_in).append((key, shape[1]))
+            else:
+                lits = affix[shape[0] + (0 if deny else 2)]
+                lits[shape[1]] = min(key, lits.get(shape[1], none))
+    pre_find, pre, pre_lens = _affix_table(affix[0], affix[2], False, none)
+    suf_find, suf, suf_lens = _affix_table(affix[1], affix[3], True, none)
+    file_min = min([k for _, k in file_paths + file_names], default=none)
+    # the smallest key of each part: a part that cannot beat the best match so far is skipped
+    exact_min = min([min(k) for k in exact.values()], default=none)
+    pre_min = min([min(k) for k in pre.values()], default=none)
+    suf_min = min([min(k) for k in suf.values()], default=none)
+    path_min = min(path_exact.values(), default=none)
+    by_name = bool(file_names)
+    inf = float("inf")
+    # (epoch, PATH's memo key, expiry, file identity -> key): the file map in use
+    state: list[tuple[int, object, float, dict[FileId, int]] | None] = [None]
+    environ_get = _ENVIRON_DATA.get if _ENVIRON_DATA is not None else None
+    path_key = _PATH_KEY
+
+    def files() -> dict[FileId, int]:
+        """File identity -> smallest key of an exact constant that leads to that file."""
+        now = time.monotonic()
+        st = state[0]
+        if st is not None and st[2] > now and st[0] == _epoch:
+            # kept for this very PATH value (one without relative entries: _path_dirs' key is
+            # the value itself), or the map needs no PATH
+            w = st[1]
+            if w is _ABSOLUTE or w is (environ_get(path_key) if environ_get is not None else _path_token()):
+                return st[3]
+        where = _path_dirs()[1] if by_name else _ABSOLUTE
+        if st is not None and st[2] > now and st[0] == _epoch and where is not None and st[1] == where:
+            return st[3]
+        epoch = _epoch
+        expiry = inf
+        out: dict[FileId, int] = {}
+        for const, key in file_paths:
+            fid = _file_id(const)
+            entry = _resolved_get(("id", const))
+            # the expiry of the very answer used: another thread may have looked again since
+            expiry = min(expiry, entry[1]) if entry is not None and entry[0] == fid else now
+            if fid is not None and out.get(fid, none) > key:
+                out[fid] = key
+        for const, key in file_names:
+            found = _which(const)
+            entry = _resolved_get(("which", const, where)) if where is not None else None
+            expiry = min(expiry, entry[1]) if entry is not None and entry[0] == found else now
+            if found is not None and out.get(found[1], none) > key:
+                out[found[1]] = key
+        if where is not None and expiry > now:
+            state[0] = (epoch, where, expiry, out)
+        return out
+
+    def first(value: object) -> int:
+        # command_of(value), its memo probed inline (a Command kept for a PATH or for good)
+        cmd: Command | None = None
+        if type(value) is str:
+            fast = _commands_get(value)
+            if fast is not None and fast[2] > time.monotonic():
+                # command_of keeps _ABSOLUTE for a value starting with "/" and PATH's value for
+                # a bare name, so either token is current exactly when command_of's test holds
+                tok = fast[1]
+                if tok is _ABSOLUTE or tok is (environ_get(path_key) if environ_get is not None else _path_token()):
+                    cmd = fast[0]
+        if cmd is None:
+            cmd = command_of(value)
+        best = any_key
+        names = cmd.deny_names  # a bare request's text first: denies and entitles test it
+        bare = cmd.bare
+        for n in names:
+            if exact_min < best:
+                e = exact.get(n)
+                if e is not None:
+                    if e[0] < best:
+                        best = e[0]
+                    if bare and e[1] < best:
+                        best = e[1]
+            if pre_min < best:
+                if pre_find is not None:
+                    m = pre_find(n)
+                    e = pre[m[0]] if m is not None else None
+                else:
+                    e = _longest(n, pre, pre_lens, False)
+                if e is not None:
+                    if e[0] < best:
+                        best = e[0]
+                    if bare and e[1] < best:
+                        best = e[1]
+            if suf_min < best:
+                if suf_find is not None:
+                    m = suf_find(n)
+                    e = suf[m[0]] if m is not None else None
+                else:
+                    e = _longest(n, suf, suf_lens, True)
+                if e is not None:
+                    if e[0] < best:
+                        best = e[0]
+                    if bare and e[1] < best:
+                        best = e[1]
+            bare = False  # the other names: denies only
+        for r, core in deny_in:
+            if r >= best:
+                break
+            for n in names:
+                if core in n:
+                    best = r
+                    break
+        for r, test in deny_glob:
+            if r >= best:
+                break
+            for n in names:
+                if test(n):
+                    best = r
+                    break
+        if cmd.bare and (ent_in or ent_glob):
+            t = cmd.text
+            for r, core in ent_in:
+                if r >= best:
+                    break
+                if core in t:
+                    best = r
+                    break
+            for r, test in ent_glob:
+                if r >= best:
+                    break
+                if test(t):
+                    best = r
+                    break
+        if path_min < best:
+            for p in cmd.paths:
+                hit = path_exact.get(p)
+                if hit is not None and hit < best:
+                    best = hit
+        f = cmd.file
+        if f is not None and file_min < best:
+            hit = files().get(f)
+            if hit is not None and hit < best:
+                best = hit
+        for r, match in path_glob:
+            if r >= best:
+                break
+            if match(cmd):
+                best = r
+                break
+        return best
+
+    return first
 
 
 # --------------------------------------------------------------------------

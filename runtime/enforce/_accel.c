@@ -31,7 +31,7 @@
 /* Parameter type codes (accel.py passes them; catalog's names). */
 enum { PT_HOST = 0, PT_PORT = 1, PT_PATH = 2, PT_STRING = 3, PT_INT = 4, PT_COMMAND = 5 };
 /* Index kinds (index.py). */
-enum { K_SCAN = 0, K_HOST = 1, K_KEY = 2, K_PATH = 3 };
+enum { K_SCAN = 0, K_HOST = 1, K_KEY = 2, K_PATH = 3, K_COMMAND = 4 };
 
 #define MAX_PARAMS 16
 
@@ -96,6 +96,7 @@ typedef struct {
     PyObject *pfx;       /* dict or NULL */
     PyObject *ip;        /* tuple or NULL */
     PyObject *rest;      /* tuple or NULL */
+    PyObject *commands;  /* K_COMMAND: the plan's command index (patterns.command_index), else NULL */
     Py_ssize_t ndepths;
     Py_ssize_t *depths;
     Py_ssize_t npfx;
@@ -480,6 +481,8 @@ decide(DeciderObject *self, PyObject *args)
     Py_ssize_t nt = self->ntypes;
     Scan s = {g_big, NULL, vals, self->ipos};
     for (Py_ssize_t i = 0; i < nt; i++) {
+        if (self->kind == K_COMMAND && i == self->pos)
+            continue; /* normalised by the command index itself */
         int r = normalize_arg(self, self->types[i], PyTuple_GET_ITEM(args, i), &vals[i]);
         if (r <= 0) {
             if (r == 0)
@@ -487,7 +490,34 @@ decide(DeciderObject *self, PyObject *args)
             goto done;
         }
     }
-    PyObject *k = self->kind != K_SCAN ? vals[self->pos] : NULL;
+    if (self->kind == K_COMMAND) {
+        /* commands(raw command): normalises it (an Exception: invalid, as from norm_command)
+         * and returns the smallest matching rank as an int (g_big: none) */
+        PyObject *r = call_held(self->commands, PyTuple_GET_ITEM(args, self->pos));
+        if (r == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                PyErr_Clear();
+                result = plan_method(self, s_bad_argument, args);
+            }
+            goto done;
+        }
+        int overflow = 0;
+        long long rv = PyLong_CheckExact(r) ? PyLong_AsLongLongAndOverflow(r, &overflow) : -1;
+        if (!PyLong_CheckExact(r) || overflow || rv < 0) {
+            Py_DECREF(r);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "polc accel: a command index returned no rank");
+            goto done;
+        }
+        if (rv < s.best) {
+            s.best = rv;
+            s.best_obj = r; /* the reference is the scan's */
+        }
+        else {
+            Py_DECREF(r);
+        }
+    }
+    PyObject *k = self->kind != K_SCAN && self->kind != K_COMMAND ? vals[self->pos] : NULL;
     if (self->kind == K_HOST) {
         if (PyUnicode_CheckExact(k)) {
             if (self->exact && probe(&s, self->exact, k) < 0)
@@ -688,21 +718,23 @@ static PyObject *
 Decider_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"kind", "pos", "ipos", "types", "arity", "plan", "no_ent", "decisions", "exact",
-                            "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", NULL};
+                            "wild1", "wildn", "depths", "pfx", "pfx_lens", "ip", "rest", "commands", NULL};
     int kind, pos, ipos;
     Py_ssize_t arity;
     PyObject *types, *plan, *no_ent, *decisions, *exact, *wild1, *wildn, *depths, *pfx, *pfx_lens, *ip, *rest;
+    PyObject *commands = Py_None;
     if (!g_configured) {
         PyErr_SetString(PyExc_RuntimeError, "polc accel: configure() was not called");
         return NULL;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiO!nOOO!OOOO!OO!OO", names, &kind, &pos, &ipos, &PyTuple_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiO!nOOO!OOOO!OO!OO|O", names, &kind, &pos, &ipos, &PyTuple_Type,
                                      &types, &arity, &plan, &no_ent, &PyDict_Type, &decisions, &exact, &wild1, &wildn,
-                                     &PyTuple_Type, &depths, &pfx, &PyTuple_Type, &pfx_lens, &ip, &rest))
+                                     &PyTuple_Type, &depths, &pfx, &PyTuple_Type, &pfx_lens, &ip, &rest, &commands))
         return NULL;
     Py_ssize_t nt = PyTuple_GET_SIZE(types);
-    if (kind < K_SCAN || kind > K_PATH || nt > MAX_PARAMS || arity != nt || (kind != K_SCAN && (pos < 0 || pos >= nt))
-        || ipos < -1 || ipos >= nt) {
+    if (kind < K_SCAN || kind > K_COMMAND || nt > MAX_PARAMS || arity != nt
+        || (kind != K_SCAN && (pos < 0 || pos >= nt)) || ipos < -1 || ipos >= nt
+        || (kind == K_COMMAND) != (commands != Py_None) || (commands != Py_None && !PyCallable_Check(commands))) {
         PyErr_SetString(PyExc_ValueError, "polc accel: inconsistent decider shape");
         return NULL;
     }
@@ -724,6 +756,15 @@ Decider_new(PyTypeObject *type, PyObject *args, PyObject *kw)
             return NULL;
         }
         self->types[i] = (unsigned char)t;
+    }
+    if (kind == K_COMMAND && self->types[pos] != PT_COMMAND) {
+        PyErr_SetString(PyExc_ValueError, "polc accel: a command index of a parameter that is no command");
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (commands != Py_None) {
+        Py_INCREF(commands);
+        self->commands = commands;
     }
     Py_INCREF(plan);
     self->plan = plan;
@@ -759,6 +800,7 @@ Decider_traverse(DeciderObject *self, visitproc visit, void *arg)
     Py_VISIT(self->pfx);
     Py_VISIT(self->ip);
     Py_VISIT(self->rest);
+    Py_VISIT(self->commands);
     return 0;
 }
 
@@ -774,6 +816,7 @@ Decider_clear(DeciderObject *self)
     Py_CLEAR(self->pfx);
     Py_CLEAR(self->ip);
     Py_CLEAR(self->rest);
+    Py_CLEAR(self->commands);
     return 0;
 }
 
@@ -790,7 +833,7 @@ Decider_dealloc(DeciderObject *self)
 static PyObject *
 Decider_repr(DeciderObject *self)
 {
-    static const char *kinds[] = {"scan", "host", "key", "path"};
+    static const char *kinds[] = {"scan", "host", "key", "path", "command"};
     return PyUnicode_FromFormat("<polc accel decider %s@%d, %zd parameters>", kinds[self->kind], self->pos,
                                 self->ntypes);
 }

@@ -42,6 +42,7 @@ from ..catalog import COMMAND, HOST, INT, PATH, PORT, PORT_MAX, PORT_MIN, STRING
 from ..memo import Memo
 from .index import (
     BIG,
+    COMMAND_INDEX,
     HOST_INDEX,
     INDEX_KIND_NAMES,
     KEY_INDEX,
@@ -201,12 +202,17 @@ def write_decider(shape: Shape) -> tuple[str, tuple[str, ...]]:
     has_exact, has_wild1, has_depths, has_pfx, has_ip, has_rest = flags
     ipos = int_pos(types)
     names = _parameters(flags)
+    if kind == COMMAND_INDEX:
+        names += ("commands",)
     w = CodeWriter()
     with w.block(f"def decide(args, {', '.join(names)}):"):
         with w.block("if len(args) != arity:"):
             w.line("return plan._wrong_arity(args)")
         for i, t in enumerate(types):
-            _write_normalizer(w, t, i)
+            if kind == COMMAND_INDEX and i == pos:
+                w.line(f"v{i} = args[{i}]")  # normalised by the index itself
+            else:
+                _write_normalizer(w, t, i)
         w.line("vals = (" + "".join(f"v{i}, " for i in range(len(types))) + ")")
         w.line("best = BIG")
         if kind == HOST_INDEX:
@@ -252,6 +258,11 @@ def write_decider(shape: Shape) -> tuple[str, tuple[str, ...]]:
                     with w.block("if n > len(k):"):
                         w.line("break")
                     _write_probe(w, "pfx.get(k[:n])", ipos)
+        elif kind == COMMAND_INDEX:  # every rule in one index of the command (normalising it)
+            with w.block("try:"):
+                w.line(f"best = commands(v{pos})")
+            with w.block("except Exception:"):
+                w.line("return plan._bad_argument(args)")
         if has_rest:
             _write_scan(w, "rest", ipos)
         with w.block("if best == BIG:"):

@@ -55,6 +55,7 @@ __all__ = [
     "BUCKETS",
     "BUCKET_KIND_NAMES",
     "CIDR",
+    "COMMAND_INDEX",
     "EMPTY_MAP",
     "EXACT",
     "FLAT_MAX",
@@ -130,7 +131,10 @@ SCAN: Final = IndexKind(0)  # nothing indexable: every rule is in ``rest``
 HOST_INDEX: Final = IndexKind(1)  # a host parameter: EXACT, ONE_LABEL, SOME_LABELS/INNER_WILD, CIDR buckets
 KEY_INDEX: Final = IndexKind(2)  # a string/port/int parameter: EXACT and PREFIX buckets
 PATH_INDEX: Final = IndexKind(3)  # a path parameter: SEGMENTS and LAST_SEGMENT buckets
-INDEX_KIND_NAMES: Final = ("scan", "host", "key", "path")
+# A plan's, never a table's: every rule of a scanned plan tested by one command index
+# (patterns.command_index) of its command parameter.
+COMMAND_INDEX: Final = IndexKind(4)
+INDEX_KIND_NAMES: Final = ("scan", "host", "key", "path", "command")
 
 # Tiers: the order in which a plan consults tables; the first tier with a match decides.
 Tier = NewType("Tier", int)

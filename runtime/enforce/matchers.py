@@ -34,6 +34,7 @@ __all__ = [
     "Matcher",
     "checks_of",
     "command_args",
+    "command_rule",
     "matcher",
     "str_glob",
 ]
@@ -207,6 +208,15 @@ class IntRange:
         return f"IntRange({self.lo}, {self.hi})"
 
 
+_COMMAND_RULE = "polc_command_rule"
+
+
+def command_rule(fn: Matcher) -> tuple[bool, int, str] | None:
+    """``(deny, opcode, constant)`` of a command matcher built by :func:`matcher`, else None."""
+    rule: tuple[bool, int, str] | None = getattr(fn, _COMMAND_RULE, None)
+    return rule
+
+
 def matcher(instr: Instr) -> Matcher | None:
     """The matcher of one argument instruction (None for ANY)."""
     op = instr[0]
@@ -230,7 +240,11 @@ def matcher(instr: Instr) -> Matcher | None:
     if op == STR_GLOB:
         return str_glob(instr[1])
     if op == CMD:
-        return patterns.command_matcher(instr[2], instr[3], deny=instr[1] == DENY, glob_matcher=str_glob)
+        deny = instr[1] == DENY
+        m = patterns.command_matcher(instr[2], instr[3], deny=deny, glob_matcher=str_glob)
+        # what the rule is, for a plan that matches its command rules together (command_rule)
+        setattr(m, _COMMAND_RULE, (deny, instr[2], instr[3]))
+        return m
     raise ValueError(f"unknown argument opcode {op:#x}")  # the verifier rules this out
 
 

@@ -11,19 +11,21 @@ evaluation table by table, which the fused deciders are tested against
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FunctionType
 from typing import Any
 
 from .. import patterns
-from ..catalog import BUILTINS, GLOBAL_MODULE, Capability
+from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, Capability
 from ..format.opcodes import ENTITLE
 from ..memo import Memo, put_bounded
 from .accel import TYPE_CODES
 from .deciders import NAMESPACE, Decider, decider_code
 from .decision import Decision
 from .index import (
+    BIG,
     BUCKETS,
+    COMMAND_INDEX,
     EMPTY_MAP,
     GLOBAL_DENY,
     GLOBAL_ENTITLE,
@@ -37,7 +39,7 @@ from .index import (
     rank_obj,
 )
 from .link import LinkedModule, types_of
-from .matchers import SHARE_MAX
+from .matchers import SHARE_MAX, command_rule
 from .normalize import MEMO_MAX, NORMALIZERS, normalizer_of
 
 __all__ = ["DECISIONS_MAX", "Plan", "clip"]
@@ -135,6 +137,37 @@ def _merge_dicts(dicts: list[Mapping[Any, Bucket]]) -> Mapping[Any, Bucket]:
             prev = out.get(k)
             out[k] = v if prev is None else BUCKETS.intern(prev + v)
     return out
+
+
+_CommandIndex = tuple[int, Callable[[object], int]]
+_COMMAND_INDEXES: Memo[Bucket, _CommandIndex | None] = Memo("command indexes", SHARE_MAX)
+_NOT_BUILT: Any = ()
+
+
+def _command_index(rest: Bucket) -> _CommandIndex | None:
+    """``(position, first)``: a scanned plan's rules as one command index of that parameter
+    (``patterns.command_index``: ``first(command)`` normalises the command and returns the
+    smallest matching rank, BIG for none), or None when some rule tests anything but one
+    command parameter. Shared by the plans whose rules are the same."""
+    got: _CommandIndex | None = _COMMAND_INDEXES.get(rest, _NOT_BUILT)
+    if got is not _NOT_BUILT:
+        return got
+    pos = -1
+    rules: list[patterns.CommandRule] = []
+    any_rank = BIG
+    for entry in rest:
+        rank, checks = entry
+        if not checks:  # the command is "*": every request
+            any_rank = min(any_rank, rank)
+            continue
+        rule = command_rule(checks[0][1]) if len(checks) == 1 else None
+        if rule is None or (pos >= 0 and checks[0][0] != pos):
+            pos = -1
+            break
+        pos = checks[0][0]
+        rules.append((rank, *rule, checks[0][1]))
+    got = (pos, patterns.command_index(rules, any_rank, BIG)) if pos >= 0 else None
+    return _COMMAND_INDEXES.put(rest, got)
 
 
 class Plan:
@@ -242,9 +275,16 @@ class Plan:
         depths: tuple[int, ...]
         pfx_lens: tuple[int, ...]
         ip: Bucket
+        commands = None
         if kind == SCAN:
             exact = wild1 = wildn = pfx = EMPTY_MAP
             depths = pfx_lens = ip = ()
+            if COMMAND in types and ipos < 0 and rest:
+                found = _command_index(rest)
+                if found is not None:  # every rule tests the command alone: one index of them
+                    kind = COMMAND_INDEX
+                    pos, commands = found
+                    rest = ()
         else:
             idx = [(t, r) for t, r in parts if (t.kind, t.pos) == shape]
             exact = _merge_dicts([r[0] for _, r in idx])
@@ -272,6 +312,7 @@ class Plan:
                 pfx_lens,
                 ip,
                 rest,
+                commands,
             )
             return
         flags = (bool(exact), bool(wild1), bool(depths), bool(pfx_lens), bool(ip), bool(rest))
@@ -289,6 +330,7 @@ class Plan:
             "pfx_lens": pfx_lens,
             "ip": ip,
             "rest": rest,
+            "commands": commands,
         }
         self.fn = FunctionType(code, NAMESPACE, "decide", tuple([values[n] for n in names]))
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from polc.runtime.catalog import Capability, Param
 from polc.runtime.enforce import Decision, Snapshot, accel, link, matchers
+from polc.runtime.enforce.index import BIG
 from polc.runtime.errors import ConfigError
 from polc.runtime.format.opcodes import HOST_EXACT, HOST_WILD, PATH_GLOB
 from polc.runtime.format.reader import read_artifact
@@ -280,6 +281,51 @@ def test_inconsistent_decider_shapes_are_refused():
         make(2, 3, -1, (3,), 1, None, None, {}, {}, {}, {}, (), {}, (), (), ())
     with pytest.raises(ValueError, match="unknown parameter type"):
         make(2, 0, -1, (9,), 1, None, None, {}, {}, {}, {}, (), {}, (), (), ())
+
+
+def test_command_index_deciders():
+    """Kind 4 (a plan's command index): the C decider calls it with the raw command, takes the
+    rank it returns, answers an Exception as an invalid argument, refuses anything but a rank."""
+    make = accel.required().Decider
+    with pytest.raises(ValueError, match="inconsistent decider shape"):  # kind 4 needs an index
+        make(4, 0, -1, (5,), 1, None, None, {}, {}, {}, {}, (), {}, (), (), ())
+    with pytest.raises(ValueError, match="inconsistent decider shape"):  # and only kind 4 takes one
+        make(0, 0, -1, (5,), 1, None, None, {}, {}, {}, {}, (), {}, (), (), (), len)
+    with pytest.raises(ValueError, match="no command"):
+        make(4, 0, -1, (3,), 1, None, None, {}, {}, {}, {}, (), {}, (), (), (), len)
+
+    class FakePlan:
+        def _bad_argument(self, args):
+            return ("bad", args)
+
+    seen = []
+
+    def index(value):
+        seen.append(value)
+        if value == "boom":
+            raise ValueError("malformed")
+        if value == "odd":
+            return "not a rank"
+        if value == "stop":
+            raise KeyboardInterrupt
+        return 5 if value == "git" else BIG
+
+    fn = make(4, 0, -1, (5,), 1, FakePlan(), "NO", {5: "YES"}, {}, {}, {}, (), {}, (), (), (), index)
+    assert "command@0" in repr(fn)
+    assert fn(("git",)) == "YES" and fn(("ls",)) == "NO" and seen == ["git", "ls"]
+    assert fn(("boom",)) == ("bad", ("boom",))
+    with pytest.raises(TypeError, match="no rank"):
+        fn(("odd",))
+    with pytest.raises(KeyboardInterrupt):
+        fn(("stop",))
+
+
+def test_process_exec_plans_use_the_command_index_in_c():
+    pol = {"tenant.a": ("enforce", [("entitle", "process.exec", ("git*",)), ("deny", "process.exec", ("rm*",))])}
+    pure, fast, _cached, _ = _snapshots(pol)
+    for cmd in ["git", "git-x", "rm", "ls", "/usr/bin/git", "", 3]:
+        assert fast.fast_check("tenant.a", "process.exec", cmd) == pure.check("tenant.a", "process.exec", cmd), cmd
+    assert "command@0" in repr(fast._plans[("tenant.a", "process.exec")])
 
 
 @pytest.mark.parametrize("raw", ["", " ", "yes", "true", "2", "01", " 1", "off"])
