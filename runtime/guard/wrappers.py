@@ -70,6 +70,7 @@ ENV_EXEMPT: dict[str, frozenset[str] | None] = {
     "gettext": frozenset({"LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"}),
 }
 _PASS_THROUGH = frozenset({"os", "_collections_abc", "collections.abc"})
+_exempt_get = ENV_EXEMPT.get
 _dict_get = dict.get
 
 
@@ -282,21 +283,27 @@ def _signals(guard: Guard) -> None:
 
 def _exempt_read(key: object, f: FrameType | None) -> bool:
     """A read ENV_EXEMPT lets through (asked of the first caller outside os and collections.abc):
-    decided before the guard's machinery is entered; anything unusual goes the checked way."""
+    decided before the guard's machinery is entered; anything unusual goes the checked way.
+    (Every exec through subprocess makes two such reads: the frames are followed inline.)"""
     caller = f
-    while caller is not None and module_name(caller) in _PASS_THROUGH:
+    name: object = None
+    while caller is not None:
+        name = _dict_get(caller.f_globals, "__name__")
+        if type(name) is not str or name not in _PASS_THROUGH:
+            break
         caller = caller.f_back
-    if caller is None:
+    if caller is None or type(name) is not str:
+        return False
+    exempt = _exempt_get(name, ())
+    if exempt is None:
+        return True
+    if not exempt:
         return False
     if type(key) is bytes:  # os.environb's keys (os.get_exec_path tries b"PATH" on os.environ too)
         key = os.fsdecode(key)
     elif type(key) is not str:
         return False
-    module = module_name(caller)
-    if module is None:
-        return False
-    exempt = ENV_EXEMPT.get(module, ())
-    return exempt is None or key in exempt
+    return key in exempt
 
 
 def _environment(guard: Guard) -> None:
