@@ -50,6 +50,8 @@ def test_start_after_stop_restarts_the_poller(pdir):
         assert not agent.check(*PARTNER)
         write_artifact(pdir, "tenant.acme", [("entitle", "network.outbound", ("api.partner.com", 443))])
         wait_for(lambda: agent.check(*PARTNER), timeout=DEADLINE)
+        # the event follows the swap (subscribers hear of a snapshot once it is in force)
+        wait_for(lambda: any(kind == "reloaded" for kind, _ in seen), timeout=DEADLINE)
         assert ("reloaded", "polc-reloader") in seen  # the poller found it, nobody else looked
     finally:
         agent.stop()
