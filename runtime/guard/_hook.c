@@ -216,9 +216,11 @@ stack_needs_python(void)
 #endif
 }
 
-/* 1: the Python hook must see this event; 0: it would find nothing governed. */
+/* 1: whatever the stack holds, the Python hook must see the event: no classification yet, one
+   for another snapshot than the agent's, or something inherited through a hand-off; 0: the
+   stack decides. Never leaves an exception set. */
 static int
-needs_python(void)
+context_needs_python(void)
 {
     if (names == NULL)
         return 1;
@@ -242,12 +244,21 @@ needs_python(void)
             PyErr_Clear();
         return 1;
     }
+    return 0;
+}
+
+/* 1: the Python hook must see this event; 0: it would find nothing governed. */
+static int
+needs_python(void)
+{
+    if (context_needs_python())
+        return 1;
     return stack_needs_python();
 }
 
 #define MAX_OWNERS 8
 
-/* The remembered-allow fast path of an address (socket.connect, socket.sendto) or a
+/* The remembered-allow fast path of an address (socket.connect, socket.sendto), an open or a
    subprocess.Popen event: 0, nothing governed is on the stack (as needs_python() == 0);
    1, every governed module on the stack was allowed this very request before under the current
    snapshot (its allowed counter is advanced here, as the Python hook would); 2, anything else:
@@ -256,28 +267,8 @@ needs_python(void)
 static int
 memo_fast(Slot *slot, PyObject *args)
 {
-    if (names == NULL || memo == NULL || !PyDict_CheckExact(memo))
+    if (memo == NULL || !PyDict_CheckExact(memo) || context_needs_python())
         return 2;
-    PyObject *snap = PyObject_GetAttr(agent, str_snapshot);
-    if (snap == NULL) {
-        PyErr_Clear();
-        return 2;
-    }
-    Py_DECREF(snap); /* only its identity is compared; the agent holds it */
-    if (snap != names_snap)
-        return 2;
-    PyObject *carried = NULL;
-    if (PyContextVar_Get(inherited, Py_None, &carried) < 0) {
-        PyErr_Clear();
-        return 2;
-    }
-    int truth = carried == Py_None ? 0 : PyObject_IsTrue(carried);
-    Py_XDECREF(carried);
-    if (truth != 0) {
-        if (truth < 0)
-            PyErr_Clear();
-        return 2;
-    }
 
     /* the governed owners (module, package) of the stack, innermost package per module */
     PyObject *modules[MAX_OWNERS], *packages[MAX_OWNERS], *counters[2 * MAX_OWNERS];
