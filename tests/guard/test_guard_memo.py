@@ -125,6 +125,15 @@ def attempt(fn, *args, **kw):
     except PolicyDenied as exc:
         return "denied: " + str(exc)
 
+def outcome(fn, *args, **kw):
+    # what fn returns; "denied: ..." for a PolicyDenied; the name of any other OSError
+    try:
+        return fn(*args, **kw)
+    except PolicyDenied as exc:
+        return "denied: " + str(exc)
+    except OSError as exc:
+        return type(exc).__name__
+
 def allowed(package, capability):
     return agent.status()["guard"]["packages"].get(package, {}).get(capability, {}).get("allowed", 0)
 """
@@ -515,10 +524,7 @@ def test_a_remembered_open_through_proc_self_cwd_ends_at_a_chdir(tmp_path, guard
         os.chdir(data)
         first = [memovendor.read("/proc/self/cwd/ok.txt") for _ in range(5)]
         os.chdir(other)
-        try:
-            later = memovendor.read("/proc/self/cwd/ok.txt")
-        except PolicyDenied as exc:
-            later = "denied: " + str(exc)
+        later = outcome(memovendor.read, "/proc/self/cwd/ok.txt")
         print(json.dumps({"first": first, "later": later}))
     """, str(data), str(other))
     assert out["first"] == ["ok"] * 5
@@ -536,16 +542,9 @@ def test_a_remembered_open_ends_when_a_hard_link_makes_a_symlink(tmp_path, guard
     out = run_child(tree, """
         data = sys.argv[2]
         sub = data + "/sub"
-        def content(path):
-            try:
-                return memovendor.read(path)
-            except PolicyDenied as exc:
-                return "denied: " + str(exc)
-            except OSError as exc:
-                return type(exc).__name__
-        first = [content(sub) for _ in range(3)]  # not there yet: allowed, then not found
+        first = [outcome(memovendor.read, sub) for _ in range(3)]  # not there yet: allowed, then not found
         os.link(data + "/a/evil", sub, follow_symlinks=False)  # sub is now a symlink to ../x.txt
-        later = content(sub)
+        later = outcome(memovendor.read, sub)
         print(json.dumps({"first": first, "later": later}))
     """, str(data))
     assert out["first"] == ["FileNotFoundError"] * 3
@@ -567,10 +566,7 @@ def test_a_path_through_proc_self_fd_is_resolved_at_every_open(tmp_path, guard_h
         path = f"/proc/self/fd/{n}/ok.txt"
         first = [memovendor.read(path) for _ in range(5)]
         os.dup2(os.open(other, os.O_RDONLY | os.O_DIRECTORY), n)
-        try:
-            later = memovendor.read(path)
-        except PolicyDenied as exc:
-            later = "denied: " + str(exc)
+        later = outcome(memovendor.read, path)
         print(json.dumps({"first": first, "later": later}))
     """, str(data), str(other))
     assert out["first"] == ["ok"] * 5
@@ -670,16 +666,9 @@ def test_a_remembered_open_ends_when_a_directory_becomes_searchable(open_tmp, gu
             os.setuid(65534)
         locked = sys.argv[2]
         path = locked + "/up/secret.txt"  # data/locked/up/secret.txt while up cannot be seen
-        def content(path):
-            try:
-                return memovendor.read(path)
-            except PolicyDenied as exc:
-                return "denied: " + str(exc)
-            except OSError as exc:
-                return type(exc).__name__
-        first = [content(path) for _ in range(3)]
+        first = [outcome(memovendor.read, path) for _ in range(3)]
         os.chmod(locked, 0o755)
-        later = content(path)
+        later = outcome(memovendor.read, path)
         print(json.dumps({"first": first, "later": later}))
     """, str(locked))
     assert out["first"] == ["PermissionError"] * 3
