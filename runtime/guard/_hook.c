@@ -1000,6 +1000,168 @@ stats(PyObject *self, PyObject *unused)
                          remembered, "installed", installed ? Py_True : Py_False);
 }
 
+/* os.environ's item reads under the guard (wrappers._environment): environ_method() makes the
+   __getitem__ of its guarded class. A read by a thread inside the guard's own work, a read the
+   standard library's exemptions let through (asked of the first caller whose module is not one of
+   env_pass: os and the mapping code), or one with nothing governed on the stack (as
+   needs_python() == 0) goes straight to the base class's __getitem__; anything else to env_checked,
+   the Python check, which decides first and then reads. */
+static PyObject *env_base = NULL;    /* os._Environ.__getitem__ */
+static PyObject *env_checked = NULL; /* checked(self, key): the Python check, then the read */
+static PyObject *env_pass = NULL;    /* frozenset of the module names walked past */
+static PyObject *env_exempt = NULL;  /* module name -> None (any name) or frozenset of names */
+
+/* 1: globals is the namespace of the module sys.modules holds as name (not code run with a forged
+   __name__); 0: not, or cannot be told without running foreign code. Never leaves an exception set. */
+static int
+own_namespace(PyObject *name, PyObject *globals)
+{
+    PyObject *modules = PyImport_GetModuleDict(); /* borrowed */
+    if (!plain_dict(modules))
+        return 0;
+    PyObject *module = PyDict_GetItemWithError(modules, name); /* borrowed */
+    if (module == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return PyModule_CheckExact(module) && PyModule_GetDict(module) == globals;
+}
+
+/* 1: the read needs no check; 0: the Python check decides. Never leaves an exception set. */
+static int
+env_read_unchecked(PyObject *key)
+{
+    if (!installed || PyInterpreterState_Get() != main_interp || env_pass == NULL)
+        return 0;
+    PyObject *tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (tid == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int inside = busy != NULL && PySet_CheckExact(busy) ? PySet_Contains(busy, tid) : -1;
+    Py_DECREF(tid);
+    if (inside != 0) {
+        if (inside < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        return 1; /* the guard's own work reads unchecked (as the Python __getitem__) */
+    }
+#ifdef POLC_FRAME_WALK_INTERNAL
+    PyThreadState *tstate = PyThreadState_Get();
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+    PyObject *name = NULL, *g = NULL;
+    for (; f != NULL; f = f->previous) {
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+        g = f->f_globals;
+        if (!plain_dict(g))
+            return 0; /* a lookup could run foreign code */
+        name = PyDict_GetItemWithError(g, str_name); /* borrowed; exact str keys: no foreign code */
+        if (name == NULL || !PyUnicode_CheckExact(name))
+            break;
+        int through = PySet_Contains(env_pass, name); /* a frozenset of str, an exact str */
+        if (through < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (!through)
+            break;
+    }
+    if (f != NULL && name != NULL && PyUnicode_CheckExact(name)) {
+        PyObject *exempt = PyDict_GetItemWithError(env_exempt, name); /* borrowed; str keys only */
+        if (exempt != NULL && !own_namespace(name, g))
+            exempt = NULL; /* a forged __name__ (exec(code, {"__name__": ...})): no exemption */
+        if (exempt == Py_None)
+            return 1;
+        if (exempt != NULL && PyFrozenSet_CheckExact(exempt)) {
+            PyObject *text = NULL;
+            if (PyUnicode_CheckExact(key))
+                text = Py_NewRef(key);
+            else if (PyBytes_CheckExact(key)) /* os.environb's keys, and os.get_exec_path's b"PATH" probe */
+                text = PyUnicode_DecodeFSDefaultAndSize(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+            if (text != NULL) {
+                int in = PySet_Contains(exempt, text);
+                Py_DECREF(text);
+                if (in > 0)
+                    return 1;
+            }
+        }
+        PyErr_Clear();
+    }
+#endif
+    return needs_python() ? 0 : 1;
+}
+
+static PyObject *
+env_getitem(PyObject *self, PyObject *key)
+{
+    PyObject *fn = env_read_unchecked(key) ? env_base : env_checked;
+    PyObject *argv[2] = {self, key};
+    Py_INCREF(fn); /* the call may run code that configures again */
+    PyObject *result = PyObject_Vectorcall(fn, argv, 2, NULL);
+    Py_DECREF(fn);
+    return result;
+}
+
+static PyMethodDef env_getitem_def = {
+    "__getitem__", env_getitem, METH_O, "os.environ's item read, checked as an env.read request (polc's guard)",
+};
+
+/* environ_method(cls, base_getitem, checked, pass_through, exempt): the __getitem__ for cls. */
+static PyObject *
+environ_method(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    (void)self;
+    if (argc != 5 || !PyType_Check(argv[0]) || !PyCallable_Check(argv[1]) || !PyCallable_Check(argv[2]) ||
+        !PyFrozenSet_CheckExact(argv[3]) || !plain_dict(argv[4])) {
+        PyErr_SetString(PyExc_TypeError, "environ_method(cls, base_getitem, checked, pass_through: frozenset, "
+                                         "exempt: dict of str)");
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *item, *value;
+    Py_hash_t hash;
+    while (_PySet_NextEntry(argv[3], &pos, &item, &hash)) {
+        if (!PyUnicode_CheckExact(item)) {
+            PyErr_SetString(PyExc_TypeError, "pass_through must hold str only");
+            return NULL;
+        }
+    }
+    pos = 0;
+    while (PyDict_Next(argv[4], &pos, &item, &value)) {
+        int ok = value == Py_None;
+        if (PyFrozenSet_CheckExact(value)) {
+            ok = 1;
+            Py_ssize_t p = 0;
+            PyObject *name;
+            while (_PySet_NextEntry(value, &p, &name, &hash))
+                ok = ok && PyUnicode_CheckExact(name);
+        }
+        if (!ok) {
+            PyErr_SetString(PyExc_TypeError, "exempt: module name -> None or a frozenset of str");
+            return NULL;
+        }
+    }
+    if (str_name == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "install() the hook first");
+        return NULL;
+    }
+    PyObject *descr = PyDescr_NewMethod((PyTypeObject *)argv[0], &env_getitem_def);
+    if (descr == NULL)
+        return NULL;
+    Py_XSETREF(env_base, Py_NewRef(argv[1]));
+    Py_XSETREF(env_checked, Py_NewRef(argv[2]));
+    Py_XSETREF(env_pass, Py_NewRef(argv[3]));
+    Py_XSETREF(env_exempt, PyDict_Copy(argv[4]));
+    if (env_exempt == NULL) {
+        Py_CLEAR(env_pass);
+        Py_DECREF(descr);
+        return NULL;
+    }
+    return descr;
+}
+
 static PyMethodDef methods[] = {
     {"install", (PyCFunction)(void (*)(void))install, METH_FASTCALL,
      "install(dispatch, agent, inherited, polc_owner, events, always): register the C audit hook"},
@@ -1011,6 +1173,8 @@ static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},
 #endif
+    {"environ_method", (PyCFunction)(void (*)(void))environ_method, METH_FASTCALL,
+     "environ_method(cls, base_getitem, checked, pass_through, exempt): os.environ's guarded __getitem__"},
     {"bump", bump, METH_NOARGS, "bump(): the names table changed in place; forget the verdicts"},
     {"stats", stats, METH_NOARGS, "how many handled events were skipped in C, allowed as remembered in C, and passed to Python"},
     {NULL, NULL, 0, NULL},

@@ -281,6 +281,13 @@ def _signals(guard: Guard) -> None:
 # -- the environment ------------------------------------------------------------------
 
 
+def _own_namespace(name: str, globals: object) -> bool:
+    """``globals`` is the namespace of the module ``name`` imported: not code a package ran with a
+    forged ``__name__`` (``exec(code, {"__name__": "urllib.request"})``)."""
+    module = _dict_get(sys.modules, name)
+    return type(module) is ModuleType and module.__dict__ is globals
+
+
 def _exempt_read(key: object, f: FrameType | None) -> bool:
     """A read ENV_EXEMPT lets through (asked of the first caller outside os and collections.abc):
     decided before the guard's machinery is entered; anything unusual goes the checked way.
@@ -295,6 +302,8 @@ def _exempt_read(key: object, f: FrameType | None) -> bool:
     if caller is None or type(name) is not str:
         return False
     exempt = _exempt_get(name, ())
+    if exempt != () and not _own_namespace(name, caller.f_globals):
+        return False
     if exempt is None:
         return True
     if not exempt:
@@ -316,6 +325,8 @@ def _environment(guard: Guard) -> None:
         if caller is not None:
             module = module_name(caller)
             exempt = ENV_EXEMPT.get(module, ()) if module is not None else ()
+            if exempt != () and not _own_namespace(module, caller.f_globals):  # type: ignore[arg-type]
+                exempt = ()
             name = key if type(key) is str else (os.fsdecode(key) if type(key) is bytes else None)
             if exempt is None or (name is not None and name in exempt):
                 return
@@ -342,6 +353,16 @@ def _environment(guard: Guard) -> None:
                     guard.run_guarded(check, key, f)
             return base.__getitem__(self, key)
 
+    accel = guard.accel
+    make = getattr(accel, "environ_method", None)
+    if make is not None:
+        # with the C hook, the exemptions and the "nothing governed on the stack" answer are read in
+        # C (runtime/guard/_hook.c, environ_method); what needs deciding comes here first
+        def checked(self: Any, key: Any) -> Any:
+            guard.run_guarded(check, key, _getframe(1))
+            return base.__getitem__(self, key)
+
+        GuardedEnviron.__getitem__ = make(GuardedEnviron, base.__getitem__, checked, _PASS_THROUGH, ENV_EXEMPT)  # type: ignore[method-assign]
     GuardedEnviron.__name__ = base.__name__
     GuardedEnviron.__qualname__ = base.__qualname__
     os.environ.__class__ = GuardedEnviron

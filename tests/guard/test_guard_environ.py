@@ -1,0 +1,143 @@
+"""os.environ's reads under the guard, every spelling, both hooks: a governed package is refused the
+variables it is not entitled to (and through an ungoverned helper, a thread it started, a forged
+module name nearer the read), the standard library's own reads on its behalf pass (subprocess's PATH
+lookup), the service reads freely, and the mapping behaves as before (KeyError, TypeError).
+Each scenario runs in a child process under the real guard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from support.guard import child_env, compile_policies
+
+VENDOR = """
+import os, shutil, subprocess, threading
+import envhelper
+
+SPELLINGS = {
+    "item": lambda name: os.environ[name],
+    "get": lambda name: os.environ.get(name),
+    "getenv": lambda name: os.getenv(name),
+    "contains": lambda name: name in os.environ,
+    "environb": lambda name: os.environb[name.encode()].decode(),
+}
+
+def read(how, name):
+    return SPELLINGS[how](name)
+
+def copy():
+    return len(os.environ.copy())
+
+def through_helper(name):
+    return envhelper.read(name)
+
+def in_thread(name):
+    out = []
+    def target():
+        try:
+            out.append(os.environ[name])
+        except PermissionError as exc:
+            out.append("denied: " + str(exc))
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    return out[0]
+
+def forged(name):
+    # code whose globals claim to be a module the exemptions know, called from this package
+    g = {"__name__": "urllib.request", "os": os}
+    exec("def read(name):\\n    return os.environ[name]\\n", g)
+    return g["read"](name)
+
+def run_true():
+    return subprocess.run(["true"]).returncode
+
+def which_true():
+    return shutil.which("true") is not None
+"""
+HELPER = """
+import os
+
+def read(name):
+    return os.environ[name]
+"""
+CHILD = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1] + "/site-packages")
+from polc.runtime import PolicyAgent, PolicyDenied
+agent = PolicyAgent(sys.argv[1] + "/policies", reload_interval=0).start()
+agent.guard(base=sys.argv[1])
+import envvendor
+
+def outcome(fn, *args):
+    try:
+        return fn(*args)
+    except PolicyDenied as exc:
+        return "denied: " + str(exc)
+    except Exception as exc:
+        return type(exc).__name__
+
+vendor = {how: outcome(envvendor.read, how, "ENVTEST_SECRET") for how in envvendor.SPELLINGS}
+entitled = {how: outcome(envvendor.read, how, "ENVTEST_OPEN") for how in ("item", "get", "getenv", "environb")}
+guarded_type = type(os.environ).__dict__.get("__getitem__")
+print(json.dumps({
+    "vendor": vendor,
+    "entitled": entitled,
+    "copy": outcome(envvendor.copy),
+    "helper": outcome(envvendor.through_helper, "ENVTEST_SECRET"),
+    "thread": outcome(envvendor.in_thread, "ENVTEST_SECRET"),
+    "forged": outcome(envvendor.forged, "ENVTEST_SECRET"),
+    "run": outcome(envvendor.run_true),
+    "which": outcome(envvendor.which_true),
+    "service": outcome(lambda: os.environ["ENVTEST_SECRET"]),
+    "service_missing": outcome(lambda: os.environ["ENVTEST_NOT_SET"]),
+    "service_bad_key": outcome(lambda: os.environ[42]),
+    "vendor_missing": outcome(envvendor.read, "item", "ENVTEST_OPEN_NOT_SET"),
+    "denied": agent.status()["guard"]["packages"]["envvendor"]["env.read"]["denied"],
+    "getitem": type(guarded_type).__name__,
+}))
+"""
+
+
+def test_environment_reads_of_a_governed_package(tmp_path, guard_hook):
+    site = tmp_path / "site-packages"
+    (site / "envvendor").mkdir(parents=True)
+    (site / "envvendor" / "__init__.py").write_text(VENDOR)
+    (site / "envhelper").mkdir()
+    (site / "envhelper" / "__init__.py").write_text(HELPER)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "_global.pol").write_text("security module _global { }\n")
+    (src / "envvendor.pol").write_text(textwrap.dedent("""\
+        security module envvendor {
+            entitle module to env.read("ENVTEST_OPEN*");
+            entitle module to process.exec("true");
+            entitle module to threads.create();
+        }
+    """))
+    compile_policies(src, tmp_path / "policies")
+    env = child_env(ENVTEST_SECRET="hunter2", ENVTEST_OPEN="fine")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), str(tmp_path)], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+
+    refused = "denied: polc: envvendor may not env.read('ENVTEST_SECRET')"
+    for how, got in out["vendor"].items():
+        assert got.startswith(refused), (how, got)
+    assert out["entitled"] == {"item": "fine", "get": "fine", "getenv": "fine", "environb": "fine"}
+    # a copy reads every variable: refused at the first one not entitled
+    assert out["copy"].startswith("denied: polc: envvendor may not env.read(")
+    assert out["helper"].startswith(refused)  # the ungoverned helper does not launder the read
+    assert out["thread"].startswith(refused)  # nor a thread the package started
+    assert out["forged"].startswith(refused)  # a forged module name nearer the read is not an exemption
+    assert out["run"] == 0 and out["which"] is True  # subprocess's and shutil's PATH reads pass
+    assert out["service"] == "hunter2"
+    assert out["service_missing"] == "KeyError" and out["vendor_missing"] == "KeyError"
+    assert out["service_bad_key"] == "TypeError"
+    assert out["denied"] == len(out["vendor"]) + 4
+    # the C hook reads the exemptions itself: os.environ's __getitem__ is its method
+    assert out["getitem"] == ("method_descriptor" if guard_hook == "C" else "function")
