@@ -1147,18 +1147,24 @@ environ_method(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
         PyErr_SetString(PyExc_RuntimeError, "install() the hook first");
         return NULL;
     }
+    if (env_base != NULL) {
+        /* once, as install(): a second call (a governed package importing this module) would
+           replace the check every read of the installed method calls */
+        PyErr_SetString(PyExc_RuntimeError, "os.environ's guarded method is already made");
+        return NULL;
+    }
     PyObject *descr = PyDescr_NewMethod((PyTypeObject *)argv[0], &env_getitem_def);
     if (descr == NULL)
         return NULL;
-    Py_XSETREF(env_base, Py_NewRef(argv[1]));
-    Py_XSETREF(env_checked, Py_NewRef(argv[2]));
-    Py_XSETREF(env_pass, Py_NewRef(argv[3]));
-    Py_XSETREF(env_exempt, PyDict_Copy(argv[4]));
-    if (env_exempt == NULL) {
-        Py_CLEAR(env_pass);
+    PyObject *exempt = PyDict_Copy(argv[4]);
+    if (exempt == NULL) {
         Py_DECREF(descr);
         return NULL;
     }
+    env_exempt = exempt;
+    env_checked = Py_NewRef(argv[2]);
+    env_pass = Py_NewRef(argv[3]);
+    env_base = Py_NewRef(argv[1]); /* last: it marks the method made */
     return descr;
 }
 

@@ -353,6 +353,17 @@ def _environment(guard: Guard) -> None:
                     guard.run_guarded(check, key, f)
             return base.__getitem__(self, key)
 
+        def __repr__(self) -> str:
+            # the base class formats its _data: every value, none of them read through the check
+            parts = []
+            for key in list(self):
+                try:
+                    value = self[key]
+                except KeyError:  # unset meanwhile (by another thread)
+                    continue
+                parts.append(f"{key!r}: {value!r}")
+            return "environ({" + ", ".join(parts) + "})"
+
     accel = guard.accel
     make = getattr(accel, "environ_method", None)
     if make is not None:
