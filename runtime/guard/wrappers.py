@@ -72,6 +72,9 @@ ENV_EXEMPT: dict[str, frozenset[str] | None] = {
 _PASS_THROUGH = frozenset({"os", "_collections_abc", "collections.abc"})
 _exempt_get = ENV_EXEMPT.get
 _dict_get = dict.get
+# the interpreter's table of modules, as the C hook reads it (PyImport_GetModuleDict): a package
+# rebinding sys.modules to a dict of its own does not make its module "the" urllib.request
+_modules = sys.modules
 
 
 def merge(a: Inherited | None, b: Inherited | None) -> Inherited | None:
@@ -284,7 +287,7 @@ def _signals(guard: Guard) -> None:
 def _own_namespace(name: str, globals: object) -> bool:
     """``globals`` is the namespace of the module ``name`` imported: not code a package ran with a
     forged ``__name__`` (``exec(code, {"__name__": "urllib.request"})``)."""
-    module = _dict_get(sys.modules, name)
+    module = _dict_get(_modules, name)
     return type(module) is ModuleType and module.__dict__ is globals
 
 

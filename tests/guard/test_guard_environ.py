@@ -163,6 +163,17 @@ def rebind(name):
 def as_text(name):
     return "hunter2" in repr(os.environ) or "hunter2" in str(os.environ) or b"hunter2" in repr(os.environb).encode()
 
+def modules_rebound(name):
+    # sys.modules rebound to a table of its own, where an exempt name is a module of the package's
+    m = types.ModuleType("urllib.request")
+    exec("import os\\ndef read(name):\\n    return os.environ[name]\\n", m.__dict__)
+    old = sys.modules
+    sys.modules = dict(old, **{"urllib.request": m})
+    try:
+        return m.read(name)
+    finally:
+        sys.modules = old
+
 def module_swapped(name):
     # a module of its own put in sys.modules under an exempt name: its namespace is "own"
     m = types.ModuleType("urllib.request")
@@ -231,9 +242,11 @@ def _evade(tmp_path, *hows):
 def test_environment_reads_not_laundered(tmp_path, guard_hook):
     """The C module's maker cannot be called again to swap the check out, and os.environ's repr is
     made of checked reads (the base class's formats every value of _data unchecked)."""
-    out = _evade(tmp_path, "rebind", "as_text")
+    out = _evade(tmp_path, "rebind", "as_text", "modules_rebound")
     assert out["rebind"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
     assert out["as_text"].startswith("denied: polc: envevader may not env.read("), out
+    # the namespace an exemption needs is the interpreter's module, not one of a rebound sys.modules
+    assert out["modules_rebound"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
 
 
 @pytest.mark.xfail(strict=True, reason="an exemption is the innermost module's namespace, which a package can forge")
