@@ -49,7 +49,7 @@ from typing import Any
 from .attribution import INHERITED, Inherited
 from .core import Guard
 from .events import deny_self, executable_of, module_name
-from .paths import as_text
+from .paths import Undecidable, as_text
 
 __all__ = ["install_wrappers"]
 
@@ -340,8 +340,12 @@ def _environment(guard: Guard) -> None:
             name = str.__str__(key)
         elif type(key) is bytes:
             name = os.fsdecode(key)
+        elif isinstance(key, (str, bytes)):
+            # a subclass: the mapping reads what its encode() (or bytes' own methods) make of it,
+            # which need not be the text the check would see
+            raise Undecidable(f"a variable name of type {type(key).__name__}")
         else:
-            return  # not a variable name: the mapping raises KeyError/TypeError itself
+            return  # not a variable name: the mapping raises TypeError itself
         guard.decide(found, "env.read", (name,))
 
     base = type(os.environ)

@@ -174,6 +174,26 @@ def modules_rebound(name):
     finally:
         sys.modules = old
 
+class Name(str):
+    pass
+
+class Encoded(str):
+    # the mapping encodes the key with its encode(): the secret's name, whatever the text says
+    def encode(self, *args):
+        return b"ENVTEST_SECRET"
+
+def subclass(name):
+    return os.environ[Name(name)]
+
+def subclass_get(name):
+    return os.environ.get(Name(name))
+
+def subclass_encoded(name):
+    return os.environ[Encoded("ENVTEST_OPEN")]
+
+def subclass_bytes(name):
+    return os.environb[type("Raw", (bytes,), {})(name.encode())].decode()
+
 def module_swapped(name):
     # a module of its own put in sys.modules under an exempt name: its namespace is "own"
     m = types.ModuleType("urllib.request")
@@ -242,9 +262,15 @@ def _evade(tmp_path, *hows):
 def test_environment_reads_not_laundered(tmp_path, guard_hook):
     """The C module's maker cannot be called again to swap the check out, and os.environ's repr is
     made of checked reads (the base class's formats every value of _data unchecked)."""
-    out = _evade(tmp_path, "rebind", "as_text", "modules_rebound")
+    out = _evade(tmp_path, "rebind", "as_text", "modules_rebound", "subclass", "subclass_get", "subclass_encoded",
+                 "subclass_bytes")  # fmt: skip
     assert out["rebind"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
     assert out["as_text"].startswith("denied: polc: envevader may not env.read("), out
+    # a key of a str (bytes) subclass: its encode() may name another variable than its text
+    undecided = "denied: polc: <guard> may not check(): cannot decide: a variable name of type "
+    assert out["subclass"] == out["subclass_get"] == undecided + "Name", out
+    assert out["subclass_encoded"] == undecided + "Encoded", out
+    assert out["subclass_bytes"] == undecided + "Raw", out
     # the namespace an exemption needs is the interpreter's module, not one of a rebound sys.modules
     assert out["modules_rebound"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
 
