@@ -876,6 +876,12 @@ configure_memo(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
                                          "stops: dict, os, count_type, open_exempt: frozenset)");
         return NULL;
     }
+    if (busy != NULL) {
+        /* once an install, as install() itself: a second call (a governed package importing this
+           module) could name its own thread busy, and its requests would be skipped in C */
+        PyErr_SetString(PyExc_RuntimeError, "the remembered-allow path is already configured");
+        return NULL;
+    }
     {
         Py_ssize_t pos = 0;
         PyObject *item;

@@ -160,6 +160,18 @@ def rebind(name):
         pass
     return os.environ[name]
 
+def busy_named(name):
+    # the C module's remembered-allow path configured again, with this thread as the guard's own
+    import _socket, _thread, itertools
+    from polc.runtime.guard import _hook
+    from polc.runtime.guard.events import MEMO_EVENTS
+    try:
+        _hook.configure_memo(MEMO_EVENTS, _socket.socket.__dict__["family"], (_socket.AF_INET, _socket.AF_INET6),
+                             {_thread.get_ident()}, {}, os, itertools.count, frozenset())
+    except RuntimeError:
+        pass
+    return os.environ[name]
+
 def as_text(name):
     return "hunter2" in repr(os.environ) or "hunter2" in str(os.environ) or b"hunter2" in repr(os.environb).encode()
 
@@ -260,11 +272,13 @@ def _evade(tmp_path, *hows):
 
 
 def test_environment_reads_not_laundered(tmp_path, guard_hook):
-    """The C module's maker cannot be called again to swap the check out, and os.environ's repr is
-    made of checked reads (the base class's formats every value of _data unchecked)."""
-    out = _evade(tmp_path, "rebind", "as_text", "modules_rebound", "subclass", "subclass_get", "subclass_encoded",
-                 "subclass_bytes")  # fmt: skip
+    """The C module's maker (and its remembered-allow path) cannot be configured again to swap the
+    check out, os.environ's repr is made of checked reads (the base class's formats every value
+    of _data unchecked), and a key of a subclass is not waved through."""
+    out = _evade(tmp_path, "rebind", "busy_named", "as_text", "modules_rebound", "subclass", "subclass_get",
+                 "subclass_encoded", "subclass_bytes")  # fmt: skip
     assert out["rebind"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
+    assert out["busy_named"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
     assert out["as_text"].startswith("denied: polc: envevader may not env.read("), out
     # a key of a str (bytes) subclass: its encode() may name another variable than its text
     undecided = "denied: polc: <guard> may not check(): cannot decide: a variable name of type "
