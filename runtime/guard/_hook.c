@@ -1016,6 +1016,7 @@ static PyObject *env_base = NULL;    /* os._Environ.__getitem__ */
 static PyObject *env_checked = NULL; /* checked(self, key): the Python check, then the read */
 static PyObject *env_pass = NULL;    /* frozenset of the module names walked past */
 static PyObject *env_exempt = NULL;  /* module name -> None (any name) or frozenset of names */
+static PyObject *env_within = NULL;  /* module name -> frozenset of the function names it holds in */
 
 /* 1: globals is the namespace of the module sys.modules holds as name (not code run with a forged
    __name__); 0: not, or cannot be told without running foreign code. Never leaves an exception set. */
@@ -1078,6 +1079,12 @@ env_read_unchecked(PyObject *key)
         PyObject *exempt = PyDict_GetItemWithError(env_exempt, name); /* borrowed; str keys only */
         if (exempt != NULL && !own_namespace(name, g))
             exempt = NULL; /* a forged __name__ (exec(code, {"__name__": ...})): no exemption */
+        if (exempt != NULL) {
+            PyObject *within = PyDict_GetItemWithError(env_within, name); /* borrowed; str keys only */
+            /* a frozenset of str, the code's name an exact str: no foreign code */
+            if (within != NULL && PySet_Contains(within, f->f_code->co_name) != 1)
+                exempt = NULL; /* not in the functions the exemption is for */
+        }
         if (exempt == Py_None)
             return 1;
         if (exempt != NULL && PyFrozenSet_CheckExact(exempt)) {
@@ -1114,15 +1121,15 @@ static PyMethodDef env_getitem_def = {
     "__getitem__", env_getitem, METH_O, "os.environ's item read, checked as an env.read request (polc's guard)",
 };
 
-/* environ_method(cls, base_getitem, checked, pass_through, exempt): the __getitem__ for cls. */
+/* environ_method(cls, base_getitem, checked, pass_through, exempt, within): the __getitem__ for cls. */
 static PyObject *
 environ_method(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
 {
     (void)self;
-    if (argc != 5 || !PyType_Check(argv[0]) || !PyCallable_Check(argv[1]) || !PyCallable_Check(argv[2]) ||
-        !PyFrozenSet_CheckExact(argv[3]) || !plain_dict(argv[4])) {
+    if (argc != 6 || !PyType_Check(argv[0]) || !PyCallable_Check(argv[1]) || !PyCallable_Check(argv[2]) ||
+        !PyFrozenSet_CheckExact(argv[3]) || !plain_dict(argv[4]) || !plain_dict(argv[5])) {
         PyErr_SetString(PyExc_TypeError, "environ_method(cls, base_getitem, checked, pass_through: frozenset, "
-                                         "exempt: dict of str)");
+                                         "exempt: dict of str, within: dict of str)");
         return NULL;
     }
     Py_ssize_t pos = 0;
@@ -1149,6 +1156,18 @@ environ_method(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
             return NULL;
         }
     }
+    pos = 0;
+    while (PyDict_Next(argv[5], &pos, &item, &value)) {
+        int ok = PyFrozenSet_CheckExact(value);
+        Py_ssize_t p = 0;
+        PyObject *name;
+        while (ok && _PySet_NextEntry(value, &p, &name, &hash))
+            ok = PyUnicode_CheckExact(name);
+        if (!ok) {
+            PyErr_SetString(PyExc_TypeError, "within: module name -> a frozenset of str");
+            return NULL;
+        }
+    }
     if (str_name == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "install() the hook first");
         return NULL;
@@ -1162,12 +1181,15 @@ environ_method(PyObject *self, PyObject *const *argv, Py_ssize_t argc)
     PyObject *descr = PyDescr_NewMethod((PyTypeObject *)argv[0], &env_getitem_def);
     if (descr == NULL)
         return NULL;
-    PyObject *exempt = PyDict_Copy(argv[4]);
-    if (exempt == NULL) {
+    PyObject *exempt = PyDict_Copy(argv[4]), *within = PyDict_Copy(argv[5]);
+    if (exempt == NULL || within == NULL) {
+        Py_XDECREF(exempt);
+        Py_XDECREF(within);
         Py_DECREF(descr);
         return NULL;
     }
     env_exempt = exempt;
+    env_within = within;
     env_checked = Py_NewRef(argv[2]);
     env_pass = Py_NewRef(argv[3]);
     env_base = Py_NewRef(argv[1]); /* last: it marks the method made */
@@ -1186,7 +1208,7 @@ static PyMethodDef methods[] = {
      "walk(frame, names, stop): the attribution walk of Guard.attribute, or None to walk in Python"},
 #endif
     {"environ_method", (PyCFunction)(void (*)(void))environ_method, METH_FASTCALL,
-     "environ_method(cls, base_getitem, checked, pass_through, exempt): os.environ's guarded __getitem__"},
+     "environ_method(cls, base_getitem, checked, pass_through, exempt, within): os.environ's guarded __getitem__"},
     {"bump", bump, METH_NOARGS, "bump(): the names table changed in place; forget the verdicts"},
     {"stats", stats, METH_NOARGS, "how many handled events were skipped in C, allowed as remembered in C, and passed to Python"},
     {NULL, NULL, 0, NULL},

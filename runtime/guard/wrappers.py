@@ -69,8 +69,15 @@ ENV_EXEMPT: dict[str, frozenset[str] | None] = {
     "locale": frozenset({"LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANG"}),
     "gettext": frozenset({"LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"}),
 }
+# an exemption of these modules holds only in the functions named (the frame's code's co_name):
+# urllib.request's other code calls what it is handed (OpenerDirector._call_chain calls any
+# handler's method), and os.environ.__getitem__ handed to it would read any variable as its own
+ENV_EXEMPT_IN: dict[str, frozenset[str]] = {
+    "urllib.request": frozenset({"getproxies_environment"}),
+}
 _PASS_THROUGH = frozenset({"os", "_collections_abc", "collections.abc"})
 _exempt_get = ENV_EXEMPT.get
+_exempt_in_get = ENV_EXEMPT_IN.get
 _dict_get = dict.get
 # the interpreter's table of modules, as the C hook reads it (PyImport_GetModuleDict): a package
 # rebinding sys.modules to a dict of its own does not make its module "the" urllib.request
@@ -307,6 +314,9 @@ def _exempt_read(key: object, f: FrameType | None) -> bool:
     exempt = _exempt_get(name, ())
     if exempt != () and not _own_namespace(name, caller.f_globals):
         return False
+    within = _exempt_in_get(name)
+    if within is not None and caller.f_code.co_name not in within:
+        return False
     if exempt is None:
         return True
     if not exempt:
@@ -329,6 +339,9 @@ def _environment(guard: Guard) -> None:
             module = module_name(caller)
             exempt = ENV_EXEMPT.get(module, ()) if module is not None else ()
             if exempt != () and not _own_namespace(module, caller.f_globals):  # type: ignore[arg-type]
+                exempt = ()
+            within = ENV_EXEMPT_IN.get(module) if module is not None else None
+            if within is not None and caller.f_code.co_name not in within:
                 exempt = ()
             name = key if type(key) is str else (os.fsdecode(key) if type(key) is bytes else None)
             if exempt is None or (name is not None and name in exempt):
@@ -380,7 +393,8 @@ def _environment(guard: Guard) -> None:
             guard.run_guarded(check, key, _getframe(1))
             return base.__getitem__(self, key)
 
-        GuardedEnviron.__getitem__ = make(GuardedEnviron, base.__getitem__, checked, _PASS_THROUGH, ENV_EXEMPT)  # type: ignore[method-assign]
+        method = make(GuardedEnviron, base.__getitem__, checked, _PASS_THROUGH, ENV_EXEMPT, ENV_EXEMPT_IN)
+        GuardedEnviron.__getitem__ = method  # type: ignore[method-assign]
     GuardedEnviron.__name__ = base.__name__
     GuardedEnviron.__qualname__ = base.__qualname__
     os.environ.__class__ = GuardedEnviron
