@@ -227,6 +227,11 @@ def real_namespace(name):
         return os.environ[name]
     return types.FunctionType(getproxies_environment.__code__, urllib.request.__dict__)(name)
 
+def proxies(name):
+    # the proxy discovery itself reads every variable (and returns only *_proxy ones): exempt
+    import urllib.request
+    return [urllib.request.getproxies(), urllib.request.proxy_bypass("example.com")]
+
 def gadget(name):
     # the exempt module's own code calling os.environ's bound method for the package
     import urllib.request
@@ -264,7 +269,7 @@ def _evade(tmp_path, *hows):
         'security module envevader {\n    entitle module to env.read("ENVTEST_OPEN*");\n}\n'
     )
     compile_policies(src, tmp_path / "policies")
-    env = child_env(ENVTEST_SECRET="hunter2")
+    env = child_env(ENVTEST_SECRET="hunter2", http_proxy="http://127.0.0.1:9")
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(EVADER_CHILD), str(tmp_path), *hows], env=env,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -277,7 +282,7 @@ def test_environment_reads_not_laundered(tmp_path, guard_hook):
     of _data unchecked), a key of a subclass is not waved through, and urllib.request's code
     other than its proxy discovery has no exemption."""
     out = _evade(tmp_path, "rebind", "busy_named", "as_text", "modules_rebound", "subclass", "subclass_get",
-                 "subclass_encoded", "subclass_bytes", "gadget")  # fmt: skip
+                 "subclass_encoded", "subclass_bytes", "gadget", "proxies")  # fmt: skip
     assert out["rebind"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
     assert out["busy_named"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
     assert out["as_text"].startswith("denied: polc: envevader may not env.read("), out
@@ -287,6 +292,7 @@ def test_environment_reads_not_laundered(tmp_path, guard_hook):
     assert out["subclass_encoded"] == undecided + "Encoded", out
     assert out["subclass_bytes"] == undecided + "Raw", out
     # urllib.request's exemption is its proxy discovery's, not its other code's calling what it is handed
+    assert out["proxies"] == [{"http": "http://127.0.0.1:9"}, False], out
     assert out["gadget"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
     # the namespace an exemption needs is the interpreter's module, not one of a rebound sys.modules
     assert out["modules_rebound"].startswith("denied: polc: envevader may not env.read('ENVTEST_SECRET')"), out
