@@ -595,6 +595,7 @@ def forget_resolutions() -> None:
     _epoch += 1
     _resolved.clear()
     _COMMANDS.clear()
+    _BY_NAMES.clear()
 
 
 def _file_id(path: str) -> FileId | None:
@@ -893,6 +894,13 @@ def _longest(n: str, chain: dict[str, _Keys], lengths: tuple[int, ...], suffix: 
     return None
 
 
+# command_index's answers from a request's spellings alone (names, globs of names, exact
+# paths): (index token, command as given) -> (the Command they were found for, key). An entry
+# counts only for that very Command object, which command_of's memo hands out while the
+# lookups it was made from hold; the file identities and path globs are looked at every time.
+_BY_NAMES: Memo[tuple[object, str], tuple[Command, int]] = Memo("command index names", _RESOLVED_MAX)
+
+
 def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable[[object], int]:
     """One matcher for many command rules: ``first(value)`` normalises a requested command
     as :func:`command_of` does (the same memo, probed inline; ValueError for a malformed
@@ -954,6 +962,8 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
     state: list[tuple[int, object, float, dict[FileId, int]] | None] = [None]
     environ_get = _ENVIRON_DATA.get if _ENVIRON_DATA is not None else None
     path_key = _PATH_KEY
+    token = object()  # this index's part of its keys in _BY_NAMES
+    _names_get = _BY_NAMES.get
 
     def files() -> dict[FileId, int]:
         """File identity -> smallest key of an exact constant that leads to that file."""
@@ -988,19 +998,8 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
             state[0] = (epoch, where, expiry, out)
         return out
 
-    def first(value: object) -> int:
-        # command_of(value), its memo probed inline (a Command kept for a PATH or for good)
-        cmd: Command | None = None
-        if type(value) is str:
-            fast = _commands_get(value)
-            if fast is not None and fast[2] > time.monotonic():
-                # command_of keeps _ABSOLUTE for a value starting with "/" and PATH's value for
-                # a bare name, so either token is current exactly when command_of's test holds
-                tok = fast[1]
-                if tok is _ABSOLUTE or tok is (environ_get(path_key) if environ_get is not None else _path_token()):
-                    cmd = fast[0]
-        if cmd is None:
-            cmd = command_of(value)
+    def by_names(cmd: Command) -> int:
+        """The smallest key among the parts decided by the command's own spellings alone."""
         best = any_key
         names = cmd.deny_names  # a bare request's text first: denies and entitles test it
         bare = cmd.bare
@@ -1068,6 +1067,33 @@ def command_index(rules: list[CommandRule], any_key: int, none: int) -> Callable
                 hit = path_exact.get(p)
                 if hit is not None and hit < best:
                     best = hit
+        return best
+
+    def first(value: object) -> int:
+        # command_of(value), its memo probed inline (a Command kept for a PATH or for good)
+        cmd: Command | None = None
+        if type(value) is str:
+            fast = _commands_get(value)
+            if fast is not None and fast[2] > time.monotonic():
+                # command_of keeps _ABSOLUTE for a value starting with "/" and PATH's value for
+                # a bare name, so either token is current exactly when command_of's test holds
+                tok = fast[1]
+                if tok is _ABSOLUTE or tok is (environ_get(path_key) if environ_get is not None else _path_token()):
+                    cmd = fast[0]
+        if cmd is None:
+            cmd = command_of(value)
+        # the parts decided by the Command alone, remembered for this very Command object
+        # (a new lookup, a PATH change or forget_resolutions makes a new one: a miss)
+        if type(value) is str and len(value) <= MAX_COMMAND_LEN:
+            memo_key = (token, value)
+            known = _names_get(memo_key)
+            if known is not None and known[0] is cmd:
+                best = known[1]
+            else:
+                best = by_names(cmd)
+                _BY_NAMES.put(memo_key, (cmd, best))
+        else:
+            best = by_names(cmd)
         f = cmd.file
         if f is not None and file_min < best:
             hit = files().get(f)

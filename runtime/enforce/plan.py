@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import FunctionType
-from typing import Any
+from typing import Any, cast
 
 from .. import patterns
 from ..catalog import BUILTINS, COMMAND, GLOBAL_MODULE, Capability
@@ -49,6 +49,14 @@ _REASON_MAX = 400  # a reason never quotes more of a request than this
 
 # The signature of a plan whose capability has none (its ``error`` decides every request).
 _NO_SIGNATURE = Capability("", ())
+
+# Refusals (Plan._bad_argument, Plan._wrong_arity), process-wide: (plan token, args) -> Decision
+# for invalid arguments, when every argument is a plain str or int (a bool or a str subclass
+# equal to one must never share an entry) whose normalisation reads no file system, and
+# (plan token, number of arguments) -> Decision for a wrong arity.
+_REFUSED_TEXT_MAX = 256
+_REFUSED: Memo[tuple[object, object], Decision] = Memo("refusals", 4096)
+_refused_get = _REFUSED.get
 
 _Tiers = tuple["Table | None", "Table | None", "Table | None", "Table | None"]
 _NOTIERS: _Tiers = (None, None, None, None)
@@ -177,7 +185,20 @@ class Plan:
     are memoised per module, not per plan (``memo``, shared by a module's plans in a
     snapshot: rank -> Decision, -1 -> the module's "no entitlement")."""
 
-    __slots__ = ("_glob", "_memo", "_mod", "_tiers", "arity", "cap", "error", "fn", "module", "no_entitlement", "sig")
+    __slots__ = (
+        "_glob",
+        "_memo",
+        "_mod",
+        "_tiers",
+        "_token",
+        "arity",
+        "cap",
+        "error",
+        "fn",
+        "module",
+        "no_entitlement",
+        "sig",
+    )
 
     def __init__(
         self,
@@ -189,6 +210,7 @@ class Plan:
         accel: Any = None,
     ) -> None:
         self.fn: Decider = self.decide
+        self._token = object()  # this plan's part of its keys in _REFUSED
         self.module = module
         self.cap = cap_name
         self.error: Decision | None = None
@@ -345,14 +367,22 @@ class Plan:
         return put_bounded(self._memo, DECISIONS_MAX, rank, d, keep=-1)
 
     def _wrong_arity(self, args: tuple[object, ...]) -> Decision:
-        return Decision(
-            False,
-            "deny",
-            f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, got {len(args)}",
-            None,
-            self.module,
-            self.no_entitlement.revision,
-        )
+        key = (self._token, len(args))  # the count alone decides it
+        d = _refused_get(key)
+        if d is None:
+            d = _REFUSED.put(
+                key,
+                Decision(
+                    False,
+                    "deny",
+                    f"wrong arity: {self.cap} takes {self.arity} argument{'s' if self.arity != 1 else ''}, "
+                    f"got {len(args)}",
+                    None,
+                    self.module,
+                    self.no_entitlement.revision,
+                ),
+            )
+        return d
 
     def decide(self, args: tuple[object, ...]) -> Decision:
         """The sequential evaluation, table by table (plans that cannot be fused; the reference
@@ -375,6 +405,11 @@ class Plan:
         return self.no_entitlement
 
     def _bad_argument(self, args: tuple[object, ...]) -> Decision:
+        key = self._refusal_key(args)
+        if key is not None:
+            d = _refused_get(key)
+            if d is not None:
+                return d
         for p, value in zip(self.sig.params, args, strict=False):
             try:
                 NORMALIZERS[p.type](value)
@@ -389,7 +424,26 @@ class Plan:
                 break
         else:  # pragma: no cover - normalize() raised, so one of them does
             reason = f"invalid arguments for {self.cap}"
-        return Decision(False, "deny", reason, None, self.module, self.no_entitlement.revision)
+        d = Decision(False, "deny", reason, None, self.module, self.no_entitlement.revision)
+        if key is not None:
+            _REFUSED.put(key, d)
+        return d
+
+    def _refusal_key(self, args: tuple[object, ...]) -> tuple[object, tuple[object, ...]] | None:
+        """The key of a refusal that is a function of the request alone, or None: every argument
+        a plain str (at most _REFUSED_TEXT_MAX characters) or int, and no str for a command
+        parameter (whether a command resolves is the file system's answer)."""
+        params = self.sig.params
+        if len(params) != len(args):
+            return None
+        for p, a in zip(params, args, strict=True):
+            t = type(a)
+            if t is str:
+                if p.type == COMMAND or len(cast(str, a)) > _REFUSED_TEXT_MAX:
+                    return None
+            elif t is not int or cast(int, a).bit_length() > 64:
+                return None
+        return (self._token, args)
 
     def _decision(self, table: Table, owner: LinkedModule, i: int) -> Decision:
         if table.effect == ENTITLE:

@@ -180,6 +180,11 @@ def test_the_index_decides_as_the_rule_matchers(tree, rules, texts, path, accel)
             assert same(got, want), (value, got, want)
             via = s.check("m", "process.exec", value)  # the snapshot's own plan, C dispatch when built
             assert same(via, want), (value, via, want)
+        for raw in REQUESTS + texts:  # again: the answers the indexes remembered for each Command
+            value = raw.format(t=tree) if "{t}" in raw else raw
+            want = plan.decide((value,))
+            assert same(plan.fn((value,)), want), value
+            assert same(s.check("m", "process.exec", value), want), value
 
 
 def test_a_program_that_appears_earlier_on_path_is_seen_within_the_resolve_ttl(tree, monkeypatch):
@@ -295,3 +300,66 @@ def test_the_file_map_expires_with_the_answer_it_used(tmp_path, monkeypatch):
         assert first(str(req)) == none
     finally:
         patterns.forget_resolutions()
+
+
+@pytest.mark.parametrize("accel", [False, None])
+def test_a_remembered_answer_by_names_follows_path_both_ways(tree, monkeypatch, accel):
+    """A bare name's spellings come from its PATH lookup (alias is a symlink to bin/tool, so
+    on a PATH of the tree it is also named tool): the index's remembered answer for a command
+    is the one for the Command of the PATH in force, whichever way PATH changes, every time."""
+    monkeypatch.chdir(tree)
+    s = build([("m", "deny", ("name", "tool")), ("m", "entitle", ("any", ""))], tree, accel)
+    assert uses_the_index(Plan("m", "process.exec", s.module("m"), s.glob))
+    try:
+        for _ in range(3):
+            monkeypatch.setenv("PATH", str(tree))
+            for _ in range(2):
+                d = s.check("m", "process.exec", "alias")
+                assert not d.allowed and d.effect == "deny", d
+            monkeypatch.setenv("PATH", f"{tree}/evil")
+            for _ in range(2):
+                assert s.check("m", "process.exec", "alias").allowed  # not found: named alias only
+    finally:
+        patterns.forget_resolutions()
+
+
+def test_remembered_answers_by_names_are_each_index_s_own(tree, monkeypatch):
+    """Two plans, the same request: each index answers from its own rules (the memo is shared
+    by every index of the process, keyed by the index)."""
+    monkeypatch.chdir(tree)
+    monkeypatch.setenv("PATH", f"{tree}/link")
+    deny = build([("m", "deny", ("name", "tool")), ("m", "entitle", ("any", ""))], tree, None)
+    allow = build([("m", "entitle", ("name", "tool"))], tree, None)
+    other = build([("m", "entitle", ("name glob", "o*r"))], tree, None)
+    for _ in range(3):
+        assert not deny.check("m", "process.exec", "tool").allowed
+        assert allow.check("m", "process.exec", "tool").allowed
+        assert not other.check("m", "process.exec", "tool").allowed
+        assert other.check("m", "process.exec", "other").allowed
+        assert not allow.check("m", "process.exec", "other").allowed
+
+
+def test_a_remembered_answer_by_names_is_dropped_with_the_resolutions(tmp_path, monkeypatch):
+    """A symlink on PATH re-pointed to a program of another name: once the remembered lookups
+    are dropped (forget_resolutions, as the guard does at a rename), the index sees the new
+    name at once, although the request and PATH are the same."""
+    monkeypatch.chdir(tmp_path)
+    exe(tmp_path / "bin" / "tool")
+    exe(tmp_path / "bin" / "other")
+    (tmp_path / "on").mkdir()
+    (tmp_path / "on" / "run").symlink_to(tmp_path / "bin" / "tool")
+    monkeypatch.setenv("PATH", str(tmp_path / "on"))
+    for accel in (False, None):
+        s = build([("m", "deny", ("name", "tool")), ("m", "entitle", ("any", ""))], tmp_path, accel)
+        try:
+            assert not s.check("m", "process.exec", "run").allowed
+            assert not s.check("m", "process.exec", "run").allowed
+            (tmp_path / "on" / "run").unlink()
+            (tmp_path / "on" / "run").symlink_to(tmp_path / "bin" / "other")
+            patterns.forget_resolutions()
+            assert s.check("m", "process.exec", "run").allowed
+            assert s.check("m", "process.exec", "run").allowed
+        finally:
+            (tmp_path / "on" / "run").unlink()
+            (tmp_path / "on" / "run").symlink_to(tmp_path / "bin" / "tool")
+            patterns.forget_resolutions()
